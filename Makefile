@@ -1,0 +1,47 @@
+# archive-local entry points. `make run` and `make test` work on a fresh Debian/Ubuntu machine (root).
+VENV      ?= .venv
+PYTHON    ?= python3
+BIN       := $(VENV)/bin
+# Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl
+TEST_DEBS := apt apt-utils dpkg-dev gnupg curl xz-utils
+BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench venv debs-test debs-bench clean
+
+venv: $(BIN)/.installed
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3 python3-venv; }
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# install the Debian packages in $(1) that are missing
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+endef
+
+debs-test:
+	$(call apt_install,$(TEST_DEBS))
+
+debs-bench:
+	$(call apt_install,$(BENCH_DEBS))
+
+run: venv
+	$(BIN)/archive-local serve $(ARGS)
+
+test: venv debs-test
+	$(BIN)/ruff check appliance tests
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check appliance tests
+	$(BIN)/ruff format --check appliance tests
+
+bench: venv debs-bench
+	ARCHIVE_LOCAL_BIN=$(abspath $(BIN)/archive-local) bench/run.sh $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

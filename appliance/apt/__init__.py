@@ -1,0 +1,1 @@
+"""apt-specific rules: which requests are allowed, how they map to cache keys, and freshness."""

@@ -1,0 +1,133 @@
+"""Who may be proxied: remap names and allowed hosts -> cache keys and upstream URLs.
+
+Not an open proxy: a forward-proxy request is served only when it falls under a
+remap's upstream or an `apt.allow` entry; a path request only under a configured
+remap name. Everything else is `Forbidden` (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from appliance.apt.paths import BadPath, encode_path, expected_sha256, freshness, split_path
+from appliance.cache.policy import Freshness
+
+CONNECT_PORTS = frozenset({443})
+
+
+class Forbidden(PermissionError):
+    """A request for an upstream that is not configured; answered with 403."""
+
+
+@dataclass(frozen=True)
+class Route:
+    key: str  # cache key: host[:port]/path of the canonical upstream
+    urls: tuple[str, ...]  # mirrors to try, in order
+    freshness: Freshness
+    sha256: str | None = None  # digest the bytes must have (by-hash)
+
+
+@dataclass(frozen=True)
+class _Upstream:
+    scheme: str
+    hostport: str  # lower-case host, ':port' only when not the scheme default
+    base: tuple[str, ...]  # decoded path segments of the mirror root
+
+    @classmethod
+    def parse(cls, url: str) -> _Upstream:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        hostport = host if port == default else f"{host}:{port}"
+        return cls(parts.scheme, hostport, split_path(parts.path or "/"))
+
+    def url(self, rest: tuple[str, ...]) -> str:
+        return f"{self.scheme}://{self.hostport}/{encode_path(self.base + rest)}"
+
+
+def _hostport(host: str, port: int | None, scheme: str = "http") -> str:
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    default = 443 if scheme == "https" else 80
+    return host if port in (None, default) else f"{host}:{port}"
+
+
+def _host_only(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport[: hostport.index("]") + 1]
+    return hostport.split(":", 1)[0]
+
+
+class Router:
+    def __init__(self, remaps: Mapping[str, tuple[str, ...]], allow: tuple[str, ...] = ()) -> None:
+        self._remaps = {
+            name: tuple(_Upstream.parse(u) for u in urls) for name, urls in remaps.items()
+        }
+        self._allowed = {a.lower() for a in allow}
+        self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
+        self._allowed_hosts = {_host_only(hp) for hp in self._allowed}
+
+    @property
+    def remap_names(self) -> list[str]:
+        return sorted(self._remaps)
+
+    def route_path(self, raw_path: str) -> Route:
+        """`/NAME/rest` (path-remap form)."""
+        segments = split_path(raw_path)
+        if not segments or segments[0] not in self._remaps:
+            raise Forbidden(f"no remap named {segments[0]!r}" if segments else "no remap given")
+        return self._remap_route(self._remaps[segments[0]], segments[1:], first=None)
+
+    def route_url(self, url: str) -> Route:
+        """`http://host[:port]/path` (forward-proxy form)."""
+        parts = urlsplit(url)
+        if parts.scheme != "http":
+            raise BadPath(f"only http:// URLs can be proxied, got {parts.scheme}://")
+        try:
+            hostport = _hostport(parts.hostname or "", parts.port)
+        except ValueError:
+            raise BadPath("bad port in URL") from None
+        raw_path = url.split("://", 1)[1]
+        raw_path = raw_path[raw_path.find("/") :] if "/" in raw_path else "/"
+        segments = split_path(raw_path)
+        # A URL under a remap's mirror shares that remap's cache entries.
+        for mirrors in self._remaps.values():
+            for i, m in enumerate(mirrors):
+                if m.hostport == hostport and segments[: len(m.base)] == m.base:
+                    return self._remap_route(mirrors, segments[len(m.base) :], first=i)
+        if hostport not in self._allowed:
+            raise Forbidden(f"{hostport} is not a configured upstream")
+        if not segments:
+            raise BadPath("no file named")
+        return Route(
+            key=f"{hostport}/{'/'.join(segments)}",
+            urls=(f"http://{hostport}/{encode_path(segments)}",),
+            freshness=freshness(segments),
+            sha256=expected_sha256(segments),
+        )
+
+    def allow_connect(self, host: str, port: int) -> bool:
+        """CONNECT (https tunnels) only to configured hosts, only on 443."""
+        return port in CONNECT_PORTS and _hostport(host, None) in self._allowed_hosts
+
+    def _remap_route(
+        self, mirrors: tuple[_Upstream, ...], rest: tuple[str, ...], first: int | None
+    ) -> Route:
+        if not rest:
+            raise BadPath("no file named")
+        order = list(mirrors)
+        if first:
+            order.insert(0, order.pop(first))
+        canonical = mirrors[0]
+        return Route(
+            key="/".join((canonical.hostport, *canonical.base, *rest)),
+            urls=tuple(m.url(rest) for m in order),
+            freshness=freshness(rest),
+            sha256=expected_sha256(rest),
+        )

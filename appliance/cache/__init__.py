@@ -1,0 +1,1 @@
+"""The shared cache engine: apt files and cloud images flow through the same store."""

@@ -1,0 +1,172 @@
+"""The cache engine: one answer per request, one upstream round-trip per key.
+
+`get()` is the whole cache policy for callers: serve a fresh copy, join a
+running download, or make exactly one upstream request (download or
+revalidation) that every concurrent caller shares. Subsystems only supply the
+key, the candidate upstream URLs and the key's `Freshness`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
+
+import aiohttp
+
+from appliance.cache import policy
+from appliance.cache.download import Download, State
+from appliance.cache.fetcher import Fetcher, UpstreamFailure
+from appliance.cache.lru import LruIndex
+from appliance.cache.policy import Freshness
+from appliance.cache.store import Entry, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class Hit:
+    """A complete file on disk. `status` is HIT, REVALIDATED or STALE."""
+
+    entry: Entry
+    status: str
+    warning: str | None = None
+
+
+@dataclass
+class Miss:
+    """A download in progress; the client streams from it."""
+
+    download: Download
+    status: str = "MISS"
+
+
+Result = Hit | Miss | UpstreamFailure
+
+
+class CacheEngine:
+    def __init__(self, store: Store, fetcher: Fetcher, *, max_size: int, ttl: float) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.ttl = ttl
+        self.lru = LruIndex(max_size)
+        self._pending: dict[str, asyncio.Task[Result]] = {}
+        self._downloads: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.clock: Callable[[], float] = time.time
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def start(self) -> None:
+        """Sweep leftovers of an earlier run and index what is on disk."""
+        entries = await self._io(lambda: sorted(self.store.scan(), key=lambda e: e[2]))
+        for key, size, _last_use in entries:
+            self.lru.add(key, size)
+        log.info("cache: %d files, %.1f MiB", len(self.lru), self.lru.total / 2**20)
+        await self._evict()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def get(
+        self,
+        key: str,
+        urls: Sequence[str],
+        freshness: Freshness,
+        expected_sha256: str | None = None,
+    ) -> Result:
+        while True:
+            if (task := self._pending.get(key)) is not None:
+                return await asyncio.shield(task)
+            if (download := self._downloads.get(key)) is not None:
+                return Miss(download)
+            entry = await self._io(self.store.lookup, key)
+            if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
+                self.lru.touch(key)
+                return Hit(entry, "HIT")
+            if key in self._pending or key in self._downloads:
+                continue  # someone started while we looked at the disk: join them
+            task = asyncio.create_task(self._refresh(key, urls, entry, expected_sha256))
+            self._pending[key] = task
+            task.add_done_callback(lambda _t: self._pending.pop(key, None))
+            return await asyncio.shield(task)
+
+    async def open(self, entry: Entry) -> BinaryIO | None:
+        """Open a committed file for serving; None if it vanished (evicted)."""
+        try:
+            return await self._io(open, entry.path, "rb")
+        except OSError:
+            return None
+
+    def pin(self, key: str) -> None:
+        self.lru.pin(key)
+
+    def unpin(self, key: str) -> None:
+        self.lru.unpin(key)
+
+    async def _refresh(
+        self, key: str, urls: Sequence[str], entry: Entry | None, expected_sha256: str | None
+    ) -> Result:
+        headers: dict[str, str] = {}
+        if entry is not None:
+            if entry.meta.etag:
+                headers["If-None-Match"] = entry.meta.etag
+            if entry.meta.last_modified:
+                headers["If-Modified-Since"] = entry.meta.last_modified
+        resp = await self.fetcher.open(urls, headers)
+        if isinstance(resp, UpstreamFailure):
+            if entry is not None and policy.serve_stale(resp):
+                log.warning("offline: serving cached %s (%s)", key, resp.reason)
+                return Hit(entry, "STALE", warning=resp.reason)
+            return resp
+        if resp.status == 304:
+            resp.release()
+            if entry is None:
+                return UpstreamFailure(502, f"{resp.url}: 304 for an unconditional request")
+            entry.meta.checked = self.clock()
+            await self._io(self.store.update_meta, entry)
+            self.lru.touch(key)
+            return Hit(entry, "REVALIDATED")
+        return await self._start_download(key, resp, expected_sha256)
+
+    async def _start_download(
+        self, key: str, resp: aiohttp.ClientResponse, expected_sha256: str | None
+    ) -> Result:
+        try:
+            temp = await self._io(self.store.create_temp, key)
+            try:
+                reader = await self._io(open, temp.path, "rb")
+            except OSError:
+                self.store.discard(temp)
+                raise
+        except OSError as exc:
+            resp.release()
+            log.error("cache: cannot store %s: %s", key, exc)
+            return UpstreamFailure(500, f"cannot store {key}: {exc.strerror}")
+        download = Download(key, temp, reader, resp, expected_sha256)
+        self._downloads[key] = download
+        task = asyncio.create_task(self._run_download(download, resp))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Miss(download)
+
+    async def _run_download(self, download: Download, resp: aiohttp.ClientResponse) -> None:
+        try:
+            await download.run(resp, self.store)
+        finally:
+            self._downloads.pop(download.key, None)
+        if download.state is State.DONE and download.entry is not None:
+            self.lru.add(download.key, download.entry.meta.size)
+            await self._evict()
+
+    async def _evict(self) -> None:
+        for key in self.lru.victims():
+            log.info("cache full: evicting %s", key)
+            await self._io(self.store.remove, key)

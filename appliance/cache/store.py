@@ -1,0 +1,171 @@
+"""The cache store: committed files and their metadata, keyed by upstream URL.
+
+`Store` is the whole contract the engine relies on, small on purpose so an
+object-store backend can replace `FilesystemStore` later. Keys look like
+`host[:port]/path/to/file` and map to `<root>/host[:port]/path/to/file`, with
+the metadata in a hidden sidecar `.file.meta` beside it. Request paths never
+contain segments starting with '.', so sidecars and temp files (`.file.part-*`)
+cannot be addressed by clients.
+
+All methods block (disk I/O): the engine calls them from an executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+_PART = ".part-"
+_META = ".meta"
+
+
+class InvalidKey(ValueError):
+    """A key that does not name a file inside the store."""
+
+
+@dataclass
+class Meta:
+    """What the cache knows about one committed file."""
+
+    url: str
+    size: int
+    fetched: float  # when the bytes were downloaded (epoch seconds)
+    checked: float  # when upstream last confirmed them (download or 304)
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path
+    meta: Meta
+
+
+@dataclass
+class TempFile:
+    """A download in progress; only `Store.commit` turns it into an entry."""
+
+    key: str
+    path: Path
+    fd: int
+
+
+class Store(Protocol):
+    def lookup(self, key: str) -> Entry | None: ...
+    def create_temp(self, key: str) -> TempFile: ...
+    def commit(self, temp: TempFile, meta: Meta) -> Entry: ...
+    def discard(self, temp: TempFile) -> None: ...
+    def update_meta(self, entry: Entry) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def scan(self) -> Iterator[tuple[str, int, float]]: ...
+
+
+def check_key(key: str) -> None:
+    """Refuse keys that could leave the root or collide with internal files."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or p.startswith(".") or "\0" in p for p in parts):
+        raise InvalidKey(f"invalid cache key {key!r}")
+
+
+class FilesystemStore:
+    """A directory tree; writes are temp file + fsync + rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        check_key(key)
+        return self.root / key
+
+    @staticmethod
+    def _meta_path(path: Path) -> Path:
+        return path.with_name(f".{path.name}{_META}")
+
+    def lookup(self, key: str) -> Entry | None:
+        path = self.path(key)
+        try:
+            meta = Meta(**json.loads(self._meta_path(path).read_bytes()))
+            size = path.stat().st_size
+        except (OSError, ValueError, TypeError):
+            return None
+        if size != meta.size:  # torn by something outside us: not trustworthy
+            return None
+        return Entry(key, path, meta)
+
+    def create_temp(self, key: str) -> TempFile:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}{_PART}{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return TempFile(key, tmp, fd)
+
+    def commit(self, temp: TempFile, meta: Meta) -> Entry:
+        """fsync the data, rename it into place, then write the sidecar atomically."""
+        path = self.path(temp.key)
+        try:
+            os.fsync(temp.fd)
+        finally:
+            os.close(temp.fd)
+        os.replace(temp.path, path)
+        self._write_meta(path, meta)
+        return Entry(temp.key, path, meta)
+
+    def discard(self, temp: TempFile) -> None:
+        with contextlib.suppress(OSError):
+            os.close(temp.fd)
+        temp.path.unlink(missing_ok=True)
+
+    def update_meta(self, entry: Entry) -> None:
+        self._write_meta(entry.path, entry.meta)
+
+    def _write_meta(self, path: Path, meta: Meta) -> None:
+        target = self._meta_path(path)
+        tmp = target.with_name(f"{target.name}{_PART}{secrets.token_hex(6)}")
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(asdict(meta), separators=(",", ":")).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+    def remove(self, key: str) -> None:
+        path = self.path(key)
+        self._meta_path(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+    def scan(self) -> Iterator[tuple[str, int, float]]:
+        """Sweep leftovers (temp files, orphans) and yield (key, size, last use)."""
+        if not self.root.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(self.root):
+            d = Path(dirpath)
+            names = set(files)
+            for name in files:
+                full = d / name
+                if _PART in name:
+                    log.info("startup sweep: removing partial download %s", full)
+                    full.unlink(missing_ok=True)
+                    continue
+                if name.startswith("."):
+                    if name.endswith(_META) and name[1 : -len(_META)] not in names:
+                        full.unlink(missing_ok=True)  # sidecar of a file that is gone
+                    continue
+                key = str(full.relative_to(self.root))
+                entry = self.lookup(key)
+                if entry is None:
+                    log.info("startup sweep: removing %s (no valid metadata)", full)
+                    self.remove(key)
+                    continue
+                st = full.stat()
+                yield key, entry.meta.size, max(st.st_atime, st.st_mtime, entry.meta.checked)

@@ -1,0 +1,86 @@
+"""Command line: `archive-local serve` (more subcommands arrive with later features)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance import __version__
+from appliance import config as configuration
+from appliance.web.app import SERVER_LIMITS, build_app
+
+log = logging.getLogger("appliance")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archive-local", description="apt cache and image mirror")
+    p.add_argument("--version", action="version", version=f"archive-local {__version__}")
+    p.add_argument("--config", type=Path, help="YAML configuration (default: embedded)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the apt proxy")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (overrides 'listen')")
+    serve.add_argument("--cache-dir", help="cache directory (overrides 'cache.dir')")
+    serve.add_argument(
+        "--remap",
+        action="append",
+        default=[],
+        metavar="NAME=URL[,URL...]",
+        help="serve /NAME/ from these mirrors (repeatable; overrides apt.remaps.NAME)",
+    )
+    sub.add_parser("config", help="print the effective configuration and exit")
+    return p
+
+
+async def _serve(config: configuration.Config) -> None:
+    runner = web.AppRunner(build_app(config), access_log=None, **SERVER_LIMITS)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+    await site.start()
+    log.info(
+        "archive-local %s serving on %s (cache %s)", __version__, config.listen, config.cache.dir
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = configuration.load(args.config)
+        if args.command == "serve":
+            config = configuration.with_overrides(
+                config, listen=args.listen, cache_dir=args.cache_dir, remaps=args.remap
+            )
+    except configuration.ConfigError as exc:
+        print(f"archive-local: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(configuration.dump(config), end="")
+        return 0
+    try:
+        config.cache.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"archive-local: cache.dir {config.cache.dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        print(f"archive-local: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The HTTP front: request routing, delivery from the cache, CONNECT tunnels."""

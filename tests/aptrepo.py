@@ -1,0 +1,111 @@
+"""Build a real signed Debian repository: dpkg-deb packages, apt-ftparchive indexes,
+by-hash copies, InRelease and Release.gpg from a throwaway GPG key."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SUITE = "test"
+
+
+@dataclass
+class AptRepo:
+    root: Path  # served as /debian by the upstream
+    keyring: Path
+    arch: str
+    debs: dict[str, Path]  # package name -> .deb in the pool
+
+    @property
+    def inrelease(self) -> Path:
+        return self.root / "dists" / SUITE / "InRelease"
+
+
+def _run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+def build_deb(work: Path, name: str, version: str, payload: bytes, depends: str = "") -> Path:
+    tree = work / f"{name}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "usr/share" / name).mkdir(parents=True)
+    (tree / "usr/share" / name / "payload").write_bytes(payload)
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
+        f"Maintainer: test <test@localhost>\nDescription: test package {name}\n"
+    )
+    if depends:
+        control += f"Depends: {depends}\n"
+    (tree / "DEBIAN/control").write_text(control)
+    out = work / f"{name}_{version}_all.deb"
+    _run("dpkg-deb", "-Znone", "--root-owner-group", "-b", str(tree), str(out))
+    shutil.rmtree(tree)
+    return out
+
+
+def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
+    arch = _run("dpkg", "--print-architecture").stdout.decode().strip()
+    root = base / "debian"
+    work = base / "work"
+    work.mkdir(parents=True)
+    debs: dict[str, Path] = {}
+    specs = [
+        ("al-hello", "1.0", os.urandom(3000), ""),
+        ("al-large", "2:1.0-1", os.urandom(large_size), "al-hello"),  # epoch: '%3a' in names
+        ("al-tools", "0.5", os.urandom(20000), "al-hello (>= 1.0)"),
+    ]
+    for name, version, payload, depends in specs:
+        deb = build_deb(work, name, version, payload, depends)
+        pool = root / "pool/main/a" / name
+        pool.mkdir(parents=True)
+        target = pool / deb.name.replace("_2:", "_")  # pool names carry no epoch
+        shutil.move(deb, target)
+        debs[name] = target
+
+    dist = root / "dists" / SUITE
+    binary = dist / "main" / f"binary-{arch}"
+    binary.mkdir(parents=True)
+    hashopts = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
+    packages = _run("apt-ftparchive", *hashopts, "packages", "pool", cwd=root).stdout
+    (binary / "Packages").write_bytes(packages)
+    (binary / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+    (binary / "Packages.xz").write_bytes(lzma.compress(packages))
+    byhash = binary / "by-hash" / "SHA256"
+    byhash.mkdir(parents=True)
+    for f in ("Packages", "Packages.gz", "Packages.xz"):
+        data = (binary / f).read_bytes()
+        (byhash / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    release = _run(
+        "apt-ftparchive", *hashopts,
+        "-o", f"APT::FTPArchive::Release::Suite={SUITE}",
+        "-o", f"APT::FTPArchive::Release::Codename={SUITE}",
+        "-o", f"APT::FTPArchive::Release::Architectures={arch}",
+        "-o", "APT::FTPArchive::Release::Components=main",
+        "-o", "APT::FTPArchive::Release::Acquire-By-Hash=yes",
+        "release", str(dist.relative_to(root)), cwd=root,
+    ).stdout
+    (dist / "Release").write_bytes(release)
+
+    gnupg = base / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    try:
+        _run(*gpg, "--quick-gen-key", "archive-local test <test@localhost>", "ed25519", "sign",
+             "never", env=env)
+        keyring = base / "keyring.gpg"
+        keyring.write_bytes(_run(*gpg, "--export", env=env).stdout)
+        _run(*gpg, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"),
+             env=env)
+        _run(*gpg, "--yes", "-abs", "-o", str(dist / "Release.gpg"), str(dist / "Release"),
+             env=env)
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
+    shutil.rmtree(work)
+    return AptRepo(root, keyring, arch, debs)

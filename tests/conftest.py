@@ -1,0 +1,138 @@
+"""Shared fixtures: real components started per test or per session.
+
+A missing component fails the test under CI=true; elsewhere it skips with the
+package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.aptrepo import AptRepo, build_repo
+from tests.upstream import Upstream
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(command: str, package: str) -> None:
+    if shutil.which(command) is None:
+        msg = f"{command} not found: apt-get install {package} (make test installs it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Appliance:
+    port: int
+    cache_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+StartAppliance = Callable[..., Appliance]
+
+
+@pytest.fixture
+def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
+    """Start `archive-local serve` as a real process with a config written from kwargs."""
+    started: list[Appliance] = []
+
+    def start(remaps: dict[str, list[str]], *, index_ttl: float = 300, max_size: Any = "1GiB",
+              allow: list[str] | None = None, cache_dir: Path | None = None) -> Appliance:
+        port = free_port()
+        cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
+        config = {
+            "listen": f"127.0.0.1:{port}",
+            "cache": {"dir": str(cache_dir), "max_size": max_size},
+            "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
+        }
+        cfg = tmp_path / f"config-{len(started)}.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        log = tmp_path / f"appliance-{len(started)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(cfg), "serve"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )
+        app = Appliance(port, cache_dir, log, proc)
+        started.append(app)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"appliance exited: {app.log_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return app
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"appliance did not start: {app.log_text()}")
+
+    yield start
+    for app in started:
+        app.stop()
+
+
+@pytest.fixture
+def upstream_root(tmp_path: Path) -> Path:
+    root = tmp_path / "upstream"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def upstream(upstream_root: Path) -> Iterator[Upstream]:
+    server = Upstream(upstream_root).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def apt_repo_template(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
+    for cmd, pkg in (("apt-get", "apt"), ("apt-ftparchive", "apt-utils"),
+                     ("dpkg-deb", "dpkg"), ("gpg", "gnupg")):
+        require(cmd, pkg)
+    return build_repo(tmp_path_factory.mktemp("aptrepo"))
+
+
+@pytest.fixture
+def apt_repo(apt_repo_template: AptRepo, upstream_root: Path) -> AptRepo:
+    """The signed repository, copied under this test's upstream root as /debian."""
+    shutil.copytree(apt_repo_template.root, upstream_root / "debian")
+    return AptRepo(upstream_root / "debian", apt_repo_template.keyring, apt_repo_template.arch,
+                   {n: upstream_root / "debian" / p.relative_to(apt_repo_template.root)
+                    for n, p in apt_repo_template.debs.items()})

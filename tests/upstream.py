@@ -1,0 +1,124 @@
+"""A fake upstream mirror on 127.0.0.1 that counts requests and can misbehave.
+
+Runs an aiohttp server in its own thread so tests may stay synchronous.
+Faults: `rate[path]` limits bytes/s, `drop_after[path]` announces the full length
+but closes the connection after that many bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str]
+
+
+class Upstream:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.requests: list[Seen] = []
+        self.rate: dict[str, float] = {}
+        self.drop_after: dict[str, int] = {}
+        self.finished_at: dict[str, float] = {}  # monotonic time the last body byte left
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, suffix: str = "", status: int | None = None) -> int:
+        return sum(
+            1 for r in self.requests
+            if r.path.endswith(suffix) and (status is None or r.status == status)
+        )
+
+    def start(self) -> Upstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application(middlewares=[self._record])
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """Close the listening socket: from now on the upstream is unreachable."""
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._runner = None
+
+    def restart(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(5)
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        try:
+            resp = await handler(request)
+            status = resp.status
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.requests.append(Seen(request.method, request.path, status, dict(request.headers)))
+        return resp
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        file = (self.root / path.lstrip("/")).resolve()
+        if not file.is_relative_to(self.root.resolve()) or not file.is_file():
+            raise web.HTTPNotFound()
+        if path not in self.rate and path not in self.drop_after:
+            return web.FileResponse(file)
+        data = file.read_bytes()
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        limit = self.drop_after.get(path, len(data))
+        rate = self.rate.get(path)
+        step = 64 * 1024
+        for pos in range(0, limit, step):
+            await resp.write(data[pos : min(pos + step, limit)])
+            if rate:
+                await asyncio.sleep(step / rate)
+        if limit < len(data):
+            await asyncio.sleep(0.05)
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        self.finished_at[path] = time.monotonic()
+        return resp

@@ -63,6 +63,7 @@ class Upstream:
     async def _start(self) -> None:
         app = web.Application(middlewares=[self._record])
         app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_response_prepare.append(self._on_prepare)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -86,15 +87,15 @@ class Upstream:
 
     @web.middleware
     async def _record(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
-        try:
-            resp = await handler(request)
-            status = resp.status
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            self.requests.append(Seen(request.method, request.path, status, dict(request.headers)))
-        return resp
+        seen = Seen(request.method, request.path, 0, dict(request.headers))
+        request["seen"] = seen
+        self.requests.append(seen)
+        return await handler(request)
+
+    @staticmethod
+    async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if "seen" in request:
+            request["seen"].status = response.status  # final: FileResponse picks 304 late
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path

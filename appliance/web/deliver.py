@@ -70,10 +70,12 @@ async def _deliver_download(
             raise web.HTTPBadGateway(text=f"upstream transfer failed: {download.error}\n")
         return await _deliver_entry(request, engine, Hit(download.entry, "MISS"))
     file = download.attach()
+    engine.pin(download.key)  # once committed, it must not be evicted under this client
     try:
         headers = _headers(download.etag, download.last_modified, download.content_type, "MISS")
         return await _send(request, file, download.total, headers, download=download)
     finally:
+        engine.unpin(download.key)
         download.detach()
 
 

@@ -8,11 +8,18 @@ from pathlib import Path
 
 
 class AptClient:
-    def __init__(self, home: Path, source_url: str, keyring: Path, arch: str,
-                 proxy: str | None = None) -> None:
+    def __init__(
+        self, home: Path, source_url: str, keyring: Path, arch: str, proxy: str | None = None
+    ) -> None:
         self.home = home
-        for d in ("etc/apt.conf.d", "etc/preferences.d", "etc/sources.list.d", "state/lists/partial",
-                  "cache/archives/partial", "log"):
+        for d in (
+            "etc/apt.conf.d",
+            "etc/preferences.d",
+            "etc/sources.list.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+            "log",
+        ):
             (home / d).mkdir(parents=True, exist_ok=True)
         (home / "state/status").write_text("")
         (home / "etc/sources.list").write_text(
@@ -38,8 +45,9 @@ class AptClient:
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["APT_CONFIG"] = str(self.config)
         env["DEBIAN_FRONTEND"] = "noninteractive"
-        return subprocess.run(["apt-get", "-q", *args], env=env, capture_output=True, text=True,
-                              timeout=120)
+        return subprocess.run(
+            ["apt-get", "-q", *args], env=env, capture_output=True, text=True, timeout=120
+        )
 
     def update(self) -> subprocess.CompletedProcess[str]:
         return self.run("update")
@@ -50,5 +58,7 @@ class AptClient:
     @property
     def archives(self) -> dict[str, bytes]:
         """Package name -> .deb bytes downloaded so far."""
-        return {p.name.split("_")[0]: p.read_bytes()
-                for p in (self.home / "cache/archives").glob("*.deb")}
+        return {
+            p.name.split("_")[0]: p.read_bytes()
+            for p in (self.home / "cache/archives").glob("*.deb")
+        }

@@ -82,13 +82,21 @@ def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
         data = (binary / f).read_bytes()
         (byhash / hashlib.sha256(data).hexdigest()).write_bytes(data)
     release = _run(
-        "apt-ftparchive", *hashopts,
-        "-o", f"APT::FTPArchive::Release::Suite={SUITE}",
-        "-o", f"APT::FTPArchive::Release::Codename={SUITE}",
-        "-o", f"APT::FTPArchive::Release::Architectures={arch}",
-        "-o", "APT::FTPArchive::Release::Components=main",
-        "-o", "APT::FTPArchive::Release::Acquire-By-Hash=yes",
-        "release", str(dist.relative_to(root)), cwd=root,
+        "apt-ftparchive",
+        *hashopts,
+        "-o",
+        f"APT::FTPArchive::Release::Suite={SUITE}",
+        "-o",
+        f"APT::FTPArchive::Release::Codename={SUITE}",
+        "-o",
+        f"APT::FTPArchive::Release::Architectures={arch}",
+        "-o",
+        "APT::FTPArchive::Release::Components=main",
+        "-o",
+        "APT::FTPArchive::Release::Acquire-By-Hash=yes",
+        "release",
+        str(dist.relative_to(root)),
+        cwd=root,
     ).stdout
     (dist / "Release").write_bytes(release)
 
@@ -97,14 +105,27 @@ def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
     env = {**os.environ, "GNUPGHOME": str(gnupg)}
     gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
     try:
-        _run(*gpg, "--quick-gen-key", "archive-local test <test@localhost>", "ed25519", "sign",
-             "never", env=env)
+        _run(
+            *gpg,
+            "--quick-gen-key",
+            "archive-local test <test@localhost>",
+            "ed25519",
+            "sign",
+            "never",
+            env=env,
+        )
         keyring = base / "keyring.gpg"
         keyring.write_bytes(_run(*gpg, "--export", env=env).stdout)
-        _run(*gpg, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"),
-             env=env)
-        _run(*gpg, "--yes", "-abs", "-o", str(dist / "Release.gpg"), str(dist / "Release"),
-             env=env)
+        _run(
+            *gpg,
+            "--yes",
+            "--clearsign",
+            "-o",
+            str(dist / "InRelease"),
+            str(dist / "Release"),
+            env=env,
+        )
+        _run(*gpg, "--yes", "-abs", "-o", str(dist / "Release.gpg"), str(dist / "Release"), env=env)
     finally:
         subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
     shutil.rmtree(work)

@@ -73,8 +73,14 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
     """Start `archive-local serve` as a real process with a config written from kwargs."""
     started: list[Appliance] = []
 
-    def start(remaps: dict[str, list[str]], *, index_ttl: float = 300, max_size: Any = "1GiB",
-              allow: list[str] | None = None, cache_dir: Path | None = None) -> Appliance:
+    def start(
+        remaps: dict[str, list[str]],
+        *,
+        index_ttl: float = 300,
+        max_size: Any = "1GiB",
+        allow: list[str] | None = None,
+        cache_dir: Path | None = None,
+    ) -> Appliance:
         port = free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
         config = {
@@ -87,7 +93,8 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         log = tmp_path / f"appliance-{len(started)}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "--config", str(cfg), "serve"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         app = Appliance(port, cache_dir, log, proc)
         started.append(app)
@@ -123,8 +130,12 @@ def upstream(upstream_root: Path) -> Iterator[Upstream]:
 
 @pytest.fixture(scope="session")
 def apt_repo_template(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
-    for cmd, pkg in (("apt-get", "apt"), ("apt-ftparchive", "apt-utils"),
-                     ("dpkg-deb", "dpkg"), ("gpg", "gnupg")):
+    for cmd, pkg in (
+        ("apt-get", "apt"),
+        ("apt-ftparchive", "apt-utils"),
+        ("dpkg-deb", "dpkg"),
+        ("gpg", "gnupg"),
+    ):
         require(cmd, pkg)
     return build_repo(tmp_path_factory.mktemp("aptrepo"))
 
@@ -133,6 +144,12 @@ def apt_repo_template(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
 def apt_repo(apt_repo_template: AptRepo, upstream_root: Path) -> AptRepo:
     """The signed repository, copied under this test's upstream root as /debian."""
     shutil.copytree(apt_repo_template.root, upstream_root / "debian")
-    return AptRepo(upstream_root / "debian", apt_repo_template.keyring, apt_repo_template.arch,
-                   {n: upstream_root / "debian" / p.relative_to(apt_repo_template.root)
-                    for n, p in apt_repo_template.debs.items()})
+    return AptRepo(
+        upstream_root / "debian",
+        apt_repo_template.keyring,
+        apt_repo_template.arch,
+        {
+            n: upstream_root / "debian" / p.relative_to(apt_repo_template.root)
+            for n, p in apt_repo_template.debs.items()
+        },
+    )

@@ -17,8 +17,13 @@ PACKAGES = ("al-large", "al-tools")
 
 def _client(home: Path, mode: str, repo: AptRepo, upstream: Upstream, port: int) -> AptClient:
     if mode == "forward":
-        return AptClient(home, f"{upstream.url}/debian", repo.keyring, repo.arch,
-                         proxy=f"http://127.0.0.1:{port}")
+        return AptClient(
+            home,
+            f"{upstream.url}/debian",
+            repo.keyring,
+            repo.arch,
+            proxy=f"http://127.0.0.1:{port}",
+        )
     return AptClient(home, f"http://127.0.0.1:{port}/debian", repo.keyring, repo.arch)
 
 
@@ -28,7 +33,10 @@ def _expected(repo: AptRepo) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("mode", ["forward", "remap"])
 def test_apt_update_and_download_twice(
-    mode: str, tmp_path: Path, apt_repo: AptRepo, upstream: Upstream,
+    mode: str,
+    tmp_path: Path,
+    apt_repo: AptRepo,
+    upstream: Upstream,
     start_appliance: StartAppliance,
 ) -> None:
     app = start_appliance({"debian": [f"{upstream.url}/debian"]})

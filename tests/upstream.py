@@ -24,6 +24,9 @@ class Seen:
     headers: dict[str, str]
 
 
+SEEN = web.RequestKey("seen", Seen)
+
+
 class Upstream:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -42,7 +45,8 @@ class Upstream:
 
     def count(self, suffix: str = "", status: int | None = None) -> int:
         return sum(
-            1 for r in self.requests
+            1
+            for r in self.requests
             if r.path.endswith(suffix) and (status is None or r.status == status)
         )
 
@@ -88,14 +92,14 @@ class Upstream:
     @web.middleware
     async def _record(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
         seen = Seen(request.method, request.path, 0, dict(request.headers))
-        request["seen"] = seen
+        request[SEEN] = seen
         self.requests.append(seen)
         return await handler(request)
 
     @staticmethod
     async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if "seen" in request:
-            request["seen"].status = response.status  # final: FileResponse picks 304 late
+        if SEEN in request:
+            request[SEEN].status = response.status  # final: FileResponse picks 304 late
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance import config as configuration
-from appliance.web.app import SERVER_LIMITS, build_app
+from appliance.web.app import SERVER_LIMITS, Service
 
 log = logging.getLogger("appliance")
 
@@ -39,20 +39,29 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(config: configuration.Config) -> None:
-    runner = web.AppRunner(build_app(config), access_log=None, **SERVER_LIMITS)
+    service = Service(config)
+    await service.start()
+    server = web.Server(service.handle, access_log=None, **SERVER_LIMITS)
+    runner = web.ServerRunner(server)
     await runner.setup()
-    site = web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
-    await site.start()
-    log.info(
-        "archive-local %s serving on %s (cache %s)", __version__, config.listen, config.cache.dir
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+        await site.start()
+        log.info(
+            "archive-local %s serving on %s (cache %s)",
+            __version__,
+            config.listen,
+            config.cache.dir,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        await service.close()
 
 
 def main(argv: list[str] | None = None) -> int:

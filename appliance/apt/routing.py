@@ -15,6 +15,7 @@ from appliance.apt.paths import BadPath, encode_path, expected_sha256, freshness
 from appliance.cache.policy import Freshness
 
 CONNECT_PORTS = frozenset({443})
+ROUTE_MEMO = 8192  # request targets whose routes are remembered
 
 
 class Forbidden(PermissionError):
@@ -72,10 +73,22 @@ class Router:
         self._allowed = {a.lower() for a in allow}
         self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
         self._allowed_hosts = {_host_only(hp) for hp in self._allowed}
+        self._memo: dict[str, Route] = {}
 
     @property
     def remap_names(self) -> list[str]:
         return sorted(self._remaps)
+
+    def route(self, target: str) -> Route:
+        """A request target in either form; answers are memoised (they are pure)."""
+        route = self._memo.get(target)
+        if route is None:
+            is_url = target.startswith("http://") or "://" in target.split("/", 1)[0]
+            route = self.route_url(target) if is_url else self.route_path(target)
+            if len(self._memo) >= ROUTE_MEMO:
+                self._memo.clear()
+            self._memo[target] = route
+        return route
 
     def route_path(self, raw_path: str) -> Route:
         """`/NAME/rest` (path-remap form)."""

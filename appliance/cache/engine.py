@@ -20,6 +20,7 @@ import aiohttp
 from appliance.cache import policy
 from appliance.cache.download import Download, State
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
+from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
 from appliance.cache.store import Entry, Store
@@ -35,6 +36,7 @@ class Hit:
     entry: Entry
     status: str
     warning: str | None = None
+    body: bytes | None = None  # the whole file, when it is small and hot
 
 
 @dataclass
@@ -54,6 +56,7 @@ class CacheEngine:
         self.fetcher = fetcher
         self.ttl = ttl
         self.lru = LruIndex(max_size)
+        self.hot = HotEntries()
         self._pending: dict[str, asyncio.Task[Result]] = {}
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,16 +90,35 @@ class CacheEngine:
                 return await asyncio.shield(task)
             if (download := self._downloads.get(key)) is not None:
                 return Miss(download)
-            entry = await self._io(self.store.lookup, key)
+            entry, body = await self._lookup(key)
             if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
                 self.lru.touch(key)
-                return Hit(entry, "HIT")
+                return Hit(entry, "HIT", body=body)
             if key in self._pending or key in self._downloads:
                 continue  # someone started while we looked at the disk: join them
             task = asyncio.create_task(self._refresh(key, urls, entry, expected_sha256))
             self._pending[key] = task
             task.add_done_callback(lambda _t: self._pending.pop(key, None))
             return await asyncio.shield(task)
+
+    async def _lookup(self, key: str) -> tuple[Entry | None, bytes | None]:
+        if (hot := self.hot.get(key)) is not None:
+            return hot
+        generation = self.hot.generation
+        entry, body = await self._io(self._load, key)
+        if entry is not None and generation == self.hot.generation:
+            self.hot.put(key, entry, body)
+        return entry, body
+
+    def _load(self, key: str) -> tuple[Entry | None, bytes | None]:
+        entry = self.store.lookup(key)
+        if entry is None or entry.meta.size > SMALL_FILE:
+            return entry, None
+        try:
+            body = entry.path.read_bytes()
+        except OSError:
+            return None, None
+        return (entry, body) if len(body) == entry.meta.size else (None, None)
 
     async def open(self, entry: Entry) -> BinaryIO | None:
         """Open a committed file for serving; None if it vanished (evicted)."""
@@ -132,6 +154,7 @@ class CacheEngine:
                 return UpstreamFailure(502, f"{resp.url}: 304 for an unconditional request")
             entry.meta.checked = self.clock()
             await self._io(self.store.update_meta, entry)
+            self.hot.drop(key)
             self.lru.touch(key)
             return Hit(entry, "REVALIDATED")
         return await self._start_download(key, resp, expected_sha256)
@@ -162,6 +185,7 @@ class CacheEngine:
             await download.run(resp, self.store)
         finally:
             self._downloads.pop(download.key, None)
+            self.hot.drop(download.key)
         if download.state is State.DONE and download.entry is not None:
             self.lru.add(download.key, download.entry.meta.size)
             await self._evict()
@@ -169,4 +193,6 @@ class CacheEngine:
     async def _evict(self) -> None:
         for key in self.lru.victims():
             log.info("cache full: evicting %s", key)
+            self.hot.drop(key)
             await self._io(self.store.remove, key)
+            self.hot.drop(key)  # a lookup may have memoised it meanwhile

@@ -31,30 +31,34 @@ class ClientGone(Exception):
 
 
 async def deliver(
-    request: web.Request, engine: CacheEngine, result: Hit | Miss
+    request: web.BaseRequest, engine: CacheEngine, result: Hit | Miss
 ) -> web.StreamResponse:
     if isinstance(result, Miss):
         return await _deliver_download(request, engine, result.download)
     return await _deliver_entry(request, engine, result)
 
 
-async def _deliver_entry(request: web.Request, engine: CacheEngine, hit: Hit) -> web.StreamResponse:
+async def _deliver_entry(
+    request: web.BaseRequest, engine: CacheEngine, hit: Hit
+) -> web.StreamResponse:
     entry = hit.entry
+    meta = entry.meta
+    headers = _headers(
+        meta.etag or f'"{meta.sha256 or meta.size}"',
+        meta.last_modified,
+        meta.content_type,
+        hit.status,
+    )
+    if hit.warning:
+        headers["Warning"] = '111 archive-local "Revalidation Failed"'
+        headers["X-Archive-Local-Offline"] = "upstream unreachable, serving the cached copy"
+    if hit.body is not None:
+        return await _send(request, hit.body, meta.size, headers, download=None)
     file = await engine.open(entry)
     if file is None:
         raise web.HTTPServiceUnavailable(text="cache entry vanished, retry\n")
     engine.pin(entry.key)
     try:
-        meta = entry.meta
-        headers = _headers(
-            meta.etag or f'"{meta.sha256 or meta.size}"',
-            meta.last_modified,
-            meta.content_type,
-            hit.status,
-        )
-        if hit.warning:
-            headers["Warning"] = '111 archive-local "Revalidation Failed"'
-            headers["X-Archive-Local-Offline"] = "upstream unreachable, serving the cached copy"
         return await _send(request, file, meta.size, headers, download=None)
     finally:
         engine.unpin(entry.key)
@@ -62,7 +66,7 @@ async def _deliver_entry(request: web.Request, engine: CacheEngine, hit: Hit) ->
 
 
 async def _deliver_download(
-    request: web.Request, engine: CacheEngine, download: Download
+    request: web.BaseRequest, engine: CacheEngine, download: Download
 ) -> web.StreamResponse:
     if download.total is None:  # no Content-Length upstream: wait for the whole file
         await download.finished()
@@ -94,8 +98,8 @@ def _headers(
 
 
 async def _send(
-    request: web.Request,
-    file: BinaryIO,
+    request: web.BaseRequest,
+    source: BinaryIO | bytes,
     size: int,
     headers: dict[str, str],
     download: Download | None,
@@ -119,8 +123,12 @@ async def _send(
     if request.method == "HEAD" or p.end == p.start:
         await resp.write_eof()
         return resp
+    if isinstance(source, bytes):  # small and in memory: one write, no sendfile round-trip
+        await resp.write(source[p.start : p.end])
+        await resp.write_eof()
+        return resp
     try:
-        await _copy(request, file, p.start, p.end, download)
+        await _copy(request, source, p.start, p.end, download)
     except (ClientGone, ConnectionError, TimeoutError) as exc:
         _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
         return resp
@@ -136,7 +144,7 @@ class _UpstreamBroke(Exception):
 
 
 async def _copy(
-    request: web.Request, file: BinaryIO, pos: int, end: int, download: Download | None
+    request: web.BaseRequest, file: BinaryIO, pos: int, end: int, download: Download | None
 ) -> None:
     loop = asyncio.get_running_loop()
     while pos < end:
@@ -158,7 +166,7 @@ async def _copy(
         pos += sent
 
 
-def _abort(request: web.Request, resp: web.StreamResponse, why: str) -> None:
+def _abort(request: web.BaseRequest, resp: web.StreamResponse, why: str) -> None:
     log.warning("%s", why)
     resp.force_close()
     if request.transport is not None:

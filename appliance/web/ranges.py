@@ -42,8 +42,8 @@ def plan(
     if inm is not None:
         if etag and _etag_in(inm, etag):
             return Plan(304)
-    else:
-        since, modified = _http_date(headers.get("If-Modified-Since")), _http_date(last_modified)
+    elif (ims := headers.get("If-Modified-Since")) is not None:
+        since, modified = _http_date(ims), _http_date(last_modified)
         if since is not None and modified is not None and modified <= since:
             return Plan(304)
 

@@ -58,7 +58,7 @@ class _Pipe(asyncio.Protocol):
             self.peer.resume_reading()
 
 
-async def tunnel(request: web.Request, host: str, port: int) -> web.StreamResponse:
+async def tunnel(request: web.BaseRequest, host: str, port: int) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     client = request.transport

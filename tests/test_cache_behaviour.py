@@ -213,3 +213,15 @@ async def test_startup_sweeps_leftovers(
     app = start_appliance({"debian": [f"{upstream.url}/debian"]}, cache_dir=cache)
     assert _entries(cache) == []
     assert (await _get(f"{app.url}/debian/pool/orphan.deb"))[2] == b"real"
+
+
+async def test_upstream_asked_for_identity_encoding(
+    upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
+) -> None:
+    """A gzip-encoded answer would be cached and served as if it were the file itself."""
+    (upstream_root / "debian/dists/s").mkdir(parents=True)
+    (upstream_root / "debian/dists/s/Release").write_text("Origin: x\n" * 100)
+    app = start_appliance({"debian": [f"{upstream.url}/debian"]})
+    _, headers, body = await _get(f"{app.url}/debian/dists/s/Release")
+    assert body == b"Origin: x\n" * 100
+    assert upstream.requests[-1].headers.get("Accept-Encoding") == "identity"

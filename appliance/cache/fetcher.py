@@ -54,7 +54,11 @@ class Fetcher:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                headers={"User-Agent": f"archive-local/{__version__}"},
+                headers={
+                    "User-Agent": f"archive-local/{__version__}",
+                    # the bytes are cached and re-served as files: no transfer encodings
+                    "Accept-Encoding": "identity",
+                },
                 auto_decompress=False,  # bytes are cached exactly as upstream sent them
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=32),
                 trust_env=False,

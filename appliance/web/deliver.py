@@ -22,8 +22,11 @@ from appliance.web.ranges import plan
 
 log = logging.getLogger(__name__)
 
-SEND_CHUNK = 4 * 1024 * 1024
-STALL_TIMEOUT = 300.0  # seconds one chunk may take: ~14 KB/s is the slowest client kept
+# sendfile chunks start small and double while the client keeps up: a fast client gets
+# few large calls (throughput), a slow one small calls, each under the stall timeout.
+FIRST_CHUNK = 1024 * 1024
+MAX_CHUNK = 16 * 1024 * 1024
+STALL_TIMEOUT = 120.0  # seconds one chunk may take: ~9 KB/s is the slowest client kept
 
 
 class ClientGone(Exception):
@@ -147,6 +150,7 @@ async def _copy(
     request: web.BaseRequest, file: BinaryIO, pos: int, end: int, download: Download | None
 ) -> None:
     loop = asyncio.get_running_loop()
+    chunk = FIRST_CHUNK
     while pos < end:
         available = end
         if download is not None:
@@ -155,15 +159,18 @@ async def _copy(
             if download.state is State.FAILED:
                 raise _UpstreamBroke(download.error or "download failed")
             available = min(end, download.written)
-        count = min(available - pos, SEND_CHUNK)
+        count = min(available - pos, chunk)
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ClientGone("connection closed")
+        started = loop.time()
         async with asyncio.timeout(STALL_TIMEOUT):
             sent = await loop.sendfile(transport, file, pos, count)
         if sent <= 0:
             raise ClientGone("nothing sent")
         pos += sent
+        if loop.time() - started < 0.5:
+            chunk = min(chunk * 2, MAX_CHUNK)
 
 
 def _abort(request: web.BaseRequest, resp: web.StreamResponse, why: str) -> None:

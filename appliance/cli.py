@@ -35,6 +35,34 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /NAME/ from these mirrors (repeatable; overrides apt.remaps.NAME)",
     )
     sub.add_parser("config", help="print the effective configuration and exit")
+    q = sub.add_parser("query", help="list a simplestreams feed's items (like sstream-query)")
+    q.add_argument(
+        "url",
+        nargs="?",
+        help="mirror root or streams/v1/*.json|sjson URL or path "
+        "(default: this appliance's own feed)",
+    )
+    q.add_argument(
+        "filters",
+        nargs="*",
+        metavar="FILTER",
+        help="key=value, key!=value, key~regex, key!~regex (all must match)",
+    )
+    q.add_argument("--keyring", type=Path, help="verify signatures with this keyring")
+    q.add_argument("--max", type=int, dest="max_versions", help="newest N versions per product")
+    out = q.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="a JSON list of flattened items")
+    out.add_argument("-o", "--output-format", help="%%(key)s format per item")
+    sy = sub.add_parser("sync", help="mirror image feeds into the cache (like sstream-mirror)")
+    sy.add_argument("url", nargs="?", help="ad hoc: a feed's mirror root or index URL")
+    sy.add_argument("filters", nargs="*", metavar="FILTER", help="ad hoc: item filters")
+    sy.add_argument("--feed", help="sync only this configured feed")
+    sy.add_argument("--name", help="ad hoc: serve the feed at /images/NAME/")
+    sy.add_argument("--keyring", type=Path, help="ad hoc: keyring that verifies the feed")
+    sy.add_argument("--no-verify", action="store_true", help="ad hoc: accept an unsigned feed")
+    sy.add_argument("--max", type=int, dest="max_versions", help="ad hoc: versions per product")
+    sy.add_argument("--dry-run", action="store_true", help="show what would change")
+    sy.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
 
 
@@ -82,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(configuration.dump(config), end="")
         return 0
+    if args.command == "query":
+        from appliance.streams.cli import run_query
+
+        return asyncio.run(run_query(args, config))
+    if args.command == "sync":
+        from appliance.streams.cli import run_sync
+
+        return asyncio.run(run_sync(args, config))
     try:
         config.cache.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -44,10 +44,29 @@ class AptConfig:
 
 
 @dataclass(frozen=True)
+class FeedConfig:
+    """One upstream simplestreams feed to mirror."""
+
+    name: str
+    url: str
+    keyring: Path | None
+    filters: tuple[str, ...] = ()
+    max_items: int | None = None
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    sync_interval: float = 6 * 3600.0
+    gnupg_home: Path = Path("/var/lib/archive-local/gnupg")
+    feeds: tuple[FeedConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen
     cache: CacheConfig
     apt: AptConfig
+    images: ImagesConfig = ImagesConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -116,6 +135,69 @@ def parse_upstream(value: Any, key: str) -> str:
     return value.rstrip("/")
 
 
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """'6h', '30m', '45s', '1d' or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not m or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration such as 6h, 30m or 45s, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def _parse_feed(i: int, value: Any, names: set[str]) -> FeedConfig:
+    from appliance.streams.filters import Filter, FilterError
+
+    key = f"images.feeds[{i}]"
+    data = _expect_mapping(value, key)
+    _check_keys(data, ("name", "url", "keyring", "filters", "max_items"), key)
+    name = data.get("name")
+    if not isinstance(name, str) or not _REMAP_NAME.match(name):
+        raise ConfigError(f"{key}.name: letters, digits, '.', '_' or '-' required, got {name!r}")
+    if name in names:
+        raise ConfigError(f"{key}.name: feed {name!r} is defined twice")
+    names.add(name)
+    url = parse_upstream(data.get("url"), f"{key}.url")
+    keyring = data.get("keyring")
+    if not isinstance(keyring, str) or not keyring:
+        raise ConfigError(f"{key}.keyring: the keyring that verifies this feed is required")
+    filters = data.get("filters", [])
+    if not isinstance(filters, list):
+        raise ConfigError(f"{key}.filters: expected a list such as ['arch=amd64']")
+    for j, text in enumerate(filters):
+        try:
+            Filter.parse(str(text))
+        except FilterError as exc:
+            raise ConfigError(f"{key}.filters[{j}]: {exc}") from None
+    max_items = data.get("max_items")
+    if max_items is not None and (
+        isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1
+    ):
+        raise ConfigError(f"{key}.max_items: expected a whole number >= 1, got {max_items!r}")
+    return FeedConfig(name, url + "/", Path(keyring), tuple(map(str, filters)), max_items)
+
+
+def _parse_images(value: Any) -> ImagesConfig:
+    data = _expect_mapping(value, "images")
+    _check_keys(data, ("sync_interval", "gnupg_home", "feeds"), "images")
+    feeds = data.get("feeds") or []
+    if not isinstance(feeds, list):
+        raise ConfigError("images.feeds: expected a list of feeds")
+    names: set[str] = set()
+    default = ImagesConfig()
+    home = data.get("gnupg_home", str(default.gnupg_home))
+    if not isinstance(home, str) or not home:
+        raise ConfigError(f"images.gnupg_home: expected a directory path, got {home!r}")
+    return ImagesConfig(
+        sync_interval=parse_duration(data.get("sync_interval", "6h"), "images.sync_interval"),
+        gnupg_home=Path(home),
+        feeds=tuple(_parse_feed(i, f, names) for i, f in enumerate(feeds)),
+    )
+
+
 def _expect_mapping(value: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -158,7 +240,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     data = _expect_mapping(data, "<top level>")
-    _check_keys(data, ("listen", "cache", "apt"), "")
+    _check_keys(data, ("listen", "cache", "apt", "images"), "")
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
     _check_keys(cache, ("dir", "max_size"), "cache")
     apt = {**base["apt"], **_expect_mapping(data.get("apt", {}), "apt")}
@@ -177,6 +259,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
             remaps=_parse_remaps(apt["remaps"]),
             allow=_parse_allow(apt["allow"]),
         ),
+        images=_parse_images(data.get("images") or {}),
         source=source,
     )
 
@@ -234,6 +317,20 @@ def dump(config: Config) -> str:
                 "index_ttl": config.apt.index_ttl,
                 "remaps": {k: list(v) for k, v in config.apt.remaps.items()},
                 "allow": list(config.apt.allow),
+            },
+            "images": {
+                "sync_interval": config.images.sync_interval,
+                "gnupg_home": str(config.images.gnupg_home),
+                "feeds": [
+                    {
+                        "name": f.name,
+                        "url": f.url,
+                        "keyring": str(f.keyring),
+                        "filters": list(f.filters),
+                        "max_items": f.max_items,
+                    }
+                    for f in config.images.feeds
+                ],
             },
         },
         sort_keys=False,

@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.gpgkey import ThrowawayKey
+
 SUITE = "test"
 
 
@@ -100,33 +102,11 @@ def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
     ).stdout
     (dist / "Release").write_bytes(release)
 
-    gnupg = base / "gnupg"
-    gnupg.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(gnupg)}
-    gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+    key = ThrowawayKey(base)
     try:
-        _run(
-            *gpg,
-            "--quick-gen-key",
-            "archive-local test <test@localhost>",
-            "ed25519",
-            "sign",
-            "never",
-            env=env,
-        )
-        keyring = base / "keyring.gpg"
-        keyring.write_bytes(_run(*gpg, "--export", env=env).stdout)
-        _run(
-            *gpg,
-            "--yes",
-            "--clearsign",
-            "-o",
-            str(dist / "InRelease"),
-            str(dist / "Release"),
-            env=env,
-        )
-        _run(*gpg, "--yes", "-abs", "-o", str(dist / "Release.gpg"), str(dist / "Release"), env=env)
+        key.clearsign(dist / "Release", dist / "InRelease")
+        key.detach_sign(dist / "Release", dist / "Release.gpg")
     finally:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
+        key.close()
     shutil.rmtree(work)
-    return AptRepo(root, keyring, arch, debs)
+    return AptRepo(root, key.keyring, arch, debs)

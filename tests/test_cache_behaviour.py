@@ -222,6 +222,6 @@ async def test_upstream_asked_for_identity_encoding(
     (upstream_root / "debian/dists/s").mkdir(parents=True)
     (upstream_root / "debian/dists/s/Release").write_text("Origin: x\n" * 100)
     app = start_appliance({"debian": [f"{upstream.url}/debian"]})
-    _, headers, body = await _get(f"{app.url}/debian/dists/s/Release")
+    _, _headers, body = await _get(f"{app.url}/debian/dists/s/Release")
     assert body == b"Origin: x\n" * 100
     assert upstream.requests[-1].headers.get("Accept-Encoding") == "identity"

@@ -39,7 +39,19 @@ def test_embedded_default() -> None:
         ({"apt": {"remaps": {"../x": ["http://x/"]}}}, "apt.remaps.../x: a remap name"),
         ({"apt": {"allow": ["bad host!"]}}, "apt.allow[0]: expected host[:port]"),
         ({"apt": {"allow": "x"}}, "apt.allow: expected a list"),
-        ({"images": {}}, "images: unknown key"),
+        ({"images": {"colour": 1}}, "images.colour: unknown key"),
+        ({"images": {"feeds": [{"name": "u", "url": "http://x/"}]}}, "images.feeds[0].keyring"),
+        ({"images": {"sync_interval": "often"}}, "images.sync_interval: expected a duration"),
+        (
+            {
+                "images": {
+                    "feeds": [
+                        {"name": "u", "url": "http://x/", "keyring": "/k", "filters": ["arch"]}
+                    ]
+                }
+            },
+            "images.feeds[0].filters[0]: bad filter",
+        ),
         (["a list"], "<top level>: expected a mapping"),
     ],
 )

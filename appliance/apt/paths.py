@@ -1,16 +1,12 @@
-"""Request paths -> safe segments and freshness classes. Pure functions, no I/O."""
+"""apt request paths -> freshness classes and expected digests. Pure functions, no I/O."""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import quote, unquote
 
+from appliance.cache.download import NO_EXPECTATION, Expect
+from appliance.cache.keys import BadPath, encode_path, split_path
 from appliance.cache.policy import Freshness
-
-
-class BadPath(ValueError):
-    """A path that is malformed or tries to escape; answered with 400."""
-
 
 _IMMUTABLE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".dsc", ".diff.gz", ".changes", ".buildinfo")
 _TARBALL = re.compile(
@@ -19,37 +15,7 @@ _TARBALL = re.compile(
 _SHA = re.compile(r"^[0-9a-f]{32,128}$")
 # Segments that may follow `/by-hash/` name a hash algorithm apt knows.
 _BY_HASH_ALGOS = {"MD5Sum": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
-
-
-def split_path(raw: str) -> tuple[str, ...]:
-    """Split a raw (still percent-encoded) path into decoded, safe segments.
-
-    Refuses `.`/`..`, encoded slashes or traversal, NUL and control characters,
-    backslashes, and hidden names (which the store keeps for its own files).
-    """
-    if "?" in raw or "#" in raw:
-        raw = raw.split("?", 1)[0].split("#", 1)[0]
-    if not raw.startswith("/"):
-        raise BadPath("path must start with '/'")
-    segments = []
-    for piece in raw[1:].split("/"):
-        if piece == "":
-            continue  # tolerate '//' like other mirrors do
-        try:
-            seg = unquote(piece, errors="strict")
-        except UnicodeDecodeError:
-            raise BadPath("path is not valid UTF-8") from None
-        if seg in (".", "..") or seg.startswith("."):
-            raise BadPath(f"path segment {piece!r} is not allowed")
-        if "/" in seg or "\\" in seg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
-            raise BadPath(f"path segment {piece!r} contains a forbidden character")
-        segments.append(seg)
-    return tuple(segments)
-
-
-def encode_path(segments: tuple[str, ...]) -> str:
-    """Segments back to an encoded path for the upstream request ('%' -> '%25')."""
-    return "/".join(quote(s, safe="~+:@!$&'()*,;=") for s in segments)
+_HASHLIB_NAMES = {"MD5Sum": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
 
 
 def freshness(segments: tuple[str, ...]) -> Freshness:
@@ -75,7 +41,13 @@ def by_hash_digest(segments: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
-def expected_sha256(segments: tuple[str, ...]) -> str | None:
-    """The digest a by-hash/SHA256 file must have: checked before it is cached."""
+def expectation(segments: tuple[str, ...]) -> Expect:
+    """A by-hash file must have the digest its name says: checked before it is cached."""
     found = by_hash_digest(segments)
-    return found[1] if found and found[0] == "SHA256" else None
+    if found is None:
+        return NO_EXPECTATION
+    algo, digest = found
+    return Expect(algorithm=_HASHLIB_NAMES[algo], digest=digest)
+
+
+__all__ = ["BadPath", "encode_path", "expectation", "freshness", "split_path"]

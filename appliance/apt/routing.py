@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from appliance.apt.paths import BadPath, encode_path, expected_sha256, freshness, split_path
+from appliance.apt.paths import BadPath, encode_path, expectation, freshness, split_path
+from appliance.cache.download import NO_EXPECTATION, Expect
+from appliance.cache.keys import UpstreamBase
 from appliance.cache.policy import Freshness
 
 CONNECT_PORTS = frozenset({443})
@@ -27,28 +29,7 @@ class Route:
     key: str  # cache key: host[:port]/path of the canonical upstream
     urls: tuple[str, ...]  # mirrors to try, in order
     freshness: Freshness
-    sha256: str | None = None  # digest the bytes must have (by-hash)
-
-
-@dataclass(frozen=True)
-class _Upstream:
-    scheme: str
-    hostport: str  # lower-case host, ':port' only when not the scheme default
-    base: tuple[str, ...]  # decoded path segments of the mirror root
-
-    @classmethod
-    def parse(cls, url: str) -> _Upstream:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        default = 443 if parts.scheme == "https" else 80
-        port = parts.port or default
-        hostport = host if port == default else f"{host}:{port}"
-        return cls(parts.scheme, hostport, split_path(parts.path or "/"))
-
-    def url(self, rest: tuple[str, ...]) -> str:
-        return f"{self.scheme}://{self.hostport}/{encode_path(self.base + rest)}"
+    expect: Expect = NO_EXPECTATION  # what the bytes must be (by-hash digests)
 
 
 def _hostport(host: str, port: int | None, scheme: str = "http") -> str:
@@ -68,7 +49,7 @@ def _host_only(hostport: str) -> str:
 class Router:
     def __init__(self, remaps: Mapping[str, tuple[str, ...]], allow: tuple[str, ...] = ()) -> None:
         self._remaps = {
-            name: tuple(_Upstream.parse(u) for u in urls) for name, urls in remaps.items()
+            name: tuple(UpstreamBase.parse(u) for u in urls) for name, urls in remaps.items()
         }
         self._allowed = {a.lower() for a in allow}
         self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
@@ -122,7 +103,7 @@ class Router:
             key=f"{hostport}/{'/'.join(segments)}",
             urls=(f"http://{hostport}/{encode_path(segments)}",),
             freshness=freshness(segments),
-            sha256=expected_sha256(segments),
+            expect=expectation(segments),
         )
 
     def allow_connect(self, host: str, port: int) -> bool:
@@ -130,7 +111,7 @@ class Router:
         return port in CONNECT_PORTS and _hostport(host, None) in self._allowed_hosts
 
     def _remap_route(
-        self, mirrors: tuple[_Upstream, ...], rest: tuple[str, ...], first: int | None
+        self, mirrors: tuple[UpstreamBase, ...], rest: tuple[str, ...], first: int | None
     ) -> Route:
         if not rest:
             raise BadPath("no file named")
@@ -142,5 +123,5 @@ class Router:
             key="/".join((canonical.hostport, *canonical.base, *rest)),
             urls=tuple(m.url(rest) for m in order),
             freshness=freshness(rest),
-            sha256=expected_sha256(rest),
+            expect=expectation(rest),
         )

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
@@ -23,6 +25,22 @@ from appliance.cache.store import Entry, Meta, Store, TempFile
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a download must be to enter the cache: its size and a digest, when known."""
+
+    size: int | None = None
+    algorithm: str | None = None  # a hashlib name: sha256, sha512, sha1, md5
+    digest: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm is not None:
+            hashlib.new(self.algorithm)  # unknown names fail here, not mid-download
+
+
+NO_EXPECTATION = Expect()
 
 
 class State(Enum):
@@ -42,7 +60,7 @@ class Download:
         temp: TempFile,
         reader: BinaryIO,
         response: aiohttp.ClientResponse,
-        expected_sha256: str | None = None,
+        expect: Expect = NO_EXPECTATION,
     ) -> None:
         self.key = key
         self.url = str(response.url)
@@ -58,7 +76,7 @@ class Download:
         self._temp = temp
         self._reader = reader
         self._readers = 0
-        self._expected_sha256 = expected_sha256
+        self.expect = expect
         self._changed = asyncio.Event()
 
     # --- readers -----------------------------------------------------------------
@@ -91,18 +109,30 @@ class Download:
     # --- writer ------------------------------------------------------------------
     async def run(self, response: aiohttp.ClientResponse, store: Store) -> None:
         loop = asyncio.get_running_loop()
-        digest = hashlib.sha256()
+        digests = {"sha256": hashlib.sha256()}
+        if self.expect.algorithm and self.expect.algorithm not in digests:
+            digests[self.expect.algorithm] = hashlib.new(self.expect.algorithm)
         fd = self._temp.fd
         try:
+            if None not in (self.total, self.expect.size) and self.total != self.expect.size:
+                raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
             async for chunk in response.content.iter_chunked(CHUNK):
-                await loop.run_in_executor(None, _write_and_hash, fd, chunk, digest)
+                await loop.run_in_executor(None, _write_and_hash, fd, chunk, digests.values())
                 self.written += len(chunk)
                 self._notify()
             if self.total is not None and self.written != self.total:
                 raise DownloadFailed(f"short body: {self.written} of {self.total} bytes")
-            sha256 = digest.hexdigest()
-            if self._expected_sha256 and sha256 != self._expected_sha256:
-                raise DownloadFailed(f"sha256 mismatch: got {sha256}")
+            if self.expect.size is not None and self.written != self.expect.size:
+                raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
+            found = {name: d.hexdigest() for name, d in digests.items()}
+            if self.expect.algorithm and found[self.expect.algorithm] != (
+                (self.expect.digest or "").lower()
+            ):
+                raise DownloadFailed(
+                    f"{self.expect.algorithm} mismatch: got {found[self.expect.algorithm]}, "
+                    f"expected {self.expect.digest}"
+                )
+            sha256 = found.pop("sha256")
             now = time.time()
             meta = Meta(
                 url=self.url,
@@ -130,8 +160,9 @@ class Download:
             self._maybe_close()
 
 
-def _write_and_hash(fd: int, data: bytes, digest: hashlib._Hash) -> None:
+def _write_and_hash(fd: int, data: bytes, digests: Iterable[hashlib._Hash]) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-    digest.update(data)
+    for digest in digests:
+        digest.update(data)

@@ -9,7 +9,9 @@ key, the candidate upstream URLs and the key's `Freshness`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,12 +20,12 @@ from typing import BinaryIO, TypeVar
 import aiohttp
 
 from appliance.cache import policy
-from appliance.cache.download import Download, State
+from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
-from appliance.cache.store import Entry, Store
+from appliance.cache.store import Entry, Meta, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +52,27 @@ class Miss:
 Result = Hit | Miss | UpstreamFailure
 
 
+class FetchError(Exception):
+    """A file that could not be brought into the cache intact."""
+
+
+def _matches(entry: Entry, expect: Expect) -> bool:
+    """Size and stored digest; a digest never computed is computed now (blocking)."""
+    meta = entry.meta
+    if expect.size is not None and meta.size != expect.size:
+        return False
+    if not expect.algorithm:
+        return True
+    stored = {"sha256": meta.sha256, **(meta.digests or {})}.get(expect.algorithm)
+    if stored is None:
+        digest = hashlib.new(expect.algorithm)
+        with open(entry.path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        stored = digest.hexdigest()
+    return stored == (expect.digest or "").lower()
+
+
 class CacheEngine:
     def __init__(self, store: Store, fetcher: Fetcher, *, max_size: int, ttl: float) -> None:
         self.store = store
@@ -68,8 +91,9 @@ class CacheEngine:
     async def start(self) -> None:
         """Sweep leftovers of an earlier run and index what is on disk."""
         entries = await self._io(lambda: sorted(self.store.scan(), key=lambda e: e[2]))
-        for key, size, _last_use in entries:
-            self.lru.add(key, size)
+        for key, size, _last_use, keep in entries:
+            if not keep:
+                self.lru.add(key, size)
         log.info("cache: %d files, %.1f MiB", len(self.lru), self.lru.total / 2**20)
         await self._evict()
 
@@ -83,8 +107,11 @@ class CacheEngine:
         key: str,
         urls: Sequence[str],
         freshness: Freshness,
-        expected_sha256: str | None = None,
+        expect: Expect = NO_EXPECTATION,
     ) -> Result:
+        if freshness is Freshness.MANAGED:  # written by sync/publish, maybe another process
+            entry = await self._io(self.store.lookup, key)
+            return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
         while True:
             if (task := self._pending.get(key)) is not None:
                 return await asyncio.shield(task)
@@ -96,10 +123,81 @@ class CacheEngine:
                 return Hit(entry, "HIT", body=body)
             if key in self._pending or key in self._downloads:
                 continue  # someone started while we looked at the disk: join them
-            task = asyncio.create_task(self._refresh(key, urls, entry, expected_sha256))
+            task = asyncio.create_task(self._refresh(key, urls, entry, expect))
             self._pending[key] = task
             task.add_done_callback(lambda _t: self._pending.pop(key, None))
             return await asyncio.shield(task)
+
+    async def ensure(self, key: str, urls: Sequence[str], expect: Expect) -> Entry:
+        """The verified file for `key`, downloading it if needed (for mirroring).
+
+        A file already on disk is re-checked cheaply against the expected size and its
+        stored digest; one that does not match is dropped and fetched again.
+        """
+        for _attempt in range(2):
+            result = await self.get(key, urls, Freshness.IMMUTABLE, expect)
+            if isinstance(result, UpstreamFailure):
+                raise FetchError(result.reason)
+            if isinstance(result, Miss):
+                download = result.download
+                await download.finished()
+                if download.state is not State.DONE or download.entry is None:
+                    raise FetchError(download.error or "download failed")
+                return download.entry
+            if await self._io(_matches, result.entry, expect):
+                return result.entry
+            log.warning("cache: %s does not match its expected digest; fetching again", key)
+            await self.remove(key)
+        raise FetchError(f"{key}: still does not match after a fresh download")
+
+    def downloading(self) -> int:
+        """Bytes received so far by the downloads in progress (for progress bars)."""
+        return sum(d.written for d in self._downloads.values())
+
+    async def lookup(self, key: str) -> Entry | None:
+        return await self._io(self.store.lookup, key)
+
+    async def keep(self, entry: Entry) -> None:
+        """Exempt a file from eviction (it was mirrored on purpose)."""
+        if not entry.meta.keep:
+            entry.meta.keep = True
+            await self._io(self.store.update_meta, entry)
+            self.lru.discard(entry.key)
+            self.hot.drop(entry.key)
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> Entry:
+        """Store bytes the appliance produced or verified itself (kept, never evicted)."""
+        now = self.clock()
+        meta = Meta(
+            url=f"local:{key}",
+            size=len(data),
+            fetched=now,
+            checked=now,
+            content_type=content_type,
+            sha256=hashlib.sha256(data).hexdigest(),
+            keep=True,
+        )
+        entry = await self._io(self._put, key, data, meta)
+        self.hot.drop(key)
+        self.lru.discard(key)
+        return entry
+
+    def _put(self, key: str, data: bytes, meta: Meta) -> Entry:
+        temp = self.store.create_temp(key)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(temp.fd, view) :]
+            return self.store.commit(temp, meta)
+        except BaseException:
+            self.store.discard(temp)
+            raise
+
+    async def remove(self, key: str) -> None:
+        self.hot.drop(key)
+        self.lru.discard(key)
+        await self._io(self.store.remove, key)
+        self.hot.drop(key)
 
     async def _lookup(self, key: str) -> tuple[Entry | None, bytes | None]:
         if (hot := self.hot.get(key)) is not None:
@@ -134,7 +232,7 @@ class CacheEngine:
         self.lru.unpin(key)
 
     async def _refresh(
-        self, key: str, urls: Sequence[str], entry: Entry | None, expected_sha256: str | None
+        self, key: str, urls: Sequence[str], entry: Entry | None, expect: Expect
     ) -> Result:
         headers: dict[str, str] = {}
         if entry is not None:
@@ -157,10 +255,10 @@ class CacheEngine:
             self.hot.drop(key)
             self.lru.touch(key)
             return Hit(entry, "REVALIDATED")
-        return await self._start_download(key, resp, expected_sha256)
+        return await self._start_download(key, resp, expect)
 
     async def _start_download(
-        self, key: str, resp: aiohttp.ClientResponse, expected_sha256: str | None
+        self, key: str, resp: aiohttp.ClientResponse, expect: Expect
     ) -> Result:
         try:
             temp = await self._io(self.store.create_temp, key)
@@ -173,7 +271,7 @@ class CacheEngine:
             resp.release()
             log.error("cache: cannot store %s: %s", key, exc)
             return UpstreamFailure(500, f"cannot store {key}: {exc.strerror}")
-        download = Download(key, temp, reader, resp, expected_sha256)
+        download = Download(key, temp, reader, resp, expect)
         self._downloads[key] = download
         task = asyncio.create_task(self._run_download(download, resp))
         self._tasks.add(task)

@@ -15,10 +15,11 @@ from appliance.cache.store import Meta
 class Freshness(Enum):
     IMMUTABLE = "immutable"  # content never changes under this name (pool files, by-hash)
     VOLATILE = "volatile"  # revalidated with a conditional request after the TTL
+    MANAGED = "managed"  # written by the appliance itself (feed snapshots): never fetched
 
 
 def is_fresh(meta: Meta, freshness: Freshness, now: float, ttl: float) -> bool:
-    if freshness is Freshness.IMMUTABLE:
+    if freshness is not Freshness.VOLATILE:
         return True
     return 0 <= now - meta.checked < ttl
 

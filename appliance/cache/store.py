@@ -44,6 +44,8 @@ class Meta:
     last_modified: str | None = None
     content_type: str | None = None
     sha256: str | None = None
+    digests: dict[str, str] | None = None  # other digests checked at download (md5, sha512)
+    keep: bool = False  # mirrored or published: never evicted, removed only explicitly
 
 
 @dataclass
@@ -69,7 +71,7 @@ class Store(Protocol):
     def discard(self, temp: TempFile) -> None: ...
     def update_meta(self, entry: Entry) -> None: ...
     def remove(self, key: str) -> None: ...
-    def scan(self) -> Iterator[tuple[str, int, float]]: ...
+    def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
 
 
 def check_key(key: str) -> None:
@@ -144,8 +146,8 @@ class FilesystemStore:
         self._meta_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
-    def scan(self) -> Iterator[tuple[str, int, float]]:
-        """Sweep leftovers (temp files, orphans) and yield (key, size, last use)."""
+    def scan(self) -> Iterator[tuple[str, int, float, bool]]:
+        """Sweep leftovers (temp files, orphans) and yield (key, size, last use, keep)."""
         if not self.root.is_dir():
             return
         for dirpath, _dirs, files in os.walk(self.root):
@@ -168,4 +170,5 @@ class FilesystemStore:
                     self.remove(key)
                     continue
                 st = full.stat()
-                yield key, entry.meta.size, max(st.st_atime, st.st_mtime, entry.meta.checked)
+                last_use = max(st.st_atime, st.st_mtime, entry.meta.checked)
+                yield key, entry.meta.size, last_use, entry.meta.keep

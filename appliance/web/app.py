@@ -18,6 +18,7 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.store import FilesystemStore
 from appliance.config import Config
+from appliance.streams.serve import ImageRoutes, NotFound
 from appliance.web.deliver import deliver
 from appliance.web.tunnel import tunnel
 
@@ -46,6 +47,7 @@ class Service:
             max_size=config.cache.max_size,
             ttl=config.apt.index_ttl,
         )
+        self.images = ImageRoutes(self.engine)
 
     async def start(self) -> None:
         await self.engine.start()
@@ -64,12 +66,17 @@ class Service:
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
-            route = self.router.route(target)
+            if target.startswith("/images/"):
+                route = await self.images.route(target)
+            else:
+                route = self.router.route(target)
         except BadPath as exc:
             raise web.HTTPBadRequest(text=f"bad request: {exc}\n") from None
         except Forbidden as exc:
             raise web.HTTPForbidden(text=f"forbidden: {exc}\n") from None
-        result = await self.engine.get(route.key, route.urls, route.freshness, route.sha256)
+        except NotFound as exc:
+            raise web.HTTPNotFound(text=f"not found: {exc}\n") from None
+        result = await self.engine.get(route.key, route.urls, route.freshness, route.expect)
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
         return await deliver(request, self.engine, result)

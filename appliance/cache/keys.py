@@ -1,0 +1,65 @@
+"""Safe request paths and cache keys from upstream URLs (`host[:port]/decoded/path`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+
+class BadPath(ValueError):
+    """A path that is malformed or tries to escape; answered with 400."""
+
+
+def split_path(raw: str) -> tuple[str, ...]:
+    """Split a raw (still percent-encoded) path into decoded, safe segments.
+
+    Refuses `.`/`..`, encoded slashes or traversal, NUL and control characters,
+    backslashes, and hidden names (which the store keeps for its own files).
+    """
+    if "?" in raw or "#" in raw:
+        raw = raw.split("?", 1)[0].split("#", 1)[0]
+    if not raw.startswith("/"):
+        raise BadPath("path must start with '/'")
+    segments = []
+    for piece in raw[1:].split("/"):
+        if piece == "":
+            continue  # tolerate '//' like other mirrors do
+        try:
+            seg = unquote(piece, errors="strict")
+        except UnicodeDecodeError:
+            raise BadPath("path is not valid UTF-8") from None
+        if seg in (".", "..") or seg.startswith("."):
+            raise BadPath(f"path segment {piece!r} is not allowed")
+        if "/" in seg or "\\" in seg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
+            raise BadPath(f"path segment {piece!r} contains a forbidden character")
+        segments.append(seg)
+    return tuple(segments)
+
+
+def encode_path(segments: tuple[str, ...]) -> str:
+    """Segments back to an encoded path for the upstream request ('%' -> '%25')."""
+    return "/".join(quote(s, safe="~+:@!$&'()*,;=") for s in segments)
+
+
+@dataclass(frozen=True)
+class UpstreamBase:
+    scheme: str
+    hostport: str  # lower-case host, ':port' only when not the scheme default
+    base: tuple[str, ...]  # decoded path segments of the mirror root
+
+    @classmethod
+    def parse(cls, url: str) -> UpstreamBase:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        hostport = host if port == default else f"{host}:{port}"
+        return cls(parts.scheme, hostport, split_path(parts.path or "/"))
+
+    def url(self, rest: tuple[str, ...]) -> str:
+        return f"{self.scheme}://{self.hostport}/{encode_path(self.base + rest)}"
+
+    def key(self, rest: tuple[str, ...] = ()) -> str:
+        return "/".join((self.hostport, *self.base, *rest))

@@ -1,0 +1,1 @@
+"""The cloud-image feed: the simplestreams format, signatures, mirroring and publishing."""

@@ -1,0 +1,195 @@
+"""Command-line front ends of the feed commands (argument handling and output only)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from urllib.parse import urlsplit
+
+from appliance import config as configuration
+from appliance.cache.engine import CacheEngine
+from appliance.cache.fetcher import Fetcher
+from appliance.cache.store import FilesystemStore
+from appliance.config import FeedConfig
+from appliance.streams.filters import FilterError, parse_filters
+from appliance.streams.gpg import SignatureError, Verifier
+from appliance.streams.query import format_rows, format_table, query
+from appliance.streams.reader import FeedError, FeedReader, split_feed_url
+from appliance.streams.sync import FeedMirror, FeedOutcome, ItemOutcome
+
+
+def _err(message: str) -> int:
+    print(f"archive-local: {message}", file=sys.stderr)
+    return 1
+
+
+async def run_query(args: argparse.Namespace, config: configuration.Config) -> int:
+    url = args.url or f"http://127.0.0.1:{config.listen.port}/"
+    try:
+        filters = parse_filters(args.filters)
+    except FilterError as exc:
+        print(f"archive-local: {exc}", file=sys.stderr)
+        return 2
+    root, index_path = split_feed_url(url)
+    try:
+        verifier = Verifier(args.keyring) if args.keyring else None
+    except SignatureError as exc:
+        return _err(str(exc))
+    if verifier is None:
+        print("archive-local: warning: signatures not verified (no --keyring)", file=sys.stderr)
+    fetcher = Fetcher()
+    try:
+        reader = FeedReader(root, fetcher, verifier)
+        rows = [r async for r in query(reader, index_path, filters, args.max_versions)]
+    except FeedError as exc:
+        return _err(str(exc))
+    finally:
+        await fetcher.close()
+        if verifier:
+            verifier.close()
+    if args.json:
+        print(json.dumps(rows, indent=1, sort_keys=True))
+    elif args.output_format:
+        text, errors = format_rows(rows, args.output_format)
+        sys.stdout.write(text)
+        for e in errors:
+            print(e, file=sys.stderr)
+    else:
+        sys.stdout.write(format_table(rows))
+    return 0
+
+
+class _Progress:
+    """A bar on a terminal, one line per item otherwise (both on stderr)."""
+
+    def __init__(self, engine: CacheEngine, tty: bool) -> None:
+        self.engine = engine
+        self.tty = tty
+        self.feed = ""
+        self.total_items = self.total_bytes = self.done_items = self.done_bytes = 0
+
+    def __call__(self, event: str, data: object) -> None:
+        if event == "plan":
+            self.total_items, self.total_bytes = data  # type: ignore[misc]
+            self.done_items = self.done_bytes = 0
+        elif event == "item":
+            item: ItemOutcome = data  # type: ignore[assignment]
+            if item.status in ("fetched", "present", "failed"):
+                self.done_items += 1
+                self.done_bytes += item.size
+            if self.tty:
+                self.clear()
+            line = f"{item.status:<12} {item.path} ({_mb(item.size)})"
+            if item.error:
+                line += f": {item.error}"
+            print(f"[{self.feed}] {line}", file=sys.stderr)
+            self.draw()
+        elif event == "error":
+            print(f"[{self.feed}] sync failed: {data.error}", file=sys.stderr)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+
+    def draw(self) -> None:
+        if not self.tty or not self.total_items:
+            return
+        got = self.done_bytes + self.engine.downloading()
+        frac = min(1.0, got / self.total_bytes) if self.total_bytes else 1.0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(
+            f"\r[{self.feed}] [{bar:<30}] {frac:4.0%} {self.done_items}/{self.total_items} items "
+            f"{_mb(got)} of {_mb(self.total_bytes)}"
+        )
+        sys.stderr.flush()
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.draw()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _adhoc_feed(args: argparse.Namespace) -> FeedConfig:
+    url = configuration.parse_upstream(args.url, "URL")
+    name = args.name or urlsplit(url).hostname or "feed"
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name)
+    keyring = args.keyring
+    if keyring is None and not args.no_verify:
+        raise configuration.ConfigError("--keyring FILE is required (or --no-verify)")
+    return FeedConfig(
+        name,
+        url if url.endswith("json") else url + "/",
+        keyring,
+        tuple(args.filters),
+        args.max_versions,
+    )
+
+
+async def run_sync(args: argparse.Namespace, config: configuration.Config) -> int:
+    try:
+        parse_filters(args.filters)
+        if args.url:
+            feeds = [_adhoc_feed(args)]
+        else:
+            feeds = [f for f in config.images.feeds if args.feed in (None, f.name)]
+            if not feeds:
+                raise configuration.ConfigError(
+                    f"no feed named {args.feed!r} in images.feeds"
+                    if args.feed
+                    else "no feeds configured (images.feeds) and no URL given"
+                )
+    except (configuration.ConfigError, FilterError) as exc:
+        print(f"archive-local: {exc}", file=sys.stderr)
+        return 2
+    fetcher = Fetcher()
+    engine = CacheEngine(
+        FilesystemStore(config.cache.dir),
+        fetcher,
+        max_size=config.cache.max_size,
+        ttl=config.apt.index_ttl,
+    )
+    progress = _Progress(engine, sys.stderr.isatty() and not args.json)
+    ticker = asyncio.create_task(progress.ticker())
+    outcomes: list[FeedOutcome] = []
+    try:
+        for feed in feeds:
+            progress.feed = feed.name
+            verifier = None
+            try:
+                verifier = Verifier(feed.keyring) if feed.keyring else None
+            except SignatureError as exc:
+                outcomes.append(FeedOutcome(feed.name, feed.url, ok=False, error=str(exc)))
+                progress("error", outcomes[-1])
+                continue
+            try:
+                mirror = FeedMirror(engine, fetcher, feed, verifier, progress)
+                outcomes.append(await mirror.sync(dry_run=args.dry_run))
+            finally:
+                if verifier:
+                    verifier.close()
+            if progress.tty:
+                progress.clear()
+    finally:
+        ticker.cancel()
+        await engine.close()
+        await fetcher.close()
+    if args.json:
+        print(json.dumps([o.as_dict() for o in outcomes], indent=1))
+    else:
+        for o in outcomes:
+            verb = "would fetch" if args.dry_run else "fetched"
+            n = o.count("would-fetch") if args.dry_run else o.count("fetched")
+            removed = o.count("would-remove") if args.dry_run else o.count("removed")
+            state = "ok" if o.ok else f"FAILED: {o.error}"
+            print(
+                f"{o.feed}: {verb} {n}, present {o.count('present')}, rejected "
+                f"{o.count('failed')}, removed {removed}; {_mb(o.bytes_fetched)} in "
+                f"{o.seconds:.1f} s; {state}"
+            )
+    return 0 if all(o.ok for o in outcomes) else 1

@@ -1,0 +1,123 @@
+"""Read simplestreams documents from a mirror root (http(s):// URL or local directory).
+
+With a keyring, every document must carry a good signature: `.sjson` clearsigned,
+or `.json` with its detached `.json.gpg`. Without one, documents are read unverified
+(the caller says so to the user).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.cache.fetcher import Fetcher, UpstreamFailure
+from appliance.streams.gpg import SignatureError, Verifier
+from appliance.streams.model import FormatError, safe_path
+
+DEFAULT_INDEX = "streams/v1/index.sjson"
+MAX_DOCUMENT = 64 * 1024 * 1024
+
+
+class FeedError(Exception):
+    """A feed that cannot be read: unreachable, malformed or badly signed."""
+
+
+def split_feed_url(url: str) -> tuple[str, str]:
+    """(mirror root, index path): a root gets `streams/v1/index.sjson` appended."""
+    m = re.match(r"^(.*?/?)(streams/v1/[^/]+\.s?json)$", url)
+    if m:
+        return m.group(1).rstrip("/") or ".", m.group(2)
+    return url.rstrip("/") or "/", DEFAULT_INDEX
+
+
+def unarmor_clearsigned(data: bytes) -> bytes:
+    """The cleartext of a clearsigned message, unverified (for --no-verify only)."""
+    text = data.decode("utf-8", errors="strict")
+    try:
+        head, rest = text.split("\n\n", 1)
+        body, _sig = rest.split("\n-----BEGIN PGP SIGNATURE-----", 1)
+    except ValueError:
+        raise FeedError("not a clearsigned document") from None
+    if "-----BEGIN PGP SIGNED MESSAGE-----" not in head:
+        raise FeedError("not a clearsigned document")
+    lines = [ln[2:] if ln.startswith("- ") else ln for ln in body.split("\n")]
+    return "\n".join(lines).encode()
+
+
+def stored_json(data: bytes) -> bytes:
+    """The JSON inside a document the appliance stored after verifying it."""
+    if data.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
+        return unarmor_clearsigned(data)
+    return data
+
+
+@dataclass
+class FeedReader:
+    root: str
+    fetcher: Fetcher | None = None
+    verifier: Verifier | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.root.startswith(("http://", "https://"))
+
+    def url(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    async def raw(self, path: str) -> bytes:
+        safe_path(path, "document")
+        if not self.is_remote:
+            try:
+                return (Path(self.root.removeprefix("file://")) / path).read_bytes()
+            except OSError as exc:
+                raise FeedError(f"{self.url(path)}: {exc.strerror}") from None
+        assert self.fetcher is not None
+        resp = await self.fetcher.open([self.url(path)])
+        if isinstance(resp, UpstreamFailure):
+            raise FeedError(resp.reason)
+        try:
+            if (resp.content_length or 0) > MAX_DOCUMENT:
+                raise FeedError(f"{self.url(path)}: document larger than {MAX_DOCUMENT} bytes")
+            body = await resp.content.read(MAX_DOCUMENT + 1)
+            if len(body) > MAX_DOCUMENT:
+                raise FeedError(f"{self.url(path)}: document larger than {MAX_DOCUMENT} bytes")
+            return body
+        finally:
+            resp.release()
+
+    async def document(self, path: str) -> tuple[dict[str, Any], bytes]:
+        """(parsed JSON, the raw bytes as served), after the signature check."""
+        raw = await self.raw(path)
+        try:
+            if path.endswith(".sjson"):
+                content = (
+                    self.verifier.clearsigned(raw, self.url(path))
+                    if self.verifier
+                    else unarmor_clearsigned(raw)
+                )
+            else:
+                if self.verifier:
+                    signature = await self.raw(path + ".gpg")
+                    self.verifier.detached(raw, signature, self.url(path))
+                content = raw
+        except SignatureError as exc:
+            raise FeedError(f"bad signature: {exc}") from None
+        try:
+            doc = json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FeedError(f"{self.url(path)}: not JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise FeedError(f"{self.url(path)}: not a JSON object")
+        return doc, raw
+
+    def entry_path(self, index_path: str, entry_path: str) -> str:
+        """A signed index points at signed products: `.json` paths become `.sjson`."""
+        if index_path.endswith(".sjson") and entry_path.endswith(".json"):
+            return entry_path[: -len(".json")] + ".sjson"
+        return entry_path
+
+
+__all__ = ["FeedError", "FeedReader", "FormatError", "split_feed_url"]

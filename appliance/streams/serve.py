@@ -1,0 +1,119 @@
+"""Serving mirrored feeds: `/images/NAME/...` passes each synced feed through.
+
+Documents come only from the verified snapshot that `sync` published (never fetched
+on demand), so clients keep checking upstream's own signatures. Items listed in the
+snapshot come from the cache, and those not mirrored yet are fetched on demand through
+it, checked against the size and checksum the signed metadata gives (no other mirror
+does this). Anything else under a feed is 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from appliance.apt.routing import Route
+from appliance.cache.download import Expect
+from appliance.cache.engine import CacheEngine
+from appliance.cache.keys import BadPath, UpstreamBase, encode_path, split_path
+from appliance.cache.policy import Freshness
+from appliance.streams.model import PRODUCTS_FORMAT, FormatError, iter_items, parse_index
+from appliance.streams.reader import stored_json
+from appliance.streams.sync import FEED_DESCRIPTOR, expect_of, snapshot_key
+
+log = logging.getLogger(__name__)
+
+RECHECK = 5.0  # seconds between looks at whether a feed's snapshot changed
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass
+class _FeedState:
+    stamp: float = -1.0  # `fetched` of the snapshot index that the item map was built from
+    checked: float = 0.0
+    base: UpstreamBase | None = None
+    root: str = ""
+    items: dict[str, Expect] = field(default_factory=dict)
+
+
+class ImageRoutes:
+    def __init__(self, engine: CacheEngine) -> None:
+        self.engine = engine
+        self._feeds: dict[str, _FeedState] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def route(self, raw_path: str) -> Route:
+        segments = split_path(raw_path)  # ("images", NAME, ...)
+        if len(segments) < 3:
+            raise NotFound("no file named")
+        name, rest = segments[1], segments[2:]
+        path = "/".join(rest)
+        if rest[:2] == ("streams", "v1") or path == FEED_DESCRIPTOR:
+            if path == FEED_DESCRIPTOR:
+                raise NotFound(path)
+            return Route(snapshot_key(name, path), (), Freshness.MANAGED)
+        state = await self._state(name)
+        expect = state.items.get(path)
+        if expect is None or state.base is None:
+            raise NotFound(f"{path} is not an item of feed {name!r}")
+        return Route(
+            key=state.base.key(rest),
+            urls=(f"{state.root}/{encode_path(rest)}",),
+            freshness=Freshness.IMMUTABLE,
+            expect=expect,
+        )
+
+    async def _state(self, name: str) -> _FeedState:
+        state = self._feeds.setdefault(name, _FeedState())
+        if time.monotonic() - state.checked < RECHECK:
+            return state
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if time.monotonic() - state.checked < RECHECK:
+                return state
+            await self._reload(name, state)
+            state.checked = time.monotonic()
+        return state
+
+    async def _reload(self, name: str, state: _FeedState) -> None:
+        descriptor = await self.engine.lookup(snapshot_key(name, FEED_DESCRIPTOR))
+        if descriptor is None:
+            raise NotFound(f"no feed named {name!r} has been synced")
+        try:
+            info = json.loads(await asyncio.to_thread(descriptor.path.read_bytes))
+            index_entry = await self.engine.lookup(snapshot_key(name, info["index"]))
+            if index_entry is None or index_entry.meta.fetched == state.stamp:
+                return
+            items = await asyncio.to_thread(self._items, name, info["index"], index_entry.path)
+        except (OSError, ValueError, KeyError, FormatError, BadPath) as exc:
+            log.warning("feed %s: snapshot unreadable: %s", name, exc)
+            return
+        state.root = info["url"]
+        state.base = UpstreamBase.parse(info["url"] + "/")
+        state.items = items
+        state.stamp = index_entry.meta.fetched
+        log.info("feed %s: %d items servable", name, len(items))
+
+    def _items(self, name: str, index_path: str, index_file: object) -> dict[str, Expect]:
+        store = self.engine.store
+        index = json.loads(stored_json(open(index_file, "rb").read()))  # noqa: SIM115
+        items: dict[str, Expect] = {}
+        for entry in parse_index(index):
+            if entry.format != PRODUCTS_FORMAT or entry.path is None:
+                continue
+            path = entry.path
+            if index_path.endswith(".sjson") and path.endswith(".json"):
+                path = path[: -len(".json")] + ".sjson"
+            doc_entry = store.lookup(snapshot_key(name, path))
+            if doc_entry is None:
+                continue
+            doc = json.loads(stored_json(doc_entry.path.read_bytes()))
+            for _p, _v, _i, props in iter_items(doc):
+                if "path" in props:
+                    items[props["path"]] = expect_of(props)
+        return items

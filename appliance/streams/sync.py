@@ -1,0 +1,268 @@
+"""Mirror a simplestreams feed into the shared cache.
+
+Order matters, so that a failure never leaves a broken feed behind:
+1. read and verify every metadata document (index, products) before using any;
+2. fetch the selected items through the cache engine, each checked against its
+   size and strongest checksum while streaming; a bad item is reported and skipped;
+3. publish the verified documents byte-for-byte as the feed's pass-through snapshot
+   (products first, index last);
+4. drop items that the previous snapshot selected and this one no longer does.
+
+Mirrored items are kept out of LRU eviction (`keep`); the snapshot documents live
+under `_images/<feed>/` so that nothing fetched on demand can ever replace them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from appliance.cache.download import Expect
+from appliance.cache.engine import CacheEngine, FetchError
+from appliance.cache.fetcher import Fetcher
+from appliance.cache.keys import UpstreamBase, split_path
+from appliance.config import FeedConfig
+from appliance.streams.filters import Filter, parse_filters, select
+from appliance.streams.gpg import Verifier
+from appliance.streams.model import (
+    PRODUCTS_FORMAT,
+    FormatError,
+    parse_index,
+    strongest_checksum,
+    validate_products,
+)
+from appliance.streams.reader import FeedError, FeedReader, split_feed_url, stored_json
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_PREFIX = "_images"
+FEED_DESCRIPTOR = "feed.json"  # {"url": mirror root, "index": index path} of a synced feed
+CONCURRENCY = 2
+
+
+def snapshot_key(feed: str, path: str = "") -> str:
+    return "/".join(p for p in (SNAPSHOT_PREFIX, feed, path) if p)
+
+
+@dataclass
+class ItemOutcome:
+    product: str
+    version: str
+    item: str
+    path: str
+    size: int
+    status: str  # fetched, present, failed, removed; would-fetch, would-remove (dry run)
+    error: str | None = None
+
+
+@dataclass
+class FeedOutcome:
+    feed: str
+    url: str
+    ok: bool = True
+    error: str | None = None
+    items: list[ItemOutcome] = field(default_factory=list)
+    bytes_fetched: int = 0
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for i in self.items if i.status == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Selected:
+    content_id: str
+    product: str
+    version: str
+    item: str
+    path: str
+    expect: Expect
+
+
+Report = Callable[[str, Any], None]
+
+
+def expect_of(props: dict[str, str]) -> Expect:
+    found = strongest_checksum(props)
+    algo, digest = found if found else (None, None)
+    return Expect(size=int(props["size"]), algorithm=algo, digest=digest)
+
+
+def selected_items(
+    doc: dict[str, Any], filters: Sequence[Filter], max_items: int | None
+) -> list[Selected]:
+    return [
+        Selected(doc["content_id"], p, v, i, props["path"], expect_of(props))
+        for p, v, i, props in select(doc, filters, max_items)
+        if "path" in props
+    ]
+
+
+class FeedMirror:
+    def __init__(
+        self,
+        engine: CacheEngine,
+        fetcher: Fetcher,
+        feed: FeedConfig,
+        verifier: Verifier | None,
+        report: Report | None = None,
+    ) -> None:
+        self.engine = engine
+        self.feed = feed
+        self.root, self.index_path = split_feed_url(feed.url)
+        self.base = UpstreamBase.parse(self.root + "/")
+        self.reader = FeedReader(self.root, fetcher, verifier)
+        self.filters = parse_filters(feed.filters)
+        self.report = report or (lambda _event, _data: None)
+
+    def item_key(self, path: str) -> str:
+        return self.base.key(split_path("/" + path))
+
+    def item_url(self, path: str) -> str:
+        return self.reader.url(path)
+
+    async def read_metadata(self) -> tuple[dict[str, bytes], list[Selected]]:
+        """Every document verified and parsed; raises FeedError before anything is used."""
+        documents: dict[str, bytes] = {}
+        index, raw = await self.reader.document(self.index_path)
+        try:
+            entries = parse_index(index)
+        except FormatError as exc:
+            raise FeedError(f"{self.reader.url(self.index_path)}: {exc}") from None
+        selected: list[Selected] = []
+        for entry in entries:
+            if entry.format != PRODUCTS_FORMAT or entry.path is None:
+                continue
+            path = self.reader.entry_path(self.index_path, entry.path)
+            doc, doc_raw = await self.reader.document(path)
+            try:
+                validate_products(doc)
+            except FormatError as exc:
+                raise FeedError(f"{self.reader.url(path)}: {exc}") from None
+            documents[path] = doc_raw
+            selected += selected_items(doc, self.filters, self.feed.max_items)
+        documents.update(await self._other_renderings(documents))
+        documents[self.index_path] = raw
+        documents.update(await self._other_renderings({self.index_path: raw}))
+        return documents, selected
+
+    async def _other_renderings(self, documents: dict[str, bytes]) -> dict[str, bytes]:
+        """`.json`/`.json.gpg` beside `.sjson` (and back), verified, for pass-through clients."""
+        found: dict[str, bytes] = {}
+        for path in documents:
+            stem = path.removesuffix(".sjson").removesuffix(".json")
+            for other in (stem + ".sjson", stem + ".json"):
+                if other == path or other in documents:
+                    continue
+                try:
+                    _doc, raw = await self.reader.document(other)
+                except FeedError as exc:
+                    log.info("%s: no usable %s (%s)", self.feed.name, other, exc)
+                    continue
+                found[other] = raw
+                if other.endswith(".json"):
+                    with contextlib.suppress(FeedError):
+                        found[other + ".gpg"] = await self.reader.raw(other + ".gpg")
+        return found
+
+    async def previous_selection(self) -> list[Selected]:
+        """What the last published snapshot selected (for pruning)."""
+        previous: list[Selected] = []
+        entry = await self.engine.lookup(snapshot_key(self.feed.name, self.index_path))
+        if entry is None:
+            return previous
+        try:
+            index = json.loads(stored_json(await asyncio.to_thread(entry.path.read_bytes)))
+            for e in parse_index(index):
+                if e.format != PRODUCTS_FORMAT or e.path is None:
+                    continue
+                path = self.reader.entry_path(self.index_path, e.path)
+                doc_entry = await self.engine.lookup(snapshot_key(self.feed.name, path))
+                if doc_entry is None:
+                    continue
+                doc = json.loads(stored_json(await asyncio.to_thread(doc_entry.path.read_bytes)))
+                previous += selected_items(doc, self.filters, self.feed.max_items)
+        except (OSError, ValueError, FormatError) as exc:
+            log.warning(
+                "%s: previous snapshot unreadable (%s); nothing pruned", self.feed.name, exc
+            )
+            return []
+        return previous
+
+    async def sync(self, dry_run: bool = False) -> FeedOutcome:
+        started = time.monotonic()
+        outcome = FeedOutcome(self.feed.name, self.feed.url)
+        try:
+            documents, selected = await self.read_metadata()
+        except FeedError as exc:
+            outcome.ok, outcome.error = False, str(exc)
+            self.report("error", outcome)
+            return outcome
+        previous = await self.previous_selection()
+        current_paths = {s.path for s in selected}
+        self.report("plan", (len(selected), sum(s.expect.size or 0 for s in selected)))
+
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(item: Selected) -> None:
+            async with semaphore:
+                result = await self._fetch(item, dry_run)
+            outcome.items.append(result)
+            if result.status == "fetched":
+                outcome.bytes_fetched += result.size
+            self.report("item", result)
+
+        await asyncio.gather(*(one(s) for s in selected))
+        if not dry_run:
+            await self._publish(documents)
+        for gone in {s.path: s for s in previous if s.path not in current_paths}.values():
+            status = "would-remove" if dry_run else "removed"
+            if not dry_run:
+                await self.engine.remove(self.item_key(gone.path))
+            result = ItemOutcome(
+                gone.product, gone.version, gone.item, gone.path, gone.expect.size or 0, status
+            )
+            outcome.items.append(result)
+            self.report("item", result)
+        outcome.ok = outcome.count("failed") == 0
+        if not outcome.ok:
+            outcome.error = f"{outcome.count('failed')} item(s) rejected"
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    async def _fetch(self, item: Selected, dry_run: bool) -> ItemOutcome:
+        key = self.item_key(item.path)
+        size = item.expect.size or 0
+        result = ItemOutcome(item.product, item.version, item.item, item.path, size, "present")
+        existing = await self.engine.lookup(key)
+        if dry_run:
+            if existing is None or existing.meta.size != size:
+                result.status = "would-fetch"
+            return result
+        try:
+            entry = await self.engine.ensure(key, [self.item_url(item.path)], item.expect)
+            await self.engine.keep(entry)
+        except FetchError as exc:
+            result.status, result.error = "failed", str(exc)
+            log.warning("%s: %s rejected: %s", self.feed.name, item.path, exc)
+            return result
+        if existing is None or entry.meta.fetched != existing.meta.fetched:
+            result.status = "fetched"
+        return result
+
+    async def _publish(self, documents: dict[str, bytes]) -> None:
+        """Products documents first, then the feed descriptor, the index last."""
+        descriptor = json.dumps({"url": self.root, "index": self.index_path}).encode()
+        ordered = sorted(documents, key=lambda p: ("/index." in "/" + p, p))
+        await self.engine.put(snapshot_key(self.feed.name, FEED_DESCRIPTOR), descriptor)
+        for path in ordered:
+            await self.engine.put(snapshot_key(self.feed.name, path), documents[path])

@@ -40,8 +40,10 @@ lint: venv
 	$(BIN)/ruff check appliance tests
 	$(BIN)/ruff format --check appliance tests
 
+# ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
+ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
 bench: venv debs-bench
-	ARCHIVE_LOCAL_BIN=$(abspath $(BIN)/archive-local) bench/run.sh $(BENCH_ARGS)
+	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

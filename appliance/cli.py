@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--max", type=int, dest="max_versions", help="ad hoc: versions per product")
     sy.add_argument("--dry-run", action="store_true", help="show what would change")
     sy.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
+    keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.streams.cli import run_query
 
         return asyncio.run(run_query(args, config))
+    if args.command == "keys":
+        from appliance.streams.cli import run_keys
+
+        return asyncio.run(run_keys(args, config))
     if args.command == "sync":
         from appliance.streams.cli import run_sync
 

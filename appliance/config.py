@@ -86,6 +86,7 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
+RESERVED_PATHS = frozenset({"images", "streams", "keys"})  # served by the image feed
 _REMAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
 
@@ -217,6 +218,8 @@ def _parse_remaps(value: Any) -> dict[str, tuple[str, ...]]:
         key = f"apt.remaps.{name}"
         if not isinstance(name, str) or not _REMAP_NAME.match(name):
             raise ConfigError(f"{key}: a remap name is letters, digits, '.', '_' or '-'")
+        if name in RESERVED_PATHS:
+            raise ConfigError(f"{key}: /{name}/ is reserved for the image feeds")
         if isinstance(mirrors, str):
             mirrors = [mirrors]
         if not isinstance(mirrors, list) or not mirrors:

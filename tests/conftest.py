@@ -6,6 +6,7 @@ package to install.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,15 +14,18 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 
 import pytest
 import yaml
 
 from tests.aptrepo import AptRepo, build_repo
+from tests.feed import Feed, build_feed
 from tests.upstream import Upstream
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -153,3 +157,69 @@ def apt_repo(apt_repo_template: AptRepo, upstream_root: Path) -> AptRepo:
             for n, p in apt_repo_template.debs.items()
         },
     )
+
+
+# --- image feeds ---------------------------------------------------------------------
+
+FILTERS = ["arch=amd64", "release~^(jammy|noble)$", "ftype=disk1.img"]
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Iterator[Feed]:
+    require("gpg", "gnupg")
+    f = build_feed(tmp_path, item_size=256 * 1024)
+    yield f
+    f.key.close()
+
+
+@pytest.fixture
+def served(feed: Feed) -> Iterator[Upstream]:
+    server = Upstream(feed.root).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def feed_config(tmp_path: Path, feed: Feed, served: Upstream) -> Path:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "cache": {"dir": str(tmp_path / "cache")},
+                "images": {
+                    "feeds": [
+                        {
+                            "name": "ex",
+                            "url": served.url + "/",
+                            "keyring": str(feed.key.keyring),
+                            "filters": FILTERS,
+                            "max_items": 2,
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    return cfg
+
+
+def run_sync(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(config), "sync", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        out = json.loads(r.stdout) if r.stdout.strip() else []
+    except ValueError:
+        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
+    return r.returncode, out, r.stderr
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except HTTPError as exc:
+        return exc.code, exc.read()

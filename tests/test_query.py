@@ -11,24 +11,9 @@ import pytest
 
 from appliance.streams.gpg import SignatureError, Signer, Verifier
 from tests.conftest import require
-from tests.feed import CONTENT_ID, Feed, build_feed
+from tests.feed import CONTENT_ID, Feed
 from tests.gpgkey import ThrowawayKey
 from tests.upstream import Upstream
-
-
-@pytest.fixture
-def feed(tmp_path: Path) -> Feed:
-    require("gpg", "gnupg")
-    f = build_feed(tmp_path, item_size=4096)
-    yield f
-    f.key.close()
-
-
-@pytest.fixture
-def served(feed: Feed) -> Upstream:
-    server = Upstream(feed.root).start()
-    yield server
-    server.close()
 
 
 def query(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,7 +46,7 @@ def test_query_filters_max_and_json(feed: Feed, served: Upstream) -> None:
         ("noble", "20240401"),
     ]
     row = rows[0]
-    assert row["content_id"] == CONTENT_ID and row["size"] == "4096"
+    assert row["content_id"] == CONTENT_ID and row["size"] == str(256 * 1024)
     assert row["item_url"] == f"{served.url}/{row['path']}"
     assert "warning" not in r.stderr
 

@@ -14,8 +14,9 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.store import FilesystemStore
 from appliance.config import FeedConfig
+from appliance.streams.curated import KEY_PATHS, curated_key, publish_curated
 from appliance.streams.filters import FilterError, parse_filters
-from appliance.streams.gpg import SignatureError, Verifier
+from appliance.streams.gpg import SignatureError, Signer, Verifier
 from appliance.streams.query import format_rows, format_table, query
 from appliance.streams.reader import FeedError, FeedReader, split_feed_url
 from appliance.streams.sync import FeedMirror, FeedOutcome, ItemOutcome
@@ -175,6 +176,19 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
                     verifier.close()
             if progress.tty:
                 progress.clear()
+        if not args.dry_run and any(o.items or o.ok for o in outcomes):
+            try:
+                count = await publish_curated(engine, Signer(config.images.gnupg_home))
+                print(f"curated feed: {count} items at /streams/v1/", file=sys.stderr)
+            except (OSError, SignatureError) as exc:
+                outcomes.append(
+                    FeedOutcome(
+                        "(curated feed)",
+                        "/streams/v1/",
+                        ok=False,
+                        error=f"cannot publish the curated feed: {exc}",
+                    )
+                )
     finally:
         ticker.cancel()
         await engine.close()
@@ -193,3 +207,38 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
                 f"{o.seconds:.1f} s; {state}"
             )
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+async def run_keys(args: argparse.Namespace, config: configuration.Config) -> int:
+    """Create (once) and show the appliance's signing key; publish its public half."""
+    try:
+        signer = Signer(config.images.gnupg_home)
+        fingerprint = signer.ensure_key()
+        engine = CacheEngine(
+            FilesystemStore(config.cache.dir),
+            Fetcher(),
+            max_size=config.cache.max_size,
+            ttl=config.apt.index_ttl,
+        )
+        for path, armor in KEY_PATHS.items():
+            await engine.put(curated_key(path), signer.public_key(armor=armor))
+    except (OSError, SignatureError) as exc:
+        return _err(f"signing key: {exc}")
+    port = config.listen.port
+    urls = [f"http://archive.local:{port}/{p}" for p in KEY_PATHS]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "fingerprint": fingerprint,
+                    "gnupg_home": str(signer.home),
+                    "public_key_urls": urls,
+                },
+                indent=1,
+            )
+        )
+    else:
+        print(f"fingerprint: {fingerprint}")
+        for url in urls:
+            print(f"public key:  {url}")
+    return 0

@@ -20,6 +20,7 @@ from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine
 from appliance.cache.keys import BadPath, UpstreamBase, encode_path, split_path
 from appliance.cache.policy import Freshness
+from appliance.streams.curated import KEY_PATHS, curated_key
 from appliance.streams.model import PRODUCTS_FORMAT, FormatError, iter_items, parse_index
 from appliance.streams.reader import stored_json
 from appliance.streams.sync import FEED_DESCRIPTOR, expect_of, snapshot_key
@@ -40,6 +41,14 @@ class _FeedState:
     base: UpstreamBase | None = None
     root: str = ""
     items: dict[str, Expect] = field(default_factory=dict)
+
+
+def curated_route(raw_path: str) -> Route:
+    """`/streams/v1/...` and `/keys/...`: the appliance's own signed feed and its key."""
+    path = "/".join(split_path(raw_path))
+    if not (path.startswith("streams/v1/") or path in KEY_PATHS):
+        raise NotFound(path)
+    return Route(curated_key(path), (), Freshness.MANAGED)
 
 
 class ImageRoutes:

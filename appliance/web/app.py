@@ -18,7 +18,7 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.store import FilesystemStore
 from appliance.config import Config
-from appliance.streams.serve import ImageRoutes, NotFound
+from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web.deliver import deliver
 from appliance.web.tunnel import tunnel
 
@@ -68,6 +68,8 @@ class Service:
         try:
             if target.startswith("/images/"):
                 route = await self.images.route(target)
+            elif target.startswith(("/streams/", "/keys/")):
+                route = curated_route(target)
             else:
                 route = self.router.route(target)
         except BadPath as exc:

@@ -1,0 +1,160 @@
+"""The appliance's own feed at `/streams/v1/`: only what is on disk, signed with its key.
+
+Built from every synced feed's verified snapshot: each products document keeps its
+upstream `content_id` and properties (so LXD, Juju and MAAS recognise the images), but
+lists only items that were mirrored (kept on disk), with `path` rewritten to
+`images/NAME/<upstream path>`. Unlike the reference mirror, no client ever sees a
+path that would 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from typing import Any
+
+from appliance.cache.engine import CacheEngine
+from appliance.cache.keys import UpstreamBase, split_path
+from appliance.cache.store import FilesystemStore
+from appliance.streams.gpg import Signer
+from appliance.streams.model import PRODUCTS_FORMAT, condense, parse_index, timestamp
+from appliance.streams.reader import stored_json
+from appliance.streams.sync import FEED_DESCRIPTOR, SNAPSHOT_PREFIX, snapshot_key
+
+log = logging.getLogger(__name__)
+
+CURATED_PREFIX = "_feed"
+KEY_PATHS = {"keys/archive-local.gpg": False, "keys/archive-local.asc": True}  # path -> armor
+STICKY = frozenset({"path", "size", "sha256", "md5", "sha512", "ftype"})
+
+
+def curated_key(path: str) -> str:
+    return f"{CURATED_PREFIX}/{path}"
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def synced_feeds(store: FilesystemStore) -> list[str]:
+    root = store.root / SNAPSHOT_PREFIX
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob(f"*/{FEED_DESCRIPTOR}"))
+
+
+def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
+    """content_id -> products document holding the mirrored items of every synced feed."""
+    merged: dict[str, dict[str, Any]] = {}
+    for name in synced_feeds(store):
+        info = json.loads(store.path(snapshot_key(name, FEED_DESCRIPTOR)).read_bytes())
+        base = UpstreamBase.parse(info["url"] + "/")
+        index_path = info["index"]
+        index_entry = store.lookup(snapshot_key(name, index_path))
+        if index_entry is None:
+            continue
+        for entry in parse_index(json.loads(stored_json(index_entry.path.read_bytes()))):
+            if entry.format != PRODUCTS_FORMAT or entry.path is None:
+                continue
+            path = entry.path
+            if index_path.endswith(".sjson") and path.endswith(".json"):
+                path = path[: -len(".json")] + ".sjson"
+            doc_entry = store.lookup(snapshot_key(name, path))
+            if doc_entry is None:
+                continue
+            doc = json.loads(stored_json(doc_entry.path.read_bytes()))
+            _merge(merged, _on_disk(doc, name, base, store))
+    return merged
+
+
+def _on_disk(
+    doc: dict[str, Any], feed: str, base: UpstreamBase, store: FilesystemStore
+) -> dict[str, Any]:
+    """A copy of `doc` with only kept items, paths under images/<feed>/."""
+    out = copy.deepcopy(doc)
+    for pname in list(out.get("products", {})):
+        product = out["products"][pname]
+        for vname in list(product.get("versions", {})):
+            version = product["versions"][vname]
+            items = version.get("items", {})
+            for iname in list(items):
+                item = items[iname]
+                path = item.get("path")
+                if path is None:
+                    continue
+                entry = store.lookup(base.key(split_path("/" + path)))
+                if entry is None or not entry.meta.keep or entry.meta.size != int(item["size"]):
+                    del items[iname]
+                    continue
+                item["path"] = f"images/{feed}/{path}"
+            if not items:
+                del product["versions"][vname]
+        if not product.get("versions"):
+            del out["products"][pname]
+    return out
+
+
+def _merge(merged: dict[str, dict[str, Any]], doc: dict[str, Any]) -> None:
+    if not doc.get("products"):
+        return
+    target = merged.get(doc["content_id"])
+    if target is None:
+        merged[doc["content_id"]] = doc
+        return
+    for pname, product in doc["products"].items():
+        mine = target["products"].setdefault(pname, {**product, "versions": {}})
+        mine["versions"].update(product.get("versions", {}))
+
+
+def render(merged: dict[str, dict[str, Any]], signer: Signer, now: str) -> dict[str, bytes]:
+    """Every file of the curated feed: documents, signatures, the public key."""
+    files: dict[str, bytes] = {}
+    index: dict[str, Any] = {"format": "index:1.0", "updated": now, "index": {}}
+    for content_id, doc in sorted(merged.items()):
+        doc = condense(copy.deepcopy(doc), sticky=STICKY)
+        doc["updated"] = now
+        path = f"streams/v1/{content_id}.json"
+        body = _dump(doc)
+        files[path] = body
+        files[path + ".gpg"] = signer.detach_sign(body)
+        files[path[: -len(".json")] + ".sjson"] = signer.clearsign(body)
+        index["index"][content_id] = {
+            "datatype": doc.get("datatype", "image-downloads"),
+            "format": PRODUCTS_FORMAT,
+            "path": path,
+            "updated": now,
+            "products": sorted(doc["products"]),
+        }
+    body = _dump(index)
+    files["streams/v1/index.json"] = body
+    files["streams/v1/index.json.gpg"] = signer.detach_sign(body)
+    signed_index = copy.deepcopy(index)
+    for entry in signed_index["index"].values():
+        entry["path"] = entry["path"][: -len(".json")] + ".sjson"
+    files["streams/v1/index.sjson"] = signer.clearsign(_dump(signed_index))
+    for ext in ("json", "json.gpg", "sjson"):  # Juju also looks for index2.*
+        files[f"streams/v1/index2.{ext}"] = files[f"streams/v1/index.{ext}"]
+    for path, armor in KEY_PATHS.items():
+        files[path] = signer.public_key(armor=armor)
+    return files
+
+
+async def publish_curated(engine: CacheEngine, signer: Signer) -> int:
+    """Rebuild and store the curated feed; products documents first, the index last."""
+    assert isinstance(engine.store, FilesystemStore)
+    merged = await asyncio.to_thread(collect, engine.store)
+    files = await asyncio.to_thread(render, merged, signer, timestamp())
+    ordered = sorted(files, key=lambda p: ("/index." in "/" + p, p))
+    for path in ordered:
+        content_type = "application/json" if ".json" in path else None
+        await engine.put(curated_key(path), files[path], content_type)
+    count = sum(
+        len(v.get("items", {}))
+        for d in merged.values()
+        for p in d["products"].values()
+        for v in p["versions"].values()
+    )
+    log.info("curated feed: %d products documents, %d items", len(merged), count)
+    return count

@@ -4,10 +4,10 @@ PYTHON    ?= python3
 BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils
-BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg
+BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench venv debs-test debs-bench clean
+.PHONY: run test lint bench bench-apt bench-sync venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -42,8 +42,13 @@ lint: venv
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
-bench: venv debs-bench
+bench: bench-apt bench-sync
+
+bench-apt: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
+
+bench-sync: venv debs-bench
+	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/sync_bench.sh $(SYNC_ITEM_MB)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -84,6 +84,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         max_size: Any = "1GiB",
         allow: list[str] | None = None,
         cache_dir: Path | None = None,
+        images: dict[str, Any] | None = None,
     ) -> Appliance:
         port = free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
@@ -92,6 +93,8 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "cache": {"dir": str(cache_dir), "max_size": max_size},
             "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
         }
+        if images is not None:
+            config["images"] = images
         cfg = tmp_path / f"config-{len(started)}.yaml"
         cfg.write_text(yaml.safe_dump(config))
         log = tmp_path / f"appliance-{len(started)}.log"

@@ -84,6 +84,7 @@ def build_feed(
                     feed.files[path] = data
                     (root / path).parent.mkdir(parents=True, exist_ok=True)
                     (root / path).write_bytes(data)
+                    os.utime(root / path, (1711944000, 1711944000))  # whole seconds, like mirrors
                     items[ftype] = {
                         "ftype": ftype,
                         "path": path,

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
@@ -207,3 +209,64 @@ def test_curated_feed_lists_only_mirrored_files_signed_by_the_appliance(
         assert status == 200 and body == feed.files[path.removeprefix("images/ex/")]
     assert item_gets(served) == gets
     assert http_get(f"{app.url}/streams/v1/nothing.json")[0] == 404
+
+
+def test_service_syncs_on_start_and_on_demand(
+    tmp_path: Path,
+    feed_config: Path,
+    feed: Feed,
+    served: Upstream,
+    start_appliance: StartAppliance,
+) -> None:
+    images = yaml.safe_load(feed_config.read_text())["images"]
+    app = start_appliance(
+        {"debian": ["http://127.0.0.1:9/debian"]},
+        images=images,
+        cache_dir=feed_config.parent / "cache",
+    )
+
+    def state() -> dict:
+        return json.loads(http_get(f"{app.url}/admin/sync")[1])
+
+    deadline = time.monotonic() + 60
+    while state()["last_run"] is None:
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.2)
+    first = state()
+    assert first["feeds"]["ex"]["ok"] and len(first["feeds"]["ex"]["items"]) == 4
+    assert http_get(f"{app.url}/streams/v1/index.sjson")[0] == 200
+    gets = item_gets(served)
+    req = urllib.request.Request(f"{app.url}/admin/sync", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 202
+    while state()["last_run"] == first["last_run"]:
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.2)
+    assert {i["status"] for i in state()["feeds"]["ex"]["items"]} == {"present"}
+    assert item_gets(served) == gets
+
+
+@pytest.mark.parametrize("honours_range", [True, False], ids=["206", "range-ignored"])
+def test_interrupted_item_resumes_with_range(
+    feed_config: Path, feed: Feed, served: Upstream, honours_range: bool
+) -> None:
+    victim = "server/releases/jammy/release-20240301/ubuntu-22.04-server-cloudimg-amd64.disk1.img"
+    served.drop_after["/" + victim] = 150_000
+    code, [outcome], _ = sync(feed_config)
+    assert code == 1 and statuses(outcome)[victim] == "failed"
+    cache = feed_config.parent / "cache" / f"127.0.0.1:{served.port}"
+    parked = (cache / victim).with_name("." + Path(victim).name + ".resume")
+    assert parked.exists() and 0 < parked.stat().st_size <= 150_000
+    have = parked.stat().st_size
+    assert not (cache / victim).exists()
+    del served.drop_after["/" + victim]
+    if not honours_range:
+        served.ignore_range.add("/" + victim)
+    code, [outcome], err = sync(feed_config)
+    assert code == 0, err
+    assert statuses(outcome)[victim] == "fetched"
+    assert (cache / victim).read_bytes() == feed.files[victim]
+    last = [r for r in served.requests if r.path == "/" + victim][-1]
+    assert last.headers.get("Range") == f"bytes={have}-" and "If-Range" in last.headers
+    assert last.status == (206 if honours_range else 200)
+    assert not parked.exists()

@@ -50,7 +50,11 @@ class State(Enum):
 
 
 class DownloadFailed(Exception):
-    """The upstream transfer did not produce a complete, verified file."""
+    """The bytes are wrong (size or digest): never kept, not even to resume."""
+
+
+class TransferBroken(Exception):
+    """The transfer stopped early; what arrived so far may be resumed."""
 
 
 class Download:
@@ -61,14 +65,20 @@ class Download:
         reader: BinaryIO,
         response: aiohttp.ClientResponse,
         expect: Expect = NO_EXPECTATION,
+        *,
+        resumable: bool = False,
+        offset: int = 0,
+        digests: dict[str, hashlib._Hash] | None = None,
     ) -> None:
         self.key = key
         self.url = str(response.url)
-        self.total: int | None = response.content_length
+        self.total: int | None = (
+            None if response.content_length is None else offset + response.content_length
+        )
         self.etag = response.headers.get("ETag")
         self.last_modified = response.headers.get("Last-Modified")
         self.content_type = response.headers.get("Content-Type")
-        self.written = 0
+        self.written = offset  # a resumed download starts with the bytes it already has
         self.state = State.RUNNING
         self.entry: Entry | None = None
         self.error: str | None = None
@@ -77,6 +87,12 @@ class Download:
         self._reader = reader
         self._readers = 0
         self.expect = expect
+        self.resumable = resumable  # keep a broken transfer's bytes for a Range request
+        if digests is None:
+            digests = {"sha256": hashlib.sha256()}
+            if expect.algorithm and expect.algorithm not in digests:
+                digests[expect.algorithm] = hashlib.new(expect.algorithm)
+        self._digests = digests
         self._changed = asyncio.Event()
 
     # --- readers -----------------------------------------------------------------
@@ -109,9 +125,7 @@ class Download:
     # --- writer ------------------------------------------------------------------
     async def run(self, response: aiohttp.ClientResponse, store: Store) -> None:
         loop = asyncio.get_running_loop()
-        digests = {"sha256": hashlib.sha256()}
-        if self.expect.algorithm and self.expect.algorithm not in digests:
-            digests[self.expect.algorithm] = hashlib.new(self.expect.algorithm)
+        digests = self._digests
         fd = self._temp.fd
         try:
             if None not in (self.total, self.expect.size) and self.total != self.expect.size:
@@ -121,7 +135,7 @@ class Download:
                 self.written += len(chunk)
                 self._notify()
             if self.total is not None and self.written != self.total:
-                raise DownloadFailed(f"short body: {self.written} of {self.total} bytes")
+                raise TransferBroken(f"short body: {self.written} of {self.total} bytes")
             if self.expect.size is not None and self.written != self.expect.size:
                 raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
             found = {name: d.hexdigest() for name, d in digests.items()}
@@ -143,6 +157,7 @@ class Download:
                 last_modified=self.last_modified,
                 content_type=self.content_type,
                 sha256=sha256,
+                digests=found or None,
             )
             self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
             self.total = self.written
@@ -151,13 +166,29 @@ class Download:
             self.state = State.FAILED
             self.error = str(exc) or type(exc).__name__
             log.warning("download of %s failed: %s", self.url, self.error)
-            store.discard(self._temp)
+            if self.resumable and self.written > 0 and not isinstance(exc, DownloadFailed):
+                await loop.run_in_executor(
+                    None, store.keep_partial, self._temp, self._partial_info()
+                )
+            else:
+                store.discard(self._temp)
             if not isinstance(exc, Exception):
                 raise
         finally:
             response.release()
             self._notify()
             self._maybe_close()
+
+    def _partial_info(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "written": self.written,
+            "size": self.expect.size,
+            "algorithm": self.expect.algorithm,
+            "digest": self.expect.digest,
+        }
 
 
 def _write_and_hash(fd: int, data: bytes, digests: Iterable[hashlib._Hash]) -> None:
@@ -166,3 +197,18 @@ def _write_and_hash(fd: int, data: bytes, digests: Iterable[hashlib._Hash]) -> N
         view = view[os.write(fd, view) :]
     for digest in digests:
         digest.update(data)
+
+
+def hash_prefix(path: str, length: int, algorithms: Iterable[str]) -> dict[str, hashlib._Hash]:
+    """Digests primed with the first `length` bytes of a partial file (blocking)."""
+    digests = {name: hashlib.new(name) for name in algorithms}
+    remaining = length
+    with open(path, "rb") as fh:
+        while remaining > 0:
+            chunk = fh.read(min(CHUNK * 4, remaining))
+            if not chunk:
+                raise OSError(f"{path}: shorter than {length} bytes")
+            for d in digests.values():
+                d.update(chunk)
+            remaining -= len(chunk)
+    return digests

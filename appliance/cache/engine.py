@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,12 @@ from typing import BinaryIO, TypeVar
 import aiohttp
 
 from appliance.cache import policy
-from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
+from appliance.cache.download import NO_EXPECTATION, Download, Expect, State, hash_prefix
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
-from appliance.cache.store import Entry, Meta, Store
+from appliance.cache.store import Entry, Meta, Store, TempFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +55,23 @@ Result = Hit | Miss | UpstreamFailure
 
 class FetchError(Exception):
     """A file that could not be brought into the cache intact."""
+
+
+def _same_target(info: dict[str, object], expect: Expect) -> bool:
+    """A parked partial belongs to this download only if it was after the same bytes."""
+    return (info.get("size"), info.get("algorithm"), info.get("digest")) == (
+        expect.size,
+        expect.algorithm,
+        expect.digest,
+    ) and expect.algorithm is not None
+
+
+def _content_range(value: str | None) -> tuple[int, int | None]:
+    """`bytes START-END/TOTAL` -> (START, TOTAL); (-1, None) when unusable."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    if not m:
+        return -1, None
+    return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
 def _matches(entry: Entry, expect: Expect) -> bool:
@@ -108,6 +126,7 @@ class CacheEngine:
         urls: Sequence[str],
         freshness: Freshness,
         expect: Expect = NO_EXPECTATION,
+        resumable: bool = False,
     ) -> Result:
         if freshness is Freshness.MANAGED:  # written by sync/publish, maybe another process
             entry = await self._io(self.store.lookup, key)
@@ -123,7 +142,7 @@ class CacheEngine:
                 return Hit(entry, "HIT", body=body)
             if key in self._pending or key in self._downloads:
                 continue  # someone started while we looked at the disk: join them
-            task = asyncio.create_task(self._refresh(key, urls, entry, expect))
+            task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable))
             self._pending[key] = task
             task.add_done_callback(lambda _t: self._pending.pop(key, None))
             return await asyncio.shield(task)
@@ -135,7 +154,7 @@ class CacheEngine:
         stored digest; one that does not match is dropped and fetched again.
         """
         for _attempt in range(2):
-            result = await self.get(key, urls, Freshness.IMMUTABLE, expect)
+            result = await self.get(key, urls, Freshness.IMMUTABLE, expect, resumable=True)
             if isinstance(result, UpstreamFailure):
                 raise FetchError(result.reason)
             if isinstance(result, Miss):
@@ -232,20 +251,51 @@ class CacheEngine:
         self.lru.unpin(key)
 
     async def _refresh(
-        self, key: str, urls: Sequence[str], entry: Entry | None, expect: Expect
+        self,
+        key: str,
+        urls: Sequence[str],
+        entry: Entry | None,
+        expect: Expect,
+        resumable: bool = False,
     ) -> Result:
         headers: dict[str, str] = {}
+        partial = None
         if entry is not None:
             if entry.meta.etag:
                 headers["If-None-Match"] = entry.meta.etag
             if entry.meta.last_modified:
                 headers["If-Modified-Since"] = entry.meta.last_modified
+        elif resumable:
+            partial = await self._io(self.store.resume_partial, key)
+            if partial is not None and _same_target(partial[1], expect):
+                info = partial[1]
+                headers["Range"] = f"bytes={info['written']}-"
+                if validator := info.get("etag") or info.get("last_modified"):
+                    headers["If-Range"] = str(validator)
+                urls = [str(info["url"]), *(u for u in urls if u != info["url"])]
+            elif partial is not None:
+                self.store.discard(partial[0])
+                partial = None
         resp = await self.fetcher.open(urls, headers)
         if isinstance(resp, UpstreamFailure):
+            if partial is not None:  # not now: keep the bytes for the next attempt
+                await self._io(self.store.keep_partial, *partial)
             if entry is not None and policy.serve_stale(resp):
                 log.warning("offline: serving cached %s (%s)", key, resp.reason)
                 return Hit(entry, "STALE", warning=resp.reason)
             return resp
+        if resp.status == 206:
+            assert partial is not None
+            start, total = _content_range(resp.headers.get("Content-Range"))
+            written = int(partial[1]["written"])  # type: ignore[call-overload]
+            if start != written or (expect.size is not None and total != expect.size):
+                resp.release()
+                self.store.discard(partial[0])
+                return UpstreamFailure(502, f"{resp.url}: 206 for the wrong range")
+            log.info("resuming %s at byte %d", key, written)
+            return await self._start_download(key, resp, expect, resumable, resume=partial[0])
+        if partial is not None:  # upstream sent the whole file: start again
+            self.store.discard(partial[0])
         if resp.status == 304:
             resp.release()
             if entry is None:
@@ -255,13 +305,25 @@ class CacheEngine:
             self.hot.drop(key)
             self.lru.touch(key)
             return Hit(entry, "REVALIDATED")
-        return await self._start_download(key, resp, expect)
+        return await self._start_download(key, resp, expect, resumable)
 
     async def _start_download(
-        self, key: str, resp: aiohttp.ClientResponse, expect: Expect
+        self,
+        key: str,
+        resp: aiohttp.ClientResponse,
+        expect: Expect,
+        resumable: bool = False,
+        resume: TempFile | None = None,
     ) -> Result:
+        offset, digests = 0, None
         try:
-            temp = await self._io(self.store.create_temp, key)
+            if resume is not None:
+                temp = resume
+                offset = os.lseek(temp.fd, 0, os.SEEK_CUR)
+                algorithms = {"sha256", *([expect.algorithm] if expect.algorithm else [])}
+                digests = await self._io(hash_prefix, str(temp.path), offset, algorithms)
+            else:
+                temp = await self._io(self.store.create_temp, key)
             try:
                 reader = await self._io(open, temp.path, "rb")
             except OSError:
@@ -270,8 +332,10 @@ class CacheEngine:
         except OSError as exc:
             resp.release()
             log.error("cache: cannot store %s: %s", key, exc)
-            return UpstreamFailure(500, f"cannot store {key}: {exc.strerror}")
-        download = Download(key, temp, reader, resp, expect)
+            return UpstreamFailure(500, f"cannot store {key}: {exc.strerror or exc}")
+        download = Download(
+            key, temp, reader, resp, expect, resumable=resumable, offset=offset, digests=digests
+        )
         self._downloads[key] = download
         task = asyncio.create_task(self._run_download(download, resp))
         self._tasks.add(task)

@@ -72,7 +72,7 @@ class Fetcher:
     async def open(
         self, urls: Sequence[str], headers: Mapping[str, str] | None = None
     ) -> aiohttp.ClientResponse | UpstreamFailure:
-        """GET each mirror in turn; return the first 200/304 response (unread).
+        """GET each mirror in turn; return the first 200/304 (206 to a Range) response, unread.
 
         404 and 5xx move on to the next mirror (a mirror may lag); if every
         mirror fails the most telling status wins: 404 over 502/504.
@@ -89,7 +89,7 @@ class Fetcher:
             except (aiohttp.ClientError, OSError) as exc:
                 failures.append(UpstreamFailure(502, f"{url}: {exc or type(exc).__name__}"))
                 continue
-            if resp.status in (200, 304):
+            if resp.status in (200, 304) or (resp.status == 206 and "Range" in (headers or {})):
                 return resp
             resp.release()
             failures.append(UpstreamFailure(resp.status, f"{url}: HTTP {resp.status}"))

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _PART = ".part-"
 _META = ".meta"
+_RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
+RESUME_MAX_AGE = 7 * 86400
 
 
 class InvalidKey(ValueError):
@@ -70,6 +73,8 @@ class Store(Protocol):
     def commit(self, temp: TempFile, meta: Meta) -> Entry: ...
     def discard(self, temp: TempFile) -> None: ...
     def update_meta(self, entry: Entry) -> None: ...
+    def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None: ...
+    def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None: ...
     def remove(self, key: str) -> None: ...
     def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
 
@@ -132,6 +137,43 @@ class FilesystemStore:
     def update_meta(self, entry: Entry) -> None:
         self._write_meta(entry.path, entry.meta)
 
+    def _resume_paths(self, key: str) -> tuple[Path, Path]:
+        path = self.path(key)
+        part = path.with_name(f".{path.name}{_RESUME}")
+        return part, part.with_name(part.name + ".json")
+
+    def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
+        """Park a broken download's bytes (fsynced) with what is needed to resume it."""
+        part, info_path = self._resume_paths(temp.key)
+        try:
+            os.fsync(temp.fd)
+        finally:
+            os.close(temp.fd)
+        os.replace(temp.path, part)
+        tmp = info_path.with_name(f"{info_path.name}{_PART}{secrets.token_hex(6)}")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, info_path)
+
+    def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None:
+        """Take a parked partial download back as a temp file positioned at its end."""
+        part, info_path = self._resume_paths(key)
+        try:
+            info = json.loads(info_path.read_text())
+            written = min(int(info["written"]), part.stat().st_size)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        tmp = part.with_name(f".{self.path(key).name}{_PART}{secrets.token_hex(6)}")
+        try:
+            os.replace(part, tmp)  # claimed: nobody else resumes the same bytes
+        except OSError:
+            return None
+        info_path.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        os.ftruncate(fd, written)
+        os.lseek(fd, written, os.SEEK_SET)
+        info["written"] = written
+        return TempFile(key, tmp, fd), info
+
     def _write_meta(self, path: Path, meta: Meta) -> None:
         target = self._meta_path(path)
         tmp = target.with_name(f"{target.name}{_PART}{secrets.token_hex(6)}")
@@ -158,6 +200,11 @@ class FilesystemStore:
                 if _PART in name:
                     log.info("startup sweep: removing partial download %s", full)
                     full.unlink(missing_ok=True)
+                    continue
+                if name.endswith((_RESUME, _RESUME + ".json")):
+                    with contextlib.suppress(OSError):
+                        if time.time() - full.stat().st_mtime > RESUME_MAX_AGE:
+                            full.unlink()
                     continue
                 if name.startswith("."):
                     if name.endswith(_META) and name[1 : -len(_META)] not in names:

@@ -14,12 +14,13 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.store import FilesystemStore
 from appliance.config import FeedConfig
-from appliance.streams.curated import KEY_PATHS, curated_key, publish_curated
+from appliance.streams.curated import KEY_PATHS, curated_key
 from appliance.streams.filters import FilterError, parse_filters
 from appliance.streams.gpg import SignatureError, Signer, Verifier
 from appliance.streams.query import format_rows, format_table, query
 from appliance.streams.reader import FeedError, FeedReader, split_feed_url
-from appliance.streams.sync import FeedMirror, FeedOutcome, ItemOutcome
+from appliance.streams.scheduler import sync_feeds, sync_lock
+from appliance.streams.sync import ItemOutcome
 
 
 def _err(message: str) -> int:
@@ -74,7 +75,7 @@ class _Progress:
 
     def __call__(self, event: str, data: object) -> None:
         if event == "plan":
-            self.total_items, self.total_bytes = data  # type: ignore[misc]
+            self.feed, self.total_items, self.total_bytes = data  # type: ignore[misc]
             self.done_items = self.done_bytes = 0
         elif event == "item":
             item: ItemOutcome = data  # type: ignore[assignment]
@@ -157,42 +158,20 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
     )
     progress = _Progress(engine, sys.stderr.isatty() and not args.json)
     ticker = asyncio.create_task(progress.ticker())
-    outcomes: list[FeedOutcome] = []
     try:
-        for feed in feeds:
-            progress.feed = feed.name
-            verifier = None
-            try:
-                verifier = Verifier(feed.keyring) if feed.keyring else None
-            except SignatureError as exc:
-                outcomes.append(FeedOutcome(feed.name, feed.url, ok=False, error=str(exc)))
-                progress("error", outcomes[-1])
-                continue
-            try:
-                mirror = FeedMirror(engine, fetcher, feed, verifier, progress)
-                outcomes.append(await mirror.sync(dry_run=args.dry_run))
-            finally:
-                if verifier:
-                    verifier.close()
-            if progress.tty:
-                progress.clear()
-        if not args.dry_run and any(o.items or o.ok for o in outcomes):
-            try:
-                count = await publish_curated(engine, Signer(config.images.gnupg_home))
-                print(f"curated feed: {count} items at /streams/v1/", file=sys.stderr)
-            except (OSError, SignatureError) as exc:
-                outcomes.append(
-                    FeedOutcome(
-                        "(curated feed)",
-                        "/streams/v1/",
-                        ok=False,
-                        error=f"cannot publish the curated feed: {exc}",
-                    )
-                )
+        async with sync_lock(config.cache.dir):
+            outcomes = await sync_feeds(
+                config, engine, fetcher, report=progress, dry_run=args.dry_run, feeds=feeds
+            )
     finally:
         ticker.cancel()
+        if progress.tty:
+            progress.clear()
         await engine.close()
         await fetcher.close()
+    curated = [o for o in outcomes if o.feed == "(curated feed)"]
+    if not args.dry_run and not curated:
+        print("curated feed updated at /streams/v1/", file=sys.stderr)
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=1))
     else:

@@ -205,11 +205,13 @@ class FeedMirror:
             documents, selected = await self.read_metadata()
         except FeedError as exc:
             outcome.ok, outcome.error = False, str(exc)
+            outcome.seconds = time.monotonic() - started
             self.report("error", outcome)
             return outcome
         previous = await self.previous_selection()
         current_paths = {s.path for s in selected}
-        self.report("plan", (len(selected), sum(s.expect.size or 0 for s in selected)))
+        total = sum(s.expect.size or 0 for s in selected)
+        self.report("plan", (self.feed.name, len(selected), total))
 
         semaphore = asyncio.Semaphore(CONCURRENCY)
 

@@ -7,6 +7,7 @@ cost to every cache hit. `cli.py` only runs it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.store import FilesystemStore
 from appliance.config import Config
+from appliance.streams.scheduler import Scheduler
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web.deliver import deliver
 from appliance.web.tunnel import tunnel
@@ -34,6 +36,13 @@ SERVER_LIMITS = {
 }
 
 
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class Service:
     """Owns the fetcher and engine; `handle` is the aiohttp request handler."""
 
@@ -48,11 +57,14 @@ class Service:
             ttl=config.apt.index_ttl,
         )
         self.images = ImageRoutes(self.engine)
+        self.scheduler = Scheduler(config, self.engine, self.fetcher)
 
     async def start(self) -> None:
         await self.engine.start()
+        self.scheduler.start()
 
     async def close(self) -> None:
+        await self.scheduler.close()
         await self.engine.close()
         await self.fetcher.close()
 
@@ -63,6 +75,8 @@ class Service:
         target = request.raw_path
         if target == "/":
             return self._index()
+        if target.startswith("/admin/"):
+            return await self._admin(request)
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
@@ -91,6 +105,27 @@ class Service:
         if not self.router.allow_connect(host, int(port)):
             raise web.HTTPForbidden(text=f"forbidden: CONNECT to {request.raw_path}\n")
         return await tunnel(request, host, int(port))
+
+    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Loopback only for now (tokens come with the admin API)."""
+        if not _is_loopback(request.remote):
+            raise web.HTTPForbidden(text="admin endpoints answer on the loopback address only\n")
+        if request.raw_path != "/admin/sync":
+            raise web.HTTPNotFound(text="not found\n")
+        if request.method == "POST":
+            if not self.config.images.feeds:
+                raise web.HTTPConflict(text="no feeds configured (images.feeds)\n")
+            self.scheduler.trigger()
+            return web.json_response({"status": "started"}, status=202)
+        if request.method != "GET":
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
+        return web.json_response(
+            {
+                "running": self.scheduler.running,
+                "last_run": self.scheduler.last_run,
+                "feeds": {name: o.as_dict() for name, o in self.scheduler.last.items()},
+            }
+        )
 
     def _index(self) -> web.Response:
         remaps = self.config.apt.remaps

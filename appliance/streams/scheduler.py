@@ -1,0 +1,150 @@
+"""Syncs run by the service: every `images.sync_interval`, and on demand.
+
+One sync at a time, also across processes: an exclusive `flock` on
+`<cache.dir>/.sync.lock` serialises the service and `archive-local sync`. The last
+outcome of each feed is kept for the status page and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from appliance.cache.engine import CacheEngine
+from appliance.cache.fetcher import Fetcher
+from appliance.config import Config
+from appliance.streams.curated import publish_curated
+from appliance.streams.gpg import SignatureError, Signer, Verifier
+from appliance.streams.sync import FeedMirror, FeedOutcome
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".sync.lock"
+
+
+class SyncBusy(RuntimeError):
+    """Another sync holds the lock."""
+
+
+@contextlib.asynccontextmanager
+async def sync_lock(cache_dir: Path, wait: bool = True) -> AsyncIterator[None]:
+    """Exclusive across processes; `wait=False` raises SyncBusy instead of queueing."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, flags)
+        except BlockingIOError:
+            raise SyncBusy("a sync is already running") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+async def sync_feeds(
+    config: Config,
+    engine: CacheEngine,
+    fetcher: Fetcher,
+    names: list[str] | None = None,
+    report=None,  # type: ignore[no-untyped-def]
+    dry_run: bool = False,
+    feeds=None,  # type: ignore[no-untyped-def]
+) -> list[FeedOutcome]:
+    """Sync the given (or all configured) feeds, then rebuild the curated feed."""
+    feeds = feeds or [f for f in config.images.feeds if names is None or f.name in names]
+    outcomes: list[FeedOutcome] = []
+    for feed in feeds:
+        try:
+            verifier = Verifier(feed.keyring) if feed.keyring else None
+        except SignatureError as exc:
+            outcomes.append(FeedOutcome(feed.name, feed.url, ok=False, error=str(exc)))
+            if report:
+                report("error", outcomes[-1])
+            continue
+        try:
+            mirror = FeedMirror(engine, fetcher, feed, verifier, report)
+            outcomes.append(await mirror.sync(dry_run=dry_run))
+        finally:
+            if verifier:
+                verifier.close()
+    if not dry_run and outcomes:
+        try:
+            await publish_curated(engine, Signer(config.images.gnupg_home))
+        except (OSError, SignatureError) as exc:
+            outcomes.append(
+                FeedOutcome(
+                    "(curated feed)",
+                    "/streams/v1/",
+                    ok=False,
+                    error=f"cannot publish the curated feed: {exc}",
+                )
+            )
+    return outcomes
+
+
+class Scheduler:
+    """The service's periodic and on-demand syncs."""
+
+    def __init__(self, config: Config, engine: CacheEngine, fetcher: Fetcher) -> None:
+        self.config = config
+        self.engine = engine
+        self.fetcher = fetcher
+        self.last: dict[str, FeedOutcome] = {}
+        self.last_run: float | None = None
+        self.running = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.config.images.feeds:
+            self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def trigger(self) -> None:
+        """Run a sync now (the admin endpoint); a running one is not interrupted."""
+        self._wake.set()
+
+    async def run_once(self, wait: bool = True) -> list[FeedOutcome]:
+        async with sync_lock(self.config.cache.dir, wait=wait):
+            self.running = True
+            try:
+                outcomes = await sync_feeds(self.config, self.engine, self.fetcher)
+            finally:
+                self.running = False
+        self.last_run = time.time()
+        for o in outcomes:
+            self.last[o.feed] = o
+            log.log(
+                logging.INFO if o.ok else logging.WARNING,
+                "sync %s: fetched %d, present %d, rejected %d, removed %d%s",
+                o.feed,
+                o.count("fetched"),
+                o.count("present"),
+                o.count("failed"),
+                o.count("removed"),
+                "" if o.ok else f" ({o.error})",
+            )
+        return outcomes
+
+    async def _loop(self) -> None:
+        interval = self.config.images.sync_interval
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # a scheduled job must outlive any one failure
+                log.exception("scheduled sync failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)

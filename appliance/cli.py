@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--max", type=int, dest="max_versions", help="ad hoc: versions per product")
     sy.add_argument("--dry-run", action="store_true", help="show what would change")
     sy.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    pub = sub.add_parser("publish", help="publish locally built images as a signed feed")
+    pub.add_argument("build_dir", type=Path, help="directory holding the image files")
+    pub.add_argument("--products", type=Path, required=True, help="products YAML (see docs)")
+    pub.add_argument("--name", default="local", help="served at /images/NAME/ (default local)")
+    pub.add_argument("--version", help="version name (default: today's YYYYMMDD[.N])")
+    pub.add_argument("--dry-run", action="store_true", help="show what would be published")
+    pub.add_argument("--json", action="store_true", help="machine-readable output")
     keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -116,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.streams.cli import run_query
 
         return asyncio.run(run_query(args, config))
+    if args.command == "publish":
+        from appliance.streams.cli import run_publish
+
+        return asyncio.run(run_publish(args, config))
     if args.command == "keys":
         from appliance.streams.cli import run_keys
 

@@ -91,6 +91,11 @@ _REMAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?$")
 
 
+def valid_name(name: Any) -> bool:
+    """Remap and feed names: they become URL path segments."""
+    return isinstance(name, str) and bool(_REMAP_NAME.match(name)) and name not in RESERVED_PATHS
+
+
 def parse_size(value: Any, key: str) -> int:
     """'50GiB', '500MB', 1024 -> bytes."""
     if isinstance(value, bool):

@@ -17,6 +17,7 @@ from appliance.config import FeedConfig
 from appliance.streams.curated import KEY_PATHS, curated_key
 from appliance.streams.filters import FilterError, parse_filters
 from appliance.streams.gpg import SignatureError, Signer, Verifier
+from appliance.streams.publish import Publisher, PublishError, load_products_file
 from appliance.streams.query import format_rows, format_table, query
 from appliance.streams.reader import FeedError, FeedReader, split_feed_url
 from appliance.streams.scheduler import sync_feeds, sync_lock
@@ -220,4 +221,46 @@ async def run_keys(args: argparse.Namespace, config: configuration.Config) -> in
         print(f"fingerprint: {fingerprint}")
         for url in urls:
             print(f"public key:  {url}")
+    return 0
+
+
+async def run_publish(args: argparse.Namespace, config: configuration.Config) -> int:
+    if any(f.name == args.name for f in config.images.feeds):
+        return _err(f"--name {args.name}: that name belongs to a mirrored feed (images.feeds)")
+    if not configuration.valid_name(args.name):
+        return _err(f"--name {args.name!r}: letters, digits, '.', '_' or '-'")
+    try:
+        spec = load_products_file(args.products)
+        engine = CacheEngine(
+            FilesystemStore(config.cache.dir),
+            Fetcher(),
+            max_size=config.cache.max_size,
+            ttl=config.apt.index_ttl,
+        )
+        publisher = Publisher(engine, Signer(config.images.gnupg_home), args.name)
+        async with sync_lock(config.cache.dir):
+            plan = await publisher.publish(args.build_dir, spec, args.version, args.dry_run)
+    except (PublishError, SignatureError, OSError) as exc:
+        return _err(f"publish: {exc}")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "feed": plan.feed,
+                    "content_id": plan.content_id,
+                    "version": plan.version,
+                    "dry_run": args.dry_run,
+                    "items": plan.items,
+                },
+                indent=1,
+            )
+        )
+        return 0
+    verb = "would publish" if args.dry_run else "published"
+    for item in plan.items:
+        print(
+            f"{verb} {item['product']} {plan.version} {item['item']}: {item['path']} "
+            f"({_mb(item['size'])})"
+        )
+    print(f"feed: /images/{plan.feed}/streams/v1/index.sjson (and the curated /streams/v1/)")
     return 0

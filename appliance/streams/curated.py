@@ -16,12 +16,11 @@ import logging
 from typing import Any
 
 from appliance.cache.engine import CacheEngine
-from appliance.cache.keys import UpstreamBase, split_path
 from appliance.cache.store import FilesystemStore
 from appliance.streams.gpg import Signer
 from appliance.streams.model import PRODUCTS_FORMAT, condense, parse_index, timestamp
 from appliance.streams.reader import stored_json
-from appliance.streams.sync import FEED_DESCRIPTOR, SNAPSHOT_PREFIX, snapshot_key
+from appliance.streams.sync import FEED_DESCRIPTOR, SNAPSHOT_PREFIX, feed_item_key, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for name in synced_feeds(store):
         info = json.loads(store.path(snapshot_key(name, FEED_DESCRIPTOR)).read_bytes())
-        base = UpstreamBase.parse(info["url"] + "/")
         index_path = info["index"]
         index_entry = store.lookup(snapshot_key(name, index_path))
         if index_entry is None:
@@ -65,12 +63,12 @@ def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
             if doc_entry is None:
                 continue
             doc = json.loads(stored_json(doc_entry.path.read_bytes()))
-            _merge(merged, _on_disk(doc, name, base, store))
+            _merge(merged, _on_disk(doc, name, info, store))
     return merged
 
 
 def _on_disk(
-    doc: dict[str, Any], feed: str, base: UpstreamBase, store: FilesystemStore
+    doc: dict[str, Any], feed: str, descriptor: dict[str, Any], store: FilesystemStore
 ) -> dict[str, Any]:
     """A copy of `doc` with only kept items, paths under images/<feed>/."""
     out = copy.deepcopy(doc)
@@ -84,7 +82,7 @@ def _on_disk(
                 path = item.get("path")
                 if path is None:
                     continue
-                entry = store.lookup(base.key(split_path("/" + path)))
+                entry = store.lookup(feed_item_key(descriptor, feed, path))
                 if entry is None or not entry.meta.keep or entry.meta.size != int(item["size"]):
                     del items[iname]
                     continue

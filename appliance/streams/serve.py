@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from appliance.apt.routing import Route
 from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine
-from appliance.cache.keys import BadPath, UpstreamBase, encode_path, split_path
+from appliance.cache.keys import BadPath, encode_path, split_path
 from appliance.cache.policy import Freshness
 from appliance.streams.curated import KEY_PATHS, curated_key
 from appliance.streams.model import PRODUCTS_FORMAT, FormatError, iter_items, parse_index
 from appliance.streams.reader import stored_json
-from appliance.streams.sync import FEED_DESCRIPTOR, expect_of, snapshot_key
+from appliance.streams.sync import FEED_DESCRIPTOR, expect_of, feed_item_key, snapshot_key
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class NotFound(LookupError):
 class _FeedState:
     stamp: float = -1.0  # `fetched` of the snapshot index that the item map was built from
     checked: float = 0.0
-    base: UpstreamBase | None = None
+    descriptor: dict[str, object] = field(default_factory=dict)
     root: str = ""
     items: dict[str, Expect] = field(default_factory=dict)
 
@@ -68,22 +68,27 @@ class ImageRoutes:
                 raise NotFound(path)
             return Route(snapshot_key(name, path), (), Freshness.MANAGED)
         state = await self._state(name)
+        if path not in state.items:  # maybe synced or published a moment ago: look again
+            state = await self._state(name, force=True)
         expect = state.items.get(path)
-        if expect is None or state.base is None:
+        if expect is None or not state.descriptor:
             raise NotFound(f"{path} is not an item of feed {name!r}")
+        key = feed_item_key(state.descriptor, name, path)
+        if state.descriptor.get("local"):
+            return Route(key, (), Freshness.MANAGED)
         return Route(
-            key=state.base.key(rest),
+            key=key,
             urls=(f"{state.root}/{encode_path(rest)}",),
             freshness=Freshness.IMMUTABLE,
             expect=expect,
         )
 
-    async def _state(self, name: str) -> _FeedState:
+    async def _state(self, name: str, force: bool = False) -> _FeedState:
         state = self._feeds.setdefault(name, _FeedState())
-        if time.monotonic() - state.checked < RECHECK:
+        if not force and time.monotonic() - state.checked < RECHECK:
             return state
         async with self._locks.setdefault(name, asyncio.Lock()):
-            if time.monotonic() - state.checked < RECHECK:
+            if not force and time.monotonic() - state.checked < RECHECK:
                 return state
             await self._reload(name, state)
             state.checked = time.monotonic()
@@ -103,7 +108,7 @@ class ImageRoutes:
             log.warning("feed %s: snapshot unreadable: %s", name, exc)
             return
         state.root = info["url"]
-        state.base = UpstreamBase.parse(info["url"] + "/")
+        state.descriptor = info
         state.items = items
         state.stamp = index_entry.meta.fetched
         log.info("feed %s: %d items servable", name, len(items))

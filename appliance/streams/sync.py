@@ -46,8 +46,22 @@ FEED_DESCRIPTOR = "feed.json"  # {"url": mirror root, "index": index path} of a 
 CONCURRENCY = 2
 
 
+LOCAL_PREFIX = "_local"  # items of feeds built here (`publish`): no upstream
+
+
 def snapshot_key(feed: str, path: str = "") -> str:
     return "/".join(p for p in (SNAPSHOT_PREFIX, feed, path) if p)
+
+
+def local_key(feed: str, path: str) -> str:
+    return f"{LOCAL_PREFIX}/{feed}/{path}"
+
+
+def feed_item_key(descriptor: dict[str, Any], feed: str, path: str) -> str:
+    """Where an item of a synced or published feed lives in the store."""
+    if descriptor.get("local"):
+        return local_key(feed, path)
+    return UpstreamBase.parse(descriptor["url"] + "/").key(split_path("/" + path))
 
 
 @dataclass

@@ -85,6 +85,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         allow: list[str] | None = None,
         cache_dir: Path | None = None,
         images: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Appliance:
         port = free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
@@ -102,6 +103,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             [sys.executable, "-m", "appliance", "--config", str(cfg), "serve"],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         app = Appliance(port, cache_dir, log, proc)
         started.append(app)

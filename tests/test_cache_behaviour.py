@@ -6,13 +6,15 @@ import asyncio
 import hashlib
 import os
 import socket
+import ssl
+import subprocess
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import StartAppliance
+from tests.conftest import StartAppliance, require
 from tests.upstream import Upstream
 
 
@@ -225,3 +227,50 @@ async def test_upstream_asked_for_identity_encoding(
     _, _headers, body = await _get(f"{app.url}/debian/dists/s/Release")
     assert body == b"Origin: x\n" * 100
     assert upstream.requests[-1].headers.get("Accept-Encoding") == "identity"
+
+
+async def test_https_upstream(tmp_path: Path, start_appliance: StartAppliance) -> None:
+    """A remap whose mirror is https:// is fetched over TLS (certificate verified) and cached."""
+    require("openssl", "openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    root = tmp_path / "tls-root"
+    (root / "debian/pool").mkdir(parents=True)
+    (root / "debian/pool/secure.deb").write_bytes(b"over TLS")
+    server = Upstream(root, ssl_context=ctx).start()
+    try:
+        app = start_appliance(
+            {"secure": [f"{server.url}/debian"]}, env={"SSL_CERT_FILE": str(cert)}
+        )
+        status, _headers, body = await _get(f"{app.url}/secure/pool/secure.deb")
+        assert (status, body) == (200, b"over TLS")
+        untrusted = start_appliance(
+            {"secure": [f"{server.url}/debian"]}, env={"SSL_CERT_FILE": "/nonexistent"}
+        )
+        status, _, _ = await _get(f"{untrusted.url}/secure/pool/secure.deb")
+        assert status == 502  # an unverifiable certificate is an upstream failure
+    finally:
+        server.close()

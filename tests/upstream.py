@@ -8,6 +8,7 @@ but closes the connection after that many bytes.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ SEEN = web.RequestKey("seen", Seen)
 
 
 class Upstream:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ssl_context: ssl.SSLContext | None = None) -> None:
         self.root = Path(root)
+        self.ssl_context = ssl_context
         self.requests: list[Seen] = []
         self.rate: dict[str, float] = {}
         self.drop_after: dict[str, int] = {}
@@ -43,7 +45,8 @@ class Upstream:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def count(self, suffix: str = "", status: int | None = None) -> int:
         return sum(
@@ -72,7 +75,7 @@ class Upstream:
         app.on_response_prepare.append(self._on_prepare)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

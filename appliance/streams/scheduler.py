@@ -13,15 +13,15 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
-from appliance.config import Config
+from appliance.config import Config, FeedConfig
 from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import SignatureError, Signer, Verifier
-from appliance.streams.sync import FeedMirror, FeedOutcome
+from appliance.streams.sync import FeedMirror, FeedOutcome, Report
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,12 @@ async def sync_feeds(
     config: Config,
     engine: CacheEngine,
     fetcher: Fetcher,
-    names: list[str] | None = None,
-    report=None,  # type: ignore[no-untyped-def]
+    report: Report | None = None,
     dry_run: bool = False,
-    feeds=None,  # type: ignore[no-untyped-def]
+    feeds: Sequence[FeedConfig] | None = None,
 ) -> list[FeedOutcome]:
-    """Sync the given (or all configured) feeds, then rebuild the curated feed."""
-    feeds = feeds or [f for f in config.images.feeds if names is None or f.name in names]
+    """Sync `feeds` (default: every configured feed), then rebuild the curated feed."""
+    feeds = config.images.feeds if feeds is None else feeds
     outcomes: list[FeedOutcome] = []
     for feed in feeds:
         try:

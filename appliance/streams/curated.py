@@ -18,9 +18,14 @@ from typing import Any
 from appliance.cache.engine import CacheEngine
 from appliance.cache.store import FilesystemStore
 from appliance.streams.gpg import Signer
-from appliance.streams.model import PRODUCTS_FORMAT, condense, parse_index, timestamp
-from appliance.streams.reader import stored_json
-from appliance.streams.sync import FEED_DESCRIPTOR, SNAPSHOT_PREFIX, feed_item_key, snapshot_key
+from appliance.streams.model import PRODUCTS_FORMAT, condense, timestamp
+from appliance.streams.sync import (
+    FEED_DESCRIPTOR,
+    SNAPSHOT_PREFIX,
+    feed_item_key,
+    snapshot_key,
+    snapshot_products,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +54,7 @@ def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for name in synced_feeds(store):
         info = json.loads(store.path(snapshot_key(name, FEED_DESCRIPTOR)).read_bytes())
-        index_path = info["index"]
-        index_entry = store.lookup(snapshot_key(name, index_path))
-        if index_entry is None:
-            continue
-        for entry in parse_index(json.loads(stored_json(index_entry.path.read_bytes()))):
-            if entry.format != PRODUCTS_FORMAT or entry.path is None:
-                continue
-            path = entry.path
-            if index_path.endswith(".sjson") and path.endswith(".json"):
-                path = path[: -len(".json")] + ".sjson"
-            doc_entry = store.lookup(snapshot_key(name, path))
-            if doc_entry is None:
-                continue
-            doc = json.loads(stored_json(doc_entry.path.read_bytes()))
+        for doc in snapshot_products(store, name, info["index"]):
             _merge(merged, _on_disk(doc, name, info, store))
     return merged
 

@@ -47,6 +47,13 @@ def unarmor_clearsigned(data: bytes) -> bytes:
     return "\n".join(lines).encode()
 
 
+def signed_twin(index_path: str, entry_path: str) -> str:
+    """A signed index points at signed products: its `.json` paths become `.sjson`."""
+    if index_path.endswith(".sjson") and entry_path.endswith(".json"):
+        return entry_path[: -len(".json")] + ".sjson"
+    return entry_path
+
+
 def stored_json(data: bytes) -> bytes:
     """The JSON inside a document the appliance stored after verifying it."""
     if data.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
@@ -114,10 +121,7 @@ class FeedReader:
         return doc, raw
 
     def entry_path(self, index_path: str, entry_path: str) -> str:
-        """A signed index points at signed products: `.json` paths become `.sjson`."""
-        if index_path.endswith(".sjson") and entry_path.endswith(".json"):
-            return entry_path[: -len(".json")] + ".sjson"
-        return entry_path
+        return signed_twin(index_path, entry_path)
 
 
 __all__ = ["FeedError", "FeedReader", "FormatError", "split_feed_url"]

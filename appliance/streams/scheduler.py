@@ -19,7 +19,7 @@ from pathlib import Path
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.config import Config, FeedConfig
-from appliance.streams.curated import publish_curated
+from appliance.streams.curated import curated_key, publish_curated
 from appliance.streams.gpg import SignatureError, Signer, Verifier
 from appliance.streams.sync import FeedMirror, FeedOutcome, Report
 
@@ -73,7 +73,9 @@ async def sync_feeds(
         finally:
             if verifier:
                 verifier.close()
-    if not dry_run and outcomes:
+    changed = any(i.status in ("fetched", "removed") for o in outcomes for i in o.items)
+    missing = await engine.lookup(curated_key("streams/v1/index.sjson")) is None
+    if not dry_run and (changed or (missing and any(o.ok for o in outcomes))):
         try:
             await publish_curated(engine, Signer(config.images.gnupg_home))
         except (OSError, SignatureError) as exc:

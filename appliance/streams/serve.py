@@ -21,9 +21,14 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.keys import BadPath, encode_path, split_path
 from appliance.cache.policy import Freshness
 from appliance.streams.curated import KEY_PATHS, curated_key
-from appliance.streams.model import PRODUCTS_FORMAT, FormatError, iter_items, parse_index
-from appliance.streams.reader import stored_json
-from appliance.streams.sync import FEED_DESCRIPTOR, expect_of, feed_item_key, snapshot_key
+from appliance.streams.model import FormatError, iter_items
+from appliance.streams.sync import (
+    FEED_DESCRIPTOR,
+    expect_of,
+    feed_item_key,
+    snapshot_key,
+    snapshot_products,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ class ImageRoutes:
             index_entry = await self.engine.lookup(snapshot_key(name, info["index"]))
             if index_entry is None or index_entry.meta.fetched == state.stamp:
                 return
-            items = await asyncio.to_thread(self._items, name, info["index"], index_entry.path)
+            items = await asyncio.to_thread(self._items, name, info["index"])
         except (OSError, ValueError, KeyError, FormatError, BadPath) as exc:
             log.warning("feed %s: snapshot unreadable: %s", name, exc)
             return
@@ -113,21 +118,10 @@ class ImageRoutes:
         state.stamp = index_entry.meta.fetched
         log.info("feed %s: %d items servable", name, len(items))
 
-    def _items(self, name: str, index_path: str, index_file: object) -> dict[str, Expect]:
-        store = self.engine.store
-        index = json.loads(stored_json(open(index_file, "rb").read()))  # noqa: SIM115
-        items: dict[str, Expect] = {}
-        for entry in parse_index(index):
-            if entry.format != PRODUCTS_FORMAT or entry.path is None:
-                continue
-            path = entry.path
-            if index_path.endswith(".sjson") and path.endswith(".json"):
-                path = path[: -len(".json")] + ".sjson"
-            doc_entry = store.lookup(snapshot_key(name, path))
-            if doc_entry is None:
-                continue
-            doc = json.loads(stored_json(doc_entry.path.read_bytes()))
-            for _p, _v, _i, props in iter_items(doc):
-                if "path" in props:
-                    items[props["path"]] = expect_of(props)
-        return items
+    def _items(self, name: str, index_path: str) -> dict[str, Expect]:
+        return {
+            props["path"]: expect_of(props)
+            for doc in snapshot_products(self.engine.store, name, index_path)
+            for _p, _v, _i, props in iter_items(doc)
+            if "path" in props
+        }

@@ -27,6 +27,7 @@ from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine, FetchError
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase, split_path
+from appliance.cache.store import Store
 from appliance.config import FeedConfig
 from appliance.streams.filters import Filter, parse_filters, select
 from appliance.streams.gpg import Verifier
@@ -37,7 +38,13 @@ from appliance.streams.model import (
     strongest_checksum,
     validate_products,
 )
-from appliance.streams.reader import FeedError, FeedReader, split_feed_url, stored_json
+from appliance.streams.reader import (
+    FeedError,
+    FeedReader,
+    signed_twin,
+    split_feed_url,
+    stored_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,22 @@ def snapshot_key(feed: str, path: str = "") -> str:
 
 def local_key(feed: str, path: str) -> str:
     return f"{LOCAL_PREFIX}/{feed}/{path}"
+
+
+def snapshot_products(store: Store, feed: str, index_path: str) -> list[dict[str, Any]]:
+    """The products documents of a feed's published snapshot (blocking; [] if none)."""
+    index_entry = store.lookup(snapshot_key(feed, index_path))
+    if index_entry is None:
+        return []
+    docs = []
+    for entry in parse_index(json.loads(stored_json(index_entry.path.read_bytes()))):
+        if entry.format != PRODUCTS_FORMAT or entry.path is None:
+            continue
+        path = signed_twin(index_path, entry.path)
+        doc_entry = store.lookup(snapshot_key(feed, path))
+        if doc_entry is not None:
+            docs.append(json.loads(stored_json(doc_entry.path.read_bytes())))
+    return docs
 
 
 def feed_item_key(descriptor: dict[str, Any], feed: str, path: str) -> str:
@@ -190,27 +213,16 @@ class FeedMirror:
 
     async def previous_selection(self) -> list[Selected]:
         """What the last published snapshot selected (for pruning)."""
-        previous: list[Selected] = []
-        entry = await self.engine.lookup(snapshot_key(self.feed.name, self.index_path))
-        if entry is None:
-            return previous
         try:
-            index = json.loads(stored_json(await asyncio.to_thread(entry.path.read_bytes)))
-            for e in parse_index(index):
-                if e.format != PRODUCTS_FORMAT or e.path is None:
-                    continue
-                path = self.reader.entry_path(self.index_path, e.path)
-                doc_entry = await self.engine.lookup(snapshot_key(self.feed.name, path))
-                if doc_entry is None:
-                    continue
-                doc = json.loads(stored_json(await asyncio.to_thread(doc_entry.path.read_bytes)))
-                previous += selected_items(doc, self.filters, self.feed.max_items)
+            docs = await asyncio.to_thread(
+                snapshot_products, self.engine.store, self.feed.name, self.index_path
+            )
         except (OSError, ValueError, FormatError) as exc:
             log.warning(
                 "%s: previous snapshot unreadable (%s); nothing pruned", self.feed.name, exc
             )
             return []
-        return previous
+        return [s for doc in docs for s in selected_items(doc, self.filters, self.feed.max_items)]
 
     async def sync(self, dry_run: bool = False) -> FeedOutcome:
         started = time.monotonic()

@@ -26,25 +26,43 @@ sleep 0.5
 url=http://127.0.0.1:$port
 mapfile -t files < <(cd "$work/feed" && find server -type f | sort)
 bytes=$(cd "$work/feed" && cat "${files[@]}" | wc -c)
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-mkdir -p "$work/plain"
-t0=$(date +%s.%N)
-for f in "${files[@]}"; do curl -sf -o "$work/plain/$(basename "$f")" "$url/$f"; done
-t1=$(date +%s.%N)
-rm -rf "$work/plain"
 cat >"$work/config.yaml" <<CONF
 cache: {dir: $work/cache}
 images:
   gnupg_home: $work/appliance-gnupg
   feeds: [{name: bench, url: "$url/", keyring: $work/keyring.gpg}]
 CONF
-t2=$(date +%s.%N)
-/usr/bin/time -v -o "$work/time.txt" "$bin" --config "$work/config.yaml" sync --json >"$work/sync.json"
-t3=$(date +%s.%N)
-rss_kb=$(awk -F: '/Maximum resident set size/{gsub(/ /,"",$2); print $2}' "$work/time.txt")
-awk -v b="$bytes" -v n="${#files[@]}" -v p="$(echo "$t1 - $t0" | bc)" -v s="$(echo "$t3 - $t2" | bc)" \
-    -v r="$rss_kb" 'BEGIN {
-  printf "items: %d, %.0f MiB\n", n, b / 1048576
-  printf "plain download (curl, sequential, to disk): %.2f s, %.0f MB/s\n", p, b / p / 1e6
-  printf "archive-local sync (verify + store + sign):  %.2f s, %.0f MB/s (%.2fx plain)\n", s, b / s / 1e6, p / s
-  printf "sync peak RSS: %.1f MB\n", r / 1024 }'
+runs=${SYNC_BENCH_RUNS:-3}
+: >"$work/times.tsv"
+fetch_all() { mkdir -p "$1"; for f in "${files[@]}"; do curl -sf -o "$1/$(basename "$f")" "$url/$f"; done; }
+now() { date +%s.%N; }
+for run in $(seq "$runs"); do   # alternate, so drift on the machine hits all three alike
+  t0=$(now); fetch_all "$work/plain"; t1=$(now)
+  rm -rf "$work/plain"
+  t2=$(now); fetch_all "$work/plain"; sync -f "$work/plain"; t3=$(now)  # made durable
+  rm -rf "$work/plain" "$work/cache"
+  t4=$(now)
+  /usr/bin/time -v -o "$work/time.txt" "$bin" --config "$work/config.yaml" sync --json \
+    >"$work/sync.json" 2>"$work/sync.log"
+  t5=$(now)
+  rss_kb=$(awk -F: '/Maximum resident set size/{gsub(/ /,"",$2); print $2}' "$work/time.txt")
+  echo "$(echo "$t1 - $t0" | bc) $(echo "$t5 - $t4" | bc) $rss_kb $(echo "$t3 - $t2" | bc)" \
+    >>"$work/times.tsv"
+done
+"$py" - "$work/times.tsv" "$bytes" "${#files[@]}" <<'PY'
+import statistics, sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
+size, n = int(sys.argv[2]), int(sys.argv[3])
+plain, sync, rss, durable = ([r[i] for r in rows] for i in range(4))
+mb = lambda t: size / t / 1e6
+p, s = statistics.median(plain), statistics.median(sync)
+print(f"items: {n}, {size / 2**20:.0f} MiB, {len(rows)} runs (medians; min-max)")
+print(f"plain download (curl, sequential, to disk): {p:.2f} s, {mb(p):.0f} MB/s "
+      f"({mb(max(plain)):.0f}-{mb(min(plain)):.0f})")
+print(f"archive-local sync (verify + store + sign):  {s:.2f} s, {mb(s):.0f} MB/s "
+      f"({mb(max(sync)):.0f}-{mb(min(sync)):.0f}), {p / s:.2f}x plain")
+d = statistics.median(durable)
+print(f"plain download + flush to disk (sync -f):   {d:.2f} s, {mb(d):.0f} MB/s, "
+      f"sync is {d / s:.2f}x that")
+print(f"sync peak RSS: {statistics.median(rss) / 1024:.1f} MB (max {max(rss) / 1024:.1f})")
+PY

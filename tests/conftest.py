@@ -166,13 +166,14 @@ def apt_repo(apt_repo_template: AptRepo, upstream_root: Path) -> AptRepo:
 
 # --- image feeds ---------------------------------------------------------------------
 
+ITEM_SIZE = 2 * 1024 * 1024  # disk images of a few MB, like small cloud images
 FILTERS = ["arch=amd64", "release~^(jammy|noble)$", "ftype=disk1.img"]
 
 
 @pytest.fixture
 def feed(tmp_path: Path) -> Iterator[Feed]:
     require("gpg", "gnupg")
-    f = build_feed(tmp_path, item_size=256 * 1024)
+    f = build_feed(tmp_path, item_size=ITEM_SIZE)
     yield f
     f.key.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.streams.gpg import SignatureError, Signer, Verifier
-from tests.conftest import require
+from tests.conftest import ITEM_SIZE, require
 from tests.feed import CONTENT_ID, Feed
 from tests.gpgkey import ThrowawayKey
 from tests.upstream import Upstream
@@ -46,7 +46,7 @@ def test_query_filters_max_and_json(feed: Feed, served: Upstream) -> None:
         ("noble", "20240401"),
     ]
     row = rows[0]
-    assert row["content_id"] == CONTENT_ID and row["size"] == str(256 * 1024)
+    assert row["content_id"] == CONTENT_ID and row["size"] == str(ITEM_SIZE)
     assert row["item_url"] == f"{served.url}/{row['path']}"
     assert "warning" not in r.stderr
 

@@ -16,7 +16,7 @@ import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
-from tests.conftest import StartAppliance, http_get
+from tests.conftest import ITEM_SIZE, StartAppliance, http_get
 from tests.conftest import run_sync as sync
 from tests.feed import CONTENT_ID, Feed, build_feed
 from tests.upstream import Upstream
@@ -111,7 +111,7 @@ def test_new_version_prunes_the_oldest(
     assert code == 0 and set(statuses(dry).values()) == {"present"}
     build_feed(
         tmp_path,
-        item_size=256 * 1024,
+        item_size=ITEM_SIZE,
         key=feed.key,
         serials=("20240101", "20240301", "20240401", "20240501"),
     )

@@ -9,6 +9,7 @@ complete download whose size (and digest, when known) checks out is committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,7 +25,8 @@ from appliance.cache.store import Entry, Meta, Store, TempFile
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024  # bytes per worker-thread write+hash
+PIPELINE = 4  # chunks received ahead of the disk writer
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Download:
         resumable: bool = False,
         offset: int = 0,
         digests: dict[str, hashlib._Hash] | None = None,
+        keep: bool = False,
     ) -> None:
         self.key = key
         self.url = str(response.url)
@@ -88,6 +91,7 @@ class Download:
         self._readers = 0
         self.expect = expect
         self.resumable = resumable  # keep a broken transfer's bytes for a Range request
+        self.keep = keep  # committed as exempt from eviction (mirrored on purpose)
         if digests is None:
             digests = {"sha256": hashlib.sha256()}
             if expect.algorithm and expect.algorithm not in digests:
@@ -105,9 +109,20 @@ class Download:
         self._readers -= 1
         self._maybe_close()
 
+    @property
+    def releasable(self) -> int:
+        """Bytes clients may be sent: the last one only after verification passed.
+
+        Holding back one byte means a download whose size or digest turns out wrong
+        can never reach a client as a complete response.
+        """
+        if self.state is State.DONE or self.total is None:
+            return self.written
+        return min(self.written, self.total - 1)
+
     async def wait_beyond(self, pos: int) -> None:
-        """Return once more than `pos` bytes are written or the download ended."""
-        while self.state is State.RUNNING and self.written <= pos:
+        """Return once more than `pos` bytes are releasable or the download ended."""
+        while self.state is State.RUNNING and self.releasable <= pos:
             await self._changed.wait()
 
     async def finished(self) -> None:
@@ -130,10 +145,7 @@ class Download:
         try:
             if None not in (self.total, self.expect.size) and self.total != self.expect.size:
                 raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
-            async for chunk in response.content.iter_chunked(CHUNK):
-                await loop.run_in_executor(None, _write_and_hash, fd, chunk, digests.values())
-                self.written += len(chunk)
-                self._notify()
+            await self._receive(response, fd, digests)
             if self.total is not None and self.written != self.total:
                 raise TransferBroken(f"short body: {self.written} of {self.total} bytes")
             if self.expect.size is not None and self.written != self.expect.size:
@@ -158,6 +170,7 @@ class Download:
                 content_type=self.content_type,
                 sha256=sha256,
                 digests=found or None,
+                keep=self.keep,
             )
             self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
             self.total = self.written
@@ -178,6 +191,48 @@ class Download:
             response.release()
             self._notify()
             self._maybe_close()
+
+    async def _receive(
+        self, response: aiohttp.ClientResponse, fd: int, digests: dict[str, hashlib._Hash]
+    ) -> None:
+        """Socket -> bounded queue -> worker thread (write + hash), in order.
+
+        Receiving goes on while the previous chunk is written and hashed, so one
+        download is not slowed to the sum of network and disk latency; at most
+        PIPELINE chunks wait in memory.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(PIPELINE)
+        failure: list[BaseException] = []
+
+        async def writer() -> None:
+            # after a failure keep draining, so the receiving side never blocks on put()
+            while (chunk := await queue.get()) is not None:
+                if failure:
+                    continue
+                try:
+                    await loop.run_in_executor(None, _write_and_hash, fd, chunk, digests.values())
+                except Exception as exc:
+                    failure.append(exc)
+                    continue
+                self.written += len(chunk)
+                self._notify()
+
+        task = asyncio.create_task(writer())
+        try:
+            async for chunk in response.content.iter_chunked(CHUNK):
+                if failure:
+                    break
+                await queue.put(chunk)
+            await queue.put(None)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if failure:
+            raise failure[0]
 
     def _partial_info(self) -> dict[str, object]:
         return {

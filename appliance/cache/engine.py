@@ -127,6 +127,7 @@ class CacheEngine:
         freshness: Freshness,
         expect: Expect = NO_EXPECTATION,
         resumable: bool = False,
+        keep: bool = False,
     ) -> Result:
         if freshness is Freshness.MANAGED:  # written by sync/publish, maybe another process
             entry = await self._io(self.store.lookup, key)
@@ -142,19 +143,23 @@ class CacheEngine:
                 return Hit(entry, "HIT", body=body)
             if key in self._pending or key in self._downloads:
                 continue  # someone started while we looked at the disk: join them
-            task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable))
+            task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable, keep))
             self._pending[key] = task
             task.add_done_callback(lambda _t: self._pending.pop(key, None))
             return await asyncio.shield(task)
 
-    async def ensure(self, key: str, urls: Sequence[str], expect: Expect) -> Entry:
+    async def ensure(
+        self, key: str, urls: Sequence[str], expect: Expect, keep: bool = False
+    ) -> Entry:
         """The verified file for `key`, downloading it if needed (for mirroring).
 
         A file already on disk is re-checked cheaply against the expected size and its
         stored digest; one that does not match is dropped and fetched again.
         """
         for _attempt in range(2):
-            result = await self.get(key, urls, Freshness.IMMUTABLE, expect, resumable=True)
+            result = await self.get(
+                key, urls, Freshness.IMMUTABLE, expect, resumable=True, keep=keep
+            )
             if isinstance(result, UpstreamFailure):
                 raise FetchError(result.reason)
             if isinstance(result, Miss):
@@ -257,6 +262,7 @@ class CacheEngine:
         entry: Entry | None,
         expect: Expect,
         resumable: bool = False,
+        keep: bool = False,
     ) -> Result:
         headers: dict[str, str] = {}
         partial = None
@@ -293,7 +299,9 @@ class CacheEngine:
                 self.store.discard(partial[0])
                 return UpstreamFailure(502, f"{resp.url}: 206 for the wrong range")
             log.info("resuming %s at byte %d", key, written)
-            return await self._start_download(key, resp, expect, resumable, resume=partial[0])
+            return await self._start_download(
+                key, resp, expect, resumable, resume=partial[0], keep=keep
+            )
         if partial is not None:  # upstream sent the whole file: start again
             self.store.discard(partial[0])
         if resp.status == 304:
@@ -305,7 +313,7 @@ class CacheEngine:
             self.hot.drop(key)
             self.lru.touch(key)
             return Hit(entry, "REVALIDATED")
-        return await self._start_download(key, resp, expect, resumable)
+        return await self._start_download(key, resp, expect, resumable, keep=keep)
 
     async def _start_download(
         self,
@@ -314,6 +322,7 @@ class CacheEngine:
         expect: Expect,
         resumable: bool = False,
         resume: TempFile | None = None,
+        keep: bool = False,
     ) -> Result:
         offset, digests = 0, None
         try:
@@ -334,7 +343,15 @@ class CacheEngine:
             log.error("cache: cannot store %s: %s", key, exc)
             return UpstreamFailure(500, f"cannot store {key}: {exc.strerror or exc}")
         download = Download(
-            key, temp, reader, resp, expect, resumable=resumable, offset=offset, digests=digests
+            key,
+            temp,
+            reader,
+            resp,
+            expect,
+            resumable=resumable,
+            offset=offset,
+            digests=digests,
+            keep=keep,
         )
         self._downloads[key] = download
         task = asyncio.create_task(self._run_download(download, resp))
@@ -349,7 +366,8 @@ class CacheEngine:
             self._downloads.pop(download.key, None)
             self.hot.drop(download.key)
         if download.state is State.DONE and download.entry is not None:
-            self.lru.add(download.key, download.entry.meta.size)
+            if not download.entry.meta.keep:
+                self.lru.add(download.key, download.entry.meta.size)
             await self._evict()
 
     async def _evict(self) -> None:

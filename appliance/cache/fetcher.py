@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # between two reads of the body, not for the whole body
+# Bytes buffered per upstream response before reading pauses: large enough that the socket
+# keeps streaming while a chunk is written and hashed in a worker thread.
+READ_BUFFER = 2 * 1024 * 1024
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Fetcher:
                     "Accept-Encoding": "identity",
                 },
                 auto_decompress=False,  # bytes are cached exactly as upstream sent them
+                read_bufsize=READ_BUFFER,
                 connector=aiohttp.TCPConnector(limit=256, limit_per_host=32),
                 trust_env=False,
             )

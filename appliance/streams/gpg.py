@@ -8,12 +8,17 @@ hand-written parser.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import gnupg
+
+# python-gnupg logs every gpg failure itself (with tracebacks for broken pipes); the
+# caller reports a SignatureError instead, in words an operator can act on.
+logging.getLogger("gnupg").setLevel(logging.CRITICAL)
 
 
 class SignatureError(Exception):
@@ -59,7 +64,10 @@ class Verifier:
         """The content of a clearsigned (`.sjson`) document, if a trusted key signed it."""
         if b"-----BEGIN PGP SIGNED MESSAGE-----" not in data[:200]:
             raise SignatureError(f"{what}: not clearsigned")
-        result = self._gpg.decrypt(data)
+        try:
+            result = self._gpg.decrypt(data)
+        except OSError as exc:  # gpg quit while being fed a malformed message
+            raise SignatureError(f"{what}: gpg rejected it ({exc})") from None
         self._check(result, what)
         return result.data
 
@@ -70,6 +78,8 @@ class Verifier:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(signature)
             result = self._gpg.verify_data(sig_path, data)
+        except OSError as exc:  # gpg quit before reading all of the data: no valid signature
+            raise SignatureError(f"{what}: gpg rejected the signature ({exc})") from None
         finally:
             os.unlink(sig_path)
         self._check(result, what)

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "_images"
 FEED_DESCRIPTOR = "feed.json"  # {"url": mirror root, "index": index path} of a synced feed
-CONCURRENCY = 2
+CONCURRENCY = 4
 
 
 LOCAL_PREFIX = "_local"  # items of feeds built here (`publish`): no upstream
@@ -277,8 +277,10 @@ class FeedMirror:
                 result.status = "would-fetch"
             return result
         try:
-            entry = await self.engine.ensure(key, [self.item_url(item.path)], item.expect)
-            await self.engine.keep(entry)
+            entry = await self.engine.ensure(
+                key, [self.item_url(item.path)], item.expect, keep=True
+            )
+            await self.engine.keep(entry)  # no-op unless it was cached before, evictable
         except FetchError as exc:
             result.status, result.error = "failed", str(exc)
             log.warning("%s: %s rejected: %s", self.feed.name, item.path, exc)

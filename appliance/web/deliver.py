@@ -154,11 +154,11 @@ async def _copy(
     while pos < end:
         available = end
         if download is not None:
-            if download.written <= pos and download.state is State.RUNNING:
+            if download.releasable <= pos and download.state is State.RUNNING:
                 await download.wait_beyond(pos)
             if download.state is State.FAILED:
                 raise _UpstreamBroke(download.error or "download failed")
-            available = min(end, download.written)
+            available = min(end, download.releasable)
         count = min(available - pos, chunk)
         transport = request.transport
         if transport is None or transport.is_closing():

@@ -3,7 +3,7 @@ VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl
-TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl
+TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

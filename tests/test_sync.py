@@ -16,7 +16,7 @@ import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
-from tests.conftest import ITEM_SIZE, StartAppliance, http_get
+from tests.conftest import ITEM_SIZE, StartAppliance, http_get, require
 from tests.conftest import run_sync as sync
 from tests.feed import CONTENT_ID, Feed, build_feed
 from tests.upstream import Upstream
@@ -270,3 +270,48 @@ def test_interrupted_item_resumes_with_range(
     assert last.headers.get("Range") == f"bytes={have}-" and "If-Range" in last.headers
     assert last.status == (206 if honours_range else 200)
     assert not parked.exists()
+
+
+def test_adhoc_sync_and_feed_selection(feed_config: Path, feed: Feed, served: Upstream) -> None:
+    """`sync URL FILTER... --keyring --max --name` like sstream-mirror; `--feed` picks one."""
+    code, [outcome], err = sync(
+        feed_config,
+        f"{served.url}/",
+        "arch=arm64",
+        "release=noble",
+        "ftype=disk1.img",
+        "--keyring",
+        str(feed.key.keyring),
+        "--max",
+        "1",
+        "--name",
+        "adhoc",
+    )
+    assert code == 0, err
+    assert outcome["feed"] == "adhoc"
+    assert list(statuses(outcome).values()) == ["fetched"]
+    [path] = statuses(outcome)
+    assert "noble/release-20240401" in path and "arm64" in path
+    assert "[adhoc] fetched" in err  # one line per item when not on a terminal
+    code, _, err = sync(feed_config, f"{served.url}/")
+    assert code == 2 and "--keyring FILE is required" in err
+    code, _, err = sync(feed_config, "--feed", "nosuch")
+    assert code == 2 and "no feed named 'nosuch'" in err
+    code, [outcome], err = sync(feed_config, "--feed", "ex")
+    assert code == 0 and outcome["feed"] == "ex"
+
+
+def test_progress_bar_on_a_terminal(feed_config: Path, feed: Feed, served: Upstream) -> None:
+    """On a terminal the sync draws a bar (`script` gives it a real pty)."""
+    require("script", "bsdutils")
+    cmd = f"{sys.executable} -m appliance --config {feed_config} sync"
+    r = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert r.returncode == 0, r.stdout
+    assert "[ex] [###" in r.stdout and "100% 4/4 items" in r.stdout  # the bar, redrawn
+    assert "ex: fetched 4, present 0, rejected 0, removed 0" in r.stdout

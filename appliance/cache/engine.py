@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import aiohttp
@@ -205,6 +206,38 @@ class CacheEngine:
         self.hot.drop(key)
         self.lru.discard(key)
         return entry
+
+    async def put_file(self, key: str, source: Path) -> Entry:
+        """Copy a local file into the store (kept), streaming it and hashing on the way."""
+        entry = await self._io(self._put_file, key, source)
+        self.hot.drop(key)
+        self.lru.discard(key)
+        return entry
+
+    def _put_file(self, key: str, source: Path) -> Entry:
+        temp = self.store.create_temp(key)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(source, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(temp.fd, view) :]
+                    size += len(chunk)
+            now = self.clock()
+            meta = Meta(
+                url=f"local:{key}",
+                size=size,
+                fetched=now,
+                checked=now,
+                sha256=digest.hexdigest(),
+                keep=True,
+            )
+            return self.store.commit(temp, meta)
+        except BaseException:
+            self.store.discard(temp)
+            raise
 
     def _put(self, key: str, data: bytes, meta: Meta) -> Entry:
         temp = self.store.create_temp(key)

@@ -156,8 +156,11 @@ class Publisher:
         if dry_run:
             return plan
         for item in plan.items:  # the bytes first, then the documents that point at them
-            data = await asyncio.to_thread(Path(item["file"]).read_bytes)
-            await self.engine.put(local_key(self.feed, item["path"]), data)
+            entry = await self.engine.put_file(
+                local_key(self.feed, item["path"]), Path(item["file"])
+            )
+            if entry.meta.size != item["size"]:
+                raise PublishError(f"{item['file']} changed while it was being published")
         await self._write_documents(doc, products_path, now)
         await publish_curated(self.engine, self.signer)
         return plan

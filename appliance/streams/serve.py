@@ -89,7 +89,11 @@ class ImageRoutes:
         )
 
     async def _state(self, name: str, force: bool = False) -> _FeedState:
-        state = self._feeds.setdefault(name, _FeedState())
+        state = self._feeds.get(name)
+        if state is None:  # only feeds that exist get state: clients choose the names
+            if await self.engine.lookup(snapshot_key(name, FEED_DESCRIPTOR)) is None:
+                raise NotFound(f"no feed named {name!r} has been synced")
+            state = self._feeds.setdefault(name, _FeedState())
         if not force and time.monotonic() - state.checked < RECHECK:
             return state
         async with self._locks.setdefault(name, asyncio.Lock()):

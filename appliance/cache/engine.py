@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -192,59 +192,48 @@ class CacheEngine:
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> Entry:
         """Store bytes the appliance produced or verified itself (kept, never evicted)."""
-        now = self.clock()
-        meta = Meta(
-            url=f"local:{key}",
-            size=len(data),
-            fetched=now,
-            checked=now,
-            content_type=content_type,
-            sha256=hashlib.sha256(data).hexdigest(),
-            keep=True,
-        )
-        entry = await self._io(self._put, key, data, meta)
-        self.hot.drop(key)
-        self.lru.discard(key)
-        return entry
+        return await self._put(key, lambda: iter((data,)), content_type)
 
     async def put_file(self, key: str, source: Path) -> Entry:
         """Copy a local file into the store (kept), streaming it and hashing on the way."""
-        entry = await self._io(self._put_file, key, source)
+
+        def chunks() -> Iterator[bytes]:
+            with open(source, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+
+        return await self._put(key, chunks, None)
+
+    async def _put(
+        self, key: str, chunks: Callable[[], Iterator[bytes]], content_type: str | None
+    ) -> Entry:
+        entry = await self._io(self._write_kept, key, chunks, content_type)
         self.hot.drop(key)
         self.lru.discard(key)
         return entry
 
-    def _put_file(self, key: str, source: Path) -> Entry:
+    def _write_kept(
+        self, key: str, chunks: Callable[[], Iterator[bytes]], content_type: str | None
+    ) -> Entry:
         temp = self.store.create_temp(key)
         digest, size = hashlib.sha256(), 0
         try:
-            with open(source, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(temp.fd, view) :]
-                    size += len(chunk)
+            for chunk in chunks():
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(temp.fd, view) :]
+                size += len(chunk)
             now = self.clock()
             meta = Meta(
                 url=f"local:{key}",
                 size=size,
                 fetched=now,
                 checked=now,
+                content_type=content_type,
                 sha256=digest.hexdigest(),
                 keep=True,
             )
-            return self.store.commit(temp, meta)
-        except BaseException:
-            self.store.discard(temp)
-            raise
-
-    def _put(self, key: str, data: bytes, meta: Meta) -> Entry:
-        temp = self.store.create_temp(key)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(temp.fd, view) :]
             return self.store.commit(temp, meta)
         except BaseException:
             self.store.discard(temp)

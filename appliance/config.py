@@ -44,6 +44,14 @@ class AptConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """Timeouts for every upstream transfer (apt files, feeds, images)."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0  # longest silence between two reads of a body
+
+
+@dataclass(frozen=True)
 class FeedConfig:
     """One upstream simplestreams feed to mirror."""
 
@@ -67,6 +75,7 @@ class Config:
     cache: CacheConfig
     apt: AptConfig
     images: ImagesConfig = ImagesConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -204,6 +213,19 @@ def _parse_images(value: Any) -> ImagesConfig:
     )
 
 
+def _parse_upstream_section(value: Any) -> UpstreamConfig:
+    data = _expect_mapping(value, "upstream")
+    _check_keys(data, ("connect_timeout", "read_timeout"), "upstream")
+    default = UpstreamConfig()
+    out = {}
+    for key in ("connect_timeout", "read_timeout"):
+        seconds = data.get(key, getattr(default, key))
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            raise ConfigError(f"upstream.{key}: expected seconds > 0, got {seconds!r}")
+        out[key] = float(seconds)
+    return UpstreamConfig(**out)
+
+
 def _expect_mapping(value: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -248,7 +270,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     data = _expect_mapping(data, "<top level>")
-    _check_keys(data, ("listen", "cache", "apt", "images"), "")
+    _check_keys(data, ("listen", "cache", "apt", "images", "upstream"), "")
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
     _check_keys(cache, ("dir", "max_size"), "cache")
     apt = {**base["apt"], **_expect_mapping(data.get("apt", {}), "apt")}
@@ -268,6 +290,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
             allow=_parse_allow(apt["allow"]),
         ),
         images=_parse_images(data.get("images") or {}),
+        upstream=_parse_upstream_section(data.get("upstream") or {}),
         source=source,
     )
 
@@ -325,6 +348,10 @@ def dump(config: Config) -> str:
                 "index_ttl": config.apt.index_ttl,
                 "remaps": {k: list(v) for k, v in config.apt.remaps.items()},
                 "allow": list(config.apt.allow),
+            },
+            "upstream": {
+                "connect_timeout": config.upstream.connect_timeout,
+                "read_timeout": config.upstream.read_timeout,
             },
             "images": {
                 "sync_interval": config.images.sync_interval,

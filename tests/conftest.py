@@ -86,6 +86,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         cache_dir: Path | None = None,
         images: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Appliance:
         port = free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
@@ -96,6 +97,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         }
         if images is not None:
             config["images"] = images
+        config.update(extra or {})
         cfg = tmp_path / f"config-{len(started)}.yaml"
         cfg.write_text(yaml.safe_dump(config))
         log = tmp_path / f"appliance-{len(started)}.log"

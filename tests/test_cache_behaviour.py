@@ -274,3 +274,24 @@ async def test_https_upstream(tmp_path: Path, start_appliance: StartAppliance) -
         assert status == 502  # an unverifiable certificate is an upstream failure
     finally:
         server.close()
+
+
+async def test_stalled_upstream_hits_the_read_timeout(
+    upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
+) -> None:
+    """An upstream that goes silent mid-body fails the transfer after upstream.read_timeout."""
+    data = os.urandom(1024 * 1024)
+    (upstream_root / "debian/pool").mkdir(parents=True)
+    (upstream_root / "debian/pool/stall.deb").write_bytes(data)
+    upstream.stall_after["/debian/pool/stall.deb"] = 300_000
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]}, extra={"upstream": {"read_timeout": 1}}
+    )
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await _get(f"{app.url}/debian/pool/stall.deb")
+    assert time.monotonic() - started < 10
+    await asyncio.sleep(0.2)
+    assert _entries(app.cache_dir) == []
+    del upstream.stall_after["/debian/pool/stall.deb"]
+    assert (await _get(f"{app.url}/debian/pool/stall.deb"))[2] == data

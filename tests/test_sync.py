@@ -315,3 +315,24 @@ def test_progress_bar_on_a_terminal(feed_config: Path, feed: Feed, served: Upstr
     assert r.returncode == 0, r.stdout
     assert "[ex] [###" in r.stdout and "100% 4/4 items" in r.stdout  # the bar, redrawn
     assert "ex: fetched 4, present 0, rejected 0, removed 0" in r.stdout
+
+
+def test_stalled_item_times_out_and_resumes(
+    feed_config: Path, feed: Feed, served: Upstream
+) -> None:
+    config = yaml.safe_load(feed_config.read_text())
+    config["upstream"] = {"read_timeout": 1}
+    feed_config.write_text(yaml.safe_dump(config))
+    victim = "server/releases/noble/release-20240301/ubuntu-24.04-server-cloudimg-amd64.disk1.img"
+    served.stall_after["/" + victim] = 500_000
+    started = time.monotonic()
+    code, [outcome], _ = sync(feed_config)
+    assert code == 1 and statuses(outcome)[victim] == "failed"
+    assert time.monotonic() - started < 20
+    del served.stall_after["/" + victim]
+    code, [outcome], err = sync(feed_config)
+    assert code == 0, err
+    cache = feed_config.parent / "cache" / f"127.0.0.1:{served.port}"
+    assert (cache / victim).read_bytes() == feed.files[victim]
+    last = [r for r in served.requests if r.path == "/" + victim][-1]
+    assert last.headers.get("Range", "").startswith("bytes=") and last.status == 206

@@ -53,6 +53,8 @@ def test_embedded_default() -> None:
             "images.feeds[0].filters[0]: bad filter",
         ),
         (["a list"], "<top level>: expected a mapping"),
+        ({"upstream": {"read_timeout": 0}}, "upstream.read_timeout: expected seconds > 0"),
+        ({"upstream": {"retries": 3}}, "upstream.retries: unknown key"),
     ],
 )
 def test_config_errors_name_the_key(data: object, message: str) -> None:

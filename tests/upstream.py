@@ -37,6 +37,7 @@ class Upstream:
         self.rate: dict[str, float] = {}
         self.drop_after: dict[str, int] = {}
         self.ignore_range: set[str] = set()  # answer 200 with the whole file regardless
+        self.stall_after: dict[str, int] = {}  # send this many bytes, then go silent
         self.finished_at: dict[str, float] = {}  # monotonic time the last body byte left
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -73,7 +74,7 @@ class Upstream:
         app = web.Application(middlewares=[self._record])
         app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_response_prepare.append(self._on_prepare)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()
@@ -111,7 +112,12 @@ class Upstream:
         file = (self.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             raise web.HTTPNotFound()
-        faults = path in self.rate or path in self.drop_after or path in self.ignore_range
+        faults = (
+            path in self.rate
+            or path in self.drop_after
+            or path in self.ignore_range
+            or path in self.stall_after
+        )
         if not faults:
             return web.FileResponse(file)
         data = file.read_bytes()
@@ -123,13 +129,15 @@ class Upstream:
         )
         resp.content_length = len(data)
         await resp.prepare(request)
-        limit = self.drop_after.get(path, len(data))
+        limit = self.drop_after.get(path, self.stall_after.get(path, len(data)))
         rate = self.rate.get(path)
         step = 64 * 1024
         for pos in range(0, limit, step):
             await resp.write(data[pos : min(pos + step, limit)])
             if rate:
                 await asyncio.sleep(step / rate)
+        if path in self.stall_after:
+            await asyncio.sleep(30)  # silent, connection open: only a read timeout ends this
         if limit < len(data):
             await asyncio.sleep(0.05)
             assert request.transport is not None

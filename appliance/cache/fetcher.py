@@ -15,6 +15,7 @@ import aiohttp
 from yarl import URL
 
 from appliance import __version__
+from appliance.config import UpstreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class UpstreamFailure:
 
 class Fetcher:
     """Owns the aiohttp ClientSession; close it with `close()`."""
+
+    @classmethod
+    def from_config(cls, config: UpstreamConfig) -> Fetcher:
+        return cls(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout)
 
     def __init__(
         self,

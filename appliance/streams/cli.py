@@ -43,7 +43,7 @@ async def run_query(args: argparse.Namespace, config: configuration.Config) -> i
         return _err(str(exc))
     if verifier is None:
         print("archive-local: warning: signatures not verified (no --keyring)", file=sys.stderr)
-    fetcher = Fetcher()
+    fetcher = Fetcher.from_config(config.upstream)
     try:
         reader = FeedReader(root, fetcher, verifier)
         rows = [r async for r in query(reader, index_path, filters, args.max_versions)]
@@ -150,7 +150,7 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
     except (configuration.ConfigError, FilterError) as exc:
         print(f"archive-local: {exc}", file=sys.stderr)
         return 2
-    fetcher = Fetcher()
+    fetcher = Fetcher.from_config(config.upstream)
     engine = CacheEngine(
         FilesystemStore(config.cache.dir),
         fetcher,
@@ -196,7 +196,7 @@ async def run_keys(args: argparse.Namespace, config: configuration.Config) -> in
         fingerprint = signer.ensure_key()
         engine = CacheEngine(
             FilesystemStore(config.cache.dir),
-            Fetcher(),
+            Fetcher.from_config(config.upstream),
             max_size=config.cache.max_size,
             ttl=config.apt.index_ttl,
         )
@@ -233,7 +233,7 @@ async def run_publish(args: argparse.Namespace, config: configuration.Config) ->
         spec = load_products_file(args.products)
         engine = CacheEngine(
             FilesystemStore(config.cache.dir),
-            Fetcher(),
+            Fetcher.from_config(config.upstream),
             max_size=config.cache.max_size,
             ttl=config.apt.index_ttl,
         )

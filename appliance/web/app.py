@@ -49,7 +49,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config.apt.remaps, config.apt.allow)
-        self.fetcher = Fetcher()
+        self.fetcher = Fetcher.from_config(config.upstream)
         self.engine = CacheEngine(
             FilesystemStore(config.cache.dir),
             self.fetcher,

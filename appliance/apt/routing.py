@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from appliance.apt.paths import BadPath, encode_path, expectation, freshness, split_path
 from appliance.cache.download import NO_EXPECTATION, Expect
-from appliance.cache.keys import UpstreamBase
+from appliance.cache.keys import UpstreamBase, hostport
 from appliance.cache.policy import Freshness
 
 CONNECT_PORTS = frozenset({443})
@@ -30,14 +30,6 @@ class Route:
     urls: tuple[str, ...]  # mirrors to try, in order
     freshness: Freshness
     expect: Expect = NO_EXPECTATION  # what the bytes must be (by-hash digests)
-
-
-def _hostport(host: str, port: int | None, scheme: str = "http") -> str:
-    host = host.lower()
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    default = 443 if scheme == "https" else 80
-    return host if port in (None, default) else f"{host}:{port}"
 
 
 def _host_only(hostport: str) -> str:
@@ -84,7 +76,7 @@ class Router:
         if parts.scheme != "http":
             raise BadPath(f"only http:// URLs can be proxied, got {parts.scheme}://")
         try:
-            hostport = _hostport(parts.hostname or "", parts.port)
+            target = hostport(parts.hostname or "", parts.port)
         except ValueError:
             raise BadPath("bad port in URL") from None
         raw_path = url.split("://", 1)[1]
@@ -93,22 +85,22 @@ class Router:
         # A URL under a remap's mirror shares that remap's cache entries.
         for mirrors in self._remaps.values():
             for i, m in enumerate(mirrors):
-                if m.hostport == hostport and segments[: len(m.base)] == m.base:
+                if m.hostport == target and segments[: len(m.base)] == m.base:
                     return self._remap_route(mirrors, segments[len(m.base) :], first=i)
-        if hostport not in self._allowed:
-            raise Forbidden(f"{hostport} is not a configured upstream")
+        if target not in self._allowed:
+            raise Forbidden(f"{target} is not a configured upstream")
         if not segments:
             raise BadPath("no file named")
         return Route(
-            key=f"{hostport}/{'/'.join(segments)}",
-            urls=(f"http://{hostport}/{encode_path(segments)}",),
+            key=f"{target}/{'/'.join(segments)}",
+            urls=(f"http://{target}/{encode_path(segments)}",),
             freshness=freshness(segments),
             expect=expectation(segments),
         )
 
     def allow_connect(self, host: str, port: int) -> bool:
         """CONNECT (https tunnels) only to configured hosts, only on 443."""
-        return port in CONNECT_PORTS and _hostport(host, None) in self._allowed_hosts
+        return port in CONNECT_PORTS and hostport(host, None) in self._allowed_hosts
 
     def _remap_route(
         self, mirrors: tuple[UpstreamBase, ...], rest: tuple[str, ...], first: int | None

@@ -41,6 +41,15 @@ def encode_path(segments: tuple[str, ...]) -> str:
     return "/".join(quote(s, safe="~+:@!$&'()*,;=") for s in segments)
 
 
+def hostport(host: str, port: int | None, scheme: str = "http") -> str:
+    """`host[:port]`, lower-case, IPv6 bracketed, the port only when not the scheme default."""
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    default = 443 if scheme == "https" else 80
+    return host if port in (None, default) else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class UpstreamBase:
     scheme: str
@@ -50,13 +59,11 @@ class UpstreamBase:
     @classmethod
     def parse(cls, url: str) -> UpstreamBase:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        default = 443 if parts.scheme == "https" else 80
-        port = parts.port or default
-        hostport = host if port == default else f"{host}:{port}"
-        return cls(parts.scheme, hostport, split_path(parts.path or "/"))
+        return cls(
+            parts.scheme,
+            hostport(parts.hostname or "", parts.port, parts.scheme),
+            split_path(parts.path or "/"),
+        )
 
     def url(self, rest: tuple[str, ...]) -> str:
         return f"{self.scheme}://{self.hostport}/{encode_path(self.base + rest)}"

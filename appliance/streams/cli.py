@@ -170,9 +170,6 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
             progress.clear()
         await engine.close()
         await fetcher.close()
-    curated = [o for o in outcomes if o.feed == "(curated feed)"]
-    if not args.dry_run and not curated:
-        print("curated feed updated at /streams/v1/", file=sys.stderr)
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=1))
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class FeedReader:
     root: str
     fetcher: Fetcher | None = None
     verifier: Verifier | None = None
+    # `.json` path -> the `.json.gpg` that verified it (so it is fetched once)
+    signatures: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def is_remote(self) -> bool:
@@ -109,6 +111,7 @@ class FeedReader:
                 if self.verifier:
                     signature = await self.raw(path + ".gpg")
                     self.verifier.detached(raw, signature, self.url(path))
+                    self.signatures[path] = signature
                 content = raw
         except SignatureError as exc:
             raise FeedError(f"bad signature: {exc}") from None

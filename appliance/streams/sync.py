@@ -190,10 +190,17 @@ class FeedMirror:
         documents.update(await self._other_renderings(documents))
         documents[self.index_path] = raw
         documents.update(await self._other_renderings({self.index_path: raw}))
+        for path in [p for p in documents if p.endswith(".json")]:
+            signature = self.reader.signatures.get(path)
+            if signature is None:  # unverified read: pass upstream's file on if it has one
+                with contextlib.suppress(FeedError):
+                    signature = await self.reader.raw(path + ".gpg")
+            if signature is not None:
+                documents[path + ".gpg"] = signature
         return documents, selected
 
     async def _other_renderings(self, documents: dict[str, bytes]) -> dict[str, bytes]:
-        """`.json`/`.json.gpg` beside `.sjson` (and back), verified, for pass-through clients."""
+        """`.json` beside `.sjson` (and back), verified, for pass-through clients."""
         found: dict[str, bytes] = {}
         for path in documents:
             stem = path.removesuffix(".sjson").removesuffix(".json")
@@ -201,14 +208,9 @@ class FeedMirror:
                 if other == path or other in documents:
                     continue
                 try:
-                    _doc, raw = await self.reader.document(other)
+                    _doc, found[other] = await self.reader.document(other)
                 except FeedError as exc:
                     log.info("%s: no usable %s (%s)", self.feed.name, other, exc)
-                    continue
-                found[other] = raw
-                if other.endswith(".json"):
-                    with contextlib.suppress(FeedError):
-                        found[other + ".gpg"] = await self.reader.raw(other + ".gpg")
         return found
 
     async def previous_selection(self) -> list[Selected]:

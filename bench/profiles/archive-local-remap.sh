@@ -1,12 +1,7 @@
-# archive-local in path-remap form (http://HOST:PORT/debian/), for the apt_bench harness.
+# archive-local in path-remap form (http://HOST:PORT/debian/), for the apt_bench harness:
+# the forward-proxy profile with another name, port and mode.
+# shellcheck source=archive-local.sh
+source "$(dirname "${BASH_SOURCE[0]}")/archive-local.sh"
 NAME=archive-local-remap
 PORT=3144
 MODE=remap
-REMAP_PREFIX=/debian
-
-prepare() { mkdir -p "$WORKDIR/cache"; }
-
-start_cmd() {
-  exec "$ARCHIVE_LOCAL_BIN" serve --listen "127.0.0.1:$PORT" \
-    --cache-dir "$WORKDIR/cache" --remap "debian=$UPSTREAM_URL"
-}

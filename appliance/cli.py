@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--version", help="version name (default: today's YYYYMMDD[.N])")
     pub.add_argument("--dry-run", action="store_true", help="show what would be published")
     pub.add_argument("--json", action="store_true", help="machine-readable output")
+    seed = sub.add_parser("seed", help="put mirrored images into Glance / EC2 clouds")
+    seed.add_argument("targets", nargs="*", metavar="TARGET", help="seed only these targets")
+    seed.add_argument("--dry-run", action="store_true", help="show what would change")
+    seed.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.streams.cli import run_keys
 
         return asyncio.run(run_keys(args, config))
+    if args.command == "seed":
+        from appliance.targets.cli import run_seed
+
+        return asyncio.run(run_seed(args, config))
     if args.command == "sync":
         from appliance.streams.cli import run_sync
 

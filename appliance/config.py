@@ -6,9 +6,10 @@ their own from inline YAML. Every error names the offending key.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the operator: `key: problem`."""
+
+
+# bootable disks, as sstream-mirror-glance selects by default
+DEFAULT_SEED_FILTERS = ("ftype~^(disk1\\.img|disk\\.img)$",)
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,86 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class Secret:
+    """Where a secret is read from: a file (stripped of surrounding space) or a variable."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def read(self) -> str:
+        """The secret's value; the message of an error never contains it."""
+        if self.file is not None:
+            try:
+                value = self.file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{self.file}: cannot read ({exc.strerror})") from None
+        else:
+            value = os.environ.get(self.env or "", "").strip()
+        if not value:
+            raise ConfigError(f"{self.file or '$' + str(self.env)}: empty secret")
+        return value
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What every seed target shares: which images, how many, how they are named."""
+
+    name: str
+    type: str
+    feeds: tuple[str, ...]
+    max_items: int = 2
+    filters: tuple[str, ...] = DEFAULT_SEED_FILTERS
+    name_prefix: str = "auto-sync/"
+    content_id: str = "auto.sync"
+    set_latest: bool = False
+
+
+@dataclass(frozen=True)
+class GlanceTargetConfig(TargetConfig):
+    """An OpenStack image service, by endpoint + token or through keystone v3."""
+
+    endpoint: str | None = None  # Glance's URL; found in the keystone catalog when unset
+    token: Secret | None = None
+    keystone: Mapping[str, str] = field(default_factory=dict)  # auth_url, username, ...
+    password: Secret | None = None  # password, or the application credential's secret
+    region: str = "RegionOne"
+    interface: str = "public"
+    visibility: str = "public"
+    properties: Mapping[str, str] = field(default_factory=dict)
+    disk_format: str | None = None  # default: from each item's ftype
+    cloud_endpoint: str | None = None  # image-ids `endpoint` (default auth_url or endpoint)
+
+
+@dataclass(frozen=True)
+class Ec2TargetConfig(TargetConfig):
+    """A Eucalyptus or other EC2-compatible cloud: S3 upload, then RegisterImage."""
+
+    ec2_endpoint: str = ""
+    s3_endpoint: str = ""
+    ebs_endpoint: str | None = None  # EBS direct API (method ebs); default ec2_endpoint
+    regions: tuple[str, ...] = ("us-east-1",)
+    bucket: str = "archive-local-images"
+    credentials_file: Path | None = None  # eucarc-style KEY=VALUE; else the environment
+    method: str = "bundle"  # bundle (instance-store) or ebs
+    virtualization_type: str = "hvm"
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    after_sync: bool = True
+    targets: tuple[TargetConfig, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen
     cache: CacheConfig
     apt: AptConfig
     images: ImagesConfig = ImagesConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    seed: SeedConfig = SeedConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -226,6 +305,248 @@ def _parse_upstream_section(value: Any) -> UpstreamConfig:
     return UpstreamConfig(**out)
 
 
+_SECRET_KEYS = ("token", "password", "secret", "secret_key", "application_credential_secret")
+_KEYSTONE_KEYS = (
+    "auth_url",
+    "username",
+    "user_id",
+    "project_name",
+    "project_id",
+    "user_domain_name",
+    "project_domain_name",
+    "region_name",
+    "application_credential_id",
+    "application_credential_name",
+    "password_file",
+    "password_env",
+    "application_credential_secret_file",
+    "application_credential_secret_env",
+)
+_COMMON_TARGET_KEYS = (
+    "name",
+    "type",
+    "feeds",
+    "max_items",
+    "filters",
+    "name_prefix",
+    "content_id",
+    "set_latest",
+)
+_GLANCE_KEYS = (
+    "auth",
+    "region",
+    "interface",
+    "visibility",
+    "properties",
+    "disk_format",
+    "cloud_endpoint",
+)
+_EC2_KEYS = (
+    "ec2_endpoint",
+    "s3_endpoint",
+    "ebs_endpoint",
+    "regions",
+    "bucket",
+    "credentials_file",
+    "method",
+    "virtualization_type",
+    "kernel_id",
+    "ramdisk_id",
+)
+_VISIBILITIES = ("public", "private", "shared", "community")
+
+
+def _text(data: Mapping[str, Any], name: str, key: str, default: str | None = None) -> str | None:
+    value = data.get(name, default)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{key}.{name}: expected text, got {value!r}")
+    return value
+
+
+def _secret(data: Mapping[str, Any], stem: str, key: str) -> Secret | None:
+    """`<stem>_file` or `<stem>_env`; a secret written in clear is refused."""
+    if stem in data:
+        raise ConfigError(
+            f"{key}.{stem}: secrets are not written in the configuration; "
+            f"use {stem}_file (a file only root can read) or {stem}_env"
+        )
+    path, env = data.get(f"{stem}_file"), data.get(f"{stem}_env")
+    if path is not None and env is not None:
+        raise ConfigError(f"{key}: give {stem}_file or {stem}_env, not both")
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"{key}.{stem}_file: expected a file path, got {path!r}")
+        return Secret(file=Path(path))
+    if env is not None:
+        if not isinstance(env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise ConfigError(f"{key}.{stem}_env: expected a variable name, got {env!r}")
+        return Secret(env=env)
+    return None
+
+
+def _url(data: Mapping[str, Any], name: str, key: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}.{name}: expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _common_target(data: Mapping[str, Any], key: str, names: set[str]) -> dict[str, Any]:
+    name = data.get("name")
+    if not isinstance(name, str) or not _REMAP_NAME.match(name):
+        raise ConfigError(f"{key}.name: letters, digits, '.', '_' or '-' required, got {name!r}")
+    if name in names:
+        raise ConfigError(f"{key}.name: target {name!r} is defined twice")
+    names.add(name)
+    feeds = data.get("feeds")
+    if isinstance(feeds, str):
+        feeds = [feeds]
+    if not isinstance(feeds, list) or not feeds or not all(valid_name(f) for f in feeds):
+        raise ConfigError(f"{key}.feeds: expected a list of feed names, got {feeds!r}")
+    max_items = data.get("max_items", TargetConfig.max_items)
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+        raise ConfigError(f"{key}.max_items: expected a whole number >= 1, got {max_items!r}")
+    filters = data.get("filters", list(DEFAULT_SEED_FILTERS))
+    if not isinstance(filters, list):
+        raise ConfigError(f"{key}.filters: expected a list such as ['ftype=disk1.img']")
+    from appliance.streams.filters import Filter, FilterError
+
+    for j, text in enumerate(filters):
+        try:
+            Filter.parse(str(text))
+        except FilterError as exc:
+            raise ConfigError(f"{key}.filters[{j}]: {exc}") from None
+    set_latest = data.get("set_latest", False)
+    if not isinstance(set_latest, bool):
+        raise ConfigError(f"{key}.set_latest: expected true or false, got {set_latest!r}")
+    prefix = data.get("name_prefix", TargetConfig.name_prefix)
+    if not isinstance(prefix, str):
+        raise ConfigError(f"{key}.name_prefix: expected text, got {prefix!r}")
+    return {
+        "name": name,
+        "feeds": tuple(feeds),
+        "max_items": max_items,
+        "filters": tuple(map(str, filters)),
+        "name_prefix": prefix,
+        "content_id": _text(data, "content_id", key, TargetConfig.content_id),
+        "set_latest": set_latest,
+    }
+
+
+def _parse_glance_target(data: Mapping[str, Any], key: str, common: dict[str, Any]) -> Any:
+    _check_keys(data, _COMMON_TARGET_KEYS + _GLANCE_KEYS, key)
+    auth = _expect_mapping(data.get("auth"), f"{key}.auth")
+    _check_keys(auth, ("endpoint", "token", "token_file", "token_env", "keystone"), f"{key}.auth")
+    endpoint = _url(auth, "endpoint", f"{key}.auth")
+    token = _secret(auth, "token", f"{key}.auth")
+    keystone: dict[str, str] = {}
+    password = None
+    if "keystone" in auth:
+        ks_key = f"{key}.auth.keystone"
+        ks = _expect_mapping(auth["keystone"], ks_key)
+        for secret in ("password", "application_credential_secret"):
+            if secret in ks:
+                _secret(ks, secret, ks_key)  # raises: not in clear
+        _check_keys(ks, _KEYSTONE_KEYS, ks_key)
+        if not _url(ks, "auth_url", ks_key):
+            raise ConfigError(f"{ks_key}.auth_url: required")
+        password = _secret(ks, "password", ks_key) or _secret(
+            ks, "application_credential_secret", ks_key
+        )
+        if password is None:
+            raise ConfigError(
+                f"{ks_key}: needs password_file/_env or application_credential_secret_file/_env"
+            )
+        keystone = {k: str(v) for k, v in ks.items() if not k.endswith(("_file", "_env"))}
+        if token is not None:
+            raise ConfigError(f"{key}.auth: give a token or keystone credentials, not both")
+    elif token is None or endpoint is None:
+        raise ConfigError(f"{key}.auth: needs endpoint + token_file (or token_env), or keystone")
+    visibility = data.get("visibility", "public")
+    if visibility not in _VISIBILITIES:
+        raise ConfigError(f"{key}.visibility: one of {', '.join(_VISIBILITIES)}")
+    properties = _expect_mapping(data.get("properties", {}), f"{key}.properties")
+    return GlanceTargetConfig(
+        type="glance",
+        endpoint=endpoint,
+        token=token,
+        keystone=keystone,
+        password=password,
+        region=_text(data, "region", key, keystone.get("region_name", "RegionOne")) or "",
+        interface=_text(data, "interface", key, "public") or "public",
+        visibility=visibility,
+        properties={str(k): str(v) for k, v in properties.items()},
+        disk_format=_text(data, "disk_format", key),
+        cloud_endpoint=_url(data, "cloud_endpoint", key),
+        **common,
+    )
+
+
+def _parse_ec2_target(data: Mapping[str, Any], key: str, common: dict[str, Any]) -> Any:
+    for secret in (*_SECRET_KEYS, "access_key", "aws_secret_access_key"):
+        if secret in data:
+            raise ConfigError(f"{key}.{secret}: secrets belong in credentials_file")
+    _check_keys(data, _COMMON_TARGET_KEYS + _EC2_KEYS, key)
+    ec2, s3 = _url(data, "ec2_endpoint", key), _url(data, "s3_endpoint", key)
+    if not ec2 or not s3:
+        raise ConfigError(f"{key}: ec2_endpoint and s3_endpoint are required")
+    regions = data.get("regions", ["us-east-1"])
+    if isinstance(regions, str):
+        regions = [regions]
+    if (
+        not isinstance(regions, list)
+        or not regions
+        or not all(isinstance(r, str) and re.fullmatch(r"[a-z0-9-]+", r) for r in regions)
+    ):
+        raise ConfigError(f"{key}.regions: expected a list of region names, got {regions!r}")
+    bucket = _text(data, "bucket", key, Ec2TargetConfig.bucket) or ""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ConfigError(f"{key}.bucket: not a valid bucket name: {bucket!r}")
+    method = data.get("method", "bundle")
+    if method not in ("bundle", "ebs"):
+        raise ConfigError(f"{key}.method: bundle or ebs, got {method!r}")
+    creds = _text(data, "credentials_file", key)
+    return Ec2TargetConfig(
+        type="ec2",
+        ec2_endpoint=ec2,
+        s3_endpoint=s3,
+        ebs_endpoint=_url(data, "ebs_endpoint", key),
+        regions=tuple(regions),
+        bucket=bucket,
+        credentials_file=Path(creds) if creds else None,
+        method=method,
+        virtualization_type=_text(data, "virtualization_type", key, "hvm") or "hvm",
+        kernel_id=_text(data, "kernel_id", key),
+        ramdisk_id=_text(data, "ramdisk_id", key),
+        **common,
+    )
+
+
+def _parse_seed(value: Any) -> SeedConfig:
+    data = _expect_mapping(value, "seed")
+    _check_keys(data, ("after_sync", "targets"), "seed")
+    after_sync = data.get("after_sync", True)
+    if not isinstance(after_sync, bool):
+        raise ConfigError(f"seed.after_sync: expected true or false, got {after_sync!r}")
+    targets = data.get("targets") or []
+    if not isinstance(targets, list):
+        raise ConfigError("seed.targets: expected a list of targets")
+    names: set[str] = set()
+    parsed: list[TargetConfig] = []
+    for i, item in enumerate(targets):
+        key = f"seed.targets[{i}]"
+        item = _expect_mapping(item, key)
+        kind = item.get("type")
+        parsers = {"glance": _parse_glance_target, "ec2": _parse_ec2_target}
+        if kind not in parsers:
+            raise ConfigError(f"{key}.type: glance or ec2, got {kind!r}")
+        parsed.append(parsers[kind](item, key, _common_target(item, key, names)))
+    return SeedConfig(after_sync=after_sync, targets=tuple(parsed))
+
+
 def _expect_mapping(value: Any, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
@@ -270,7 +591,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     data = _expect_mapping(data, "<top level>")
-    _check_keys(data, ("listen", "cache", "apt", "images", "upstream"), "")
+    _check_keys(data, ("listen", "cache", "apt", "images", "upstream", "seed"), "")
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
     _check_keys(cache, ("dir", "max_size"), "cache")
     apt = {**base["apt"], **_expect_mapping(data.get("apt", {}), "apt")}
@@ -291,6 +612,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         ),
         images=_parse_images(data.get("images") or {}),
         upstream=_parse_upstream_section(data.get("upstream") or {}),
+        seed=_parse_seed(data.get("seed") or {}),
         source=source,
     )
 
@@ -367,6 +689,27 @@ def dump(config: Config) -> str:
                     for f in config.images.feeds
                 ],
             },
+            "seed": {
+                "after_sync": config.seed.after_sync,
+                "targets": [_dump_target(t) for t in config.seed.targets],
+            },
         },
         sort_keys=False,
     )
+
+
+def _dump_target(target: TargetConfig) -> dict[str, Any]:
+    """A target for `archive-local config`: where secrets come from, never their values."""
+    out: dict[str, Any] = {}
+    for f in fields(target):
+        value = getattr(target, f.name)
+        if isinstance(value, Secret):
+            value = str(value.file) if value.file else f"${value.env}"
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    return out

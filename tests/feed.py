@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +63,14 @@ def build_feed(
     item_size: int = 1024 * 1024,
     serials: tuple[str, ...] = SERIALS,
     key: ThrowawayKey | None = None,
+    make_image: Callable[[int], bytes] = os.urandom,
+    files: dict[str, bytes] | None = None,
 ) -> Feed:
+    """`make_image(size)` makes disk images; `files` keeps the bytes of an earlier build."""
     root = base / "feed"
     (root / "streams/v1").mkdir(parents=True, exist_ok=True)
     key = key or ThrowawayKey(base)
-    feed = Feed(root, key)
+    feed = Feed(root, key, dict(files or {}))
     products: dict = {}
     for release, version in RELEASES.items():
         for arch in ARCHES:
@@ -80,7 +86,8 @@ def build_feed(
                         f"server/releases/{release}/release-{serial}/"
                         f"ubuntu-{version}-server-cloudimg-{arch}.{suffix}"
                     )
-                    data = feed.files.get(path) or os.urandom(size)
+                    maker = make_image if ftype == "disk1.img" else os.urandom
+                    data = feed.files.get(path) or maker(size)
                     feed.files[path] = data
                     (root / path).parent.mkdir(parents=True, exist_ok=True)
                     (root / path).write_bytes(data)
@@ -131,3 +138,17 @@ def build_feed(
     (root / "streams/v1/index.json").write_bytes(_doc_bytes(index))
     sign_documents(root, key)
     return feed
+
+
+def qcow2_image(size: int) -> bytes:
+    """A real qcow2 disk (qemu-img) holding `size` random bytes: what Glance 33 accepts as
+    disk_format qcow2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, qcow = Path(tmp) / "disk.raw", Path(tmp) / "disk.qcow2"
+        raw.write_bytes(os.urandom(size))
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
+            check=True,
+            capture_output=True,
+        )
+        return qcow.read_bytes()

@@ -26,6 +26,7 @@ from appliance.streams.sync import (
     snapshot_key,
     snapshot_products,
 )
+from appliance.targets.imageids import clouds, stored_image_ids
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,16 @@ def synced_feeds(store: FilesystemStore) -> list[str]:
 
 
 def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
-    """content_id -> products document holding the mirrored items of every synced feed."""
+    """content_id -> products document: mirrored items of every synced feed, and the
+    image-ids of every seeded target."""
     merged: dict[str, dict[str, Any]] = {}
     for name in synced_feeds(store):
         info = json.loads(store.path(snapshot_key(name, FEED_DESCRIPTOR)).read_bytes())
         for doc in snapshot_products(store, name, info["index"]):
             _merge(merged, _on_disk(doc, name, info, store))
+    for doc in stored_image_ids(store):
+        if doc.get("products"):
+            merged[doc["content_id"]] = doc
     return merged
 
 
@@ -103,6 +108,7 @@ def render(merged: dict[str, dict[str, Any]], signer: Signer, now: str) -> dict[
     files: dict[str, bytes] = {}
     index: dict[str, Any] = {"format": "index:1.0", "updated": now, "index": {}}
     for content_id, doc in sorted(merged.items()):
+        cloud_list = clouds(doc) if doc.get("datatype") == "image-ids" else None
         doc = condense(copy.deepcopy(doc), sticky=STICKY)
         doc["updated"] = now
         path = f"streams/v1/{content_id}.json"
@@ -117,6 +123,8 @@ def render(merged: dict[str, dict[str, Any]], signer: Signer, now: str) -> dict[
             "updated": now,
             "products": sorted(doc["products"]),
         }
+        if cloud_list is not None:
+            index["index"][content_id]["clouds"] = cloud_list
     body = _dump(index)
     files["streams/v1/index.json"] = body
     files["streams/v1/index.json.gpg"] = signer.detach_sign(body)

@@ -33,16 +33,18 @@ class SyncBusy(RuntimeError):
 
 
 @contextlib.asynccontextmanager
-async def sync_lock(cache_dir: Path, wait: bool = True) -> AsyncIterator[None]:
+async def sync_lock(
+    cache_dir: Path, wait: bool = True, name: str = LOCK_NAME
+) -> AsyncIterator[None]:
     """Exclusive across processes; `wait=False` raises SyncBusy instead of queueing."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(cache_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
         try:
             await asyncio.to_thread(fcntl.flock, fd, flags)
         except BlockingIOError:
-            raise SyncBusy("a sync is already running") from None
+            raise SyncBusy(f"another process holds {name}") from None
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -1,0 +1,1 @@
+"""Seeding local clouds (Glance, EC2/Eucalyptus) from the mirrored image feeds."""

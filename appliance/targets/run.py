@@ -1,0 +1,69 @@
+"""One seeding run, as the CLI and the service do it: lock, seed, publish image-ids.
+
+Seeding holds its own lock (`<cache.dir>/.seed.lock`), so two runs never race on a
+cloud; a sync may run meanwhile (a file it prunes stays readable while open).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from appliance.cache.engine import CacheEngine
+from appliance.cache.store import FilesystemStore
+from appliance.config import Config, TargetConfig
+from appliance.streams.curated import publish_curated
+from appliance.streams.gpg import SignatureError, Signer
+from appliance.streams.model import timestamp
+from appliance.streams.scheduler import sync_lock
+from appliance.targets import imageids
+from appliance.targets.seeder import Report, Seeder, TargetOutcome
+
+log = logging.getLogger(__name__)
+
+SEED_LOCK = ".seed.lock"
+
+
+async def seed_targets(
+    config: Config,
+    engine: CacheEngine,
+    targets: Sequence[TargetConfig] | None = None,
+    report: Report | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+) -> list[TargetOutcome]:
+    targets = config.seed.targets if targets is None else targets
+    assert isinstance(engine.store, FilesystemStore)
+    async with sync_lock(config.cache.dir, wait=wait, name=SEED_LOCK):
+        outcomes = await Seeder(engine.store, report).seed(targets, dry_run=dry_run)
+        if dry_run:
+            return outcomes
+        now = timestamp()
+        changed = False
+        for o in outcomes:
+            if o.complete:  # a target that could not be listed keeps its last image-ids
+                await imageids.store_image_ids(
+                    engine, o.target, imageids.build(o.target, o.images, now)
+                )
+                changed = True
+        if changed:
+            try:
+                await publish_curated(engine, Signer(config.images.gnupg_home))
+            except (OSError, SignatureError) as exc:
+                log.warning("image-ids not published: %s", exc)
+                for o in outcomes:
+                    o.ok = False
+                    o.error = o.error or f"image-ids not published: {exc}"
+    for o in outcomes:
+        log.log(
+            logging.INFO if o.ok else logging.WARNING,
+            "seed %s: uploaded %d, present %d, removed %d, cleaned %d, failed %d%s",
+            o.target,
+            o.count("uploaded"),
+            o.count("present"),
+            o.count("removed"),
+            o.count("cleaned"),
+            o.count("failed"),
+            "" if o.ok else f" ({o.error})",
+        )
+    return outcomes

@@ -1,0 +1,242 @@
+"""Seed every configured target: plan, upload, mark, prune, then publish image-ids.
+
+Targets run one after another and each failure stays inside its target: wrong
+credentials for one cloud never stop the others. Error messages pass through
+`redact` so that no secret reaches a log or the status page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from appliance.cache.store import FilesystemStore
+from appliance.config import ConfigError, Ec2TargetConfig, GlanceTargetConfig, TargetConfig
+from appliance.targets.catalog import CatalogError, SeedImage, newest_versions, wanted
+from appliance.targets.plan import Cloud, CloudImage, make_plan
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, Any], None]
+
+
+@dataclass
+class Action:
+    target: str
+    region: str
+    action: str  # uploaded, present, removed, cleaned, failed; would-upload, would-remove
+    name: str
+    product: str = ""
+    version: str = ""
+    item: str = ""
+    image_id: str = ""
+    size: int = 0
+    error: str | None = None
+
+
+@dataclass
+class TargetOutcome:
+    target: str
+    type: str
+    ok: bool = True
+    error: str | None = None
+    actions: list[Action] = field(default_factory=list)
+    images: list[dict[str, Any]] = field(default_factory=list)  # image-ids items
+    bytes_uploaded: int = 0
+    seconds: float = 0.0
+    finished: float = 0.0
+    complete: bool = False  # every region was listed: `images` is the whole truth
+
+    def count(self, action: str) -> int:
+        return sum(1 for a in self.actions if a.action == action)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def secrets_of(target: TargetConfig) -> list[str]:
+    """Every secret value a target uses, to scrub them from messages."""
+    found = []
+    for secret in (getattr(target, "token", None), getattr(target, "password", None)):
+        try:
+            if secret is not None:
+                found.append(secret.read())
+        except ConfigError:
+            pass
+    if isinstance(target, Ec2TargetConfig):
+        from appliance.targets.ec2 import read_credentials
+
+        try:
+            creds = read_credentials(target)
+            found += [creds.secret_key, creds.access_key]
+        except (ConfigError, OSError):
+            pass
+    return [s for s in found if s]
+
+
+def redact(message: str, secrets: Sequence[str]) -> str:
+    for s in secrets:
+        message = message.replace(s, "***")
+    return message
+
+
+def clouds_for(target: TargetConfig) -> list[Cloud]:
+    if isinstance(target, GlanceTargetConfig):
+        from appliance.targets.glance import GlanceCloud
+
+        return [GlanceCloud(target)]
+    if isinstance(target, Ec2TargetConfig):
+        from appliance.targets.ec2 import Ec2Cloud
+
+        return [Ec2Cloud(target, region) for region in target.regions]
+    raise ConfigError(f"{target.name}: unknown target type {target.type}")
+
+
+def describe(exc: BaseException) -> str:
+    """A short, human message for the exceptions client libraries raise."""
+    name = type(exc).__name__
+    text = str(exc).strip() or name
+    if name in ("HTTPUnauthorized", "Unauthorized") or "401" in text[:40]:
+        return f"authentication failed ({text.splitlines()[0][:200]})"
+    return text.splitlines()[0][:300] if text else name
+
+
+class Seeder:
+    def __init__(
+        self,
+        store: FilesystemStore,
+        report: Report | None = None,
+        cloud_factory: Callable[[TargetConfig], list[Cloud]] = clouds_for,
+    ) -> None:
+        self.store = store
+        self.report = report or (lambda _event, _data: None)
+        self.cloud_factory = cloud_factory
+
+    async def seed(
+        self, targets: Sequence[TargetConfig], dry_run: bool = False
+    ) -> list[TargetOutcome]:
+        outcomes = []
+        for target in targets:
+            outcomes.append(await self.seed_target(target, dry_run))
+        return outcomes
+
+    async def seed_target(self, target: TargetConfig, dry_run: bool = False) -> TargetOutcome:
+        started = time.monotonic()
+        outcome = TargetOutcome(target.name, target.type)
+        secrets = await asyncio.to_thread(secrets_of, target)
+        try:
+            images = await asyncio.to_thread(wanted, self.store, target)
+            clouds = await asyncio.to_thread(self.cloud_factory, target)
+            for cloud in clouds:
+                await self._seed_region(target, cloud, images, outcome, dry_run)
+            outcome.complete = not dry_run
+        except (CatalogError, ConfigError) as exc:
+            outcome.ok, outcome.error = False, f"{target.name}: {exc}"
+        except Exception as exc:  # client libraries raise many kinds; keep other targets going
+            outcome.ok = False
+            outcome.error = f"{target.name}: {redact(describe(exc), secrets)}"
+        failed = outcome.count("failed")
+        if outcome.ok and failed:
+            outcome.ok, outcome.error = False, f"{target.name}: {failed} image(s) failed"
+        for action in outcome.actions:
+            if action.error:
+                action.error = redact(action.error, secrets)
+        outcome.seconds = time.monotonic() - started
+        outcome.finished = time.time()
+        if outcome.error:
+            log.warning("seed %s: %s", target.name, outcome.error)
+        self.report("target", outcome)
+        return outcome
+
+    async def _seed_region(
+        self,
+        target: TargetConfig,
+        cloud: Cloud,
+        images: list[SeedImage],
+        outcome: TargetOutcome,
+        dry_run: bool,
+    ) -> None:
+        existing = await asyncio.to_thread(cloud.list_images)
+        plan = make_plan(images, existing)
+        self.report("plan", (target.name, cloud.region, plan))
+
+        def act(
+            kind: str, name: str, image: SeedImage | CloudImage | None = None, **kw: Any
+        ) -> Action:
+            a = Action(target.name, cloud.region, kind, name, **kw)
+            if isinstance(image, SeedImage):
+                a.product, a.version, a.item, a.size = (*image.identity, image.size)
+            elif image is not None:
+                a.image_id, a.size = image.id, image.size or 0
+                if image.identity:
+                    a.product, a.version, a.item = image.identity
+            outcome.actions.append(a)
+            self.report("action", a)
+            return a
+
+        if dry_run:
+            for image in plan.upload:
+                act("would-upload", image.image_name(target.name_prefix), image)
+            for c in plan.broken + plan.remove:
+                act("would-remove", c.name, c)
+            return
+        for c in plan.broken:
+            await asyncio.to_thread(cloud.delete, c)
+            act("cleaned", c.name, c)
+        present: list[tuple[SeedImage, CloudImage]] = list(plan.present)
+        for image in plan.upload:
+            name = image.image_name(target.name_prefix)
+            self.report("upload", (target.name, cloud.region, name, image.size))
+            try:
+                record = await asyncio.to_thread(
+                    cloud.upload, image, lambda n: self.report("bytes", n)
+                )
+            except Exception as exc:
+                act("failed", name, image, error=describe(exc))
+                continue
+            outcome.bytes_uploaded += image.size
+            present.append((image, record))
+            act("uploaded", name, image, image_id=record.id)
+        for image, record in plan.present:
+            act("present", record.name, image, image_id=record.id)
+        if target.set_latest:
+            newest = newest_versions([i for i, _ in present])
+            for image, record in present:
+                flag = (image.product, image.version) in newest
+                if record.own and record.latest != flag:
+                    await asyncio.to_thread(cloud.set_latest, record, flag)
+        # prune last: a product never goes without an image while its new version uploads
+        held = {i.identity for i, _ in present}
+        wanted_ids = {i.identity for i in images}
+        for c in plan.remove:
+            if c.identity in wanted_ids and c.identity not in held:
+                continue  # its replacement failed: keep the old bytes until the next run
+            await asyncio.to_thread(cloud.delete, c)
+            act("removed", c.name, c)
+        for name in await asyncio.to_thread(cloud.cleanup, [r for _, r in present]):
+            act("cleaned", name)
+        outcome.images += [image_ids_item(cloud, image, record) for image, record in present]
+
+
+def image_ids_item(cloud: Cloud, image: SeedImage, record: CloudImage) -> dict[str, Any]:
+    """One `image-ids` item, as sstream-mirror-glance writes them (plus Juju's fields)."""
+    item = {
+        "product_name": image.product,
+        "version_name": image.version,
+        "item_name": image.item,
+        "id": record.id,
+        "name": record.name,
+        "region": cloud.region,
+        "endpoint": cloud.endpoint,
+        "size": image.size,
+        "ftype": image.props.get("ftype", ""),
+        **record.extra,
+    }
+    for key in ("md5", "sha256", "arch", "os", "release", "version", "release_title"):
+        if key in image.props:
+            item[key] = image.props[key]
+    return item

@@ -1,0 +1,256 @@
+"""Seeding a real Glance (glance 33 under gunicorn, sqlite) from a mirrored feed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.components import glance as glance_server
+from tests.conftest import FILTERS, IN_CI, free_port, require, run_sync
+from tests.feed import Feed, build_feed, qcow2_image
+from tests.upstream import Upstream
+
+IMAGE_SIZE = 2 * 1024 * 1024
+SERIALS = ("20240101", "20240301")
+
+
+@pytest.fixture(scope="session")
+def glances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[glance_server.Glance]]:
+    if not glance_server.installed():
+        msg = "glance venv missing: `make test` builds it (.components/glance)"
+        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+    base = tmp_path_factory.mktemp("glance")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        started = list(
+            pool.map(lambda i: glance_server.start(base / f"g{i}", free_port()), range(2))
+        )
+    yield started
+    for g in started:
+        g.stop()
+
+
+def client(g: glance_server.Glance, token: str | None = None) -> Any:
+    from glanceclient import Client
+
+    return Client("2", endpoint=g.endpoint, token=token or g.token)
+
+
+@pytest.fixture
+def glance_pair(glances: list[glance_server.Glance]) -> list[glance_server.Glance]:
+    for g in glances:
+        c = client(g)
+        for image in list(c.images.list()):
+            c.images.delete(image.id)
+    return glances
+
+
+@pytest.fixture
+def qcow_feed(tmp_path: Path) -> Iterator[Feed]:
+    require("gpg", "gnupg")
+    require("qemu-img", "qemu-utils")
+    f = build_feed(tmp_path, item_size=IMAGE_SIZE, serials=SERIALS, make_image=qcow2_image)
+    yield f
+    f.key.close()
+
+
+@pytest.fixture
+def qcow_served(qcow_feed: Feed) -> Iterator[Upstream]:
+    server = Upstream(qcow_feed.root).start()
+    yield server
+    server.close()
+
+
+def glance_target(name: str, g: glance_server.Glance, token_file: Path, **kw: Any) -> dict:
+    return {
+        "name": name,
+        "type": "glance",
+        "auth": {"endpoint": g.endpoint, "token_file": str(token_file)},
+        "feeds": ["ex"],
+        "max_items": 2,
+        "visibility": "public",
+        "name_prefix": "auto-sync/",
+        **kw,
+    }
+
+
+def write_config(tmp_path: Path, feed: Feed, served: Upstream, targets: list[dict]) -> Path:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "cache": {"dir": str(tmp_path / "cache")},
+                "images": {
+                    "gnupg_home": str(tmp_path / "gnupg"),
+                    "feeds": [
+                        {
+                            "name": "ex",
+                            "url": served.url + "/",
+                            "keyring": str(feed.key.keyring),
+                            "filters": FILTERS,
+                        }
+                    ],
+                },
+                "seed": {"after_sync": False, "targets": targets},
+            }
+        )
+    )
+    return cfg
+
+
+def token_file(tmp_path: Path, token: str = glance_server.TOKEN) -> Path:
+    path = tmp_path / f"token-{hashlib.md5(token.encode()).hexdigest()[:6]}"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(config), "seed", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
+    return r.returncode, out, r.stderr
+
+
+def actions(outcome: dict, kind: str) -> list[dict]:
+    return [a for a in outcome["actions"] if a["action"] == kind]
+
+
+def images_of(g: glance_server.Glance) -> dict[str, Any]:
+    return {i.id: i for i in client(g).images.list()}
+
+
+def test_seed_properties_bytes_idempotence_and_adoption(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g = glance_pair[0]
+    cfg = write_config(
+        tmp_path,
+        qcow_feed,
+        qcow_served,
+        [
+            glance_target(
+                "region-one",
+                g,
+                token_file(tmp_path),
+                set_latest=True,
+                properties={"hw_disk_bus": "virtio"},
+            )
+        ],
+    )
+    assert run_sync(cfg)[0] == 0
+    c = client(g)
+    # an image sstream-mirror-glance uploaded earlier: same identity properties and bytes
+    ref_path = "server/releases/jammy/release-20240101/ubuntu-22.04-server-cloudimg-amd64.disk1.img"
+    ref_bytes = qcow_feed.files[ref_path]
+    adopted = c.images.create(
+        name="auto-sync/by-the-reference-tool",
+        disk_format="qcow2",
+        container_format="bare",
+        content_id="auto.sync",
+        source_content_id="com.example.cloud:released:download",
+        product_name="com.example.cloud:server:22.04:amd64",
+        version_name="20240101",
+        item_name="disk1.img",
+    )
+    c.images.upload(adopted.id, io.BytesIO(ref_bytes))
+    foreign = c.images.create(name="someone-elses", disk_format="raw", container_format="bare")
+
+    code, [out], err = seed(cfg)
+    assert code == 0, err
+    assert len(actions(out, "uploaded")) == 3 and len(actions(out, "present")) == 1, out
+    ours = [i for i in c.images.list() if i.get("archive_local_target") == "region-one"]
+    assert len(ours) == 3
+    for image in ours:
+        path = next(
+            p
+            for p in qcow_feed.files
+            if f"release-{image.version_name}/" in p
+            and image.os_version in p
+            and p.endswith("amd64.disk1.img")
+        )
+        data = qcow_feed.files[path]
+        assert image.status == "active" and image.size == len(data)
+        assert image.checksum == hashlib.md5(data).hexdigest()
+        assert b"".join(c.images.data(image.id)) == data
+        assert image.content_id == "auto.sync"
+        assert image.source_content_id == "com.example.cloud:released:download"
+        assert image.product_name == f"com.example.cloud:server:{image.os_version}:amd64"
+        assert image.item_name == "disk1.img" and image.os_distro == "ubuntu"
+        assert image.architecture == "x86_64" and image.hw_disk_bus == "virtio"
+        assert image.disk_format == "qcow2" and image.container_format == "bare"
+        assert image.visibility == "public"
+        assert image.name == (
+            f"auto-sync/ubuntu-{'jammy' if image.os_version == '22.04' else 'noble'}-"
+            f"{image.os_version}-amd64-server-{image.version_name}-disk1.img"
+        )
+        meta = json.loads(image.simplestreams_metadata)
+        assert meta["sha256"] == hashlib.sha256(data).hexdigest() and "path" not in meta
+        assert (image.get("latest") == "true") == (image.version_name == "20240301")
+
+    before = {i.id: i.updated_at for i in c.images.list()}
+    code, [again], err = seed(cfg)
+    assert code == 0, err
+    assert actions(again, "uploaded") == [] and len(actions(again, "present")) == 4
+    assert {i.id: i.updated_at for i in c.images.list()} == before  # nothing touched
+    assert foreign.id in before and adopted.id in before
+
+
+def test_new_version_prunes_the_oldest_and_moves_latest(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g = glance_pair[0]
+    cfg = write_config(
+        tmp_path,
+        qcow_feed,
+        qcow_served,
+        [glance_target("region-one", g, token_file(tmp_path), set_latest=True)],
+    )
+    assert run_sync(cfg)[0] == 0
+    assert seed(cfg)[0] == 0
+    c = client(g)
+    # not ours: another tool's image of the oldest version stays
+    other = c.images.create(
+        name="another-tool",
+        disk_format="raw",
+        container_format="bare",
+        content_id="auto.sync",
+        product_name="com.example.cloud:server:22.04:amd64",
+        version_name="20240101",
+        item_name="disk1.img",
+        source_content_id="x",
+    )
+    build_feed(
+        tmp_path,
+        item_size=IMAGE_SIZE,
+        key=qcow_feed.key,
+        serials=(*SERIALS, "20240401"),
+        make_image=qcow2_image,
+        files=qcow_feed.files,
+    )
+    assert run_sync(cfg)[0] == 0
+    code, [out], err = seed(cfg)
+    assert code == 0, err
+    assert sorted(a["version"] for a in actions(out, "uploaded")) == ["20240401"] * 2
+    assert sorted(a["version"] for a in actions(out, "removed")) == ["20240101"] * 2
+    images = [i for i in c.images.list() if i.get("archive_local_target") == "region-one"]
+    assert sorted(i.version_name for i in images) == ["20240301"] * 2 + ["20240401"] * 2
+    latest = {i.version_name for i in images if i.get("latest") == "true"}
+    assert latest == {"20240401"}
+    assert other.id in {i.id for i in c.images.list()}

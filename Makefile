@@ -2,12 +2,16 @@
 VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
-# Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl
-TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils
+# Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img
+TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils
+# real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
+COMPONENTS ?= .components
+GLANCE_VERSION := 33.0.0
+MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench bench-apt bench-sync venv debs-test debs-bench clean
+.PHONY: components run test lint bench bench-apt bench-sync venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -23,6 +27,18 @@ define apt_install
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
 endef
 
+components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed
+$(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
+	$(PYTHON) -m venv $(COMPONENTS)/glance
+	$(COMPONENTS)/glance/bin/pip install -q --disable-pip-version-check \
+	    -c tests/components/glance-constraints.txt glance==$(GLANCE_VERSION) gunicorn
+	@touch $@
+$(COMPONENTS)/moto/.installed:
+	$(PYTHON) -m venv $(COMPONENTS)/moto
+	$(COMPONENTS)/moto/bin/pip install -q --disable-pip-version-check \
+	    "moto[s3,ec2]==$(MOTO_VERSION)" flask flask-cors
+	@touch $@
+
 debs-test:
 	$(call apt_install,$(TEST_DEBS))
 
@@ -32,7 +48,7 @@ debs-bench:
 run: venv
 	$(BIN)/archive-local serve $(ARGS)
 
-test: venv debs-test
+test: venv debs-test components
 	$(BIN)/ruff check appliance tests
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

@@ -6,8 +6,11 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 import yaml
 
 from tests.components import glance as glance_server
-from tests.conftest import FILTERS, IN_CI, free_port, require, run_sync
+from tests.conftest import FILTERS, IN_CI, StartAppliance, free_port, http_get, require, run_sync
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
 
@@ -254,3 +257,150 @@ def test_new_version_prunes_the_oldest_and_moves_latest(
     latest = {i.version_name for i in images if i.get("latest") == "true"}
     assert latest == {"20240401"}
     assert other.id in {i.id for i in c.images.list()}
+
+
+def test_killed_mid_upload_leaves_no_orphan(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g = glance_pair[0]
+    big = build_feed(
+        tmp_path,
+        item_size=96 * 1024 * 1024,
+        key=qcow_feed.key,
+        serials=("20240101",),
+        make_image=qcow2_image,
+    )
+    cfg = write_config(tmp_path, big, qcow_served, [glance_target("one", g, token_file(tmp_path))])
+    assert run_sync(cfg)[0] == 0
+    c = client(g)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(cfg), "seed"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    caught = None
+    while time.monotonic() < deadline and caught is None:
+        caught = next((i for i in c.images.list() if i.status == "saving"), None)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert caught is not None, "never saw an upload in progress"
+    time.sleep(1)
+    left = [i for i in c.images.list() if i.status != "active"]
+    assert left, "the kill left nothing half-done (upload finished first?)"
+    assert all(i.get("archive_local_target") == "one" for i in left)  # marked at creation
+
+    code, [out], err = seed(cfg)
+    assert code == 0, err
+    assert {a["image_id"] for a in actions(out, "cleaned")} >= {i.id for i in left}
+    final = list(c.images.list())
+    assert all(i.status == "active" for i in final) and len(final) == 2
+
+
+def test_corrupt_cache_file_is_rejected_and_deleted(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g = glance_pair[0]
+    cfg = write_config(
+        tmp_path, qcow_feed, qcow_served, [glance_target("one", g, token_file(tmp_path))]
+    )
+    assert run_sync(cfg)[0] == 0
+    victim = next((tmp_path / "cache").rglob("release-20240301/*22.04*amd64.disk1.img"))
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # bit rot after the verified download: same size, other bytes
+    victim.write_bytes(bytes(data))
+    code, [out], _ = seed(cfg)
+    assert code == 1
+    [failed] = actions(out, "failed")
+    assert failed["version"] == "20240301" and "checksum" in failed["error"]
+    assert len(actions(out, "uploaded")) == 3
+    images = list(client(g).images.list())
+    assert len(images) == 3 and all(i.status == "active" for i in images)
+
+
+def test_two_glances_and_one_with_wrong_credentials(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g1, g2 = glance_pair
+    bad_token = "not-the-token-" + os.urandom(4).hex()
+    cfg = write_config(
+        tmp_path,
+        qcow_feed,
+        qcow_served,
+        [
+            glance_target("cloud-a", g1, token_file(tmp_path)),
+            glance_target("broken", g1, token_file(tmp_path, bad_token)),
+            glance_target("cloud-b", g2, token_file(tmp_path), max_items=1),
+        ],
+    )
+    assert run_sync(cfg)[0] == 0
+    code, outcomes, err = seed(cfg)
+    assert code == 1
+    by_name = {o["target"]: o for o in outcomes}
+    assert by_name["cloud-a"]["ok"] and len(actions(by_name["cloud-a"], "uploaded")) == 4
+    assert by_name["cloud-b"]["ok"] and len(actions(by_name["cloud-b"], "uploaded")) == 2
+    broken = by_name["broken"]
+    assert not broken["ok"] and broken["error"].startswith("broken: authentication failed")
+    assert bad_token not in err and bad_token not in json.dumps(outcomes)
+    assert len(images_of(g1)) == 4 and len(images_of(g2)) == 2
+    # people read the same summary without --json
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(cfg), "seed", "broken"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1 and "broken: " in r.stdout and "FAILED" in r.stdout
+    assert bad_token not in r.stdout + r.stderr
+
+
+def test_image_ids_feed_is_read_by_the_reference_client(
+    tmp_path: Path,
+    glance_pair: list,
+    qcow_feed: Feed,
+    qcow_served: Upstream,
+    start_appliance: StartAppliance,
+) -> None:
+    from tests.test_interop import reference
+
+    require("gpgv", "gpgv")
+    g1, g2 = glance_pair
+    cfg = write_config(
+        tmp_path,
+        qcow_feed,
+        qcow_served,
+        [
+            glance_target("cloud-a", g1, token_file(tmp_path), region="RegionOne"),
+            glance_target("cloud-b", g2, token_file(tmp_path), region="RegionTwo"),
+        ],
+    )
+    assert run_sync(cfg)[0] == 0
+    assert seed(cfg)[0] == 0
+    app = start_appliance(
+        {"debian": ["http://127.0.0.1:9/debian"]},
+        cache_dir=tmp_path / "cache",
+        images={"gnupg_home": str(tmp_path / "gnupg")},
+    )
+    keyring = tmp_path / "appliance.gpg"
+    keyring.write_bytes(http_get(f"{app.url}/keys/archive-local.gpg")[1])
+    r = reference(
+        "sstream-query", "--json", "--keyring", str(keyring), f"{app.url}/", "datatype=image-ids"
+    )
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 8
+    glance_ids = {**images_of(g1), **images_of(g2)}
+    for row in rows:
+        image = glance_ids[row["id"]]
+        assert row["region"] == ("RegionOne" if row["id"] in images_of(g1) else "RegionTwo")
+        assert row["endpoint"] in (g1.endpoint, g2.endpoint)
+        assert row["product_name"] == image.product_name
+        assert row["version_name"] == image.version_name and row["name"] == image.name
+    _, index = http_get(f"{app.url}/streams/v1/index.json")
+    entries = json.loads(index)["index"]
+    ids = {k: v for k, v in entries.items() if v["datatype"] == "image-ids"}
+    assert sorted(ids) == ["archive-local:image-ids:cloud-a", "archive-local:image-ids:cloud-b"]
+    assert ids["archive-local:image-ids:cloud-b"]["clouds"] == [
+        {"region": "RegionTwo", "endpoint": g2.endpoint}
+    ]

@@ -187,6 +187,8 @@ class Seeder:
         for c in plan.broken:
             await asyncio.to_thread(cloud.delete, c)
             act("cleaned", c.name, c)
+        for name in await asyncio.to_thread(cloud.cleanup, [r for _, r in plan.present]):
+            act("cleaned", name)  # side objects (bundle parts, snapshots) of killed runs
         present: list[tuple[SeedImage, CloudImage]] = list(plan.present)
         for image in plan.upload:
             name = image.image_name(target.name_prefix)
@@ -217,8 +219,6 @@ class Seeder:
                 continue  # its replacement failed: keep the old bytes until the next run
             await asyncio.to_thread(cloud.delete, c)
             act("removed", c.name, c)
-        for name in await asyncio.to_thread(cloud.cleanup, [r for _, r in present]):
-            act("cleaned", name)
         outcome.images += [image_ids_item(cloud, image, record) for image, record in present]
 
 
@@ -234,7 +234,7 @@ def image_ids_item(cloud: Cloud, image: SeedImage, record: CloudImage) -> dict[s
         "endpoint": cloud.endpoint,
         "size": image.size,
         "ftype": image.props.get("ftype", ""),
-        **record.extra,
+        **{k: v for k, v in record.extra.items() if not k.startswith("_") and v},
     }
     for key in ("md5", "sha256", "arch", "os", "release", "version", "release_title"):
         if key in image.props:

@@ -141,16 +141,37 @@ def start(datadir: Path, port: int, timeout: float = 90.0) -> Glance:
     (d / "etc/fixed_token_auth.py").write_text(FILTER)
     python = str(VENV / "bin/python")
     subprocess.run(
-        [python, "-m", "glance.cmd.manage", "--config-file", str(d / "etc/glance-api.conf"),
-         "db_sync"],
-        check=True, capture_output=True, timeout=180,
+        [
+            python,
+            "-m",
+            "glance.cmd.manage",
+            "--config-file",
+            str(d / "etc/glance-api.conf"),
+            "db_sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
     log = open(d / "glance-api.log", "wb")  # noqa: SIM115 - owned by the server process
     process = subprocess.Popen(
-        [str(VENV / "bin/gunicorn"), "--pythonpath", str(d / "etc"), "-b", f"127.0.0.1:{port}",
-         "-w", "1", "--threads", "8", "--timeout", "600", "glance.wsgi.api:application"],
+        [
+            str(VENV / "bin/gunicorn"),
+            "--pythonpath",
+            str(d / "etc"),
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "1",
+            "--threads",
+            "8",
+            "--timeout",
+            "600",
+            "glance.wsgi.api:application",
+        ],
         env={**os.environ, "OS_GLANCE_CONFIG_DIR": str(d / "etc")},
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     glance = Glance(f"http://127.0.0.1:{port}", TOKEN, d, process)
     deadline = time.monotonic() + timeout

@@ -404,3 +404,51 @@ def test_image_ids_feed_is_read_by_the_reference_client(
     assert ids["archive-local:image-ids:cloud-b"]["clouds"] == [
         {"region": "RegionTwo", "endpoint": g2.endpoint}
     ]
+
+
+def test_service_seeds_after_each_sync_and_on_demand(
+    tmp_path: Path,
+    glance_pair: list,
+    qcow_feed: Feed,
+    qcow_served: Upstream,
+    start_appliance: StartAppliance,
+) -> None:
+    g = glance_pair[0]
+    cfg = yaml.safe_load(
+        write_config(
+            tmp_path, qcow_feed, qcow_served, [glance_target("one", g, token_file(tmp_path))]
+        ).read_text()
+    )
+    cfg["seed"]["after_sync"] = True
+    app = start_appliance(
+        {"debian": ["http://127.0.0.1:9/debian"]},
+        cache_dir=tmp_path / "cache",
+        images=cfg["images"],
+        extra={"seed": cfg["seed"]},
+    )
+    deadline = time.monotonic() + 120
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = json.loads(http_get(f"{app.url}/admin/seed")[1])
+        if "one" in status["targets"]:
+            break
+        time.sleep(0.3)
+    one = status["targets"]["one"]
+    assert one["ok"] and len(actions(one, "uploaded")) == 4, status
+    assert len(images_of(g)) == 4
+    code, body = http_post(f"{app.url}/admin/seed")
+    assert code == 202 and json.loads(body)["status"] in ("started", "running")
+    while time.monotonic() < deadline:
+        status = json.loads(http_get(f"{app.url}/admin/seed")[1])
+        if not status["running"] and status["targets"]["one"]["finished"] > one["finished"]:
+            break
+        time.sleep(0.3)
+    again = status["targets"]["one"]
+    assert again["ok"] and actions(again, "uploaded") == [] and len(actions(again, "present")) == 4
+
+
+def http_post(url: str) -> tuple[int, bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30) as r:
+        return r.status, r.read()

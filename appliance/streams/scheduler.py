@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
@@ -102,6 +103,9 @@ class Scheduler:
         self.last: dict[str, FeedOutcome] = {}
         self.last_run: float | None = None
         self.running = False
+        self.seed_last: dict[str, Any] = {}  # target name -> TargetOutcome
+        self.seeding = False
+        self._seed_task: asyncio.Task[Any] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -110,10 +114,33 @@ class Scheduler:
             self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._seed_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def trigger_seed(self) -> bool:
+        """Seed every target now (the admin endpoint); False if a seed is running."""
+        if self.seeding:
+            return False
+        self._seed_task = asyncio.create_task(self.run_seed())
+        return True
+
+    async def run_seed(self) -> list[Any]:
+        from appliance.targets.run import seed_targets
+
+        self.seeding = True
+        try:
+            outcomes = await seed_targets(self.config, self.engine)
+        except Exception:  # a scheduled job must outlive any one failure
+            log.exception("seeding failed")
+            return []
+        finally:
+            self.seeding = False
+        for o in outcomes:
+            self.seed_last[o.target] = o
+        return outcomes
 
     def trigger(self) -> None:
         """Run a sync now (the admin endpoint); a running one is not interrupted."""
@@ -139,6 +166,9 @@ class Scheduler:
                 o.count("removed"),
                 "" if o.ok else f" ({o.error})",
             )
+        seed = self.config.seed
+        if seed.after_sync and seed.targets and any(o.ok for o in outcomes):
+            await self.run_seed()
         return outcomes
 
     async def _loop(self) -> None:

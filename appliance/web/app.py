@@ -110,6 +110,8 @@ class Service:
         """Loopback only for now (tokens come with the admin API)."""
         if not _is_loopback(request.remote):
             raise web.HTTPForbidden(text="admin endpoints answer on the loopback address only\n")
+        if request.raw_path == "/admin/seed":
+            return await self._admin_seed(request)
         if request.raw_path != "/admin/sync":
             raise web.HTTPNotFound(text="not found\n")
         if request.method == "POST":
@@ -124,6 +126,21 @@ class Service:
                 "running": self.scheduler.running,
                 "last_run": self.scheduler.last_run,
                 "feeds": {name: o.as_dict() for name, o in self.scheduler.last.items()},
+            }
+        )
+
+    async def _admin_seed(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST":
+            if not self.config.seed.targets:
+                raise web.HTTPConflict(text="no seed targets configured (seed.targets)\n")
+            started = self.scheduler.trigger_seed()
+            return web.json_response({"status": "started" if started else "running"}, status=202)
+        if request.method != "GET":
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
+        return web.json_response(
+            {
+                "running": self.scheduler.seeding,
+                "targets": {n: o.as_dict() for n, o in self.scheduler.seed_last.items()},
             }
         )
 

@@ -1,0 +1,139 @@
+"""Seed configuration errors, version order and the plan (pure parts of seeding)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance import config as configuration
+from appliance.targets.catalog import SeedImage, version_key
+from appliance.targets.plan import CloudImage, make_plan
+
+
+def parse(text: str) -> configuration.Config:
+    return configuration.parse(yaml.safe_load(text))
+
+
+GLANCE = """
+seed:
+  targets:
+    - name: r1
+      type: glance
+      feeds: [ubuntu]
+      auth: {AUTH}
+"""
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ("{endpoint: 'http://g:9292', token: abc}", "seed.targets[0].auth.token: secrets are not"),
+        ("{endpoint: 'http://g:9292'}", "needs endpoint + token_file"),
+        (
+            "{keystone: {auth_url: 'http://k:5000/v3', username: u, password: p}}",
+            "auth.keystone.password: secrets are not written",
+        ),
+        ("{keystone: {auth_url: 'http://k:5000/v3', username: u}}", "needs password_file"),
+        ("{endpoint: 'ftp://g', token_file: /t}", "auth.endpoint: expected an http(s) URL"),
+    ],
+)
+def test_glance_auth_errors_name_the_key(auth: str, message: str) -> None:
+    with pytest.raises(configuration.ConfigError, match=re.escape(message)):
+        parse(GLANCE.replace("{AUTH}", auth))
+
+
+def test_keystone_and_ec2_targets_parse() -> None:
+    cfg = parse(
+        """
+seed:
+  after_sync: false
+  targets:
+    - name: r1
+      type: glance
+      feeds: [ubuntu]
+      auth:
+        keystone: {auth_url: 'http://k:5000/v3', username: sync, password_file: /etc/p,
+                   project_name: admin, region_name: RegionTwo}
+    - name: euca
+      type: ec2
+      feeds: ubuntu
+      ec2_endpoint: http://e:8773/
+      s3_endpoint: http://e:8773/services/objectstorage
+      regions: [us-east-1, eu-west-1]
+      method: ebs
+"""
+    )
+    glance, ec2 = cfg.seed.targets
+    assert glance.region == "RegionTwo" and glance.password.file == Path("/etc/p")
+    assert "password" not in glance.keystone and glance.keystone["username"] == "sync"
+    assert ec2.regions == ("us-east-1", "eu-west-1") and ec2.method == "ebs"
+    assert "/etc/p" in configuration.dump(cfg)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("secret_key: x", "secret_key: secrets belong in credentials_file"),
+        ("method: snapshot", "method: bundle or ebs"),
+        ("bucket: Bad_Bucket", "bucket: not a valid bucket name"),
+        ("regions: []", "regions: expected a list"),
+    ],
+)
+def test_ec2_errors(extra: str, message: str) -> None:
+    text = f"""
+seed:
+  targets:
+    - name: euca
+      type: ec2
+      feeds: [ubuntu]
+      ec2_endpoint: http://e:8773/
+      s3_endpoint: http://e:8773/
+      {extra}
+"""
+    with pytest.raises(configuration.ConfigError, match=message):
+        parse(text)
+
+
+def test_duplicate_target_and_unknown_type() -> None:
+    with pytest.raises(configuration.ConfigError, match="type: glance or ec2"):
+        parse("seed: {targets: [{name: a, type: swift, feeds: [x]}]}")
+    two = "{name: a, type: glance, feeds: [x], auth: {endpoint: 'http://g', token_file: /t}}"
+    with pytest.raises(configuration.ConfigError, match="defined twice"):
+        parse(f"seed: {{targets: [{two}, {two}]}}")
+
+
+def test_version_order_is_numeric() -> None:
+    versions = ["20240101.9", "20240101.10", "20240101", "20231231.1"]
+    assert sorted(versions, key=version_key) == [
+        "20231231.1",
+        "20240101",
+        "20240101.9",
+        "20240101.10",
+    ]
+
+
+def image(version: str, sha: str = "aa") -> SeedImage:
+    return SeedImage("f", "c", "p", version, "disk1.img", {"sha256": sha}, Path("/x"), 1)
+
+
+def cloud(id: str, version: str, sha: str = "aa", own: bool = True, ready: bool = True):
+    return CloudImage(id, id, "r", ("p", version, "disk1.img"), ready, own, sha256=sha)
+
+
+def test_plan_matches_identity_and_checksum_not_names() -> None:
+    wanted = [image("2"), image("3", "bb")]
+    existing = [
+        cloud("keep", "2"),
+        cloud("stale-bytes", "3", "old"),
+        cloud("old-version", "1"),
+        cloud("not-ours", "0", own=False),
+        CloudImage("half", "half", "r", None, False, True),
+    ]
+    plan = make_plan(wanted, existing)
+    assert [i.version for i in plan.upload] == ["3"]
+    assert [c.id for _, c in plan.present] == ["keep"]
+    assert sorted(c.id for c in plan.remove) == ["old-version", "stale-bytes"]
+    assert [c.id for c in plan.broken] == ["half"]

@@ -11,7 +11,7 @@ MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: components run test lint bench bench-apt bench-sync venv debs-test debs-bench clean
+.PHONY: components run test lint bench bench-apt bench-sync bench-seed venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -58,13 +58,16 @@ lint: venv
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
-bench: bench-apt bench-sync
+bench: bench-apt bench-sync bench-seed
 
 bench-apt: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
 
 bench-sync: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/sync_bench.sh $(SYNC_ITEM_MB)
+
+bench-seed: venv debs-test debs-bench components
+	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/seed_bench.sh $(SEED_IMAGE_MB)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

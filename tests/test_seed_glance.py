@@ -45,7 +45,7 @@ def glances(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[glance_se
 def client(g: glance_server.Glance, token: str | None = None) -> Any:
     from glanceclient import Client
 
-    return Client("2", endpoint=g.endpoint, token=token or g.token)
+    return Client(endpoint=g.endpoint + "/v2", token=token or g.token)
 
 
 @pytest.fixture

@@ -7,8 +7,11 @@ into the upload; Glance's reported size and checksum are checked afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
@@ -51,7 +54,10 @@ def glance_client(target: GlanceTargetConfig) -> Any:
     from keystoneauth1 import session as ks_session
 
     if target.token is not None:
-        return Client("2", endpoint=target.endpoint, token=target.token.read())
+        endpoint = target.endpoint or ""
+        if not re.search(r"/v\d+(\.\d+)?/?$", endpoint):
+            endpoint = endpoint.rstrip("/") + "/v2"  # the API version goes in the URL
+        return Client(endpoint=endpoint, token=target.token.read())
     from keystoneauth1.identity import v3
 
     ks = dict(target.keystone)
@@ -80,7 +86,7 @@ def glance_client(target: GlanceTargetConfig) -> Any:
     return Client(
         "2",
         session=session,
-        endpoint_override=target.endpoint,
+        endpoint=target.endpoint,
         region_name=target.region,
         interface=target.interface,
     )
@@ -129,12 +135,8 @@ class GlanceCloud:
         complete = all(get(k) for k in IDENTITY)
         identity = (get("product_name"), get("version_name"), get("item_name"))
         meta: dict[str, Any] = {}
-        try:
-            import json
-
+        with contextlib.suppress(ValueError):
             meta = json.loads(get("simplestreams_metadata") or "{}")
-        except ValueError:
-            pass
         return CloudImage(
             id=get("id"),
             name=get("name") or "",

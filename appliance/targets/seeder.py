@@ -132,7 +132,7 @@ class Seeder:
             images = await asyncio.to_thread(wanted, self.store, target)
             clouds = await asyncio.to_thread(self.cloud_factory, target)
             for cloud in clouds:
-                await self._seed_region(target, cloud, images, outcome, dry_run)
+                await self._seed_region(target, cloud, images, outcome, dry_run, secrets)
             outcome.complete = not dry_run
         except (CatalogError, ConfigError) as exc:
             outcome.ok, outcome.error = False, f"{target.name}: {exc}"
@@ -142,9 +142,6 @@ class Seeder:
         failed = outcome.count("failed")
         if outcome.ok and failed:
             outcome.ok, outcome.error = False, f"{target.name}: {failed} image(s) failed"
-        for action in outcome.actions:
-            if action.error:
-                action.error = redact(action.error, secrets)
         outcome.seconds = time.monotonic() - started
         outcome.finished = time.time()
         if outcome.error:
@@ -159,6 +156,7 @@ class Seeder:
         images: list[SeedImage],
         outcome: TargetOutcome,
         dry_run: bool,
+        secrets: Sequence[str] = (),
     ) -> None:
         existing = await asyncio.to_thread(cloud.list_images)
         plan = make_plan(images, existing)
@@ -167,6 +165,8 @@ class Seeder:
         def act(
             kind: str, name: str, image: SeedImage | CloudImage | None = None, **kw: Any
         ) -> Action:
+            if kw.get("error"):
+                kw["error"] = redact(kw["error"], secrets)
             a = Action(target.name, cloud.region, kind, name, **kw)
             if isinstance(image, SeedImage):
                 a.product, a.version, a.item, a.size = (*image.identity, image.size)

@@ -35,7 +35,7 @@ seed:
     - {name: bench, type: glance, feeds: [bench], auth: {endpoint: "$endpoint", token_file: $work/token}}
 CONF
 "$bin" --config "$work/config.yaml" sync --json >/dev/null
-file=$(find "$work/cache" -name '*jammy*amd64*.disk1.img' -size +1M | head -1)
+file=$(find "$work/cache" -path '*jammy*' -name '*amd64.disk1.img' -size +1M | head -1)
 cat "$file" >/dev/null  # both sides read from the page cache
 : >"$work/times.tsv"
 now() { date +%s.%N; }

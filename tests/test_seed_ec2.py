@@ -257,27 +257,49 @@ def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
     qcow_served: Upstream,
 ) -> None:
     rc, cloud_key = eucarc
-    cfg = write_config(tmp_path, qcow_feed, qcow_served, [ec2_target("euca", moto, rc)])
+    regions = ["us-east-1", "eu-west-1"]  # one bucket, one S3 endpoint, two regions
+    cfg = write_config(
+        tmp_path, qcow_feed, qcow_served, [ec2_target("euca", moto, rc, regions=regions)]
+    )
     assert run_sync(cfg)[0] == 0
     code, [out], err = seed(cfg)
     assert code == 0, err
-    assert len(actions(out, "uploaded")) == 4
+    assert len(actions(out, "uploaded")) == 8 and actions(out, "cleaned") == []
+    for region in regions:
+        ec2, s3, _ = clients(moto, region)
+        images = amis(ec2)
+        assert len(images) == 4
+        for image in images:
+            t = tags(image)
+            assert image["RootDeviceType"] == "instance-store"
+            assert image["Architecture"] == "x86_64"
+            assert image["ImageLocation"].startswith(f"{BUCKET}/euca/{region}/")
+            assert image["Description"] == "archive-local:euca"
+            assert t["content_id"] == "auto.sync" and t["item_name"] == "disk1.img"
+            assert t["source_content_id"] == "com.example.cloud:released:download"
+            data = unbundle(s3, image["ImageLocation"], cloud_key, rc.parent / "user-cert.pem")
+            assert data == feed_bytes(qcow_feed, image)
     ec2, s3, _ = clients(moto)
     images = amis(ec2)
-    assert len(images) == 4
-    for image in images:
-        t = tags(image)
-        assert image["RootDeviceType"] == "instance-store" and image["Architecture"] == "x86_64"
-        assert image["ImageLocation"].startswith(f"{BUCKET}/euca/")
-        assert image["Description"] == "archive-local:euca"
-        assert t["content_id"] == "auto.sync" and t["item_name"] == "disk1.img"
-        assert t["source_content_id"] == "com.example.cloud:released:download"
-        data = unbundle(s3, image["ImageLocation"], cloud_key, rc.parent / "user-cert.pem")
-        assert data == feed_bytes(qcow_feed, image)
+    ids = json.loads((tmp_path / "cache/_seed/image-ids/euca.json").read_text())
+    assert ids["datatype"] == "image-ids"
+    items = [
+        i
+        for p in ids["products"].values()
+        for v in p["versions"].values()
+        for i in v["items"].values()
+    ]
+    assert sorted(i["region"] for i in items) == sorted(regions * 4)
+    assert {i["id"] for i in items} == {
+        i["ImageId"] for r in regions for i in amis(clients(moto, r)[0])
+    }
+    assert all(i["root_store"] == "instance-store" and i["virt"] == "hvm" for i in items)
+    assert all(i["endpoint"] == moto.endpoint for i in items)
 
     code, [again], err = seed(cfg)
     assert code == 0, err
-    assert actions(again, "uploaded") == [] and len(actions(again, "present")) == 4
+    assert actions(again, "uploaded") == [] and len(actions(again, "present")) == 8
+    assert actions(again, "cleaned") == []
     assert {i["ImageId"] for i in amis(ec2)} == {i["ImageId"] for i in images}
 
     build_feed(
@@ -291,9 +313,10 @@ def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
     assert run_sync(cfg)[0] == 0
     code, [third], err = seed(cfg)
     assert code == 0, err
-    assert sorted(a["version"] for a in actions(third, "removed")) == ["20240101"] * 2
+    assert sorted(a["version"] for a in actions(third, "removed")) == ["20240101"] * 4
     now = amis(ec2)
     assert sorted(tags(i)["version_name"] for i in now) == ["20240301"] * 2 + ["20240401"] * 2
+    now += amis(clients(moto, "eu-west-1")[0])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
     assert not any("20240101" in k for k in keys)  # pruned bundles leave no parts behind
     assert {k.rsplit("/", 1)[0] for k in keys} == {
@@ -339,7 +362,9 @@ def test_bundle_killed_mid_upload_leaves_no_orphan(
 
     code, [out], err = seed(cfg)
     assert code == 0, err
-    assert any(a["name"].startswith(f"s3://{BUCKET}/euca/") for a in actions(out, "cleaned"))
+    assert any(
+        a["name"].startswith(f"s3://{BUCKET}/euca/us-east-1/") for a in actions(out, "cleaned")
+    )
     images = amis(ec2)
     assert len(images) == 2
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}

@@ -241,7 +241,11 @@ class Ec2Cloud:
 
     def _prefix(self, image: SeedImage) -> str:
         digest = (image.sha256 or image.md5 or "")[:12]
-        return f"{self.target.name}/{image.image_name('')}-{digest}"
+        return f"{self._root()}{image.image_name('')}-{digest}"
+
+    def _root(self) -> str:
+        """Where this target keeps this region's bundles in the (possibly shared) bucket."""
+        return f"{self.target.name}/{self.region}/"
 
     def _upload_bundle(
         self, image: SeedImage, progress: Callable[[int], None], arch: str
@@ -377,7 +381,7 @@ class Ec2Cloud:
     def _remove_side_objects(self, register: dict[str, Any]) -> None:
         location = register.get("ImageLocation") or ""
         bucket, _, key = location.partition("/")
-        if bucket == self.target.bucket and key.startswith(f"{self.target.name}/"):
+        if bucket == self.target.bucket and key.startswith(self._root()):
             self._delete_prefix(key.rsplit("/", 1)[0])
         for m in register.get("BlockDeviceMappings") or []:
             if m.get("Ebs", {}).get("SnapshotId"):
@@ -425,7 +429,7 @@ class Ec2Cloud:
             prefixes: set[str] = set()
             try:
                 pages = self.s3.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.target.bucket, Prefix=f"{self.target.name}/"
+                    Bucket=self.target.bucket, Prefix=self._root()
                 )
                 for page in pages:
                     prefixes |= {o["Key"].rsplit("/", 1)[0] for o in page.get("Contents", [])}

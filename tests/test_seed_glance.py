@@ -490,3 +490,122 @@ def test_progress_bar_and_dry_run_on_a_terminal(
     assert re.search(r"100% (\d+\.\d)/\1 MB", r.stdout), r.stdout
     assert "[one/RegionOne] uploaded" in r.stdout
     assert "one: uploaded 4, present 0, removed 0, cleaned 0, failed 0" in r.stdout
+
+
+class FakeKeystone:
+    """A keystone v3 identity endpoint: password auth issues the token Glance accepts and a
+    catalog with Glance's endpoint in one region. (No keystone server is packaged for this
+    machine; Glance, keystoneauth1 and glanceclient behind it are real.)"""
+
+    def __init__(self, glance_endpoint: str, password: str, region: str) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.requests: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                pw = body["auth"]["identity"].get("password", {}).get("user", {})
+                if self.path != "/v3/auth/tokens" or pw.get("password") != password:
+                    self.send_response(401)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"code": 401, "message": "bad credentials"}}')
+                    return
+                token = {
+                    "methods": ["password"],
+                    "expires_at": "2099-01-01T00:00:00.000000Z",
+                    "issued_at": "2026-01-01T00:00:00.000000Z",
+                    "user": {
+                        "id": "u1",
+                        "name": pw["name"],
+                        "domain": {"id": "default", "name": "Default"},
+                    },
+                    "project": {
+                        "id": glance_server.PROJECT,
+                        "name": "admin",
+                        "domain": {"id": "default", "name": "Default"},
+                    },
+                    "roles": [{"id": "r1", "name": "admin"}],
+                    "catalog": [
+                        {
+                            "type": "image",
+                            "name": "glance",
+                            "id": "s1",
+                            "endpoints": [
+                                {
+                                    "id": "e1",
+                                    "interface": "public",
+                                    "region": region,
+                                    "region_id": region,
+                                    "url": glance_endpoint,
+                                }
+                            ],
+                        }
+                    ],
+                }
+                data = json.dumps({"token": token}).encode()
+                self.send_response(201)
+                self.send_header("X-Subject-Token", glance_server.TOKEN)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v3"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_keystone_password_auth_finds_glance_in_the_catalog(
+    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
+) -> None:
+    g = glance_pair[0]
+    keystone = FakeKeystone(g.endpoint, "right-password", "RegionTwo")
+    try:
+        good, bad = tmp_path / "pw", tmp_path / "bad-pw"
+        good.write_text("right-password\n")
+        bad.write_text("wrong-password\n")
+
+        def target(name: str, pw: Path) -> dict:
+            t = glance_target(name, g, pw)
+            t["auth"] = {
+                "keystone": {
+                    "auth_url": keystone.url,
+                    "username": "sync",
+                    "password_file": str(pw),
+                    "project_name": "admin",
+                    "user_domain_name": "Default",
+                    "project_domain_name": "Default",
+                    "region_name": "RegionTwo",
+                }
+            }
+            return t
+
+        cfg = write_config(
+            tmp_path, qcow_feed, qcow_served, [target("ks", good), target("ks-bad", bad)]
+        )
+        assert run_sync(cfg)[0] == 0
+        code, outcomes, err = seed(cfg)
+        by = {o["target"]: o for o in outcomes}
+        assert code == 1
+        assert by["ks"]["ok"] and len(actions(by["ks"], "uploaded")) == 4, by["ks"]
+        assert not by["ks-bad"]["ok"]
+        assert by["ks-bad"]["error"].startswith("ks-bad: authentication failed"), by["ks-bad"]
+        assert "wrong-password" not in err + json.dumps(outcomes)
+        assert {i["region"] for i in by["ks"]["images"]} == {"RegionTwo"}
+        assert {i["endpoint"] for i in by["ks"]["images"]} == {keystone.url}
+        scoped = keystone.requests[0]["auth"]["scope"]["project"]
+        assert scoped["name"] == "admin" and scoped["domain"]["name"] == "Default"
+    finally:
+        keystone.close()

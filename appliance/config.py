@@ -148,6 +148,21 @@ class SeedConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "text"  # text | json: the service's own log lines
+    access_log: str = "stderr"  # stderr | off | a file path
+    access_log_format: str = "common"  # common | json
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin API: a bearer token from a file only its owner can read, and who may ask."""
+
+    token_file: Path = Path("/var/lib/archive-local/admin-token")
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen
     cache: CacheConfig
@@ -155,6 +170,9 @@ class Config:
     images: ImagesConfig = ImagesConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     seed: SeedConfig = SeedConfig()
+    logging: LoggingConfig = LoggingConfig()
+    metrics: bool = True
+    admin: AdminConfig = AdminConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -525,6 +543,50 @@ def _parse_ec2_target(data: Mapping[str, Any], key: str, common: dict[str, Any])
     )
 
 
+def _parse_logging(value: Any) -> LoggingConfig:
+    data = _expect_mapping(value, "logging")
+    _check_keys(data, ("format", "access_log", "access_log_format"), "logging")
+    fmt = data.get("format", "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"logging.format: text or json, got {fmt!r}")
+    access = data.get("access_log", "stderr")
+    if not isinstance(access, str) or not access:
+        raise ConfigError(f"logging.access_log: stderr, off or a file path, got {access!r}")
+    access_fmt = data.get("access_log_format", "json" if fmt == "json" else "common")
+    if access_fmt not in ("common", "json"):
+        raise ConfigError(f"logging.access_log_format: common or json, got {access_fmt!r}")
+    return LoggingConfig(fmt, access, access_fmt)
+
+
+def _parse_metrics(value: Any) -> bool:
+    data = _expect_mapping(value or {}, "metrics")
+    _check_keys(data, ("enabled",), "metrics")
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"metrics.enabled: expected true or false, got {enabled!r}")
+    return enabled
+
+
+def _parse_admin(value: Any) -> AdminConfig:
+    import ipaddress
+
+    data = _expect_mapping(value, "admin")
+    _check_keys(data, ("token_file", "allow"), "admin")
+    default = AdminConfig()
+    token_file = data.get("token_file", str(default.token_file))
+    if not isinstance(token_file, str) or not token_file:
+        raise ConfigError(f"admin.token_file: expected a file path, got {token_file!r}")
+    allow = data.get("allow", list(default.allow))
+    if not isinstance(allow, list) or not allow:
+        raise ConfigError(f"admin.allow: expected a list of networks, got {allow!r}")
+    for i, net in enumerate(allow):
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise ConfigError(f"admin.allow[{i}]: not a network: {net!r}") from None
+    return AdminConfig(Path(token_file), tuple(str(n) for n in allow))
+
+
 def _parse_seed(value: Any) -> SeedConfig:
     data = _expect_mapping(value, "seed")
     _check_keys(data, ("after_sync", "targets"), "seed")
@@ -591,7 +653,11 @@ def parse(data: Any, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     data = _expect_mapping(data, "<top level>")
-    _check_keys(data, ("listen", "cache", "apt", "images", "upstream", "seed"), "")
+    _check_keys(
+        data,
+        ("listen", "cache", "apt", "images", "upstream", "seed", "logging", "metrics", "admin"),
+        "",
+    )
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
     _check_keys(cache, ("dir", "max_size"), "cache")
     apt = {**base["apt"], **_expect_mapping(data.get("apt", {}), "apt")}
@@ -613,6 +679,9 @@ def parse(data: Any, source: str = "<config>") -> Config:
         images=_parse_images(data.get("images") or {}),
         upstream=_parse_upstream_section(data.get("upstream") or {}),
         seed=_parse_seed(data.get("seed") or {}),
+        logging=_parse_logging(data.get("logging") or {}),
+        metrics=_parse_metrics(data.get("metrics", {})),
+        admin=_parse_admin(data.get("admin") or {}),
         source=source,
     )
 
@@ -692,6 +761,16 @@ def dump(config: Config) -> str:
             "seed": {
                 "after_sync": config.seed.after_sync,
                 "targets": [_dump_target(t) for t in config.seed.targets],
+            },
+            "logging": {
+                "format": config.logging.format,
+                "access_log": config.logging.access_log,
+                "access_log_format": config.logging.access_log_format,
+            },
+            "metrics": {"enabled": config.metrics},
+            "admin": {
+                "token_file": str(config.admin.token_file),
+                "allow": list(config.admin.allow),
             },
         },
         sort_keys=False,

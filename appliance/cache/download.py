@@ -105,6 +105,10 @@ class Download:
         self._readers += 1
         return self._reader
 
+    @property
+    def readers(self) -> int:
+        return self._readers
+
     def detach(self) -> None:
         self._readers -= 1
         self._maybe_close()

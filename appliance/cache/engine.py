@@ -27,7 +27,7 @@ from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
-from appliance.cache.store import Entry, Meta, Store, TempFile
+from appliance.cache.store import Entry, FilesystemStore, Meta, Store, TempFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,6 +103,7 @@ class CacheEngine:
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.clock: Callable[[], float] = time.time
+        self.evictions = 0
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -179,6 +180,20 @@ class CacheEngine:
         """Bytes received so far by the downloads in progress (for progress bars)."""
         return sum(d.written for d in self._downloads.values())
 
+    def in_flight(self) -> list[dict[str, object]]:
+        """The downloads in progress, for the status page and metrics."""
+        now = time.monotonic()
+        return [
+            {
+                "key": d.key,
+                "written": d.written,
+                "total": d.total,
+                "clients": d.readers,
+                "seconds": round(now - d.started, 1),
+            }
+            for d in self._downloads.values()
+        ]
+
     async def lookup(self, key: str) -> Entry | None:
         return await self._io(self.store.lookup, key)
 
@@ -244,6 +259,17 @@ class CacheEngine:
         self.lru.discard(key)
         await self._io(self.store.remove, key)
         self.hot.drop(key)
+
+    async def purge(self, prefix: str) -> int:
+        """Remove every cached file below `prefix` (a host or a remap's mirror root)."""
+        assert isinstance(self.store, FilesystemStore)
+        keys = await self._io(lambda: list(self.store.keys_under(prefix)))  # type: ignore[attr-defined]
+        removed = 0
+        for key in keys:
+            if key not in self._downloads:
+                await self.remove(key)
+                removed += 1
+        return removed
 
     async def _lookup(self, key: str) -> tuple[Entry | None, bytes | None]:
         if (hot := self.hot.get(key)) is not None:
@@ -395,6 +421,7 @@ class CacheEngine:
     async def _evict(self) -> None:
         for key in self.lru.victims():
             log.info("cache full: evicting %s", key)
+            self.evictions += 1
             self.hot.drop(key)
             await self._io(self.store.remove, key)
             self.hot.drop(key)  # a lookup may have memoised it meanwhile

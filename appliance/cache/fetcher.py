@@ -8,8 +8,10 @@ A failure is a value (`UpstreamFailure`) the engine's policy can act on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
@@ -56,6 +58,8 @@ class Fetcher:
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        # called after each upstream round-trip: (upstream host[:port], seconds, error or None)
+        self.monitor: Callable[[str, float, str | None], None] | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -78,6 +82,10 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
+    def _report(self, url: str, started: float, error: str | None) -> None:
+        if self.monitor is not None:
+            self.monitor(_upstream_label(url), time.monotonic() - started, error)
+
     async def open(
         self, urls: Sequence[str], headers: Mapping[str, str] | None = None
     ) -> aiohttp.ClientResponse | UpstreamFailure:
@@ -88,23 +96,33 @@ class Fetcher:
         """
         failures: list[UpstreamFailure] = []
         for url in urls:
+            started = time.monotonic()
             try:
                 resp = await self.session.get(
                     URL(url, encoded=True), headers=dict(headers or {}), max_redirects=5
                 )
             except TimeoutError:
                 failures.append(UpstreamFailure(504, f"{url}: timed out"))
+                self._report(url, started, "timeout")
                 continue
             except (aiohttp.ClientError, OSError) as exc:
                 failures.append(UpstreamFailure(502, f"{url}: {exc or type(exc).__name__}"))
+                self._report(url, started, "connect")
                 continue
             if resp.status in (200, 304) or (resp.status == 206 and "Range" in (headers or {})):
+                self._report(url, started, None)
                 return resp
             resp.release()
             failures.append(UpstreamFailure(resp.status, f"{url}: HTTP {resp.status}"))
+            self._report(url, started, "not-found" if resp.status == 404 else "http-error")
         for failure in failures:
             log.info("upstream: %s", failure.reason)
         return _most_telling(failures)
+
+
+def _upstream_label(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2].lower() or "unknown"
 
 
 def _most_telling(failures: list[UpstreamFailure]) -> UpstreamFailure:

@@ -188,6 +188,16 @@ class FilesystemStore:
         self._meta_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
+    def keys_under(self, prefix: str) -> Iterator[str]:
+        """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""
+        check_key(prefix)
+        base = self.root / prefix
+        for dirpath, _dirs, files in os.walk(base):
+            d = Path(dirpath)
+            for name in files:
+                if not name.startswith("."):
+                    yield str((d / name).relative_to(self.root))
+
     def scan(self) -> Iterator[tuple[str, int, float, bool]]:
         """Sweep leftovers (temp files, orphans) and yield (key, size, last use, keep)."""
         if not self.root.is_dir():

@@ -1,0 +1,166 @@
+"""The access log and per-request metrics, fed by aiohttp after each response is sent.
+
+aiohttp calls an access logger with the request, the response (status, headers,
+body length) and the duration once the response is out; that is the one place every
+request passes, refused ones included, so metrics are counted there too. Lines are
+buffered and written once a second, so logging costs no write per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import IO, Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from appliance.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_RESULT = {"HIT": "hit", "MISS": "miss", "REVALIDATED": "revalidated", "STALE": "stale"}
+_REFUSED = frozenset({400, 403, 405, 406, 411, 413, 414, 431})
+
+
+def service_of(path: str) -> str | None:
+    """The metrics service of a request path; None for the appliance's own pages."""
+    if path.startswith("/images/"):
+        return "images"
+    if path.startswith(("/streams/", "/keys/")):
+        return "feed"
+    if path == "/" or path.startswith(("/api/", "/metrics", "/admin/", "/.well-known/")):
+        return None
+    return "apt"
+
+
+class AccessLog:
+    """Buffered access log lines (common log format or JSON) to a file or stderr."""
+
+    def __init__(self, target: str, fmt: str = "common") -> None:
+        self.target = target
+        self.json = fmt == "json"
+        self._lines: list[str] = []
+        self._file: IO[str] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stamp_second = -1
+        self._stamp = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.target != "off"
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._file = sys.stderr if self.target == "stderr" else open(self.target, "a")  # noqa: SIM115
+        self._task = asyncio.create_task(self._flusher())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.flush()
+        if self._file is not None and self._file is not sys.stderr:
+            self._file.close()
+
+    def flush(self) -> None:
+        if self._lines and self._file is not None:
+            lines, self._lines = self._lines, []
+            self._file.write("".join(lines))
+            self._file.flush()
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.flush()
+            except OSError as exc:  # a full disk must not stop the service
+                log.warning("access log: %s", exc)
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
+        return self._stamp
+
+    def write(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        nbytes: int,
+        cache: str,
+        seconds: float,
+        reason: str | None,
+    ) -> None:
+        now = time.time()
+        agent = request.headers.get("User-Agent", "-")
+        if self.json:
+            record: dict[str, Any] = {
+                "time": round(now, 3),
+                "remote": request.remote,
+                "method": request.method,
+                "path": request.raw_path,
+                "status": status,
+                "bytes": nbytes,
+                "cache": cache or None,
+                "seconds": round(seconds, 6),
+                "agent": agent,
+            }
+            if reason:
+                record["reason"] = reason
+            self._lines.append(json.dumps(record) + "\n")
+        else:
+            line = (
+                f"{request.remote or '-'} - - [{self._timestamp(now)}] "
+                f'"{request.method} {request.raw_path} HTTP/{request.version.major}.'
+                f'{request.version.minor}" {status} {nbytes} "-" "{agent}" '
+                f"{cache or '-'} {seconds:.6f}"
+            )
+            if reason:
+                line += f' reason="{reason}"'
+            self._lines.append(line + "\n")
+        if len(self._lines) >= 512:
+            self.flush()
+
+
+def _reason(response: web.StreamResponse) -> str | None:
+    """The one-line reason a refused or failed request got (the body of our error pages)."""
+    if response.status < 400 or not isinstance(response, web.Response):
+        return None
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or len(body) > 500:
+        return response.reason
+    return body.decode("utf-8", "replace").strip().replace('"', "'").replace("\n", " ")[:300]
+
+
+def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogger]:
+    """An aiohttp access logger class bound to this service's metrics and log."""
+
+    class Observer(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            path = request.raw_path
+            status = response.status
+            cache = response.headers.get("X-Cache", "")
+            service = service_of(path)
+            reason = _reason(response) if status >= 400 else None
+            if service is not None:
+                if status < 400:
+                    result = _RESULT.get(cache, "hit")
+                else:
+                    result = "refused" if status in _REFUSED else "error"
+                nbytes = response.body_length if status < 300 else 0
+                metrics.request(service, result, nbytes, cache == "MISS", path)
+            if access.enabled:
+                access.write(request, status, response.body_length, cache, time, reason)
+            if reason and status >= 500:
+                log.warning("%s %s: %d %s", request.method, path, status, reason)
+
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    return Observer

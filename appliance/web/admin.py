@@ -1,0 +1,149 @@
+"""The admin API under /api/admin/: sync, seed, purge, reload. Bearer token + address check.
+
+The token lives in a file only its owner can read (created with a random token on
+first start); the API answers only to addresses in `admin.allow` (loopback by
+default), whatever address the service listens on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from appliance.apt.paths import BadPath
+from appliance.apt.routing import Forbidden
+from appliance.cache.keys import UpstreamBase
+from appliance.config import AdminConfig
+
+if TYPE_CHECKING:
+    from appliance.web.app import Service
+
+log = logging.getLogger(__name__)
+
+
+class AdminUnavailable(RuntimeError):
+    pass
+
+
+def load_token(path: Path) -> str:
+    """The admin token; created (0600) when the file does not exist yet."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        log.info("admin API: created a token in %s", path)
+        return token
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise AdminUnavailable(f"{path} must be readable by its owner only (chmod 600)")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise AdminUnavailable(f"{path}: the token must be at least 16 characters")
+    return token
+
+
+class Admin:
+    def __init__(self, config: AdminConfig) -> None:
+        self.configure(config)
+
+    def configure(self, config: AdminConfig) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.allow]
+        try:
+            self.token: str | None = load_token(config.token_file)
+            self.problem: str | None = None
+        except (OSError, AdminUnavailable) as exc:
+            self.token, self.problem = None, str(exc)
+            log.warning("admin API disabled: %s", exc)
+
+    def allowed(self, remote: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address((remote or "").split("%")[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+    def check(self, request: web.BaseRequest) -> None:
+        if not self.allowed(request.remote):
+            raise web.HTTPForbidden(text=f"admin API: not allowed from {request.remote}\n")
+        if self.token is None:
+            raise web.HTTPServiceUnavailable(text=f"admin API disabled: {self.problem}\n")
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), self.token.encode()
+        ):
+            raise web.HTTPUnauthorized(
+                text="admin API: missing or wrong bearer token\n",
+                headers={"WWW-Authenticate": 'Bearer realm="archive-local"'},
+            )
+
+    async def handle(self, request: web.BaseRequest, service: Service) -> web.StreamResponse:
+        self.check(request)
+        action = request.raw_path.removeprefix("/api/admin/").strip("/")
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        if action == "sync":
+            if not service.config.images.feeds:
+                raise web.HTTPConflict(text="no feeds configured (images.feeds)\n")
+            service.scheduler.trigger()
+            return web.json_response({"status": "started"}, status=202)
+        if action == "seed":
+            if not service.config.seed.targets:
+                raise web.HTTPConflict(text="no seed targets configured (seed.targets)\n")
+            started = service.scheduler.trigger_seed()
+            return web.json_response({"status": "started" if started else "running"}, status=202)
+        if action == "purge":
+            return await self._purge(request, service)
+        if action == "reload":
+            return web.json_response(await service.reload())
+        raise web.HTTPNotFound(text=f"admin API: no action {action!r}\n")
+
+    async def _purge(self, request: web.BaseRequest, service: Service) -> web.StreamResponse:
+        try:
+            body: Any = json.loads(await request.read() or b"{}")
+        except ValueError:
+            raise web.HTTPBadRequest(text="purge: the body must be JSON\n") from None
+        if not isinstance(body, dict) or len(body.keys() & {"path", "remap"}) != 1:
+            raise web.HTTPBadRequest(
+                text='purge: give {"path": "/remap/..."} or {"remap": "NAME"}\n'
+            )
+        if "remap" in body:
+            name = body["remap"]
+            mirrors = service.config.apt.remaps.get(name) if isinstance(name, str) else None
+            if not mirrors:
+                raise web.HTTPNotFound(text=f"purge: no remap named {name!r}\n")
+            removed = 0
+            for url in mirrors:
+                removed += await service.engine.purge(UpstreamBase.parse(url).key())
+            log.info("admin: purged remap %s (%d files)", name, removed)
+            return web.json_response({"removed": removed})
+        path = body["path"]
+        if not isinstance(path, str) or not path.startswith(("/", "http://")):
+            raise web.HTTPBadRequest(text="purge: path must be a request path or URL\n")
+        try:
+            route = service.router.route(path)
+        except (BadPath, Forbidden) as exc:
+            raise web.HTTPBadRequest(text=f"purge: {exc}\n") from None
+        if await service.engine.lookup(route.key) is None:
+            raise web.HTTPNotFound(text=f"purge: {path} is not cached\n")
+        await service.engine.remove(route.key)
+        log.info("admin: purged %s", route.key)
+        return web.json_response({"removed": 1})

@@ -1,0 +1,390 @@
+"""The status page (`/` for browsers), its JSON twin (`/api/status`) and scrape-time metrics.
+
+One snapshot feeds all three. The page is rendered here, on the server, as plain
+HTML with an inline SVG chart; a few lines of script re-fetch the page's <main>
+every few seconds and swap it in, so it stays current without a full reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import Metric
+
+from appliance import __version__
+from appliance.metrics import SERVICES, counter, gauge
+from appliance.streams.curated import synced_feeds
+from appliance.targets.catalog import feed_images, version_key
+from appliance.targets.imageids import stored_image_ids
+
+if TYPE_CHECKING:
+    from appliance.web.app import Service
+
+IMAGES_TTL = 30.0  # seconds the image inventory (read from disk) is reused
+
+
+class Inventory:
+    """Mirrored products/versions per feed and where each version is seeded (cached)."""
+
+    def __init__(self) -> None:
+        self.value: list[dict[str, Any]] = []
+        self.at = 0.0
+
+    async def get(self, service: Service) -> list[dict[str, Any]]:
+        if time.monotonic() - self.at > IMAGES_TTL:
+            self.value = await asyncio.to_thread(_inventory, service)
+            self.at = time.monotonic()
+        return self.value
+
+    def invalidate(self) -> None:
+        self.at = 0.0
+
+
+def _inventory(service: Service) -> list[dict[str, Any]]:
+    store = service.engine.store
+    seeded: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for doc in stored_image_ids(store):  # type: ignore[arg-type]
+        target = doc["content_id"].rsplit(":", 1)[-1]
+        for pname, product in doc.get("products", {}).items():
+            for vname, version in product.get("versions", {}).items():
+                for item in version.get("items", {}).values():
+                    seeded.setdefault((pname, vname), []).append(
+                        {"target": target, "region": item.get("region", ""), "id": item["id"]}
+                    )
+    rows = []
+    for feed in synced_feeds(store):  # type: ignore[arg-type]
+        try:
+            images = feed_images(store, feed)  # type: ignore[arg-type]
+        except Exception:  # a feed being rewritten: shown at the next refresh
+            continue
+        products: dict[str, dict[str, dict[str, Any]]] = {}
+        for i in images:
+            v = products.setdefault(i.product, {}).setdefault(
+                i.version, {"version": i.version, "items": 0, "bytes": 0}
+            )
+            v["items"] += 1
+            v["bytes"] += i.size
+        for pname in sorted(products):
+            versions = sorted(products[pname].values(), key=lambda v: version_key(v["version"]))
+            for v in reversed(versions):
+                v["seeded"] = seeded.get((pname, v["version"]), [])
+            rows.append({"feed": feed, "product": pname, "versions": versions[::-1]})
+    return rows
+
+
+async def snapshot(service: Service) -> dict[str, Any]:
+    m = service.metrics
+    totals = m.totals
+    hits = {
+        s: totals.requests[s]["hit"]
+        + totals.requests[s]["revalidated"]
+        + totals.requests[s]["stale"]
+        for s in SERVICES
+    }
+    misses = {s: totals.requests[s]["miss"] for s in SERVICES}
+    served = hits["apt"] + misses["apt"] + hits["images"] + misses["images"]
+    sched = service.scheduler
+    return {
+        "version": __version__,
+        "uptime_seconds": round(time.time() - m.started, 1),
+        "requests": totals.requests,
+        "hit_ratio": round((hits["apt"] + hits["images"]) / served, 4) if served else None,
+        "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
+        "history": list(m.history),
+        "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
+        "busiest": [{"package": n, "requests": c} for n, c in m.busiest(10)],
+        "downloads": service.engine.in_flight(),
+        "cache": {
+            "bytes": service.engine.lru.total,
+            "entries": len(service.engine.lru),
+            "max_bytes": service.config.cache.max_size,
+            "evictions": service.engine.evictions,
+        },
+        "images": await service.inventory.get(service),
+        "sync": {
+            "running": sched.running,
+            "last_run": sched.last_run,
+            "feeds": {n: o.as_dict() for n, o in sched.last.items()},
+        },
+        "seed": {
+            "running": sched.seeding,
+            "targets": {n: o.as_dict() for n, o in sched.seed_last.items()},
+        },
+    }
+
+
+# -- metrics read at scrape time -----------------------------------------------------------
+
+
+def scrape(service: Service) -> Iterator[Metric]:
+    engine, sched = service.engine, service.scheduler
+    flights = engine.in_flight()
+    size = gauge("cache_size_bytes", "Bytes of evictable cached files")
+    size.add_metric([], engine.lru.total)
+    entries = gauge("cache_entries", "Evictable cached files")
+    entries.add_metric([], len(engine.lru))
+    limit = gauge("cache_max_size_bytes", "Configured cache.max_size")
+    limit.add_metric([], service.config.cache.max_size)
+    evictions = counter("cache_evictions", "Files evicted to stay under cache.max_size")
+    evictions.add_metric([], engine.evictions)
+    downloads = gauge("downloads_in_flight", "Upstream downloads in progress")
+    downloads.add_metric([], len(flights))
+    waiting = gauge("download_clients", "Clients streaming a download in progress")
+    waiting.add_metric([], sum(int(f["clients"]) for f in flights))  # type: ignore[call-overload]
+    yield from (size, entries, limit, evictions, downloads, waiting)
+    for kind, stats, label in (
+        ("sync", sched.sync_stats, "feed"),
+        ("seed", sched.seed_stats, "target"),
+    ):
+        runs = counter(f"{kind}_runs", f"{kind.title()} runs", [label])
+        failures = counter(f"{kind}_failures", f"{kind.title()} runs that failed", [label])
+        duration = gauge(f"{kind}_duration_seconds", f"Duration of the last {kind}", [label])
+        success = gauge(
+            f"{kind}_last_success_timestamp_seconds", f"When a {kind} last succeeded", [label]
+        )
+        for name, s in sorted(stats.items()):
+            runs.add_metric([name], s["runs"])
+            failures.add_metric([name], s["failures"])
+            duration.add_metric([name], s["seconds"])
+            if s["last_success"] is not None:
+                success.add_metric([name], s["last_success"])
+        yield from (runs, failures, duration, success)
+    mirrored = gauge("images_mirrored", "Image items kept on disk by the last sync", ["feed"])
+    for name, o in sorted(sched.last.items()):
+        mirrored.add_metric([name], o.count("fetched") + o.count("present"))
+    seeded = gauge("images_seeded", "Images present in a target after its last seed", ["target"])
+    for name, o in sorted(sched.seed_last.items()):
+        seeded.add_metric([name], len(o.images))
+    yield from (mirrored, seeded)
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+_CSS = (
+    "*{box-sizing:border-box}"
+    "body{margin:0;font:15px/1.4 system-ui,sans-serif;color:#1d2330;background:#f4f6f9}"
+    "header{background:#1d2330;color:#fff;padding:.7rem 1rem;display:flex;flex-wrap:wrap;"
+    "gap:.3rem 1rem;align-items:baseline}"
+    "header h1{font-size:1.15rem;margin:0}header span{opacity:.75;font-size:.85rem}"
+    "main{padding:.8rem;display:grid;gap:.8rem;"
+    "grid-template-columns:repeat(auto-fit,minmax(min(100%,22rem),1fr))}"
+    "section{background:#fff;border-radius:8px;padding:.7rem .9rem;box-shadow:0 1px 2px #0002;overflow-x:auto}"
+    "h2{font-size:.95rem;margin:.1rem 0 .5rem;color:#445}"
+    ".tiles{display:flex;flex-wrap:wrap;gap:.8rem}.tile{flex:1 1 7rem}"
+    ".tile b{display:block;font-size:1.5rem}.tile small{color:#667}"
+    "table{border-collapse:collapse;width:100%;font-size:.85rem}"
+    "td,th{padding:.2rem .4rem;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}"
+    "td.n,th.n{text-align:right}.ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
+    "svg{width:100%;height:auto}"
+)
+
+_SCRIPT = """
+setInterval(async () => {
+  try {
+    const r = await fetch(location.pathname, {headers: {'X-Status-Fragment': '1'}});
+    if (r.ok) document.querySelector('main').innerHTML = await r.text();
+  } catch (e) { /* the next refresh will try again */ }
+}, 5000);
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int(time.time() - ts))
+    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def _chart(history: list[dict[str, float]]) -> str:
+    """Hit ratio (line) and bytes served from cache per interval (bars), last hour."""
+    if len(history) < 2:
+        return '<p class="muted">The chart fills in as traffic arrives (a point every 10 s).</p>'
+    w, h = 600, 140
+    pts = history[-120:]
+    steps = list(pairwise(pts))
+    ratio, saved = [], []
+    for a, b in steps:
+        hits, misses = b["hits"] - a["hits"], b["misses"] - a["misses"]
+        ratio.append(hits / (hits + misses) if hits + misses else None)
+        saved.append(b["bytes_cache"] - a["bytes_cache"])
+    top = max(saved) or 1
+    dx = w / max(1, len(steps))
+    bars = "".join(
+        f'<rect x="{i * dx:.1f}" y="{h - s / top * h:.1f}" width="{max(dx - 1, 1):.1f}" '
+        f'height="{s / top * h:.1f}" fill="#9ec5fe"/>'
+        for i, s in enumerate(saved)
+        if s
+    )
+    line = " ".join(
+        f"{i * dx + dx / 2:.1f},{h - r * h:.1f}" for i, r in enumerate(ratio) if r is not None
+    )
+    return (
+        f'<svg viewBox="0 0 {w} {h + 16}" role="img" aria-label="hit ratio and bytes saved">'
+        f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#ccd"/>{bars}'
+        f'<polyline points="{line}" fill="none" stroke="#17803d" stroke-width="2"/>'
+        f'<text x="0" y="{h + 13}" font-size="11" fill="#667">green: hit ratio (0-100 %); '
+        f"blue: bytes served from cache per 10 s (max {_e(_bytes(top))})</text></svg>"
+    )
+
+
+def _table(
+    head: list[str], rows: list[list[Any]], empty: str, numeric: set[int] = frozenset()
+) -> str:  # type: ignore[assignment]
+    if not rows:
+        return f'<p class="muted">{_e(empty)}</p>'
+    th = "".join(
+        f"<th{' class=n' if i in numeric else ''}>{_e(c)}</th>" for i, c in enumerate(head)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=n' if i in numeric else ''}>{c if isinstance(c, _Html) else _e(c)}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class _Html(str):
+    """Already-escaped markup for a table cell."""
+
+
+def _state(ok: bool, text: str) -> _Html:
+    return _Html(f'<span class="{"ok" if ok else "bad"}">{_e(text)}</span>')
+
+
+def render_main(s: dict[str, Any]) -> str:
+    req = s["requests"]
+    ratio = "-" if s["hit_ratio"] is None else f"{s['hit_ratio'] * 100:.1f} %"
+    tiles = (
+        f'<div class="tile"><b id="hit-ratio">{ratio}</b>'
+        "<small>hit ratio (apt + images)</small></div>"
+        f'<div class="tile"><b id="bytes-saved">{_bytes(s["bytes"]["cache"])}</b>'
+        f"<small>served from cache (upstream saved)</small></div>"
+        f'<div class="tile"><b id="bytes-upstream">{_bytes(s["bytes"]["upstream"])}</b>'
+        f"<small>fetched and passed on</small></div>"
+        f'<div class="tile"><b id="cache-size">{_bytes(s["cache"]["bytes"])}</b>'
+        f"<small>cache, {s['cache']['entries']} files of "
+        f"{_bytes(s['cache']['max_bytes'])}</small></div>"
+    )
+    results = ["hit", "miss", "revalidated", "stale", "refused", "error"]
+    traffic = _table(
+        ["service", *results],
+        [
+            [svc, *(_Html(f'<span id="req-{svc}-{r}">{req[svc][r]}</span>') for r in results)]
+            for svc in req
+        ],
+        "",
+        set(range(1, 7)),
+    )
+    upstreams = _table(
+        ["upstream", "requests", "errors", "last ok", "last error"],
+        [
+            [
+                name,
+                u["requests"],
+                u["errors"],
+                _ago(u["last_ok"]),
+                _state(False, f"{u['last_error']} {_ago(u['last_error_at'])}")
+                if u["last_error"]
+                else "-",
+            ]
+            for name, u in s["upstreams"].items()
+        ],
+        "No upstream requests yet.",
+        {1, 2},
+    )
+    busiest = _table(
+        ["package", "requests"],
+        [[b["package"], b["requests"]] for b in s["busiest"]],
+        "No package downloads yet.",
+        {1},
+    )
+    downloads = _table(
+        ["file", "progress", "clients", "running"],
+        [
+            [
+                d["key"].rsplit("/", 1)[-1],
+                f"{_bytes(d['written'])} of {_bytes(d['total'])}"
+                if d["total"]
+                else _bytes(d["written"]),
+                d["clients"],
+                f"{d['seconds']} s",
+            ]
+            for d in s["downloads"]
+        ],
+        "Nothing downloading.",
+        {2},
+    )
+    image_rows = []
+    for p in s["images"]:
+        for v in p["versions"]:
+            where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "-"
+            image_rows.append([p["feed"], p["product"], v["version"], _bytes(v["bytes"]), where])
+    images = _table(
+        ["feed", "product", "version", "size", "seeded in"], image_rows, "No images mirrored."
+    )
+    jobs = []
+    for name, o in s["sync"]["feeds"].items():
+        jobs.append(
+            [
+                "sync",
+                name,
+                _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
+                f"{o['seconds']:.1f} s",
+            ]
+        )
+    for name, o in s["seed"]["targets"].items():
+        jobs.append(
+            [
+                "seed",
+                name,
+                _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
+                f"{o['seconds']:.1f} s",
+            ]
+        )
+    results_table = _table(["job", "name", "result", "took"], jobs, "No sync or seed has run yet.")
+    return (
+        f'<section><h2>At a glance</h2><div class="tiles">{tiles}</div></section>'
+        f"<section><h2>Over time</h2>{_chart(s['history'])}</section>"
+        f"<section><h2>Requests</h2>{traffic}</section>"
+        f"<section><h2>Upstream health</h2>{upstreams}</section>"
+        f"<section><h2>Busiest packages</h2>{busiest}</section>"
+        f"<section><h2>Downloading now</h2>{downloads}</section>"
+        f"<section><h2>Images mirrored and where they are seeded</h2>{images}</section>"
+        f"<section><h2>Last sync and seed</h2>{results_table}</section>"
+    )
+
+
+def render_page(s: dict[str, Any]) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>archive-local</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>archive-local</h1><span>version {_e(s['version'])}</span>"
+        f"<span>up {int(s['uptime_seconds'] // 60)} min</span>"
+        '<span><a style="color:#9ec5fe" href="/api/status">JSON</a> · '
+        '<a style="color:#9ec5fe" href="/metrics">metrics</a></span></header>'
+        f"<main>{render_main(s)}</main><script>{_SCRIPT}</script></body></html>"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -13,9 +14,25 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance import config as configuration
+from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Service
 
 log = logging.getLogger("appliance")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (`logging.format: json`), for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,15 +91,23 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("targets", nargs="*", metavar="TARGET", help="seed only these targets")
     seed.add_argument("--dry-run", action="store_true", help="show what would change")
     seed.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    st = sub.add_parser("status", help="summary of the running service (from /api/status)")
+    st.add_argument("--url", help="the service (default: from 'listen')")
+    st.add_argument("--json", action="store_true", help="the raw JSON")
     keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
-async def _serve(config: configuration.Config) -> None:
-    service = Service(config)
+async def _serve(config: configuration.Config, config_path: Path | None = None) -> None:
+    service = Service(config, config_path)
     await service.start()
-    server = web.Server(service.handle, access_log=None, **SERVER_LIMITS)
+    server = web.Server(
+        service.handle,
+        access_log=logging.getLogger("appliance.access"),
+        access_log_class=logger_class(service.metrics, service.access_log),
+        **SERVER_LIMITS,
+    )
     runner = web.ServerRunner(server)
     await runner.setup()
     try:
@@ -120,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except configuration.ConfigError as exc:
         print(f"archive-local: configuration error: {exc}", file=sys.stderr)
         return 2
+    if config.logging.format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     if args.command == "config":
         print(configuration.dump(config), end="")
         return 0
@@ -135,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.streams.cli import run_keys
 
         return asyncio.run(run_keys(args, config))
+    if args.command == "status":
+        from appliance.web.status_cli import run_status
+
+        return run_status(args, config)
     if args.command == "seed":
         from appliance.targets.cli import run_seed
 
@@ -149,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"archive-local: cache.dir {config.cache.dir}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, args.config))
     except OSError as exc:
         print(f"archive-local: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -59,6 +59,29 @@ class Appliance:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def token(self) -> str:
+        """The admin API token (the service creates it on first start)."""
+        return (self.cache_dir.parent / f"admin-token-{self.port}").read_text().strip()
+
+    def admin(
+        self, action: str, body: dict | None = None, token: str | None = None
+    ) -> tuple[int, bytes]:
+        req = urllib.request.Request(
+            f"{self.url}/api/admin/{action}",
+            method="POST",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except HTTPError as exc:
+            return exc.code, exc.read()
+
+    def status(self) -> dict:
+        return json.loads(http_get(f"{self.url}/api/status")[1])
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -94,6 +117,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "listen": f"127.0.0.1:{port}",
             "cache": {"dir": str(cache_dir), "max_size": max_size},
             "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
+            "admin": {"token_file": str(cache_dir.parent / f"admin-token-{port}")},
         }
         if images is not None:
             config["images"] = images

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -430,66 +429,22 @@ def test_service_seeds_after_each_sync_and_on_demand(
     deadline = time.monotonic() + 120
     status: dict = {}
     while time.monotonic() < deadline:
-        status = json.loads(http_get(f"{app.url}/admin/seed")[1])
+        status = app.status()["seed"]
         if "one" in status["targets"]:
             break
         time.sleep(0.3)
     one = status["targets"]["one"]
     assert one["ok"] and len(actions(one, "uploaded")) == 4, status
     assert len(images_of(g)) == 4
-    code, body = http_post(f"{app.url}/admin/seed")
+    code, body = app.admin("seed")
     assert code == 202 and json.loads(body)["status"] in ("started", "running")
     while time.monotonic() < deadline:
-        status = json.loads(http_get(f"{app.url}/admin/seed")[1])
+        status = app.status()["seed"]
         if not status["running"] and status["targets"]["one"]["finished"] > one["finished"]:
             break
         time.sleep(0.3)
     again = status["targets"]["one"]
     assert again["ok"] and actions(again, "uploaded") == [] and len(actions(again, "present")) == 4
-
-
-def http_post(url: str) -> tuple[int, bytes]:
-    import urllib.request
-
-    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30) as r:
-        return r.status, r.read()
-
-
-def test_progress_bar_and_dry_run_on_a_terminal(
-    tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
-) -> None:
-    """On a terminal the seed draws a bar per upload (`script` gives it a real pty)."""
-    require("script", "bsdutils")
-    cfg = write_config(
-        tmp_path,
-        qcow_feed,
-        qcow_served,
-        [glance_target("one", glance_pair[0], token_file(tmp_path))],
-    )
-    assert run_sync(cfg)[0] == 0
-    base = f"{sys.executable} -m appliance --config {cfg} seed"
-    r = subprocess.run(
-        ["script", "-qec", base + " --dry-run", "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert r.returncode == 0, r.stdout
-    assert "one: would upload 4, would remove 0" in r.stdout
-    assert images_of(glance_pair[0]) == {}
-    r = subprocess.run(
-        ["script", "-qec", base, "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert r.returncode == 0, r.stdout
-    assert "disk1.img [####" in r.stdout
-    assert re.search(r"100% (\d+\.\d)/\1 MB", r.stdout), r.stdout
-    assert "[one/RegionOne] uploaded" in r.stdout
-    assert "one: uploaded 4, present 0, removed 0, cleaned 0, failed 0" in r.stdout
 
 
 class FakeKeystone:

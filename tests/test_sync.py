@@ -226,7 +226,7 @@ def test_service_syncs_on_start_and_on_demand(
     )
 
     def state() -> dict:
-        return json.loads(http_get(f"{app.url}/admin/sync")[1])
+        return app.status()["sync"]
 
     deadline = time.monotonic() + 60
     while state()["last_run"] is None:
@@ -236,9 +236,7 @@ def test_service_syncs_on_start_and_on_demand(
     assert first["feeds"]["ex"]["ok"] and len(first["feeds"]["ex"]["items"]) == 4
     assert http_get(f"{app.url}/streams/v1/index.sjson")[0] == 200
     gets = item_gets(served)
-    req = urllib.request.Request(f"{app.url}/admin/sync", method="POST")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        assert r.status == 202
+    assert app.admin("sync")[0] == 202
     while state()["last_run"] == first["last_run"]:
         assert time.monotonic() < deadline, app.log_text()
         time.sleep(0.2)

@@ -104,6 +104,9 @@ class Scheduler:
         self.last_run: float | None = None
         self.running = False
         self.seed_last: dict[str, Any] = {}  # target name -> TargetOutcome
+        # name -> {runs, failures, seconds, last_success}: what the metrics export
+        self.sync_stats: dict[str, dict[str, Any]] = {}
+        self.seed_stats: dict[str, dict[str, Any]] = {}
         self.seeding = False
         self._seed_task: asyncio.Task[Any] | None = None
         self._wake = asyncio.Event()
@@ -140,6 +143,7 @@ class Scheduler:
             self.seeding = False
         for o in outcomes:
             self.seed_last[o.target] = o
+            _count(self.seed_stats, o.target, o.ok, o.seconds)
         return outcomes
 
     def trigger(self) -> None:
@@ -156,6 +160,7 @@ class Scheduler:
         self.last_run = time.time()
         for o in outcomes:
             self.last[o.feed] = o
+            _count(self.sync_stats, o.feed, o.ok, o.seconds)
             log.log(
                 logging.INFO if o.ok else logging.WARNING,
                 "sync %s: fetched %d, present %d, rejected %d, removed %d%s",
@@ -181,3 +186,12 @@ class Scheduler:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
+
+
+def _count(stats: dict[str, dict[str, Any]], name: str, ok: bool, seconds: float) -> None:
+    s = stats.setdefault(name, {"runs": 0, "failures": 0, "seconds": 0.0, "last_success": None})
+    s["runs"] += 1
+    s["failures"] += 0 if ok else 1
+    s["seconds"] = seconds
+    if ok:
+        s["last_success"] = time.time()

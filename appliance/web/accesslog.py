@@ -147,15 +147,17 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
             cache = response.headers.get("X-Cache", "")
             service = service_of(path)
             reason = _reason(response) if status >= 400 else None
+            # body bytes of the response as sent (Content-Length: the whole file or range)
+            nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
             if service is not None:
                 if status < 400:
                     result = _RESULT.get(cache, "hit")
                 else:
                     result = "refused" if status in _REFUSED else "error"
-                nbytes = response.body_length if status < 300 else 0
-                metrics.request(service, result, nbytes, cache == "MISS", path)
+                served = nbytes if status < 300 else 0
+                metrics.request(service, result, served, cache == "MISS", path)
             if access.enabled:
-                access.write(request, status, response.body_length, cache, time, reason)
+                access.write(request, status, nbytes, cache, time, reason)
             if reason and status >= 500:
                 log.warning("%s %s: %d %s", request.method, path, status, reason)
 

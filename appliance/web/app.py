@@ -7,20 +7,26 @@ cost to every cache hit. `cli.py` only runs it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from appliance import __version__
+from appliance import config as configuration
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.store import FilesystemStore
 from appliance.config import Config
+from appliance.metrics import Metrics
 from appliance.streams.scheduler import Scheduler
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
+from appliance.web import status
+from appliance.web.accesslog import AccessLog
+from appliance.web.admin import Admin
 from appliance.web.deliver import deliver
 from appliance.web.tunnel import tunnel
 
@@ -36,18 +42,16 @@ SERVER_LIMITS = {
 }
 
 
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 class Service:
     """Owns the fetcher and engine; `handle` is the aiohttp request handler."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics(enabled=config.metrics)
+        self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
+        self.admin = Admin(config.admin)
+        self.inventory = status.Inventory()
         self.router = Router(config.apt.remaps, config.apt.allow)
         self.fetcher = Fetcher.from_config(config.upstream)
         self.engine = CacheEngine(
@@ -58,15 +62,50 @@ class Service:
         )
         self.images = ImageRoutes(self.engine)
         self.scheduler = Scheduler(config, self.engine, self.fetcher)
+        self.fetcher.monitor = self.metrics.upstream
+        if config.metrics:
+            self.metrics.add_source(lambda: status.scrape(self))
 
     async def start(self) -> None:
         await self.engine.start()
+        self.access_log.start()
         self.scheduler.start()
 
     async def close(self) -> None:
         await self.scheduler.close()
         await self.engine.close()
         await self.fetcher.close()
+        await self.access_log.close()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file; what cannot change while running is reported."""
+        if self.config_path is None:
+            raise web.HTTPConflict(text="reload: running on the embedded default configuration\n")
+        try:
+            new = configuration.load(self.config_path)
+        except configuration.ConfigError as exc:
+            raise web.HTTPBadRequest(text=f"reload: {exc} (nothing changed)\n") from None
+        old = self.config
+        restart = [
+            name
+            for name, a, b in (
+                ("listen", old.listen, new.listen),
+                ("cache.dir", old.cache.dir, new.cache.dir),
+                ("upstream", old.upstream, new.upstream),
+                ("logging", old.logging, new.logging),
+                ("metrics", old.metrics, new.metrics),
+            )
+            if a != b
+        ]
+        self.config = new
+        self.router = Router(new.apt.remaps, new.apt.allow)
+        self.engine.ttl = new.apt.index_ttl
+        self.engine.lru.max_size = new.cache.max_size
+        self.scheduler.config = new
+        self.admin.configure(new.admin)
+        self.inventory.invalidate()
+        log.info("configuration reloaded from %s", self.config_path)
+        return {"reloaded": str(self.config_path), "restart_needed_for": restart}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method
@@ -74,9 +113,11 @@ class Service:
             return await self._connect(request)
         target = request.raw_path
         if target == "/":
-            return self._index()
-        if target.startswith("/admin/"):
-            return await self._admin(request)
+            return await self._index(request)
+        if target.startswith("/api/"):
+            return await self._api(request)
+        if target == "/metrics":
+            return self._metrics()
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
@@ -106,45 +147,28 @@ class Service:
             raise web.HTTPForbidden(text=f"forbidden: CONNECT to {request.raw_path}\n")
         return await tunnel(request, host, int(port))
 
-    async def _admin(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Loopback only for now (tokens come with the admin API)."""
-        if not _is_loopback(request.remote):
-            raise web.HTTPForbidden(text="admin endpoints answer on the loopback address only\n")
-        if request.raw_path == "/admin/seed":
-            return await self._admin_seed(request)
-        if request.raw_path != "/admin/sync":
-            raise web.HTTPNotFound(text="not found\n")
-        if request.method == "POST":
-            if not self.config.images.feeds:
-                raise web.HTTPConflict(text="no feeds configured (images.feeds)\n")
-            self.scheduler.trigger()
-            return web.json_response({"status": "started"}, status=202)
-        if request.method != "GET":
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
-        return web.json_response(
-            {
-                "running": self.scheduler.running,
-                "last_run": self.scheduler.last_run,
-                "feeds": {name: o.as_dict() for name, o in self.scheduler.last.items()},
-            }
+    async def _api(self, request: web.BaseRequest) -> web.StreamResponse:
+        target = request.raw_path
+        if target.startswith("/api/admin/"):
+            return await self.admin.handle(request, self)
+        if target.split("?")[0] == "/api/status" and request.method in ("GET", "HEAD"):
+            return web.json_response(await status.snapshot(self))
+        raise web.HTTPNotFound(text="not found\n")
+
+    def _metrics(self) -> web.Response:
+        if not self.config.metrics:
+            raise web.HTTPNotFound(text="metrics are disabled (metrics.enabled)\n")
+        return web.Response(
+            body=self.metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def _admin_seed(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "POST":
-            if not self.config.seed.targets:
-                raise web.HTTPConflict(text="no seed targets configured (seed.targets)\n")
-            started = self.scheduler.trigger_seed()
-            return web.json_response({"status": "started" if started else "running"}, status=202)
-        if request.method != "GET":
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
-        return web.json_response(
-            {
-                "running": self.scheduler.seeding,
-                "targets": {n: o.as_dict() for n, o in self.scheduler.seed_last.items()},
-            }
-        )
-
-    def _index(self) -> web.Response:
+    async def _index(self, request: web.BaseRequest) -> web.Response:
+        if "text/html" in request.headers.get("Accept", ""):  # a browser: the status page
+            snap = await status.snapshot(self)
+            if request.headers.get("X-Status-Fragment"):
+                return web.Response(text=status.render_main(snap), content_type="text/html")
+            return web.Response(text=status.render_page(snap), content_type="text/html")
         remaps = self.config.apt.remaps
         port = self.config.listen.port
         names = "\n".join(f"  /{n}/ -> {', '.join(remaps[n])}" for n in self.router.remap_names)

@@ -114,6 +114,10 @@ class Metrics:
     def sample(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._next_sample = now + HISTORY_STEP
+        self.history.append(self.point())
+
+    def point(self) -> dict[str, float]:
+        """The cumulative figures now (a point of the chart)."""
         hits = sum(
             self.totals.requests[s]["hit"]
             + self.totals.requests[s]["revalidated"]
@@ -121,15 +125,13 @@ class Metrics:
             for s in SERVICES
         )
         misses = sum(self.totals.requests[s]["miss"] for s in SERVICES)
-        self.history.append(
-            {
-                "t": round(time.time(), 1),
-                "hits": hits,
-                "misses": misses,
-                "bytes_cache": self.totals.bytes_cache,
-                "bytes_upstream": self.totals.bytes_upstream,
-            }
-        )
+        return {
+            "t": round(time.time(), 1),
+            "hits": hits,
+            "misses": misses,
+            "bytes_cache": self.totals.bytes_cache,
+            "bytes_upstream": self.totals.bytes_upstream,
+        }
 
     def upstream(self, upstream: str, seconds: float, error: str | None) -> None:
         health = self.upstreams.get(upstream)

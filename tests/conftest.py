@@ -110,11 +110,12 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         images: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        host: str = "127.0.0.1",
     ) -> Appliance:
         port = free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
         config = {
-            "listen": f"127.0.0.1:{port}",
+            "listen": f"{host}:{port}",
             "cache": {"dir": str(cache_dir), "max_size": max_size},
             "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
             "admin": {"token_file": str(cache_dir.parent / f"admin-token-{port}")},
@@ -138,7 +139,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             if proc.poll() is not None:
                 raise RuntimeError(f"appliance exited: {app.log_text()}")
             try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                socket.create_connection((host, port), 0.2).close()
                 return app
             except OSError:
                 time.sleep(0.05)

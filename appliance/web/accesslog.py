@@ -32,7 +32,7 @@ def service_of(path: str) -> str | None:
         return "images"
     if path.startswith(("/streams/", "/keys/")):
         return "feed"
-    if path == "/" or path.startswith(("/api/", "/metrics", "/admin/", "/.well-known/")):
+    if path in ("/", "/favicon.ico") or path.startswith(("/api/", "/metrics", "/.well-known/")):
         return None
     return "apt"
 

@@ -118,6 +118,8 @@ class Service:
             return await self._api(request)
         if target == "/metrics":
             return self._metrics()
+        if target == "/favicon.ico":  # browsers on the status page ask for it
+            return web.Response(status=204)
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
@@ -164,10 +166,11 @@ class Service:
         )
 
     async def _index(self, request: web.BaseRequest) -> web.Response:
+        if request.headers.get("X-Status-Fragment"):  # the page's own refresh
+            snap = await status.snapshot(self)
+            return web.Response(text=status.render_main(snap), content_type="text/html")
         if "text/html" in request.headers.get("Accept", ""):  # a browser: the status page
             snap = await status.snapshot(self)
-            if request.headers.get("X-Status-Fragment"):
-                return web.Response(text=status.render_main(snap), content_type="text/html")
             return web.Response(text=status.render_page(snap), content_type="text/html")
         remaps = self.config.apt.remaps
         port = self.config.listen.port

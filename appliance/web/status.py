@@ -95,7 +95,7 @@ async def snapshot(service: Service) -> dict[str, Any]:
         "requests": totals.requests,
         "hit_ratio": round((hits["apt"] + hits["images"]) / served, 4) if served else None,
         "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
-        "history": list(m.history),
+        "history": [*m.history, m.point()],  # the last point is now
         "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
         "busiest": [{"package": n, "requests": c} for n, c in m.busiest(10)],
         "downloads": service.engine.in_flight(),

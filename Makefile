@@ -2,8 +2,10 @@
 VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
-# Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img
-TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils
+# Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img,
+# promtool + prometheus, headless chromium, ip (network namespaces)
+TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
+             prometheus chromium iproute2
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -11,7 +13,7 @@ MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: components run test lint bench bench-apt bench-sync bench-seed venv debs-test debs-bench clean
+.PHONY: components run test lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -20,24 +22,18 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-# install the Debian packages in $(1) that are missing
+# install the Debian packages in $(1) that are missing; no service they bring may start
+# (prometheus's would listen on every interface): a policy-rc.d denies it during the install
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+	  own_policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $(SUDO) chmod +x /usr/sbin/policy-rc.d; own_policy=1; fi; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	    --no-install-recommends $$missing; rc=$$?; \
+	  [ -z "$$own_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
 endef
-
-components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed
-$(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
-	$(PYTHON) -m venv $(COMPONENTS)/glance
-	$(COMPONENTS)/glance/bin/pip install -q --disable-pip-version-check \
-	    -c tests/components/glance-constraints.txt glance==$(GLANCE_VERSION) gunicorn
-	@touch $@
-$(COMPONENTS)/moto/.installed:
-	$(PYTHON) -m venv $(COMPONENTS)/moto
-	$(COMPONENTS)/moto/bin/pip install -q --disable-pip-version-check \
-	    "moto[s3,ec2]==$(MOTO_VERSION)" flask flask-cors
-	@touch $@
 
 debs-test:
 	$(call apt_install,$(TEST_DEBS))
@@ -58,7 +54,7 @@ lint: venv
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
-bench: bench-apt bench-sync bench-seed
+bench: bench-apt bench-sync bench-seed bench-observability
 
 bench-apt: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
@@ -68,6 +64,9 @@ bench-sync: venv debs-bench
 
 bench-seed: venv debs-test debs-bench components
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/seed_bench.sh $(SEED_IMAGE_MB)
+
+bench-observability: venv debs-bench
+	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/observability_bench.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -295,3 +295,56 @@ def test_json_logs(
     }
     assert any(r.get("reason", "").startswith("forbidden") for r in access)
     assert any(r.get("logger") == "appliance" and "serving on" in r["message"] for r in lines)
+
+
+def test_admin_api_is_not_reachable_from_another_host_by_default(
+    upstream: Upstream, start_appliance: StartAppliance
+) -> None:
+    from tests.netns import veth_pair
+
+    require("curl", "curl")
+    with veth_pair("adm", 41) as net:
+        default = start_appliance({"debian": [f"{upstream.url}/debian"]}, host=net.host_addr)
+        opened = start_appliance(
+            {"debian": [f"{upstream.url}/debian"]},
+            host=net.host_addr,
+            extra={
+                "admin": {
+                    "token_file": str(default.cache_dir.parent / "shared-token"),
+                    "allow": [f"{net.ns_addr}/32"],
+                }
+            },
+        )
+
+        def post(app: Appliance, token: str) -> str:
+            r = net.run(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                f"Authorization: Bearer {token}",
+                "-d",
+                '{"remap": "debian"}',
+                f"http://{net.host_addr}:{app.port}/api/admin/purge",
+            )
+            return r.stdout
+
+        assert post(default, default.token) == "403"  # right token, wrong place
+        status = net.run(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{net.host_addr}:{default.port}/api/status",
+        )
+        assert status.stdout == "200"  # the status page is for everyone
+        shared = (default.cache_dir.parent / "shared-token").read_text().strip()
+        assert post(opened, shared) == "200"  # allowed network + token
+        assert post(opened, "x" * 40) == "401"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,21 @@ def test_service_seeds_after_each_sync_and_on_demand(
         time.sleep(0.3)
     again = status["targets"]["one"]
     assert again["ok"] and actions(again, "uploaded") == [] and len(actions(again, "present")) == 4
+    metrics = http_get(f"{app.url}/metrics")[1].decode()
+    assert 'archive_local_seed_runs_total{target="one"} 2.0' in metrics
+    assert 'archive_local_images_seeded{target="one"} 4.0' in metrics
+    # the status page lists each mirrored version and where it is seeded
+    images = app.status()["images"]
+    rows = {(p["product"], v["version"]): v["seeded"] for p in images for v in p["versions"]}
+    assert len(rows) == 4
+    ids = images_of(g)
+    for seeded in rows.values():
+        assert [(x["target"], x["region"]) for x in seeded] == [("one", "RegionOne")]
+        assert seeded[0]["id"] in ids
+    req = urllib.request.Request(app.url + "/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        page = r.read().decode()
+    assert page.count("one/RegionOne") == 4
 
 
 class FakeKeystone:

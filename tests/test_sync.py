@@ -242,6 +242,11 @@ def test_service_syncs_on_start_and_on_demand(
         time.sleep(0.2)
     assert {i["status"] for i in state()["feeds"]["ex"]["items"]} == {"present"}
     assert item_gets(served) == gets
+    metrics = http_get(f"{app.url}/metrics")[1].decode()
+    assert 'archive_local_sync_runs_total{feed="ex"} 2.0' in metrics
+    assert 'archive_local_sync_failures_total{feed="ex"} 0.0' in metrics
+    assert 'archive_local_images_mirrored{feed="ex"} 4.0' in metrics
+    assert 'archive_local_sync_last_success_timestamp_seconds{feed="ex"}' in metrics
 
 
 @pytest.mark.parametrize("honours_range", [True, False], ids=["206", "range-ignored"])

@@ -34,11 +34,16 @@ class Inventory:
     def __init__(self) -> None:
         self.value: list[dict[str, Any]] = []
         self.at = 0.0
+        self.generation: Any = None
 
     async def get(self, service: Service) -> list[dict[str, Any]]:
-        if time.monotonic() - self.at > IMAGES_TTL:
+        sched = service.scheduler
+        # recomputed after each sync or seed of this service, and every IMAGES_TTL
+        # (a `sync`/`seed` run from the command line changes the disk too)
+        generation = (sched.last_run, sum(s["runs"] for s in sched.seed_stats.values()))
+        if generation != self.generation or time.monotonic() - self.at > IMAGES_TTL:
             self.value = await asyncio.to_thread(_inventory, service)
-            self.at = time.monotonic()
+            self.at, self.generation = time.monotonic(), generation
         return self.value
 
     def invalidate(self) -> None:

@@ -550,6 +550,8 @@ def _parse_logging(value: Any) -> LoggingConfig:
     if fmt not in ("text", "json"):
         raise ConfigError(f"logging.format: text or json, got {fmt!r}")
     access = data.get("access_log", "stderr")
+    if access is False:  # YAML reads a bare `off` as false
+        access = "off"
     if not isinstance(access, str) or not access:
         raise ConfigError(f"logging.access_log: stderr, off or a file path, got {access!r}")
     access_fmt = data.get("access_log_format", "json" if fmt == "json" else "common")

@@ -58,20 +58,6 @@ class Metrics:
         self.packages: dict[str, int] = {}
         self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS)
         self._next_sample = 0.0
-        requests = Counter(
-            PREFIX + "requests",
-            "Client requests by service and result",
-            ["service", "result"],
-            registry=self.registry,
-        )
-        self._requests = {(s, r): requests.labels(s, r) for s in SERVICES for r in RESULTS}
-        served = Counter(
-            PREFIX + "served_bytes",
-            "Body bytes sent to clients, by where they came from",
-            ["source"],
-            registry=self.registry,
-        )
-        self._served = {src: served.labels(src) for src in ("cache", "upstream")}
         self._upstream_seconds = Histogram(
             PREFIX + "upstream_request_duration_seconds",
             "Time to the response headers of an upstream request",
@@ -85,7 +71,7 @@ class Metrics:
             ["upstream", "reason"],
             registry=self.registry,
         )
-        self._sources: list[Callable[[], Iterator[Metric]]] = []
+        self._sources: list[Callable[[], Iterator[Metric]]] = [self._totals]
         self.registry.register(_Scraped(self._sources))
 
     # -- the hot path --------------------------------------------------------------------
@@ -97,10 +83,6 @@ class Metrics:
                 self.totals.bytes_upstream += nbytes
             else:
                 self.totals.bytes_cache += nbytes
-        if self.enabled:
-            self._requests[service, result].inc()
-            if nbytes:
-                self._served["upstream" if upstream else "cache"].inc(nbytes)
         if service == "apt" and path.endswith(".deb") and result in ("hit", "miss"):
             name = path.rsplit("/", 1)[-1]
             self.packages[name] = self.packages.get(name, 0) + 1
@@ -150,6 +132,22 @@ class Metrics:
                 self._upstream_errors.labels(upstream, error).inc()
 
     # -- scrape time ---------------------------------------------------------------------
+
+    def _totals(self) -> Iterator[Metric]:
+        """Request counts and bytes: plain integers on the hot path, exported here."""
+        requests = counter(
+            "requests", "Client requests by service and result", ["service", "result"]
+        )
+        for service, results in self.totals.requests.items():
+            for result, n in results.items():
+                requests.add_metric([service, result], n)
+        served = counter(
+            "served_bytes", "Body bytes sent to clients, by where they came from", ["source"]
+        )
+        served.add_metric(["cache"], self.totals.bytes_cache)
+        served.add_metric(["upstream"], self.totals.bytes_upstream)
+        yield requests
+        yield served
 
     def add_source(self, source: Callable[[], Iterator[Metric]]) -> None:
         """A function yielding metric families, called at each scrape."""

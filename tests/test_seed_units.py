@@ -137,3 +137,17 @@ def test_plan_matches_identity_and_checksum_not_names() -> None:
     assert [c.id for _, c in plan.present] == ["keep"]
     assert sorted(c.id for c in plan.remove) == ["old-version", "stale-bytes"]
     assert [c.id for c in plan.broken] == ["half"]
+
+
+def test_logging_metrics_admin_config() -> None:
+    cfg = parse("logging: {access_log: off, format: json}\nmetrics: {enabled: false}\n")
+    assert cfg.logging.access_log == "off"  # a bare YAML `off` is false: still means off
+    assert cfg.logging.access_log_format == "json" and cfg.metrics is False
+    assert cfg.admin.allow == ("127.0.0.0/8", "::1/128")
+    for text, message in (
+        ("logging: {format: xml}", "logging.format: text or json"),
+        ("admin: {allow: [not-a-net]}", "admin.allow[0]: not a network"),
+        ("metrics: {enabled: 1}", "metrics.enabled: expected true or false"),
+    ):
+        with pytest.raises(configuration.ConfigError, match=re.escape(message)):
+            parse(text)

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import IO, Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 
 from appliance.metrics import Metrics
@@ -23,6 +23,7 @@ from appliance.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _RESULT = {"HIT": "hit", "MISS": "miss", "REVALIDATED": "revalidated", "STALE": "stale"}
+_VERSIONS = {HttpVersion11: "HTTP/1.1", HttpVersion10: "HTTP/1.0"}
 _REFUSED = frozenset({400, 403, 405, 406, 411, 413, 414, 431})
 
 
@@ -113,16 +114,16 @@ class AccessLog:
             if reason:
                 record["reason"] = reason
             self._lines.append(json.dumps(record) + "\n")
-        else:
-            line = (
-                f"{request.remote or '-'} - - [{self._timestamp(now)}] "
-                f'"{request.method} {request.raw_path} HTTP/{request.version.major}.'
-                f'{request.version.minor}" {status} {nbytes} "-" "{agent}" '
-                f"{cache or '-'} {seconds:.6f}"
+        else:  # common log format + cache result + duration in microseconds (Apache's %D)
+            v = request.version
+            version = _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}"
+            stamp = self._stamp if int(now) == self._stamp_second else self._timestamp(now)
+            end = f' reason="{reason}"\n' if reason else "\n"
+            self._lines.append(
+                f'{request.remote or "-"} - - [{stamp}] "{request.method} {request.raw_path} '
+                f'{version}" {status} {nbytes} "-" "{agent}" {cache or "-"} '
+                f"{int(seconds * 1e6)}{end}"
             )
-            if reason:
-                line += f' reason="{reason}"'
-            self._lines.append(line + "\n")
         if len(self._lines) >= 512:
             self.flush()
 

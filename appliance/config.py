@@ -163,6 +163,15 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """How instances find the appliance (mDNS; the well-known document is always served)."""
+
+    mdns: bool = True
+    name: str = "archive.local"
+    interfaces: tuple[str, ...] = ()  # interface names or addresses; () = all but loopback
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen
     cache: CacheConfig
@@ -173,6 +182,7 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     metrics: bool = True
     admin: AdminConfig = AdminConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -589,6 +599,23 @@ def _parse_admin(value: Any) -> AdminConfig:
     return AdminConfig(Path(token_file), tuple(str(n) for n in allow))
 
 
+def _parse_discovery(value: Any) -> DiscoveryConfig:
+    data = _expect_mapping(value, "discovery")
+    _check_keys(data, ("mdns", "name", "interfaces"), "discovery")
+    mdns = data.get("mdns", True)
+    if not isinstance(mdns, bool):
+        raise ConfigError(f"discovery.mdns: expected true or false, got {mdns!r}")
+    name = data.get("name", "archive.local")
+    if not isinstance(name, str) or not re.fullmatch(
+        r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*\.local\.?", name
+    ):
+        raise ConfigError(f"discovery.name: a host name ending in .local, got {name!r}")
+    interfaces = data.get("interfaces", [])
+    if not isinstance(interfaces, list) or not all(isinstance(i, str) for i in interfaces):
+        raise ConfigError("discovery.interfaces: a list of interface names or addresses")
+    return DiscoveryConfig(mdns, name.rstrip("."), tuple(interfaces))
+
+
 def _parse_seed(value: Any) -> SeedConfig:
     data = _expect_mapping(value, "seed")
     _check_keys(data, ("after_sync", "targets"), "seed")
@@ -657,7 +684,18 @@ def parse(data: Any, source: str = "<config>") -> Config:
     data = _expect_mapping(data, "<top level>")
     _check_keys(
         data,
-        ("listen", "cache", "apt", "images", "upstream", "seed", "logging", "metrics", "admin"),
+        (
+            "listen",
+            "cache",
+            "apt",
+            "images",
+            "upstream",
+            "seed",
+            "logging",
+            "metrics",
+            "admin",
+            "discovery",
+        ),
         "",
     )
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
@@ -684,6 +722,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         logging=_parse_logging(data.get("logging") or {}),
         metrics=_parse_metrics(data.get("metrics", {})),
         admin=_parse_admin(data.get("admin") or {}),
+        discovery=_parse_discovery(data.get("discovery") or {}),
         source=source,
     )
 
@@ -773,6 +812,11 @@ def dump(config: Config) -> str:
             "admin": {
                 "token_file": str(config.admin.token_file),
                 "allow": list(config.admin.allow),
+            },
+            "discovery": {
+                "mdns": config.discovery.mdns,
+                "name": config.discovery.name,
+                "interfaces": list(config.discovery.interfaces),
             },
         },
         sort_keys=False,

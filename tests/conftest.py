@@ -119,6 +119,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "cache": {"dir": str(cache_dir), "max_size": max_size},
             "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
             "admin": {"token_file": str(cache_dir.parent / f"admin-token-{port}")},
+            "discovery": {"mdns": False},  # tests that want mDNS run it in a namespace
         }
         if images is not None:
             config["images"] = images

@@ -189,9 +189,9 @@ def test_status_page_in_headless_chromium(app: Appliance) -> None:
     with urllib.request.urlopen(req, timeout=10) as resp:
         fragment = resp.read().decode()
     assert fragment.startswith("<section>") and 'id="req-apt-hit">3<' in fragment
-    # apt and curl (no text/html) still get the plain text index
+    # apt and curl (no text/html) get apt-cacher-ng's `406 Usage Information` with the index
     code, body = http_get(f"{app.url}/")
-    assert code == 200 and body.startswith(b"archive-local")
+    assert code == 406 and body.startswith(b"archive-local")
 
 
 def test_status_json_and_cli(app: Appliance) -> None:

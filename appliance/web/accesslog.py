@@ -68,18 +68,26 @@ class AccessLog:
             self._file.close()
 
     def flush(self) -> None:
+        """Write the buffered lines now (at shutdown; the flusher does it while running)."""
         if self._lines and self._file is not None:
             lines, self._lines = self._lines, []
-            self._file.write("".join(lines))
+            self._write("".join(lines))
+
+    def _write(self, text: str) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(text)
             self._file.flush()
+        except OSError as exc:  # a full disk must not stop the service
+            log.warning("access log: %s", exc)
 
     async def _flusher(self) -> None:
+        """Once a second, hand the lines to a thread: a slow disk never stalls serving."""
         while True:
             await asyncio.sleep(1.0)
-            try:
-                self.flush()
-            except OSError as exc:  # a full disk must not stop the service
-                log.warning("access log: %s", exc)
+            if self._lines and self._file is not None:
+                lines, self._lines = self._lines, []
+                await asyncio.to_thread(self._write, "".join(lines))
 
     def _timestamp(self, now: float) -> str:
         second = int(now)
@@ -124,8 +132,6 @@ class AccessLog:
                 f'{version}" {status} {nbytes} "-" "{agent}" {cache or "-"} '
                 f"{int(seconds * 1e6)}{end}"
             )
-        if len(self._lines) >= 512:
-            self.flush()
 
 
 def _reason(response: web.StreamResponse) -> str | None:

@@ -7,7 +7,9 @@ cost to every cache hit. `cli.py` only runs it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,10 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.store import FilesystemStore
 from appliance.config import Config
+from appliance.discovery import wellknown
+from appliance.discovery.wellknown import WELL_KNOWN
 from appliance.metrics import Metrics
+from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.scheduler import Scheduler
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import status
@@ -52,6 +57,8 @@ class Service:
         self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
         self.admin = Admin(config.admin)
         self.inventory = status.Inventory()
+        self._fingerprint: str | None = None  # of the appliance key, read once
+        self.advertiser: Any = None
         self.router = Router(config.apt.remaps, config.apt.allow)
         self.fetcher = Fetcher.from_config(config.upstream)
         self.engine = CacheEngine(
@@ -70,8 +77,26 @@ class Service:
         await self.engine.start()
         self.access_log.start()
         self.scheduler.start()
+        await self._advertise()
+
+    async def _advertise(self) -> None:
+        """mDNS, unless turned off or listening on loopback only (nobody else could use it)."""
+        host, discovery = self.config.listen.host, self.config.discovery
+        if not discovery.mdns or host in ("127.0.0.1", "::1", "localhost"):
+            return
+        from appliance.discovery.mdns import Advertiser
+
+        if host not in ("0.0.0.0", "::", "") and not discovery.interfaces:
+            discovery = replace(discovery, interfaces=(host,))  # only where we listen
+        self.advertiser = Advertiser(discovery, self.config.listen.port)
+        try:
+            await self.advertiser.start()
+        except OSError as exc:  # no multicast here: the appliance still serves
+            log.warning("mDNS: cannot advertise (%s)", exc)
 
     async def close(self) -> None:
+        if self.advertiser is not None:
+            await self.advertiser.close()
         await self.scheduler.close()
         await self.engine.close()
         await self.fetcher.close()
@@ -120,6 +145,8 @@ class Service:
             return self._metrics()
         if target == "/favicon.ico":  # browsers on the status page ask for it
             return web.Response(status=204)
+        if target == WELL_KNOWN:
+            return await self._well_known(request)
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
@@ -165,6 +192,16 @@ class Service:
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
+    async def _well_known(self, request: web.BaseRequest) -> web.Response:
+        if self._fingerprint is None:
+            signer = Signer(self.config.images.gnupg_home)
+            try:
+                self._fingerprint = await asyncio.to_thread(lambda: signer.fingerprint or "")
+            except (OSError, SignatureError):
+                self._fingerprint = ""
+        doc = wellknown.document(self, request.headers.get("Host"), self._fingerprint or None)
+        return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
+
     async def _index(self, request: web.BaseRequest) -> web.Response:
         if request.headers.get("X-Status-Fragment"):  # the page's own refresh
             snap = await status.snapshot(self)
@@ -175,7 +212,12 @@ class Service:
         remaps = self.config.apt.remaps
         port = self.config.listen.port
         names = "\n".join(f"  /{n}/ -> {', '.join(remaps[n])}" for n in self.router.remap_names)
+        # `406 Usage Information`, as apt-cacher-ng answers apt's own GET /: what
+        # auto-apt-proxy probes for. Browsers got the status page above.
         return web.Response(
+            status=406,
+            reason="Usage Information",
             text=f"archive-local {__version__}: apt cache\n\nremaps:\n{names}\n"
             f'\nforward proxy: Acquire::http::Proxy "http://<this host>:{port}";\n'
+            "status page: open this address in a browser\n",
         )

@@ -1,0 +1,1 @@
+"""How instances find the appliance: mDNS records and the /.well-known/archive-local document."""

@@ -5,7 +5,7 @@ BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img,
 # promtool + prometheus, headless chromium, ip (network namespaces)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
-             prometheus chromium iproute2
+             prometheus chromium iproute2 cloud-init dnsmasq-base
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -35,8 +35,31 @@ define apt_install
 	  [ -z "$$own_policy" ] || $(SUDO) rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
 endef
 
+components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed \
+            $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy
+$(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
+	$(PYTHON) -m venv $(COMPONENTS)/glance
+	$(COMPONENTS)/glance/bin/pip install -q --disable-pip-version-check \
+	    -c tests/components/glance-constraints.txt glance==$(GLANCE_VERSION) gunicorn
+	@touch $@
+$(COMPONENTS)/moto/.installed:
+	$(PYTHON) -m venv $(COMPONENTS)/moto
+	$(COMPONENTS)/moto/bin/pip install -q --disable-pip-version-check \
+	    "moto[s3,ec2]==$(MOTO_VERSION)" flask flask-cors
+	@touch $@
+
+# Debian's auto-apt-proxy, unpacked, not installed: installed it would hook the machine's apt
+$(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy:
+	mkdir -p $(COMPONENTS)/debs
+	cd $(COMPONENTS)/debs && { apt-get download auto-apt-proxy 2>/dev/null || \
+	    { $(SUDO) apt-get update -q && apt-get download auto-apt-proxy; }; }
+	dpkg-deb -x $(COMPONENTS)/debs/auto-apt-proxy_*.deb $(COMPONENTS)/auto-apt-proxy
+	@touch $@
+
 debs-test:
 	$(call apt_install,$(TEST_DEBS))
+	@# cloud-init is here for its code; it must never run at this machine's boot
+	@[ -e /etc/cloud/cloud-init.disabled ] || $(SUDO) touch /etc/cloud/cloud-init.disabled
 
 debs-bench:
 	$(call apt_install,$(BENCH_DEBS))
@@ -45,12 +68,12 @@ run: venv
 	$(BIN)/archive-local serve $(ARGS)
 
 test: venv debs-test components
-	$(BIN)/ruff check appliance tests
+	$(BIN)/ruff check appliance tests cloud-init
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check appliance tests
-	$(BIN)/ruff format --check appliance tests
+	$(BIN)/ruff check appliance tests cloud-init
+	$(BIN)/ruff format --check appliance tests cloud-init
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)

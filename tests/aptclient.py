@@ -9,9 +9,16 @@ from pathlib import Path
 
 class AptClient:
     def __init__(
-        self, home: Path, source_url: str, keyring: Path, arch: str, proxy: str | None = None
+        self,
+        home: Path,
+        source_url: str,
+        keyring: Path,
+        arch: str,
+        proxy: str | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> None:
         self.home = home
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NS): run apt in another namespace
         for d in (
             "etc/apt.conf.d",
             "etc/preferences.d",
@@ -46,7 +53,11 @@ class AptClient:
         env["APT_CONFIG"] = str(self.config)
         env["DEBIAN_FRONTEND"] = "noninteractive"
         return subprocess.run(
-            ["apt-get", "-q", *args], env=env, capture_output=True, text=True, timeout=120
+            [*self.prefix, "apt-get", "-q", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def update(self) -> subprocess.CompletedProcess[str]:

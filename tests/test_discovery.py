@@ -1,0 +1,300 @@
+"""Found at boot: the appliance advertises itself (mDNS, the well-known document, the 406 that
+auto-apt-proxy looks for) and the cloud-init module finds it, run by Debian's real cloud-init.
+
+The appliance and the client live in two network namespaces joined by a veth pair with
+real multicast; nothing here touches the machine's own network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.aptclient import AptClient
+from tests.aptrepo import AptRepo
+from tests.conftest import IN_CI, require
+from tests.netns import Link, linked_namespaces
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE_DIR = ROOT / "cloud-init"
+HARNESS = Path(__file__).with_name("cloudinit_harness.py")
+AUTO_APT_PROXY = ROOT / ".components/auto-apt-proxy/usr/bin/auto-apt-proxy"
+PORT = 3142  # what auto-apt-proxy probes; free inside the appliance's own namespace
+DOMAIN = "archive-test.internal"
+
+
+def need_cloud_init() -> None:
+    if subprocess.run(
+        ["/usr/bin/python3", "-c", "import cloudinit"], capture_output=True
+    ).returncode:
+        msg = "cloud-init missing: apt-get install cloud-init (make test does)"
+        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+
+
+class Site:
+    """The appliance side (namespace a): an apt repository, the appliance, maybe dnsmasq."""
+
+    def __init__(self, link: Link, tmp: Path, repo: AptRepo | None) -> None:
+        self.link, self.tmp = link, tmp
+        self.procs: list[subprocess.Popen] = []
+        self.repo_url = f"http://{link.a_addr}:8080/debian"
+        if repo is not None:
+            self.procs.append(
+                link.popen_a(
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    "-b",
+                    link.a_addr,
+                    "-d",
+                    str(repo.root.parent),
+                    "8080",
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+    def appliance(self, mdns: bool = True, port: int = PORT) -> str:
+        cfg = self.tmp / f"appliance-{port}.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": f"0.0.0.0:{port}",
+                    "cache": {"dir": str(self.tmp / f"cache-{port}")},
+                    "apt": {"remaps": {"debian": [self.repo_url]}},
+                    "images": {"gnupg_home": str(self.tmp / "gnupg")},
+                    "admin": {"token_file": str(self.tmp / f"token-{port}")},
+                    "discovery": {"mdns": mdns},
+                    "logging": {"access_log": "off"},
+                }
+            )
+        )
+        log = (self.tmp / f"appliance-{port}.log").open("wb")
+        self.procs.append(
+            self.link.popen_a(
+                sys.executable,
+                "-m",
+                "appliance",
+                "--config",
+                str(cfg),
+                "serve",
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        url = f"http://{self.link.a_addr}:{port}"
+        for _ in range(100):
+            r = self.link.run_a("curl", "-sf", "-m", "1", url + "/.well-known/archive-local")
+            if r.returncode == 0:
+                return url
+            time.sleep(0.1)
+        raise AssertionError((self.tmp / f"appliance-{port}.log").read_text())
+
+    def dns(self, srv_port: int, target_addr: str) -> None:
+        """dnsmasq in namespace a: SRV _apt_proxy._tcp.<DOMAIN> -> archive.<DOMAIN>:port."""
+        require("dnsmasq", "dnsmasq-base")
+        self.procs.append(
+            self.link.popen_a(
+                shutil.which("dnsmasq") or "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                f"--listen-address={self.link.a_addr}",
+                "--except-interface=lo",
+                "--user=root",
+                f"--pid-file={self.tmp}/dnsmasq.pid",
+                f"--srv-host=_apt_proxy._tcp.{DOMAIN},archive.{DOMAIN},{srv_port}",
+                f"--host-record=archive.{DOMAIN},{target_addr}",
+                "--log-facility=-",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(0.5)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def site_factory(tmp_path: Path) -> Iterator:
+    sites: list[Site] = []
+
+    def make(link: Link, repo: AptRepo | None = None) -> Site:
+        sites.append(Site(link, tmp_path, repo))
+        return sites[-1]
+
+    yield make
+    for s in sites:
+        s.close()
+
+
+def boot(link: Link, tmp: Path, user_data: dict, apt_file: str | None = None) -> dict:
+    """cloud-init's archive_local and apt_configure modules, run in namespace b."""
+    need_cloud_init()
+    work = tmp / f"ci-{time.monotonic_ns()}"
+    work.mkdir()
+    ud = work / "user-data"
+    ud.write_text("#cloud-config\n" + yaml.safe_dump(user_data))
+    extra = []
+    if apt_file is not None:
+        (work / "90archive-local-proxy").write_text(apt_file)
+        extra = ["--apt-file", str(work / "90archive-local-proxy")]
+    r = link.run_b(
+        "/usr/bin/python3",
+        str(HARNESS),
+        "--workdir",
+        str(work),
+        "--user-data",
+        str(ud),
+        "--module-path",
+        str(MODULE_DIR),
+        "--modules",
+        "archive_local,apt_configure",
+        *extra,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+PROXY_FILE = "/etc/apt/apt.conf.d/90archive-local-proxy"
+RECORD = "/run/archive-local/client.json"
+
+
+def test_well_known_and_406(site_factory, tmp_path: Path) -> None:
+    with linked_namespaces("wk", 51) as link:
+        url = site_factory(link).appliance(mdns=False)
+        doc = json.loads(link.run_b("curl", "-sf", f"{url}/.well-known/archive-local").stdout)
+        assert doc["service"] == "archive-local" and doc["apt_proxy"] == f"{url}/"
+        assert doc["remaps"] == {"debian": f"{url}/debian/"}
+        assert doc["images"]["curated"] == f"{url}/streams/v1/index.sjson"
+        head = link.run_b("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/")
+        assert head.stdout == "406"
+        status = link.run_b("curl", "-si", f"{url}/")
+        assert status.stdout.startswith("HTTP/1.1 406 Usage Information")
+        page = link.run_b("curl", "-s", "-H", "Accept: text/html", f"{url}/")
+        assert "<title>archive-local</title>" in page.stdout  # browsers: the status page
+
+
+def test_mdns_discovery_by_cloud_init_then_apt_update(
+    site_factory, apt_repo: AptRepo, tmp_path: Path
+) -> None:
+    with linked_namespaces("md", 52) as link:
+        site = site_factory(link, apt_repo)
+        url = site.appliance(mdns=True)
+        time.sleep(2)  # zeroconf probes and announces before it answers
+        report = boot(link, tmp_path, {"archive_local": {"timeout": 2}})
+        assert report["failed"] == {}, report
+        assert report["etc_apt"].get(PROXY_FILE, "").endswith(f'Acquire::http::Proxy "{url}/";\n')
+        record = json.loads(report["run_archive_local"][RECORD])
+        assert record["found_by"] == "mdns" and record["apt_proxy"] == f"{url}/"
+        assert record["images"]["curated"].startswith(url)
+        assert any(f"found {url} by mdns" in line for line in report["log"]), report["log"]
+        # apt-get update in the client namespace through the discovered proxy
+        proxy = report["etc_apt"][PROXY_FILE].split('"')[1]
+        client = AptClient(
+            tmp_path / "apt",
+            site.repo_url,
+            apt_repo.keyring,
+            apt_repo.arch,
+            proxy=proxy,
+            prefix=("ip", "netns", "exec", link.b),
+        )
+        r = client.update()
+        assert r.returncode == 0 and "Err:" not in r.stdout, r.stdout + r.stderr
+        r = client.download("al-tools")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert set(client.archives) == {"al-tools", "al-hello"}
+
+
+def test_srv_discovery_and_rogue_answers(site_factory, tmp_path: Path) -> None:
+    resolv = f"nameserver 10.231.53.1\nsearch {DOMAIN}\n"
+    with linked_namespaces("srv", 53, resolv_b=resolv) as link:
+        site = site_factory(link)
+        url = site.appliance(mdns=False, port=3150)
+        site.dns(3150, link.a_addr)
+        report = boot(link, tmp_path, {"archive_local": {"timeout": 2}})
+        record = json.loads(report["run_archive_local"][RECORD])
+        assert record["found_by"] == "srv" and record["url"] == url
+        assert report["etc_apt"][PROXY_FILE].endswith(f'"{url}/";\n')
+
+
+def test_rogue_answers_are_ignored(site_factory, tmp_path: Path) -> None:
+    resolv = f"nameserver 10.231.54.1\nsearch {DOMAIN}\n"
+    with linked_namespaces("rog", 54, resolv_b=resolv) as link:
+        site = site_factory(link)
+        rogue = tmp_path / "rogue"
+        (rogue / ".well-known").mkdir(parents=True)
+        site.procs.append(
+            link.popen_a(
+                sys.executable,
+                "-m",
+                "http.server",
+                "-b",
+                link.a_addr,
+                "-d",
+                str(rogue),
+                "3142",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        site.dns(3142, link.a_addr)
+        for body in ("this is not json", '{"service": "apt-cacher-ng", "apt_proxy": "x"}'):
+            (rogue / ".well-known/archive-local").write_text(body)
+            report = boot(
+                link,
+                tmp_path,
+                {"archive_local": {"timeout": 2}},
+                apt_file='Acquire::http::Proxy "http://10.9.9.9:3142/";\n',
+            )
+            assert report["failed"] == {}
+            assert PROXY_FILE in report["removed"]  # the stale setting of an earlier boot
+            assert report["run_archive_local"] == {}
+            assert any("no appliance found" in line for line in report["log"]), report["log"]
+
+
+def test_no_appliance_costs_nothing(tmp_path: Path) -> None:
+    with linked_namespaces("none", 55) as link:
+        report = boot(link, tmp_path, {"archive_local": {"timeout": 2}})
+        assert (
+            report["failed"] == {} and report["etc_apt"] == {} and report["run_archive_local"] == {}
+        )
+        assert report["seconds"]["archive_local"] < 1.0, report  # the 2 s bound is not used up
+        [line] = [x for x in report["log"] if "archive_local:" in x]
+        assert "no appliance found (resolver, mDNS, SRV)" in line
+        explicit = boot(link, tmp_path, {"archive_local": {"url": "http://10.231.55.1:3142"}})
+        assert explicit["etc_apt"] == {} and explicit["seconds"]["archive_local"] < 2.5
+        off = boot(link, tmp_path, {"archive_local": {"enabled": False}})
+        assert off["etc_apt"] == {} and any("disabled" in x for x in off["log"])
+
+
+def test_explicit_url_and_auto_apt_proxy(site_factory, tmp_path: Path) -> None:
+    if not AUTO_APT_PROXY.exists():
+        msg = "auto-apt-proxy missing: make test unpacks Debian's package into .components"
+        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+    with linked_namespaces("aap", 56) as link:
+        url = site_factory(link).appliance(mdns=False)
+        report = boot(link, tmp_path, {"archive_local": {"url": url + "/"}})
+        assert json.loads(report["run_archive_local"][RECORD])["found_by"] == "url"
+        # Debian's auto-apt-proxy in the client: no SRV record, so it probes the default
+        # gateway on 3142 and recognises apt-cacher-ng's 406 answer
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        r = link.run_b(str(AUTO_APT_PROXY), env=env)
+        assert r.stdout.strip() == url, r.stdout + r.stderr

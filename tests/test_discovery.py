@@ -221,6 +221,78 @@ def test_mdns_discovery_by_cloud_init_then_apt_update(
         r = client.download("al-tools")
         assert r.returncode == 0, r.stdout + r.stderr
         assert set(client.archives) == {"al-tools", "al-hello"}
+        # the service record that auto-apt-proxy / squid-deb-proxy-client look for
+        r = link.run_b("/usr/bin/python3", "-c", SERVICE_QUERY, str(MODULE_DIR))
+        assert r.stdout.split() == ["archive.local", str(PORT)], r.stdout + r.stderr
+        # a clean shutdown withdraws the records (goodbye: TTL 0), seen by a multicast listener
+        listener = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                link.b,
+                "/usr/bin/python3",
+                "-c",
+                GOODBYE_LISTENER,
+                str(MODULE_DIR),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.5)
+        appliance = site.procs[-1]
+        appliance.terminate()
+        appliance.wait(15)
+        out, _ = listener.communicate(timeout=15)
+        assert "goodbye archive.local" in out, out
+        gone = boot(
+            link,
+            tmp_path,
+            {"archive_local": {"timeout": 2}},
+            apt_file=report["etc_apt"][PROXY_FILE],
+        )
+        assert gone["run_archive_local"] == {} and PROXY_FILE in gone["removed"]
+
+
+# joins the mDNS group and prints the records announced with TTL 0 (withdrawn)
+GOODBYE_LISTENER = """
+import socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+import cc_archive_local as m
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", m.MDNS_PORT))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton(m.MDNS_GROUP) + socket.inet_aton("0.0.0.0"))
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    s.settimeout(deadline - time.monotonic())
+    try:
+        msg = s.recv(9000)
+    except OSError:
+        break
+    for name, rtype, rdata, offset in m._records(msg):
+        ttl = struct.unpack("!I", msg[offset - 6 : offset - 2])[0]
+        if rtype == 1 and ttl == 0:
+            print("goodbye", name, flush=True)
+            sys.exit(0)
+"""
+
+
+# a one-shot mDNS query for the _apt_proxy._tcp service, printing its SRV target and port
+SERVICE_QUERY = """
+import socket, struct, sys, time
+sys.path.insert(0, sys.argv[1])
+import cc_archive_local as m
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(m._query("_apt_proxy._tcp.local", 12), (m.MDNS_GROUP, m.MDNS_PORT))
+s.settimeout(2)
+msg = s.recv(9000)
+for name, rtype, rdata, offset in m._records(msg):
+    if rtype == 33:
+        _prio, _weight, port = struct.unpack("!3H", rdata[:6])
+        print(m._name(msg, offset + 6)[0], port)
+"""
 
 
 def test_srv_discovery_and_rogue_answers(site_factory, tmp_path: Path) -> None:

@@ -81,7 +81,8 @@ class Advertiser:
         if self.zeroconf is None:
             return
         if self.info is not None:
-            await self.zeroconf.async_unregister_service(self.info)  # goodbye packets
+            # the call returns the task that sends the goodbye packets: wait for them
+            await (await self.zeroconf.async_unregister_service(self.info))
         await self.zeroconf.async_close()
         self.zeroconf = None
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.aptrepo import AptRepo, build_repo
-from tests.feed import Feed, build_feed
+from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -235,6 +235,28 @@ def feed_config(tmp_path: Path, feed: Feed, served: Upstream) -> Path:
         )
     )
     return cfg
+
+
+SEED_SERIALS = ("20240101", "20240301")
+
+
+@pytest.fixture
+def qcow_feed(tmp_path: Path) -> Iterator[Feed]:
+    """A feed whose disk images are real qcow2 files (what Glance checks for), 2 versions."""
+    require("gpg", "gnupg")
+    require("qemu-img", "qemu-utils")
+    f = build_feed(
+        tmp_path, item_size=2 * 1024 * 1024, serials=SEED_SERIALS, make_image=qcow2_image
+    )
+    yield f
+    f.key.close()
+
+
+@pytest.fixture
+def qcow_served(qcow_feed: Feed) -> Iterator[Upstream]:
+    server = Upstream(qcow_feed.root).start()
+    yield server
+    server.close()
 
 
 def run_sync(config: Path, *args: str) -> tuple[int, list[dict], str]:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
 from tests.components import ec2_endpoint as moto_server
-from tests.conftest import FILTERS, IN_CI, free_port, require, run_sync
+from tests.conftest import FILTERS, IN_CI, free_port, run_sync
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
 
@@ -96,22 +96,6 @@ def eucarc(tmp_path: Path) -> tuple[Path, Any]:
     )
     rc.chmod(0o600)
     return rc, cloud_key
-
-
-@pytest.fixture
-def qcow_feed(tmp_path: Path) -> Iterator[Feed]:
-    require("gpg", "gnupg")
-    require("qemu-img", "qemu-utils")
-    f = build_feed(tmp_path, item_size=2 * 1024 * 1024, serials=SERIALS, make_image=qcow2_image)
-    yield f
-    f.key.close()
-
-
-@pytest.fixture
-def qcow_served(qcow_feed: Feed) -> Iterator[Upstream]:
-    server = Upstream(qcow_feed.root).start()
-    yield server
-    server.close()
 
 
 def ec2_target(name: str, moto: moto_server.Moto, creds: Path, **kw: Any) -> dict:

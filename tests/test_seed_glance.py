@@ -58,22 +58,6 @@ def glance_pair(glances: list[glance_server.Glance]) -> list[glance_server.Glanc
     return glances
 
 
-@pytest.fixture
-def qcow_feed(tmp_path: Path) -> Iterator[Feed]:
-    require("gpg", "gnupg")
-    require("qemu-img", "qemu-utils")
-    f = build_feed(tmp_path, item_size=IMAGE_SIZE, serials=SERIALS, make_image=qcow2_image)
-    yield f
-    f.key.close()
-
-
-@pytest.fixture
-def qcow_served(qcow_feed: Feed) -> Iterator[Upstream]:
-    server = Upstream(qcow_feed.root).start()
-    yield server
-    server.close()
-
-
 def glance_target(name: str, g: glance_server.Glance, token_file: Path, **kw: Any) -> dict:
     return {
         "name": name,

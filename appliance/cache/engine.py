@@ -28,6 +28,7 @@ from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
 from appliance.cache.store import Entry, FilesystemStore, Meta, Store, TempFile
+from appliance.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +94,16 @@ def _matches(entry: Entry, expect: Expect) -> bool:
 
 
 class CacheEngine:
+    @classmethod
+    def from_config(cls, config: Config, fetcher: Fetcher) -> CacheEngine:
+        """The engine on the configured cache directory (service and CLI commands alike)."""
+        return cls(
+            FilesystemStore(config.cache.dir),
+            fetcher,
+            max_size=config.cache.max_size,
+            ttl=config.apt.index_ttl,
+        )
+
     def __init__(self, store: Store, fetcher: Fetcher, *, max_size: int, ttl: float) -> None:
         self.store = store
         self.fetcher = fetcher

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 from appliance import config as configuration
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
-from appliance.cache.store import FilesystemStore
 from appliance.config import FeedConfig
 from appliance.streams.curated import KEY_PATHS, curated_key
 from appliance.streams.filters import FilterError, parse_filters
@@ -151,12 +150,7 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
         print(f"archive-local: {exc}", file=sys.stderr)
         return 2
     fetcher = Fetcher.from_config(config.upstream)
-    engine = CacheEngine(
-        FilesystemStore(config.cache.dir),
-        fetcher,
-        max_size=config.cache.max_size,
-        ttl=config.apt.index_ttl,
-    )
+    engine = CacheEngine.from_config(config, fetcher)
     progress = _Progress(engine, sys.stderr.isatty() and not args.json)
     ticker = asyncio.create_task(progress.ticker())
     try:
@@ -191,12 +185,7 @@ async def run_keys(args: argparse.Namespace, config: configuration.Config) -> in
     try:
         signer = Signer(config.images.gnupg_home)
         fingerprint = signer.ensure_key()
-        engine = CacheEngine(
-            FilesystemStore(config.cache.dir),
-            Fetcher.from_config(config.upstream),
-            max_size=config.cache.max_size,
-            ttl=config.apt.index_ttl,
-        )
+        engine = CacheEngine.from_config(config, Fetcher.from_config(config.upstream))
         for path, armor in KEY_PATHS.items():
             await engine.put(curated_key(path), signer.public_key(armor=armor))
     except (OSError, SignatureError) as exc:
@@ -228,12 +217,7 @@ async def run_publish(args: argparse.Namespace, config: configuration.Config) ->
         return _err(f"--name {args.name!r}: letters, digits, '.', '_' or '-'")
     try:
         spec = load_products_file(args.products)
-        engine = CacheEngine(
-            FilesystemStore(config.cache.dir),
-            Fetcher.from_config(config.upstream),
-            max_size=config.cache.max_size,
-            ttl=config.apt.index_ttl,
-        )
+        engine = CacheEngine.from_config(config, Fetcher.from_config(config.upstream))
         publisher = Publisher(engine, Signer(config.images.gnupg_home), args.name)
         async with sync_lock(config.cache.dir):
             plan = await publisher.publish(args.build_dir, spec, args.version, args.dry_run)

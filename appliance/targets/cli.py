@@ -9,7 +9,6 @@ import sys
 from appliance import config as configuration
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
-from appliance.cache.store import FilesystemStore
 from appliance.targets.plan import Plan
 from appliance.targets.run import seed_targets
 from appliance.targets.seeder import Action, TargetOutcome
@@ -75,12 +74,7 @@ async def run_seed(args: argparse.Namespace, config: configuration.Config) -> in
         print(f"archive-local: {what} in the configuration", file=sys.stderr)
         return 2
     fetcher = Fetcher.from_config(config.upstream)
-    engine = CacheEngine(
-        FilesystemStore(config.cache.dir),
-        fetcher,
-        max_size=config.cache.max_size,
-        ttl=config.apt.index_ttl,
-    )
+    engine = CacheEngine.from_config(config, fetcher)
     try:
         outcomes = await seed_targets(
             config,

@@ -21,7 +21,6 @@ from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
-from appliance.cache.store import FilesystemStore
 from appliance.config import Config
 from appliance.discovery import wellknown
 from appliance.discovery.wellknown import WELL_KNOWN
@@ -61,12 +60,7 @@ class Service:
         self.advertiser: Any = None
         self.router = Router(config.apt.remaps, config.apt.allow)
         self.fetcher = Fetcher.from_config(config.upstream)
-        self.engine = CacheEngine(
-            FilesystemStore(config.cache.dir),
-            self.fetcher,
-            max_size=config.cache.max_size,
-            ttl=config.apt.index_ttl,
-        )
+        self.engine = CacheEngine.from_config(config, self.fetcher)
         self.images = ImageRoutes(self.engine)
         self.scheduler = Scheduler(config, self.engine, self.fetcher)
         self.fetcher.monitor = self.metrics.upstream

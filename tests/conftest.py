@@ -273,6 +273,26 @@ def run_sync(config: Path, *args: str) -> tuple[int, list[dict], str]:
     return r.returncode, out, r.stderr
 
 
+def run_seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    """`archive-local seed --json`: exit code, the per-target outcomes, stderr."""
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(config), "seed", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    try:
+        out = json.loads(r.stdout)
+    except ValueError:
+        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
+    return r.returncode, out, r.stderr
+
+
+def actions(outcome: dict, kind: str) -> list[dict]:
+    """The actions of one kind (uploaded, removed, ...) in a seed outcome."""
+    return [a for a in outcome["actions"] if a["action"] == kind]
+
+
 def http_get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=30) as r:

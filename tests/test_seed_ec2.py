@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
 from tests.components import ec2_endpoint as moto_server
-from tests.conftest import FILTERS, IN_CI, free_port, run_sync
+from tests.conftest import FILTERS, IN_CI, actions, free_port, run_sync
+from tests.conftest import run_seed as seed
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
 
@@ -136,19 +137,6 @@ def write_config(tmp_path: Path, feed: Feed, served: Upstream, targets: list[dic
     return cfg
 
 
-def seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(config), "seed", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    try:
-        return r.returncode, json.loads(r.stdout), r.stderr
-    except ValueError:
-        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
-
-
 def clients(moto: moto_server.Moto, region: str = "us-east-1") -> tuple[Any, Any, Any]:
     import boto3
     from botocore.config import Config
@@ -227,10 +215,6 @@ def unbundle(s3: Any, location: str, cloud_key: Any, user_cert: Path) -> bytes:
     assert len(data) == int(image.findtext("size"))
     assert root.findtext("machine_configuration/architecture") == "x86_64"
     return data
-
-
-def actions(outcome: dict, kind: str) -> list[dict]:
-    return [a for a in outcome["actions"] if a["action"] == kind]
 
 
 def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(

@@ -20,7 +20,17 @@ import pytest
 import yaml
 
 from tests.components import glance as glance_server
-from tests.conftest import FILTERS, IN_CI, StartAppliance, free_port, http_get, require, run_sync
+from tests.conftest import (
+    FILTERS,
+    IN_CI,
+    StartAppliance,
+    actions,
+    free_port,
+    http_get,
+    require,
+    run_sync,
+)
+from tests.conftest import run_seed as seed
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
 
@@ -100,24 +110,6 @@ def token_file(tmp_path: Path, token: str = glance_server.TOKEN) -> Path:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return path
-
-
-def seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(config), "seed", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    try:
-        out = json.loads(r.stdout)
-    except ValueError:
-        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
-    return r.returncode, out, r.stderr
-
-
-def actions(outcome: dict, kind: str) -> list[dict]:
-    return [a for a in outcome["actions"] if a["action"] == kind]
 
 
 def images_of(g: glance_server.Glance) -> dict[str, Any]:

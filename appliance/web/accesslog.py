@@ -138,6 +138,8 @@ def _reason(response: web.StreamResponse) -> str | None:
     """The one-line reason a refused or failed request got (the body of our error pages)."""
     if response.status < 400 or not isinstance(response, web.Response):
         return None
+    if response.status == 406:  # the usage answer to apt's GET /, not a failure
+        return response.reason
     body = response.body
     if not isinstance(body, bytes | bytearray) or len(body) > 500:
         return response.reason

@@ -151,3 +151,19 @@ def test_logging_metrics_admin_config() -> None:
     ):
         with pytest.raises(configuration.ConfigError, match=re.escape(message)):
             parse(text)
+
+
+def test_admin_token_file_rules(tmp_path: Path) -> None:
+    from appliance.web.admin import AdminUnavailable, load_token
+
+    path = tmp_path / "sub/token"
+    token = load_token(path)  # created on first start
+    assert len(token) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert load_token(path) == token
+    path.chmod(0o644)
+    with pytest.raises(AdminUnavailable, match="chmod 600"):
+        load_token(path)
+    path.chmod(0o600)
+    path.write_text("short\n")
+    with pytest.raises(AdminUnavailable, match="at least 16"):
+        load_token(path)

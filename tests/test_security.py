@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +142,9 @@ def test_connect_tunnels_to_allowed_host_on_443(
         assert head.startswith(b"HTTP/1.1 200"), head
         s.sendall(b"hello through the tunnel")
         assert s.recv(4096) == b"HELLO THROUGH THE TUNNEL"
+    time.sleep(0.3)
+    # a tunnel is not a cache hit: not counted in the request metrics
+    assert app.status()["requests"]["apt"]["hit"] == 0
 
 
 @pytest.mark.parametrize("target", ["example.invalid:443", "127.0.0.1:22", "127.0.0.1:80"])

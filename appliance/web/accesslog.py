@@ -154,7 +154,7 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
             path = request.raw_path
             status = response.status
             cache = response.headers.get("X-Cache", "")
-            service = service_of(path)
+            service = None if request.method == "CONNECT" else service_of(path)
             reason = _reason(response) if status >= 400 else None
             # body bytes of the response as sent (Content-Length: the whole file or range)
             nbytes = (response.content_length or 0) if request.method != "HEAD" else 0

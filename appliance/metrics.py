@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -180,7 +179,3 @@ def gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFa
 
 def counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
     return CounterMetricFamily(PREFIX + name, doc, labels=labels)
-
-
-def families(*metrics: Any) -> Iterator[Metric]:
-    yield from metrics

@@ -302,9 +302,8 @@ def run(cfg: dict) -> str:
         if stale:
             os.unlink(APT_FILE)
         tried = "url" if cfg.get("url") else "resolver, mDNS, SRV"
-        return (
-            f"archive_local: no appliance found ({tried}) in {took:.2f} s; nothing written"
-            + ("; removed the proxy setting of an earlier boot" if stale else "")
+        return f"archive_local: no appliance found ({tried}) in {took:.2f} s; nothing written" + (
+            "; removed the proxy setting of an earlier boot" if stale else ""
         )
     method, base, doc = found
     proxy = f"{base}/"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import re
 import shlex
 import subprocess
@@ -31,7 +32,7 @@ from typing import Any
 from appliance.config import ConfigError, Ec2TargetConfig
 from appliance.targets.bundle import BundleKeys, bundle
 from appliance.targets.catalog import SeedImage
-from appliance.targets.plan import CloudImage
+from appliance.targets.plan import CloudImage, SeedError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ EC2_ARCH = {"amd64": "x86_64", "arm64": "arm64", "i386": "i386"}
 EBS_BLOCK = 512 * 1024
 TAG_KEYS = ("content_id", "source_content_id", "product_name", "version_name", "item_name")
 _NAME_OK = re.compile(r"[^A-Za-z0-9()./_ -]")
-
-
-class SeedError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -80,8 +77,6 @@ def _parse_rc(path: Path) -> dict[str, str]:
 
 
 def read_credentials(target: Ec2TargetConfig) -> Credentials:
-    import os
-
     if target.credentials_file is not None:
         try:
             values = _parse_rc(target.credentials_file)

@@ -17,16 +17,12 @@ from typing import Any, BinaryIO
 
 from appliance.config import GlanceTargetConfig
 from appliance.targets.catalog import SeedImage
-from appliance.targets.plan import CloudImage
+from appliance.targets.plan import CloudImage, SeedError
 
 log = logging.getLogger(__name__)
 
 OWNER_PROPERTY = "archive_local_target"  # marks images this target created
 IDENTITY = ("product_name", "version_name", "item_name", "source_content_id")
-
-
-class SeedError(RuntimeError):
-    """A target operation failed; the message is safe to show (no secrets)."""
 
 
 class CountingReader:

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 from appliance.targets.catalog import SeedImage
 
 
+class SeedError(RuntimeError):
+    """A cloud did not do what was asked; the message is safe to show (no secrets)."""
+
+
 @dataclass
 class CloudImage:
     """An image as the cloud reports it."""

@@ -56,7 +56,7 @@ class Service:
         self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
         self.admin = Admin(config.admin)
         self.inventory = status.Inventory()
-        self._fingerprint: str | None = None  # of the appliance key, read once
+        self._fingerprint: str | None = None  # of the appliance key, once it exists
         self.advertiser: Any = None
         self.router = Router(config.apt.remaps, config.apt.allow)
         self.fetcher = Fetcher.from_config(config.upstream)
@@ -187,13 +187,13 @@ class Service:
         )
 
     async def _well_known(self, request: web.BaseRequest) -> web.Response:
-        if self._fingerprint is None:
+        if not self._fingerprint:  # read until the key exists (the first sync makes it)
             signer = Signer(self.config.images.gnupg_home)
             try:
-                self._fingerprint = await asyncio.to_thread(lambda: signer.fingerprint or "")
+                self._fingerprint = await asyncio.to_thread(lambda: signer.fingerprint)
             except (OSError, SignatureError):
-                self._fingerprint = ""
-        doc = wellknown.document(self, request.headers.get("Host"), self._fingerprint or None)
+                self._fingerprint = None
+        doc = wellknown.document(self, request.headers.get("Host"), self._fingerprint)
         return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
 
     async def _index(self, request: web.BaseRequest) -> web.Response:

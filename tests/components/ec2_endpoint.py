@@ -9,6 +9,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.components import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("MOTO_VENV", ROOT / ".components/moto"))
 
@@ -28,13 +30,7 @@ class Moto:
         urllib.request.urlopen(request, timeout=10).close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 def start(datadir: Path, port: int, timeout: float = 30.0) -> Moto:

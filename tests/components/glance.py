@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.components import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("GLANCE_VENV", ROOT / ".components/glance"))
 TOKEN = "archive-test-token"
@@ -120,13 +122,7 @@ class Glance:
     process: subprocess.Popen
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
     def log_text(self) -> str:
         return (self.datadir / "glance-api.log").read_text(errors="replace")

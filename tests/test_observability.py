@@ -348,3 +348,24 @@ def test_admin_api_is_not_reachable_from_another_host_by_default(
         shared = (default.cache_dir.parent / "shared-token").read_text().strip()
         assert post(opened, shared) == "200"  # allowed network + token
         assert post(opened, "x" * 40) == "401"
+
+
+def test_well_known_shows_the_key_once_it_exists(
+    tmp_path: Path, start_appliance: StartAppliance
+) -> None:
+    app = start_appliance(
+        {"debian": ["http://127.0.0.1:9/debian"]}, images={"gnupg_home": str(tmp_path / "gnupg")}
+    )
+    doc = json.loads(http_get(f"{app.url}/.well-known/archive-local")[1])
+    assert doc["service"] == "archive-local" and doc["images"]["key_fingerprint"] is None
+    cfg = next(tmp_path.glob("config-*.yaml"))
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(cfg), "keys", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    fingerprint = json.loads(r.stdout)["fingerprint"]
+    doc = json.loads(http_get(f"{app.url}/.well-known/archive-local")[1])
+    assert doc["images"]["key_fingerprint"] == fingerprint  # no restart needed

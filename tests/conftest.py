@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.error import HTTPError
 
 import pytest
@@ -31,12 +31,16 @@ from tests.upstream import Upstream
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def unavailable(msg: str) -> NoReturn:
+    """A real component is missing: a failure under CI=true, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require(command: str, package: str) -> None:
     if shutil.which(command) is None:
-        msg = f"{command} not found: apt-get install {package} (make test installs it)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"{command} not found: apt-get install {package} (make test installs it)")
 
 
 def free_port() -> int:

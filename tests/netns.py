@@ -9,9 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 
 
 @dataclass
@@ -33,6 +31,11 @@ class Pair:
         )
 
 
+def _need_namespaces() -> None:
+    if os.geteuid() != 0 or subprocess.run(["ip", "-V"], capture_output=True).returncode:
+        unavailable("network namespaces need root and iproute2")
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
@@ -40,9 +43,7 @@ def _ip(*args: str) -> None:
 @contextlib.contextmanager
 def veth_pair(tag: str, subnet: int) -> Iterator[Pair]:
     """Namespace `al-<tag>-<pid>`, host side 10.231.<subnet>.1/24, namespace side .2."""
-    if os.geteuid() != 0 or subprocess.run(["ip", "-V"], capture_output=True).returncode:
-        msg = "network namespaces need root and iproute2"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+    _need_namespaces()
     suffix = f"{os.getpid() % 100000}"
     pair = Pair(
         f"al-{tag}-{suffix}",
@@ -108,9 +109,7 @@ def linked_namespaces(tag: str, subnet: int, resolv_b: str = "") -> Iterator[Lin
 
     `resolv_b` becomes b's /etc/resolv.conf (ip netns exec mounts /etc/netns/<ns>/ files).
     """
-    if os.geteuid() != 0 or subprocess.run(["ip", "-V"], capture_output=True).returncode:
-        msg = "network namespaces need root and iproute2"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+    _need_namespaces()
     pid = os.getpid() % 100000
     link = Link(
         f"al-{tag}-a-{pid}",

@@ -21,7 +21,7 @@ import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
-from tests.conftest import IN_CI, require
+from tests.conftest import require, unavailable
 from tests.netns import Link, linked_namespaces
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def need_cloud_init() -> None:
         ["/usr/bin/python3", "-c", "import cloudinit"], capture_output=True
     ).returncode:
         msg = "cloud-init missing: apt-get install cloud-init (make test does)"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+        unavailable(msg)
 
 
 class Site:
@@ -360,7 +360,7 @@ def test_no_appliance_costs_nothing(tmp_path: Path) -> None:
 def test_explicit_url_and_auto_apt_proxy(site_factory, tmp_path: Path) -> None:
     if not AUTO_APT_PROXY.exists():
         msg = "auto-apt-proxy missing: make test unpacks Debian's package into .components"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+        unavailable(msg)
     with linked_namespaces("aap", 56) as link:
         url = site_factory(link).appliance(mdns=False)
         report = boot(link, tmp_path, {"archive_local": {"url": url + "/"}})

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
 from tests.components import ec2_endpoint as moto_server
-from tests.conftest import FILTERS, IN_CI, actions, free_port, run_sync
+from tests.conftest import FILTERS, actions, free_port, run_sync, unavailable
 from tests.conftest import run_seed as seed
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
@@ -40,7 +40,7 @@ BUCKET = "archive-local-images"
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[moto_server.Moto]:
     if not moto_server.installed():
         msg = "moto venv missing: `make test` builds it (.components/moto)"
-        pytest.fail(msg) if IN_CI else pytest.skip(msg)
+        unavailable(msg)
     m = moto_server.start(tmp_path_factory.mktemp("moto"), free_port())
     yield m
     m.stop()

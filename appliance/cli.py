@@ -16,6 +16,7 @@ from appliance import __version__
 from appliance import config as configuration
 from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Service
+from appliance.web.server import Server, listening_socket
 
 log = logging.getLogger("appliance")
 
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="summary of the running service (from /api/status)")
     st.add_argument("--url", help="the service (default: from 'listen')")
     st.add_argument("--json", action="store_true", help="the raw JSON")
+    ver = sub.add_parser("verify", help="re-check every cached file against its digest and indexes")
+    ver.add_argument("--fix", action="store_true", help="remove the files that are wrong")
+    ver.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    exp = sub.add_parser("expire", help="remove pool files no cached index lists any more")
+    exp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    exp.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -102,16 +109,23 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(config: configuration.Config, config_path: Path | None = None) -> None:
     service = Service(config, config_path)
     await service.start()
-    server = web.Server(
+    server = Server(
         service.handle,
+        connections_per_client=config.limits.connections_per_client,
         access_log=logging.getLogger("appliance.access"),
         access_log_class=logger_class(service.metrics, service.access_log),
         **SERVER_LIMITS,
     )
+    service.server = server
     runner = web.ServerRunner(server)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+        sock = listening_socket(config.listen)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock)
+            if sock is not None
+            else web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+        )
         await site.start()
         log.info(
             "archive-local %s serving on %s (cache %s)",
@@ -171,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         from appliance.targets.cli import run_seed
 
         return asyncio.run(run_seed(args, config))
+    if args.command in ("verify", "expire"):
+        from appliance import maintenance
+
+        run = maintenance.run_verify if args.command == "verify" else maintenance.run_expire
+        return run(args, config)
     if args.command == "sync":
         from appliance.streams.cli import run_sync
 

@@ -39,6 +39,9 @@ class Listen:
 class CacheConfig:
     dir: Path
     max_size: int
+    min_free: int = 64 * 1024**2  # keep this much of the file system free; else pass through
+    expire_after: float = 3 * 86400.0  # unreferenced pool/by-hash files are removed after this
+    expire_interval: float = 86400.0  # how often the service looks for them
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class UpstreamConfig:
 
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # longest silence between two reads of a body
+    deadline: float = 6 * 3600.0  # longest time for one whole body
+    min_rate: float = 1024.0  # bytes/s over rate_window, below which a transfer is cut
+    rate_window: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,13 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one client may hold (a NAT gateway in front of many instances counts as one)."""
+
+    connections_per_client: int = 256
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen
     cache: CacheConfig
@@ -183,6 +196,7 @@ class Config:
     metrics: bool = True
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    limits: LimitsConfig = LimitsConfig()
     source: str = field(default="<embedded default>", compare=False)
 
 
@@ -322,14 +336,21 @@ def _parse_images(value: Any) -> ImagesConfig:
 
 def _parse_upstream_section(value: Any) -> UpstreamConfig:
     data = _expect_mapping(value, "upstream")
-    _check_keys(data, ("connect_timeout", "read_timeout"), "upstream")
+    keys = ("connect_timeout", "read_timeout", "deadline", "min_rate", "rate_window")
+    _check_keys(data, keys, "upstream")
     default = UpstreamConfig()
-    out = {}
+    out: dict[str, float] = {}
     for key in ("connect_timeout", "read_timeout"):
         seconds = data.get(key, getattr(default, key))
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
             raise ConfigError(f"upstream.{key}: expected seconds > 0, got {seconds!r}")
         out[key] = float(seconds)
+    for key in ("deadline", "rate_window"):
+        out[key] = parse_duration(data.get(key, getattr(default, key)), f"upstream.{key}")
+        if out[key] <= 0:
+            raise ConfigError(f"upstream.{key}: must be more than 0 seconds")
+    rate = data.get("min_rate", default.min_rate)
+    out["min_rate"] = 0.0 if rate in (0, "0") else float(parse_size(rate, "upstream.min_rate"))
     return UpstreamConfig(**out)
 
 
@@ -616,6 +637,15 @@ def _parse_discovery(value: Any) -> DiscoveryConfig:
     return DiscoveryConfig(mdns, name.rstrip("."), tuple(interfaces))
 
 
+def _parse_limits(value: Any) -> LimitsConfig:
+    data = _expect_mapping(value, "limits")
+    _check_keys(data, ("connections_per_client",), "limits")
+    cap = data.get("connections_per_client", LimitsConfig.connections_per_client)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"limits.connections_per_client: a whole number >= 1, got {cap!r}")
+    return LimitsConfig(cap)
+
+
 def _parse_seed(value: Any) -> SeedConfig:
     data = _expect_mapping(value, "seed")
     _check_keys(data, ("after_sync", "targets"), "seed")
@@ -649,6 +679,22 @@ def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], prefix: str) ->
         if k not in allowed:
             where = f"{prefix}.{k}" if prefix else str(k)
             raise ConfigError(f"{where}: unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _parse_cache(cache: Mapping[str, Any]) -> CacheConfig:
+    if not isinstance(cache["dir"], str) or not cache["dir"]:
+        raise ConfigError(f"cache.dir: expected a directory path, got {cache['dir']!r}")
+    default = CacheConfig(Path("/"), 1)
+    min_free = cache.get("min_free", default.min_free)
+    expire = {}
+    for key in ("expire_after", "expire_interval"):
+        expire[key] = parse_duration(cache.get(key, getattr(default, key)), f"cache.{key}")
+    return CacheConfig(
+        Path(cache["dir"]),
+        parse_size(cache["max_size"], "cache.max_size"),
+        min_free=0 if min_free in (0, "0") else parse_size(min_free, "cache.min_free"),
+        **expire,
+    )
 
 
 def _parse_remaps(value: Any) -> dict[str, tuple[str, ...]]:
@@ -695,22 +741,21 @@ def parse(data: Any, source: str = "<config>") -> Config:
             "metrics",
             "admin",
             "discovery",
+            "limits",
         ),
         "",
     )
     cache = {**base["cache"], **_expect_mapping(data.get("cache", {}), "cache")}
-    _check_keys(cache, ("dir", "max_size"), "cache")
+    _check_keys(cache, ("dir", "max_size", "min_free", "expire_after", "expire_interval"), "cache")
     apt = {**base["apt"], **_expect_mapping(data.get("apt", {}), "apt")}
     _check_keys(apt, ("index_ttl", "remaps", "allow"), "apt")
 
     ttl = apt["index_ttl"]
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
         raise ConfigError(f"apt.index_ttl: expected seconds >= 0, got {ttl!r}")
-    if not isinstance(cache["dir"], str) or not cache["dir"]:
-        raise ConfigError(f"cache.dir: expected a directory path, got {cache['dir']!r}")
     return Config(
         listen=parse_listen(data.get("listen", base["listen"])),
-        cache=CacheConfig(Path(cache["dir"]), parse_size(cache["max_size"], "cache.max_size")),
+        cache=_parse_cache(cache),
         apt=AptConfig(
             index_ttl=float(ttl),
             remaps=_parse_remaps(apt["remaps"]),
@@ -723,6 +768,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         metrics=_parse_metrics(data.get("metrics", {})),
         admin=_parse_admin(data.get("admin") or {}),
         discovery=_parse_discovery(data.get("discovery") or {}),
+        limits=_parse_limits(data.get("limits") or {}),
         source=source,
     )
 
@@ -775,7 +821,13 @@ def dump(config: Config) -> str:
     return yaml.safe_dump(
         {
             "listen": str(config.listen),
-            "cache": {"dir": str(config.cache.dir), "max_size": config.cache.max_size},
+            "cache": {
+                "dir": str(config.cache.dir),
+                "max_size": config.cache.max_size,
+                "min_free": config.cache.min_free,
+                "expire_after": config.cache.expire_after,
+                "expire_interval": config.cache.expire_interval,
+            },
             "apt": {
                 "index_ttl": config.apt.index_ttl,
                 "remaps": {k: list(v) for k, v in config.apt.remaps.items()},
@@ -784,6 +836,9 @@ def dump(config: Config) -> str:
             "upstream": {
                 "connect_timeout": config.upstream.connect_timeout,
                 "read_timeout": config.upstream.read_timeout,
+                "deadline": config.upstream.deadline,
+                "min_rate": config.upstream.min_rate,
+                "rate_window": config.upstream.rate_window,
             },
             "images": {
                 "sync_interval": config.images.sync_interval,
@@ -818,6 +873,7 @@ def dump(config: Config) -> str:
                 "name": config.discovery.name,
                 "interfaces": list(config.discovery.interfaces),
             },
+            "limits": {"connections_per_client": config.limits.connections_per_client},
         },
         sort_keys=False,
     )

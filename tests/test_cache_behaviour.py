@@ -19,7 +19,12 @@ from tests.upstream import Upstream
 
 
 def _entries(cache_dir: Path) -> list[str]:
-    return sorted(str(p.relative_to(cache_dir)) for p in cache_dir.rglob("*") if p.is_file())
+    """Files of the cache (its own state, the apt index table, aside)."""
+    return sorted(
+        str(p.relative_to(cache_dir))
+        for p in cache_dir.rglob("*")
+        if p.is_file() and p.relative_to(cache_dir).parts[0] != ".state"
+    )
 
 
 async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:

@@ -17,7 +17,10 @@ from appliance.cache.keys import UpstreamBase, hostport
 from appliance.cache.policy import Freshness
 
 CONNECT_PORTS = frozenset({443})
-ROUTE_MEMO = 8192  # request targets whose routes are remembered
+# Routes of recent request targets are remembered, bounded by bytes (targets are chosen by
+# clients: 8192 entries of 8 KB paths with their mirror URLs would be hundreds of MB).
+ROUTE_MEMO_BYTES = 4 * 1024 * 1024
+ROUTE_MEMO_TARGET = 1024  # longer targets are routed every time, never remembered
 
 
 class Forbidden(PermissionError):
@@ -47,6 +50,7 @@ class Router:
         self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
         self._allowed_hosts = {_host_only(hp) for hp in self._allowed}
         self._memo: dict[str, Route] = {}
+        self._memo_bytes = 0
 
     @property
     def remap_names(self) -> list[str]:
@@ -58,9 +62,13 @@ class Router:
         if route is None:
             is_url = target.startswith("http://") or "://" in target.split("/", 1)[0]
             route = self.route_url(target) if is_url else self.route_path(target)
-            if len(self._memo) >= ROUTE_MEMO:
-                self._memo.clear()
-            self._memo[target] = route
+            if len(target) <= ROUTE_MEMO_TARGET:
+                cost = 2 * len(target) + len(route.key) + sum(map(len, route.urls)) + 400
+                if self._memo_bytes + cost > ROUTE_MEMO_BYTES:
+                    self._memo.clear()
+                    self._memo_bytes = 0
+                self._memo[target] = route
+                self._memo_bytes += cost
         return route
 
     def route_path(self, raw_path: str) -> Route:

@@ -4,6 +4,11 @@ The first request starts it; every client (including late joiners) reads the
 growing temp file through one shared read-only descriptor with explicit offsets,
 so bytes reach clients as they arrive and nothing is buffered in memory. Only a
 complete download whose size (and digest, when known) checks out is committed.
+
+The last byte is released to clients only after that check, so a download that
+turns out wrong never reaches anyone as a complete response. A verified download
+that the store cannot take (disk full) still completes for the clients reading it:
+they read the unlinked temp file through the descriptor they hold.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import BinaryIO
 
 import aiohttp
 
+from appliance.cache.fetcher import TransferLimits, body_chunks, close_delimited
 from appliance.cache.store import Entry, Meta, Store, TempFile
 
 log = logging.getLogger(__name__)
@@ -36,10 +42,15 @@ class Expect:
     size: int | None = None
     algorithm: str | None = None  # a hashlib name: sha256, sha512, sha1, md5
     digest: str | None = None
+    source: str | None = None  # who said so (an index's key), for error messages
 
     def __post_init__(self) -> None:
         if self.algorithm is not None:
             hashlib.new(self.algorithm)  # unknown names fail here, not mid-download
+
+    @property
+    def known(self) -> bool:
+        return self.size is not None or self.algorithm is not None
 
 
 NO_EXPECTATION = Expect()
@@ -72,19 +83,25 @@ class Download:
         offset: int = 0,
         digests: dict[str, hashlib._Hash] | None = None,
         keep: bool = False,
+        limits: TransferLimits | None = None,
     ) -> None:
         self.key = key
         self.url = str(response.url)
-        self.total: int | None = (
-            None if response.content_length is None else offset + response.content_length
-        )
+        if response.content_length is not None:
+            self.total: int | None = offset + response.content_length
+        else:  # chunked or close-delimited: the index's size, when it gives one
+            self.total = expect.size
+        self.close_delimited = close_delimited(response)
+        self._length_known = response.content_length is not None
         self.etag = response.headers.get("ETag")
         self.last_modified = response.headers.get("Last-Modified")
         self.content_type = response.headers.get("Content-Type")
         self.written = offset  # a resumed download starts with the bytes it already has
         self.state = State.RUNNING
         self.entry: Entry | None = None
+        self.stored = False  # committed to the store (else served from the temp file only)
         self.error: str | None = None
+        self.integrity_error = False  # the bytes were wrong, not just cut short
         self.started = time.monotonic()
         self._temp = temp
         self._reader = reader
@@ -92,6 +109,7 @@ class Download:
         self.expect = expect
         self.resumable = resumable  # keep a broken transfer's bytes for a Range request
         self.keep = keep  # committed as exempt from eviction (mirrored on purpose)
+        self.limits = limits or TransferLimits()
         if digests is None:
             digests = {"sha256": hashlib.sha256()}
             if expect.algorithm and expect.algorithm not in digests:
@@ -146,14 +164,18 @@ class Download:
         loop = asyncio.get_running_loop()
         digests = self._digests
         fd = self._temp.fd
+        clean = False
         try:
-            if None not in (self.total, self.expect.size) and self.total != self.expect.size:
+            if None not in (response.content_length, self.expect.size) and (
+                self.total != self.expect.size
+            ):
                 raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
             await self._receive(response, fd, digests)
+            clean = True  # the body's framing ended where it said it would
             if self.total is not None and self.written != self.total:
+                if self.expect.size is not None:
+                    raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
                 raise TransferBroken(f"short body: {self.written} of {self.total} bytes")
-            if self.expect.size is not None and self.written != self.expect.size:
-                raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
             found = {name: d.hexdigest() for name, d in digests.items()}
             if self.expect.algorithm and found[self.expect.algorithm] != (
                 (self.expect.digest or "").lower()
@@ -161,6 +183,7 @@ class Download:
                 raise DownloadFailed(
                     f"{self.expect.algorithm} mismatch: got {found[self.expect.algorithm]}, "
                     f"expected {self.expect.digest}"
+                    + (f" (from {self.expect.source})" if self.expect.source else "")
                 )
             sha256 = found.pop("sha256")
             now = time.time()
@@ -176,25 +199,44 @@ class Download:
                 digests=found or None,
                 keep=self.keep,
             )
-            self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
+            try:
+                self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
+                self.stored = True
+            except OSError as exc:  # verified bytes, nowhere to keep them: serve, don't store
+                log.warning("cache: not storing %s: %s", self.key, exc)
+                self.stored = False
             self.total = self.written
             self.state = State.DONE
         except BaseException as exc:
             self.state = State.FAILED
             self.error = str(exc) or type(exc).__name__
+            self.integrity_error = isinstance(exc, DownloadFailed)
+            clean = False
             log.warning("download of %s failed: %s", self.url, self.error)
-            if self.resumable and self.written > 0 and not isinstance(exc, DownloadFailed):
-                await loop.run_in_executor(
-                    None, store.keep_partial, self._temp, self._partial_info()
-                )
-            else:
-                store.discard(self._temp)
+            await self._dispose(loop, store, keep_bytes=not isinstance(exc, DownloadFailed))
             if not isinstance(exc, Exception):
                 raise
         finally:
-            response.release()
+            if clean:
+                response.release()
+            else:  # never reuse a connection whose exchange went wrong
+                response.close()
             self._notify()
             self._maybe_close()
+
+    async def _dispose(
+        self, loop: asyncio.AbstractEventLoop, store: Store, keep_bytes: bool
+    ) -> None:
+        """Park a broken transfer's bytes for a Range request, or remove them."""
+        try:
+            if keep_bytes and self.resumable and self.written > 0:
+                await loop.run_in_executor(
+                    None, store.keep_partial, self._temp, self._partial_info()
+                )
+                return
+        except OSError as exc:
+            log.warning("cache: cannot keep the partial %s: %s", self.key, exc)
+        await loop.run_in_executor(None, store.discard, self._temp)
 
     async def _receive(
         self, response: aiohttp.ClientResponse, fd: int, digests: dict[str, hashlib._Hash]
@@ -203,11 +245,12 @@ class Download:
 
         Receiving goes on while the previous chunk is written and hashed, so one
         download is not slowed to the sum of network and disk latency; at most
-        PIPELINE chunks wait in memory.
+        PIPELINE chunks wait in memory. A body longer than expected is cut there.
         """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(PIPELINE)
         failure: list[BaseException] = []
+        limit = None if self._length_known else self.total  # an index's size bounds the body
 
         async def writer() -> None:
             # after a failure keep draining, so the receiving side never blocks on put()
@@ -223,10 +266,14 @@ class Download:
                 self._notify()
 
         task = asyncio.create_task(writer())
+        received = self.written
         try:
-            async for chunk in response.content.iter_chunked(CHUNK):
+            async for chunk in body_chunks(response, self.limits, CHUNK):
                 if failure:
                     break
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    raise DownloadFailed(f"body longer than the expected {limit} bytes")
                 await queue.put(chunk)
             await queue.put(None)
             await task

@@ -3,7 +3,13 @@
 `get()` is the whole cache policy for callers: serve a fresh copy, join a
 running download, or make exactly one upstream request (download or
 revalidation) that every concurrent caller shares. Subsystems only supply the
-key, the candidate upstream URLs and the key's `Freshness`.
+key, the candidate upstream URLs and the key's `Freshness`, and may add `Rules`
+(what a file must be, learnt from indexes already cached).
+
+What cannot be stored is passed through (`PassThrough`): a full disk, a name that
+clashes with a directory, a body whose end cannot be told from a cut (no
+Content-Length and nothing to check it against) or one upstream encoded. The
+client gets upstream's answer, nothing enters the cache, and it is never a 500.
 """
 
 from __future__ import annotations
@@ -14,20 +20,21 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import aiohttp
 
 from appliance.cache import policy
 from appliance.cache.download import NO_EXPECTATION, Download, Expect, State, hash_prefix
-from appliance.cache.fetcher import Fetcher, UpstreamFailure
+from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, content_encoding
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
-from appliance.cache.store import Entry, FilesystemStore, Meta, Store, TempFile
+from appliance.cache.store import Entry, FilesystemStore, Meta, Store, TempFile, Unstorable
 from appliance.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,51 @@ class Miss:
     status: str = "MISS"
 
 
-Result = Hit | Miss | UpstreamFailure
+class PassThrough:
+    """An upstream answer streamed to one client and not stored; `reason` says why.
+
+    Several callers may share one engine round-trip, but a response body can be
+    read once: the first `claim()` wins, the others ask upstream again.
+    """
+
+    status = "PASS"
+    UNCLAIMED_TIMEOUT = 30.0
+
+    def __init__(self, response: aiohttp.ClientResponse, expect: Expect, reason: str) -> None:
+        self.response = response
+        self.expect = expect
+        self.reason = reason
+        self.encoding = content_encoding(response)
+        self._claimed = False
+        # nobody came for it (the caller was cancelled): free the connection
+        self._timer = asyncio.get_running_loop().call_later(self.UNCLAIMED_TIMEOUT, self._expire)
+
+    def claim(self) -> bool:
+        if self._claimed:
+            return False
+        self._claimed = True
+        self._timer.cancel()
+        return True
+
+    def _expire(self) -> None:
+        if not self._claimed:
+            self._claimed = True
+            self.response.close()
+
+
+Result = Hit | Miss | PassThrough | UpstreamFailure
+
+
+class Rules(Protocol):
+    """What a subsystem knows about files beyond their names (apt's indexes)."""
+
+    async def expect(self, key: str) -> Expect | None:
+        """What the file at `key` must be, when a cached index says so."""
+        ...
+
+    def committed(self, entry: Entry) -> None:
+        """A file entered the cache (an index to learn from, maybe)."""
+        ...
 
 
 class FetchError(Exception):
@@ -70,7 +121,7 @@ def _same_target(info: dict[str, object], expect: Expect) -> bool:
 
 def _content_range(value: str | None) -> tuple[int, int | None]:
     """`bytes START-END/TOTAL` -> (START, TOTAL); (-1, None) when unusable."""
-    m = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    m = re.fullmatch(r"\s*bytes\s+(\d{1,18})-(\d{1,18})/(\d{1,18}|\*)\s*", value or "")
     if not m:
         return -1, None
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
@@ -102,19 +153,32 @@ class CacheEngine:
             fetcher,
             max_size=config.cache.max_size,
             ttl=config.apt.index_ttl,
+            min_free=config.cache.min_free,
         )
 
-    def __init__(self, store: Store, fetcher: Fetcher, *, max_size: int, ttl: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        fetcher: Fetcher,
+        *,
+        max_size: int,
+        ttl: float,
+        min_free: int = 0,
+    ) -> None:
         self.store = store
         self.fetcher = fetcher
         self.ttl = ttl
+        self.min_free = min_free  # bytes the file system keeps free; below it, pass through
         self.lru = LruIndex(max_size)
         self.hot = HotEntries()
+        self.rules: list[Rules] = []
         self._pending: dict[str, asyncio.Task[Result]] = {}
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.clock: Callable[[], float] = time.time
         self.evictions = 0
+        self.passed: Counter[str] = Counter()  # pass-through answers by reason
+        self.integrity_failures = 0  # downloads rejected for wrong size or digest
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -146,20 +210,22 @@ class CacheEngine:
             entry = await self._io(self.store.lookup, key)
             return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
         while True:
-            if (task := self._pending.get(key)) is not None:
-                return await asyncio.shield(task)
-            if (download := self._downloads.get(key)) is not None:
-                return Miss(download)
-            entry, body = await self._lookup(key)
-            if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
-                self.lru.touch(key)
-                return Hit(entry, "HIT", body=body)
-            if key in self._pending or key in self._downloads:
-                continue  # someone started while we looked at the disk: join them
-            task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable, keep))
-            self._pending[key] = task
-            task.add_done_callback(lambda _t: self._pending.pop(key, None))
-            return await asyncio.shield(task)
+            if (task := self._pending.get(key)) is None:
+                if (download := self._downloads.get(key)) is not None:
+                    return Miss(download)
+                entry, body = await self._lookup(key)
+                if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
+                    self.lru.touch(key)
+                    return Hit(entry, "HIT", body=body)
+                if key in self._pending or key in self._downloads:
+                    continue  # someone started while we looked at the disk: join them
+                task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable, keep))
+                self._pending[key] = task
+                task.add_done_callback(lambda _t: self._pending.pop(key, None))
+            result = await asyncio.shield(task)
+            if isinstance(result, PassThrough) and not result.claim():
+                continue  # another caller reads that body: ask upstream again
+            return result
 
     async def ensure(
         self, key: str, urls: Sequence[str], expect: Expect, keep: bool = False
@@ -175,17 +241,24 @@ class CacheEngine:
             )
             if isinstance(result, UpstreamFailure):
                 raise FetchError(result.reason)
+            if isinstance(result, PassThrough):
+                result.response.close()
+                raise FetchError(f"{key}: cannot be stored ({result.reason})")
             if isinstance(result, Miss):
                 download = result.download
                 await download.finished()
                 if download.state is not State.DONE or download.entry is None:
-                    raise FetchError(download.error or "download failed")
+                    raise FetchError(download.error or "download failed: not stored")
                 return download.entry
             if await self._io(_matches, result.entry, expect):
                 return result.entry
             log.warning("cache: %s does not match its expected digest; fetching again", key)
             await self.remove(key)
         raise FetchError(f"{key}: still does not match after a fresh download")
+
+    def downloading_key(self, key: str) -> bool:
+        """True while `key` is being fetched (maintenance leaves it alone)."""
+        return key in self._downloads or key in self._pending
 
     def downloading(self) -> int:
         """Bytes received so far by the downloads in progress (for progress bars)."""
@@ -314,6 +387,20 @@ class CacheEngine:
     def unpin(self, key: str) -> None:
         self.lru.unpin(key)
 
+    async def _expectation(self, key: str, expect: Expect) -> Expect:
+        """The route's expectation, or what a cached index says of this file."""
+        if expect.known:
+            return expect
+        for rules in self.rules:
+            try:
+                found = await rules.expect(key)
+            except Exception as exc:  # an index problem never blocks a download
+                log.warning("cache: index lookup for %s failed: %s", key, exc)
+                continue
+            if found is not None:
+                return found
+        return expect
+
     async def _refresh(
         self,
         key: str,
@@ -325,6 +412,7 @@ class CacheEngine:
     ) -> Result:
         headers: dict[str, str] = {}
         partial = None
+        expect = await self._expectation(key, expect)
         if entry is not None:
             if entry.meta.etag:
                 headers["If-None-Match"] = entry.meta.etag
@@ -339,40 +427,76 @@ class CacheEngine:
                     headers["If-Range"] = str(validator)
                 urls = [str(info["url"]), *(u for u in urls if u != info["url"])]
             elif partial is not None:
-                self.store.discard(partial[0])
+                await self._io(self.store.discard, partial[0])
                 partial = None
         resp = await self.fetcher.open(urls, headers)
         if isinstance(resp, UpstreamFailure):
             if partial is not None:  # not now: keep the bytes for the next attempt
-                await self._io(self.store.keep_partial, *partial)
+                await self._park(*partial)
             if entry is not None and policy.serve_stale(resp):
                 log.warning("offline: serving cached %s (%s)", key, resp.reason)
                 return Hit(entry, "STALE", warning=resp.reason)
             return resp
         if resp.status == 206:
-            assert partial is not None
+            if partial is None:  # a Range we never sent
+                resp.close()
+                return UpstreamFailure(502, f"{resp.url}: 206 to a request without Range")
             start, total = _content_range(resp.headers.get("Content-Range"))
             written = int(partial[1]["written"])  # type: ignore[call-overload]
             if start != written or (expect.size is not None and total != expect.size):
-                resp.release()
-                self.store.discard(partial[0])
+                resp.close()
+                await self._io(self.store.discard, partial[0])
                 return UpstreamFailure(502, f"{resp.url}: 206 for the wrong range")
             log.info("resuming %s at byte %d", key, written)
             return await self._start_download(
                 key, resp, expect, resumable, resume=partial[0], keep=keep
             )
         if partial is not None:  # upstream sent the whole file: start again
-            self.store.discard(partial[0])
+            await self._io(self.store.discard, partial[0])
         if resp.status == 304:
             resp.release()
             if entry is None:
                 return UpstreamFailure(502, f"{resp.url}: 304 for an unconditional request")
             entry.meta.checked = self.clock()
-            await self._io(self.store.update_meta, entry)
+            try:
+                await self._io(self.store.update_meta, entry)
+            except OSError as exc:  # a full disk: the copy is still valid, serve it
+                log.warning("cache: cannot record the revalidation of %s: %s", key, exc)
             self.hot.drop(key)
             self.lru.touch(key)
             return Hit(entry, "REVALIDATED")
+        if (encoding := content_encoding(resp)) and expect.algorithm is None:
+            # bytes under an encoding we did not ask for: not the file, pass them on as sent
+            log.warning("upstream %s: Content-Encoding %s; not caching it", resp.url, encoding)
+            return self._pass(resp, expect, "encoded")
+        if close_delimited(resp) and not expect.known:
+            # the connection's end is the body's end: a cut looks complete; nothing to check
+            log.info("upstream %s: no Content-Length; passing through, not caching", resp.url)
+            return self._pass(resp, expect, "unverifiable")
         return await self._start_download(key, resp, expect, resumable, keep=keep)
+
+    def _pass(self, resp: aiohttp.ClientResponse, expect: Expect, reason: str) -> PassThrough:
+        self.passed[reason] += 1
+        return PassThrough(resp, expect, reason)
+
+    async def _park(self, temp: TempFile, info: dict[str, object]) -> None:
+        try:
+            await self._io(self.store.keep_partial, temp, info)
+        except OSError as exc:
+            log.warning("cache: cannot keep the partial %s: %s", temp.key, exc)
+            await self._io(self.store.discard, temp)
+
+    async def _new_temp(self, key: str, needed: int) -> TempFile:
+        """A temp file for `key`, making room first; `Unstorable` when there is none."""
+        free = await self._io(self.store.free_bytes)
+        if free is not None and free - needed < self.min_free:
+            await self._evict(room=needed + self.min_free - free)
+            free = await self._io(self.store.free_bytes)
+            if free is not None and free - needed < self.min_free:
+                raise Unstorable(
+                    key, "disk-full", f"{free} bytes free, {needed} needed (cache.min_free)"
+                )
+        return await self._io(self.store.create_temp, key)
 
     async def _start_download(
         self,
@@ -391,16 +515,16 @@ class CacheEngine:
                 algorithms = {"sha256", *([expect.algorithm] if expect.algorithm else [])}
                 digests = await self._io(hash_prefix, str(temp.path), offset, algorithms)
             else:
-                temp = await self._io(self.store.create_temp, key)
+                temp = await self._new_temp(key, resp.content_length or expect.size or 0)
             try:
                 reader = await self._io(open, temp.path, "rb")
             except OSError:
-                self.store.discard(temp)
+                await self._io(self.store.discard, temp)
                 raise
         except OSError as exc:
-            resp.release()
-            log.error("cache: cannot store %s: %s", key, exc)
-            return UpstreamFailure(500, f"cannot store {key}: {exc.strerror or exc}")
+            why = exc if isinstance(exc, Unstorable) else Unstorable(key, "store-error", str(exc))
+            log.warning("cache: %s; passing through", why)
+            return self._pass(resp, expect, why.reason)
         download = Download(
             key,
             temp,
@@ -411,6 +535,7 @@ class CacheEngine:
             offset=offset,
             digests=digests,
             keep=keep,
+            limits=self.fetcher.limits,
         )
         self._downloads[key] = download
         task = asyncio.create_task(self._run_download(download, resp))
@@ -424,15 +549,28 @@ class CacheEngine:
         finally:
             self._downloads.pop(download.key, None)
             self.hot.drop(download.key)
+        if download.integrity_error:
+            self.integrity_failures += 1
+            self.fetcher.report(download.url, time.monotonic() - download.started, "integrity")
+        if download.state is State.DONE and not download.stored:
+            self.passed["disk-full"] += 1
         if download.state is State.DONE and download.entry is not None:
             if not download.entry.meta.keep:
                 self.lru.add(download.key, download.entry.meta.size)
+            for rules in self.rules:
+                try:
+                    rules.committed(download.entry)
+                except Exception as exc:
+                    log.warning("cache: index update for %s failed: %s", download.key, exc)
             await self._evict()
 
-    async def _evict(self) -> None:
-        for key in self.lru.victims():
+    async def _evict(self, room: int = 0) -> None:
+        for key in self.lru.victims(room):
             log.info("cache full: evicting %s", key)
             self.evictions += 1
             self.hot.drop(key)
-            await self._io(self.store.remove, key)
+            try:
+                await self._io(self.store.remove, key)
+            except OSError as exc:
+                log.warning("cache: cannot evict %s: %s", key, exc)
             self.hot.drop(key)  # a lookup may have memoised it meanwhile

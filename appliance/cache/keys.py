@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+# A name becomes a file with a sidecar `.NAME.meta.part-XXXXXXXXXXXX` beside it: it must
+# fit the file system's 255-byte limit with room to spare, and be refused before fetching.
+MAX_NAME = 200  # bytes of one segment, UTF-8
+MAX_PATH = 2048  # bytes of the whole decoded path
+
 
 class BadPath(ValueError):
     """A path that is malformed or tries to escape; answered with 400."""
@@ -21,6 +26,7 @@ def split_path(raw: str) -> tuple[str, ...]:
     if not raw.startswith("/"):
         raise BadPath("path must start with '/'")
     segments = []
+    total = 0
     for piece in raw[1:].split("/"):
         if piece == "":
             continue  # tolerate '//' like other mirrors do
@@ -29,10 +35,19 @@ def split_path(raw: str) -> tuple[str, ...]:
         except UnicodeDecodeError:
             raise BadPath("path is not valid UTF-8") from None
         if seg in (".", "..") or seg.startswith("."):
-            raise BadPath(f"path segment {piece!r} is not allowed")
+            raise BadPath(f"path segment {piece[:80]!r} is not allowed")
         if "/" in seg or "\\" in seg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
-            raise BadPath(f"path segment {piece!r} contains a forbidden character")
+            raise BadPath(f"path segment {piece[:80]!r} contains a forbidden character")
+        try:
+            length = len(seg.encode())
+        except UnicodeEncodeError:  # surrogates smuggled in by a non-UTF-8 request line
+            raise BadPath("path is not valid UTF-8") from None
+        if length > MAX_NAME:
+            raise BadPath(f"path segment longer than {MAX_NAME} bytes")
+        total += length + 1
         segments.append(seg)
+    if total > MAX_PATH:
+        raise BadPath(f"path longer than {MAX_PATH} bytes")
     return tuple(segments)
 
 

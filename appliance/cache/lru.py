@@ -35,16 +35,21 @@ class LruIndex:
         if self._pins[key] <= 0:
             del self._pins[key]
 
-    def victims(self) -> list[str]:
-        """Oldest unpinned keys to drop until the total fits; removes them from the index."""
+    def victims(self, room: int = 0) -> list[str]:
+        """Oldest unpinned keys to drop until the total fits (and `room` bytes are freed).
+
+        Removes them from the index.
+        """
         chosen: list[str] = []
-        if self.total <= self.max_size:
+        freed = 0
+        if self.total <= self.max_size and room <= 0:
             return chosen
         for key in list(self._sizes):
-            if self.total <= self.max_size:
+            if self.total <= self.max_size and freed >= room:
                 break
             if self._pins[key]:
                 continue
             chosen.append(key)
+            freed += self._sizes.get(key, 0)
             self.discard(key)
         return chosen

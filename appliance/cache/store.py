@@ -13,6 +13,7 @@ All methods block (disk I/O): the engine calls them from an executor.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -60,11 +61,48 @@ class Entry:
 
 @dataclass
 class TempFile:
-    """A download in progress; only `Store.commit` turns it into an entry."""
+    """A download in progress; only `Store.commit` turns it into an entry.
+
+    The descriptor is closed exactly once (`close()` is idempotent): a number closed
+    twice may by then belong to another download's file.
+    """
 
     key: str
     path: Path
     fd: int
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class Unstorable(OSError):
+    """The store cannot take this key now (disk full, or a file/directory clash).
+
+    The engine then passes the upstream answer through to the client without storing it.
+    """
+
+    def __init__(self, key: str, reason: str, why: str) -> None:
+        super().__init__(f"cannot store {key}: {why}")
+        self.reason = reason  # a metric label: disk-full, conflict, store-error
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_CONFLICT = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def unstorable(key: str, exc: OSError) -> Unstorable:
+    """Classify a failure to create or commit an entry."""
+    if isinstance(exc, Unstorable):
+        return exc
+    if exc.errno in _FULL:
+        reason = "disk-full"
+    elif exc.errno in _CONFLICT:
+        reason = "conflict"
+    else:
+        reason = "store-error"
+    return Unstorable(key, reason, exc.strerror or str(exc))
 
 
 class Store(Protocol):
@@ -77,6 +115,8 @@ class Store(Protocol):
     def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None: ...
     def remove(self, key: str) -> None: ...
     def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
+    def entries(self) -> Iterator[Entry]: ...
+    def free_bytes(self) -> int | None: ...
 
 
 def check_key(key: str) -> None:
@@ -112,27 +152,54 @@ class FilesystemStore:
         return Entry(key, path, meta)
 
     def create_temp(self, key: str) -> TempFile:
+        """A temp file beside the entry; `Unstorable` when the key cannot become a file."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{_PART}{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            if path.is_dir():  # `dists/x` asked for after `dists/x/InRelease` was stored
+                raise OSError(errno.EISDIR, "a directory has this name")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}{_PART}{secrets.token_hex(6)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise unstorable(key, exc) from None
         return TempFile(key, tmp, fd)
 
     def commit(self, temp: TempFile, meta: Meta) -> Entry:
-        """fsync the data, rename it into place, then write the sidecar atomically."""
+        """fsync the data and a new sidecar, then rename both into place.
+
+        The sidecar is written before anything becomes visible, so a full disk fails
+        the commit with nothing renamed; the old sidecar is removed before the data
+        is replaced, so no reader ever pairs new bytes with old metadata. On any
+        failure the temp file is gone and no orphan is left.
+        """
         path = self.path(temp.key)
+        target = self._meta_path(path)
+        meta_tmp: Path | None = None
         try:
-            os.fsync(temp.fd)
-        finally:
-            os.close(temp.fd)
-        os.replace(temp.path, path)
-        self._write_meta(path, meta)
+            try:
+                os.fsync(temp.fd)
+            finally:
+                temp.close()
+            meta_tmp = self._write_temp_meta(target, meta)
+            target.unlink(missing_ok=True)
+            os.replace(temp.path, path)
+            try:
+                os.replace(meta_tmp, target)
+            except OSError:
+                path.unlink(missing_ok=True)  # data without a sidecar would be an orphan
+                raise
+        except OSError as exc:
+            temp.path.unlink(missing_ok=True)
+            if meta_tmp is not None:
+                meta_tmp.unlink(missing_ok=True)
+            raise unstorable(temp.key, exc) from None
         return Entry(temp.key, path, meta)
 
     def discard(self, temp: TempFile) -> None:
         with contextlib.suppress(OSError):
-            os.close(temp.fd)
-        temp.path.unlink(missing_ok=True)
+            temp.close()
+        with contextlib.suppress(OSError):
+            temp.path.unlink(missing_ok=True)
 
     def update_meta(self, entry: Entry) -> None:
         self._write_meta(entry.path, entry.meta)
@@ -145,14 +212,20 @@ class FilesystemStore:
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
         """Park a broken download's bytes (fsynced) with what is needed to resume it."""
         part, info_path = self._resume_paths(temp.key)
-        try:
-            os.fsync(temp.fd)
-        finally:
-            os.close(temp.fd)
-        os.replace(temp.path, part)
         tmp = info_path.with_name(f"{info_path.name}{_PART}{secrets.token_hex(6)}")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, info_path)
+        try:
+            try:
+                os.fsync(temp.fd)
+            finally:
+                temp.close()
+            tmp.write_text(json.dumps(info))
+            os.replace(temp.path, part)
+            os.replace(tmp, info_path)
+        except OSError:
+            # a full disk: nothing to resume from, and nothing left behind
+            for leftover in (temp.path, tmp, part, info_path):
+                leftover.unlink(missing_ok=True)
+            raise
 
     def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None:
         """Take a parked partial download back as a temp file positioned at its end."""
@@ -176,12 +249,26 @@ class FilesystemStore:
 
     def _write_meta(self, path: Path, meta: Meta) -> None:
         target = self._meta_path(path)
+        tmp = self._write_temp_meta(target, meta)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _write_temp_meta(target: Path, meta: Meta) -> Path:
+        """The sidecar's new content, fsynced under a temp name (removed if that fails)."""
         tmp = target.with_name(f"{target.name}{_PART}{secrets.token_hex(6)}")
-        with open(tmp, "wb") as fh:
-            fh.write(json.dumps(asdict(meta), separators=(",", ":")).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(asdict(meta), separators=(",", ":")).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     def remove(self, key: str) -> None:
         path = self.path(key)
@@ -192,17 +279,42 @@ class FilesystemStore:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""
         check_key(prefix)
         base = self.root / prefix
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [n for n in dirs if not n.startswith(".")]
             d = Path(dirpath)
             for name in files:
                 if not name.startswith("."):
                     yield str((d / name).relative_to(self.root))
 
+    def entries(self) -> Iterator[Entry]:
+        """Every complete entry (no sweeping: safe while serving and from another process)."""
+        if not self.root.is_dir():
+            return
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [n for n in dirs if not n.startswith(".")]
+            d = Path(dirpath)
+            for name in files:
+                if name.startswith("."):
+                    continue
+                with contextlib.suppress(InvalidKey):
+                    entry = self.lookup(str((d / name).relative_to(self.root)))
+                    if entry is not None:
+                        yield entry
+
+    def free_bytes(self) -> int | None:
+        """Space left for new entries (None when the file system cannot tell)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def scan(self) -> Iterator[tuple[str, int, float, bool]]:
         """Sweep leftovers (temp files, orphans) and yield (key, size, last use, keep)."""
         if not self.root.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
             d = Path(dirpath)
             names = set(files)
             for name in files:

@@ -10,6 +10,7 @@ import sys
 from urllib.parse import urlsplit
 
 from appliance import config as configuration
+from appliance.cache.egress import EgressPolicy, configured_hosts, policy_for
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.config import FeedConfig
@@ -42,7 +43,10 @@ async def run_query(args: argparse.Namespace, config: configuration.Config) -> i
         return _err(str(exc))
     if verifier is None:
         print("archive-local: warning: signatures not verified (no --keyring)", file=sys.stderr)
-    fetcher = Fetcher.from_config(config.upstream)
+    # the default is this appliance's own feed: its own port is a fine target here
+    fetcher = Fetcher.from_config(
+        config.upstream, EgressPolicy(configured_hosts(config, [url]).__contains__)
+    )
     try:
         reader = FeedReader(root, fetcher, verifier)
         rows = [r async for r in query(reader, index_path, filters, args.max_versions)]
@@ -149,7 +153,7 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
     except (configuration.ConfigError, FilterError) as exc:
         print(f"archive-local: {exc}", file=sys.stderr)
         return 2
-    fetcher = Fetcher.from_config(config.upstream)
+    fetcher = Fetcher.from_config(config.upstream, policy_for(config, [f.url for f in feeds]))
     engine = CacheEngine.from_config(config, fetcher)
     progress = _Progress(engine, sys.stderr.isatty() and not args.json)
     ticker = asyncio.create_task(progress.ticker())
@@ -185,7 +189,9 @@ async def run_keys(args: argparse.Namespace, config: configuration.Config) -> in
     try:
         signer = Signer(config.images.gnupg_home)
         fingerprint = signer.ensure_key()
-        engine = CacheEngine.from_config(config, Fetcher.from_config(config.upstream))
+        engine = CacheEngine.from_config(
+            config, Fetcher.from_config(config.upstream, policy_for(config))
+        )
         for path, armor in KEY_PATHS.items():
             await engine.put(curated_key(path), signer.public_key(armor=armor))
     except (OSError, SignatureError) as exc:
@@ -217,7 +223,9 @@ async def run_publish(args: argparse.Namespace, config: configuration.Config) ->
         return _err(f"--name {args.name!r}: letters, digits, '.', '_' or '-'")
     try:
         spec = load_products_file(args.products)
-        engine = CacheEngine.from_config(config, Fetcher.from_config(config.upstream))
+        engine = CacheEngine.from_config(
+            config, Fetcher.from_config(config.upstream, policy_for(config))
+        )
         publisher = Publisher(engine, Signer(config.images.gnupg_home), args.name)
         async with sync_lock(config.cache.dir):
             plan = await publisher.publish(args.build_dir, spec, args.version, args.dry_run)

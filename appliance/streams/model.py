@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
+from appliance.cache.keys import BadPath, split_path
+
 INDEX_FORMAT = "index:1.0"
 PRODUCTS_FORMAT = "products:1.0"
 CHECKSUMS = ("sha512", "sha256", "md5")  # strongest first
@@ -31,15 +33,24 @@ def timestamp(when: float | None = None) -> str:
 
 
 def safe_path(path: Any, where: str) -> str:
-    """Item and document paths are relative to the mirror root and never climb out of it."""
+    """Item and document paths are relative to the mirror root and never climb out of it.
+
+    They become request paths and cache keys, so they obey the same rules as a client's
+    request path (`keys.split_path`): no `.`/`..` or hidden segments, decoded or not.
+    """
     if not isinstance(path, str) or not path:
         raise FormatError(f"{where}: path must be a non-empty string")
-    norm = posixpath.normpath(path)
-    if path.startswith("/") or norm.startswith("..") or "\\" in path or "\0" in path:
-        raise FormatError(f"{where}: unsafe path {path!r}")
-    if any(part.startswith(".") for part in norm.split("/")):
-        raise FormatError(f"{where}: hidden or relative segment in path {path!r}")
-    return norm
+    if path.startswith("/") or "\\" in path or "\0" in path or "?" in path or "#" in path:
+        raise FormatError(f"{where}: unsafe path {path[:200]!r}")
+    if any(part in ("", ".", "..") or part.startswith(".") for part in path.split("/")):
+        raise FormatError(
+            f"{where}: unsafe path {path[:200]!r} (hidden, empty or relative segment)"
+        )
+    try:
+        split_path("/" + path)
+    except BadPath as exc:
+        raise FormatError(f"{where}: unsafe path {path[:200]!r} ({exc})") from None
+    return posixpath.normpath(path)
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

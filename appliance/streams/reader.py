@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.cache.fetcher import Fetcher, UpstreamFailure
+import aiohttp
+
+from appliance.cache.fetcher import Fetcher, UpstreamFailure, body_chunks
 from appliance.streams.gpg import SignatureError, Verifier
 from appliance.streams.model import FormatError, safe_path
 
@@ -47,6 +49,16 @@ def unarmor_clearsigned(data: bytes) -> bytes:
     return "\n".join(lines).encode()
 
 
+def parse_json(data: bytes | str, where: str) -> Any:
+    """JSON from upstream: malformed or absurdly nested documents are a FeedError."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FeedError(f"{where}: not JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise FeedError(f"{where}: JSON nested too deeply") from None
+
+
 def signed_twin(index_path: str, entry_path: str) -> str:
     """A signed index points at signed products: its `.json` paths become `.sjson`."""
     if index_path.endswith(".sjson") and entry_path.endswith(".json"):
@@ -77,7 +89,10 @@ class FeedReader:
         return f"{self.root}/{path}"
 
     async def raw(self, path: str) -> bytes:
-        safe_path(path, "document")
+        try:
+            safe_path(path, "document")
+        except FormatError as exc:
+            raise FeedError(str(exc)) from None
         if not self.is_remote:
             try:
                 return (Path(self.root.removeprefix("file://")) / path).read_bytes()
@@ -87,15 +102,30 @@ class FeedReader:
         resp = await self.fetcher.open([self.url(path)])
         if isinstance(resp, UpstreamFailure):
             raise FeedError(resp.reason)
+        too_big = FeedError(f"{self.url(path)}: document larger than {MAX_DOCUMENT} bytes")
+        clean = False
         try:
+            if resp.status != 200:
+                raise FeedError(f"{self.url(path)}: HTTP {resp.status}")
             if (resp.content_length or 0) > MAX_DOCUMENT:
-                raise FeedError(f"{self.url(path)}: document larger than {MAX_DOCUMENT} bytes")
-            body = await resp.content.read(MAX_DOCUMENT + 1)
-            if len(body) > MAX_DOCUMENT:
-                raise FeedError(f"{self.url(path)}: document larger than {MAX_DOCUMENT} bytes")
-            return body
+                raise too_big
+            # read to the end: one read() returns what is buffered, not the document
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in body_chunks(resp, self.fetcher.limits):
+                size += len(chunk)
+                if size > MAX_DOCUMENT:
+                    raise too_big
+                parts.append(chunk)
+            clean = True
+            return b"".join(parts)
+        except aiohttp.ClientError as exc:
+            raise FeedError(f"{self.url(path)}: transfer failed ({exc})") from None
         finally:
-            resp.release()
+            if clean:
+                resp.release()
+            else:
+                resp.close()
 
     async def document(self, path: str) -> tuple[dict[str, Any], bytes]:
         """(parsed JSON, the raw bytes as served), after the signature check."""
@@ -115,10 +145,7 @@ class FeedReader:
                 content = raw
         except SignatureError as exc:
             raise FeedError(f"bad signature: {exc}") from None
-        try:
-            doc = json.loads(content)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise FeedError(f"{self.url(path)}: not JSON ({exc})") from None
+        doc = parse_json(content, self.url(path))
         if not isinstance(doc, dict):
             raise FeedError(f"{self.url(path)}: not a JSON object")
         return doc, raw

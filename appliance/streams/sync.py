@@ -35,6 +35,7 @@ from appliance.streams.model import (
     PRODUCTS_FORMAT,
     FormatError,
     parse_index,
+    safe_path,
     strongest_checksum,
     validate_products,
 )
@@ -128,20 +129,28 @@ class Selected:
 Report = Callable[[str, Any], None]
 
 
-def expect_of(props: dict[str, str]) -> Expect:
+def expect_of(props: dict[str, str], where: str = "item") -> Expect:
+    """Size and strongest checksum of an item's flattened properties (FormatError if bad)."""
     found = strongest_checksum(props)
     algo, digest = found if found else (None, None)
-    return Expect(size=int(props["size"]), algorithm=algo, digest=digest)
+    size = props.get("size", "")
+    if not (isinstance(size, str) and size.isdigit() and len(size) <= 18):
+        raise FormatError(f"{where}: invalid size {str(size)[:40]!r}")
+    return Expect(size=int(size), algorithm=algo, digest=digest)
 
 
 def selected_items(
     doc: dict[str, Any], filters: Sequence[Filter], max_items: int | None
 ) -> list[Selected]:
-    return [
-        Selected(doc["content_id"], p, v, i, props["path"], expect_of(props))
-        for p, v, i, props in select(doc, filters, max_items)
-        if "path" in props
-    ]
+    """The items to mirror; paths and sizes are checked where they are inherited too."""
+    out = []
+    for p, v, i, props in select(doc, filters, max_items):
+        if "path" not in props:
+            continue
+        where = f"{p}/{v}/{i}"
+        path = safe_path(props["path"], where)
+        out.append(Selected(doc["content_id"], p, v, i, path, expect_of(props, where)))
+    return out
 
 
 class FeedMirror:
@@ -183,10 +192,10 @@ class FeedMirror:
             doc, doc_raw = await self.reader.document(path)
             try:
                 validate_products(doc)
+                selected += selected_items(doc, self.filters, self.feed.max_items)
             except FormatError as exc:
                 raise FeedError(f"{self.reader.url(path)}: {exc}") from None
             documents[path] = doc_raw
-            selected += selected_items(doc, self.filters, self.feed.max_items)
         documents.update(await self._other_renderings(documents))
         documents[self.index_path] = raw
         documents.update(await self._other_renderings({self.index_path: raw}))

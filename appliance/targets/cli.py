@@ -7,6 +7,7 @@ import json
 import sys
 
 from appliance import config as configuration
+from appliance.cache.egress import policy_for
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.targets.plan import Plan
@@ -73,7 +74,7 @@ async def run_seed(args: argparse.Namespace, config: configuration.Config) -> in
         what = f"no target named {', '.join(sorted(unknown))}" if unknown else "no seed.targets"
         print(f"archive-local: {what} in the configuration", file=sys.stderr)
         return 2
-    fetcher = Fetcher.from_config(config.upstream)
+    fetcher = Fetcher.from_config(config.upstream, policy_for(config))
     engine = CacheEngine.from_config(config, fetcher)
     try:
         outcomes = await seed_targets(

@@ -58,6 +58,22 @@ def load_token(path: Path) -> str:
     return token
 
 
+MAX_BODY = 64 * 1024
+
+
+async def _json_body(request: web.BaseRequest, action: str) -> dict[str, Any]:
+    """The request's JSON object ({} when empty); anything else is a 400."""
+    if (request.content_length or 0) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length or 0)
+    try:
+        body: Any = json.loads(await request.read() or b"{}")  # read() is capped at 1 MiB
+    except (ValueError, RecursionError):
+        raise web.HTTPBadRequest(text=f"{action}: the body must be a JSON object\n") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=f"{action}: the body must be a JSON object\n")
+    return body
+
+
 class Admin:
     def __init__(self, config: AdminConfig) -> None:
         self.configure(config)
@@ -114,14 +130,22 @@ class Admin:
             return await self._purge(request, service)
         if action == "reload":
             return web.json_response(await service.reload())
+        if action in ("verify", "expire"):
+            body = await _json_body(request, action)
+            flag = "fix" if action == "verify" else "dry_run"
+            value = body.get(flag, False)
+            if set(body) - {flag} or not isinstance(value, bool):
+                raise web.HTTPBadRequest(text=f'{action}: the body is {{"{flag}": true|false}}\n')
+            if service.maintenance_lock.locked():
+                raise web.HTTPConflict(text=f"{action}: a verify or expiry run is in progress\n")
+            if action == "verify":
+                return web.json_response(await service.verify(fix=value))
+            return web.json_response(await service.expire(dry_run=value))
         raise web.HTTPNotFound(text=f"admin API: no action {action!r}\n")
 
     async def _purge(self, request: web.BaseRequest, service: Service) -> web.StreamResponse:
-        try:
-            body: Any = json.loads(await request.read() or b"{}")
-        except ValueError:
-            raise web.HTTPBadRequest(text="purge: the body must be JSON\n") from None
-        if not isinstance(body, dict) or len(body.keys() & {"path", "remap"}) != 1:
+        body = await _json_body(request, "purge")
+        if len(body.keys() & {"path", "remap"}) != 1:
             raise web.HTTPBadRequest(
                 text='purge: give {"path": "/remap/..."} or {"remap": "NAME"}\n'
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,12 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance import config as configuration
+from appliance.apt import expire
+from appliance.apt.catalog import IndexCatalog
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
+from appliance.cache import verify
+from appliance.cache.egress import EgressPolicy, configured_hosts
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.config import Config
@@ -58,9 +63,19 @@ class Service:
         self.inventory = status.Inventory()
         self._fingerprint: str | None = None  # of the appliance key, once it exists
         self.advertiser: Any = None
+        self.server: Any = None  # the listening web.Server (its connection counts)
         self.router = Router(config.apt.remaps, config.apt.allow)
-        self.fetcher = Fetcher.from_config(config.upstream)
+        self.egress = EgressPolicy(
+            configured_hosts(config).__contains__, own_ports=(config.listen.port,)
+        )
+        self.fetcher = Fetcher.from_config(config.upstream, self.egress)
         self.engine = CacheEngine.from_config(config, self.fetcher)
+        self.catalog = IndexCatalog(config.cache.dir)  # what cached apt indexes list
+        self.engine.rules.append(self.catalog)
+        self.maintenance_lock = asyncio.Lock()  # one verify or expiry run at a time
+        self.last_verify: dict[str, Any] | None = None
+        self.last_expiry: dict[str, Any] | None = None
+        self._jobs: list[asyncio.Task[Any]] = []
         self.images = ImageRoutes(self.engine)
         self.scheduler = Scheduler(config, self.engine, self.fetcher)
         self.fetcher.monitor = self.metrics.upstream
@@ -71,7 +86,46 @@ class Service:
         await self.engine.start()
         self.access_log.start()
         self.scheduler.start()
+        self._jobs = [
+            asyncio.create_task(self._rebuild_catalog()),
+            asyncio.create_task(self._expire_periodically()),
+        ]
         await self._advertise()
+
+    async def _rebuild_catalog(self) -> None:
+        """Learn the cached indexes the table does not know (a new or lost table)."""
+        try:
+            n = await self.catalog.rebuild(self.engine.store)
+            log.info("apt indexes: %d cached index files checked", n)
+        except Exception as exc:
+            log.warning("apt indexes: cannot read the cached indexes: %s", exc)
+
+    async def _expire_periodically(self) -> None:
+        await asyncio.sleep(min(3600.0, self.config.cache.expire_interval))
+        while True:
+            try:
+                await self.expire(dry_run=False)
+            except Exception as exc:  # disk trouble or a damaged table: next time
+                log.warning("expiry failed: %s", exc)
+            await asyncio.sleep(self.config.cache.expire_interval)
+
+    async def expire(self, dry_run: bool) -> dict[str, Any]:
+        """Remove (or list) pool/by-hash files no cached index has listed for a while."""
+        async with self.maintenance_lock:
+            report = await expire.expire(
+                self.engine, self.catalog, self.config.cache.expire_after, dry_run
+            )
+        result = {"at": time.time(), **vars(report)}
+        self.last_expiry = {k: v for k, v in result.items() if k != "removed"}
+        return result
+
+    async def verify(self, fix: bool) -> dict[str, Any]:
+        """Re-read every entry; with `fix`, remove those that are wrong."""
+        async with self.maintenance_lock:
+            report = await verify.verify(self.engine, self.catalog.lookup, fix)
+        result = {"at": time.time(), **report.as_dict()}
+        self.last_verify = {k: v for k, v in result.items() if k != "problems"}
+        return result
 
     async def _advertise(self) -> None:
         """mDNS, unless turned off or listening on loopback only (nobody else could use it)."""
@@ -91,10 +145,14 @@ class Service:
     async def close(self) -> None:
         if self.advertiser is not None:
             await self.advertiser.close()
+        for job in self._jobs:
+            job.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
         await self.scheduler.close()
         await self.engine.close()
         await self.fetcher.close()
         await self.access_log.close()
+        await asyncio.to_thread(self.catalog.close)
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration file; what cannot change while running is reported."""
@@ -118,6 +176,7 @@ class Service:
         ]
         self.config = new
         self.router = Router(new.apt.remaps, new.apt.allow)
+        self.egress.allowed = configured_hosts(new).__contains__
         self.engine.ttl = new.apt.index_ttl
         self.engine.lru.max_size = new.cache.max_size
         self.scheduler.config = new
@@ -131,6 +190,10 @@ class Service:
         if method == "CONNECT":
             return await self._connect(request)
         target = request.raw_path
+        if target.startswith("/api/admin/"):
+            return await self.admin.handle(request, self)  # POST only, its own checks
+        if method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         if target == "/":
             return await self._index(request)
         if target.startswith("/api/"):
@@ -141,8 +204,6 @@ class Service:
             return web.Response(status=204)
         if target == WELL_KNOWN:
             return await self._well_known(request)
-        if method not in ("GET", "HEAD"):
-            raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         try:
             if target.startswith("/images/"):
                 route = await self.images.route(target)
@@ -168,13 +229,11 @@ class Service:
             raise web.HTTPBadRequest(text="CONNECT needs host:port\n")
         if not self.router.allow_connect(host, int(port)):
             raise web.HTTPForbidden(text=f"forbidden: CONNECT to {request.raw_path}\n")
-        return await tunnel(request, host, int(port))
+        return await tunnel(request, host, int(port), self.egress)
 
     async def _api(self, request: web.BaseRequest) -> web.StreamResponse:
         target = request.raw_path
-        if target.startswith("/api/admin/"):
-            return await self.admin.handle(request, self)
-        if target.split("?")[0] == "/api/status" and request.method in ("GET", "HEAD"):
+        if target.split("?")[0] == "/api/status":
             return web.json_response(await status.snapshot(self))
         raise web.HTTPNotFound(text="not found\n")
 

@@ -4,20 +4,25 @@ Bytes go out with `loop.sendfile` (zero copy) in bounded chunks, each under a
 stall timeout, so a client that stops reading cannot hold a handler forever.
 If the download behind a growing file fails, the connection is closed before
 the announced length is reached: the client sees an error, never a short file
-that looks complete.
+that looks complete. A pass-through answer (not stored) is relayed chunk by
+chunk under the same rule: with a size or digest to check, its last byte waits
+for the check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from email.utils import formatdate
 from typing import BinaryIO
 
+import aiohttp
 from aiohttp import web
 
 from appliance.cache.download import Download, State
-from appliance.cache.engine import CacheEngine, Hit, Miss
+from appliance.cache.engine import CacheEngine, Hit, Miss, PassThrough
+from appliance.cache.fetcher import body_chunks
 from appliance.web.ranges import plan
 
 log = logging.getLogger(__name__)
@@ -34,10 +39,12 @@ class ClientGone(Exception):
 
 
 async def deliver(
-    request: web.BaseRequest, engine: CacheEngine, result: Hit | Miss
+    request: web.BaseRequest, engine: CacheEngine, result: Hit | Miss | PassThrough
 ) -> web.StreamResponse:
     if isinstance(result, Miss):
         return await _deliver_download(request, engine, result.download)
+    if isinstance(result, PassThrough):
+        return await _deliver_passthrough(request, engine, result)
     return await _deliver_entry(request, engine, result)
 
 
@@ -71,19 +78,100 @@ async def _deliver_entry(
 async def _deliver_download(
     request: web.BaseRequest, engine: CacheEngine, download: Download
 ) -> web.StreamResponse:
-    if download.total is None:  # no Content-Length upstream: wait for the whole file
-        await download.finished()
-        if download.state is not State.DONE or download.entry is None:
-            raise web.HTTPBadGateway(text=f"upstream transfer failed: {download.error}\n")
-        return await _deliver_entry(request, engine, Hit(download.entry, "MISS"))
     file = download.attach()
     engine.pin(download.key)  # once committed, it must not be evicted under this client
     try:
+        if download.total is None:  # no length known: wait for the whole, verified file
+            await download.finished()
+            if download.state is not State.DONE:
+                raise web.HTTPBadGateway(text=f"upstream transfer failed: {download.error}\n")
         headers = _headers(download.etag, download.last_modified, download.content_type, "MISS")
+        assert download.total is not None
         return await _send(request, file, download.total, headers, download=download)
     finally:
         engine.unpin(download.key)
         download.detach()
+
+
+async def _deliver_passthrough(
+    request: web.BaseRequest, engine: CacheEngine, p: PassThrough
+) -> web.StreamResponse:
+    """Relay upstream's answer as it comes; Range and conditions are not applied (200)."""
+    upstream = p.response
+    headers = _headers(
+        upstream.headers.get("ETag"),
+        upstream.headers.get("Last-Modified"),
+        upstream.headers.get("Content-Type"),
+        "PASS",
+    )
+    del headers["Accept-Ranges"]
+    headers["X-Archive-Local-Not-Stored"] = p.reason
+    if p.encoding:
+        headers["Content-Encoding"] = p.encoding
+    length = upstream.content_length
+    if None not in (length, p.expect.size) and length != p.expect.size:
+        upstream.close()
+        engine.integrity_failures += 1
+        engine.fetcher.report(str(upstream.url), 0.0, "integrity")
+        raise web.HTTPBadGateway(
+            text=f"upstream: {length} bytes announced, {p.expect.size} expected\n"
+        )
+    resp = web.StreamResponse(status=200, headers=headers)
+    if length is None:
+        length = p.expect.size
+    if length is not None:
+        resp.content_length = length
+    try:
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            upstream.close()
+            await resp.write_eof()
+            return resp
+        await _relay(upstream, resp, p, engine)
+    except (ConnectionError, TimeoutError) as exc:
+        upstream.close()
+        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
+        return resp
+    except (_UpstreamBroke, aiohttp.ClientError) as exc:
+        upstream.close()
+        if isinstance(exc, _UpstreamBroke):
+            engine.integrity_failures += 1
+            engine.fetcher.report(str(upstream.url), 0.0, "integrity")
+        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+        return resp
+    upstream.release()
+    await resp.write_eof()
+    return resp
+
+
+async def _relay(
+    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, p: PassThrough, engine: CacheEngine
+) -> None:
+    """Copy the body; with an expectation, the last byte only once it checks out."""
+    expect = p.expect
+    digest = hashlib.new(expect.algorithm) if expect.algorithm else None
+    held = b""  # the last byte received, sent only after verification
+    size = 0
+    async for chunk in body_chunks(upstream, engine.fetcher.limits):
+        size += len(chunk)
+        if expect.size is not None and size > expect.size:
+            raise _UpstreamBroke(f"body longer than the expected {expect.size} bytes")
+        if digest is not None:
+            digest.update(chunk)
+        if not expect.known:
+            await resp.write(chunk)
+            continue
+        if held:
+            await resp.write(held)
+        held = chunk[-1:]
+        if len(chunk) > 1:
+            await resp.write(memoryview(chunk)[:-1])
+    if expect.size is not None and size != expect.size:
+        raise _UpstreamBroke(f"size {size}, expected {expect.size}")
+    if digest is not None and digest.hexdigest() != (expect.digest or "").lower():
+        raise _UpstreamBroke(f"{expect.algorithm} mismatch")
+    if held:
+        await resp.write(held)
 
 
 def _headers(

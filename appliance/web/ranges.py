@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_HUGE = 10**18  # beyond any file: positions with more digits mean "past the end"
+
+
+def _position(digits: str) -> int:
+    """A byte position from a client; never int() of thousands of digits (ValueError)."""
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ def _http_date(value: str | None) -> float | None:
         return None
     try:
         return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
@@ -58,12 +64,12 @@ def plan(
         return Plan(200, 0, size)  # multiple or malformed ranges: ignoring Range is allowed
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix: the last N bytes
-        length = int(last)
+        length = _position(last)
         if length == 0:
             return Plan(416)
         return Plan(206, max(0, size - length), size)
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if start >= size or (last != "" and int(last) < start):
+    start = _position(first)
+    end = size if last == "" else min(_position(last) + 1, size)
+    if start >= size or (last != "" and _position(last) < start):
         return Plan(416)
     return Plan(206, start, end)

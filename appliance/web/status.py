@@ -120,6 +120,14 @@ async def snapshot(service: Service) -> dict[str, Any]:
             "running": sched.seeding,
             "targets": {n: o.as_dict() for n, o in sched.seed_last.items()},
         },
+        "integrity": {
+            "rejected_downloads": service.engine.integrity_failures,
+            "not_stored": dict(service.engine.passed),
+            "connections_refused": getattr(service.server, "refused", 0),
+            "apt_indexes": service.catalog.stats(),
+            "last_verify": service.last_verify,
+            "last_expiry": service.last_expiry,
+        },
     }
 
 
@@ -142,6 +150,23 @@ def scrape(service: Service) -> Iterator[Metric]:
     waiting = gauge("download_clients", "Clients streaming a download in progress")
     waiting.add_metric([], sum(int(f["clients"]) for f in flights))  # type: ignore[call-overload]
     yield from (size, entries, limit, evictions, downloads, waiting)
+    rejected = counter(
+        "integrity_rejected_downloads",
+        "Upstream answers refused for a wrong size or digest (never cached, never completed)",
+    )
+    rejected.add_metric([], engine.integrity_failures)
+    passed = counter(
+        "not_stored_responses", "Upstream answers passed to a client without storing", ["reason"]
+    )
+    for reason in ("disk-full", "conflict", "store-error", "unverifiable", "encoded"):
+        passed.add_metric([reason], engine.passed.get(reason, 0))
+    refused = counter(
+        "connections_refused", "Connections turned away (limits.connections_per_client)"
+    )
+    refused.add_metric([], getattr(service.server, "refused", 0))
+    indexed = gauge("apt_index_files", "Files listed by the cached apt indexes")
+    indexed.add_metric([], service.catalog.stats()["files"])
+    yield from (rejected, passed, refused, indexed)
     for kind, stats, label in (
         ("sync", sched.sync_stats, "feed"),
         ("seed", sched.seed_stats, "target"),

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 from aiohttp import web
+
+from appliance.cache.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,20 @@ class _Pipe(asyncio.Protocol):
             self.peer.resume_reading()
 
 
-async def tunnel(request: web.BaseRequest, host: str, port: int) -> web.StreamResponse:
+async def _addresses(host: str, port: int, policy: EgressPolicy) -> list[str]:
+    """The host's addresses that the egress policy allows (a name may resolve anywhere)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = [info[4][0] for info in infos]
+    usable = [a for a in found if policy.address_problem(a, port) is None]
+    if not usable:
+        problems = {policy.address_problem(a, port) for a in found}
+        raise OSError(f"refused: {'; '.join(sorted(p for p in problems if p))}")
+    return usable
+
+
+async def tunnel(
+    request: web.BaseRequest, host: str, port: int, policy: EgressPolicy
+) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     client = request.transport
@@ -66,7 +82,10 @@ async def tunnel(request: web.BaseRequest, host: str, port: int) -> web.StreamRe
         return web.Response(status=499)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            upstream, up_pipe = await loop.create_connection(lambda: _Pipe(done), host, port)
+            addresses = await _addresses(host, port, policy)
+            upstream, up_pipe = await loop.create_connection(
+                lambda: _Pipe(done), addresses[0], port
+            )
     except (OSError, TimeoutError) as exc:
         log.info("CONNECT %s:%d failed: %s", host, port, exc)
         return web.Response(status=502, text=f"cannot connect to {host}:{port}\n")

@@ -1,0 +1,150 @@
+"""`archive-local verify` and `archive-local expire`: the cache's maintenance commands.
+
+When the service is running (it answers on its configured address) the command asks
+it through the admin API, so the removals go through the service's engine and nothing
+stale stays in its memory; otherwise the command works on the cache directory itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from appliance import config as configuration
+from appliance.apt import expire
+from appliance.apt.catalog import IndexCatalog
+from appliance.cache import verify
+from appliance.cache.egress import policy_for
+from appliance.cache.engine import CacheEngine
+from appliance.cache.fetcher import Fetcher
+from appliance.web.admin import AdminUnavailable, load_token
+from appliance.web.status_cli import _url
+
+
+class _NoService(Exception):
+    pass
+
+
+def _ask_service(config: configuration.Config, action: str, body: dict[str, Any]) -> Any:
+    """POST to the running service's admin API; _NoService when nothing listens."""
+    url = f"{_url(config)}/api/admin/{action}"
+    try:
+        urllib.request.urlopen(f"{_url(config)}/api/status", timeout=3).close()
+    except urllib.error.HTTPError:
+        pass  # something answers: the service
+    except OSError:
+        raise _NoService() from None
+    token = load_token(config.admin.token_file)
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=None) as r:
+        return json.loads(r.read())
+
+
+def _run(config: configuration.Config, action: str, body: dict[str, Any], local: Any) -> Any:
+    try:
+        return _ask_service(config, action, body)
+    except _NoService:
+        return asyncio.run(local())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise RuntimeError(f"the service answered {exc.code}: {detail}") from None
+    except (OSError, AdminUnavailable) as exc:
+        raise RuntimeError(f"cannot ask the running service: {exc}") from None
+
+
+class _Progress:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, checked: int, nbytes: int) -> None:
+        if self.enabled and checked % 100 == 0:
+            sys.stderr.write(f"\rverify: {checked} files, {nbytes / 2**20:.0f} MiB read")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _engine(config: configuration.Config) -> CacheEngine:
+    """The engine on the cache directory (not started: nothing is swept or fetched)."""
+    return CacheEngine.from_config(config, Fetcher.from_config(config.upstream, policy_for(config)))
+
+
+def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
+    progress = _Progress(sys.stderr.isatty() and not args.json)
+
+    async def local() -> dict[str, Any]:
+        engine = CacheEngine.from_config(
+            config, Fetcher.from_config(config.upstream, policy_for(config))
+        )
+        catalog = IndexCatalog(config.cache.dir)
+        try:
+            report = await verify.verify(engine, catalog.lookup, args.fix, progress)
+        finally:
+            catalog.close()
+            await engine.fetcher.close()
+        return report.as_dict()
+
+    try:
+        result = _run(config, "verify", {"fix": args.fix}, local)
+    except RuntimeError as exc:
+        print(f"archive-local: verify: {exc}", file=sys.stderr)
+        return 1
+    progress.done()
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for p in result["problems"]:
+            print(f"{'removed' if args.fix else 'bad'}: {p['key']}: {p['problem']}")
+        print(
+            f"verify: {result['checked']} files ({result['bytes'] / 2**20:.1f} MiB) checked in "
+            f"{result['seconds']} s: {result['ok']} ok, {result['bad']} bad"
+            + (f", {result['removed']} removed" if args.fix else "")
+        )
+    return 0 if result["bad"] == result["removed"] or not result["bad"] else 3
+
+
+def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
+    async def local() -> dict[str, Any]:
+        engine = CacheEngine.from_config(
+            config, Fetcher.from_config(config.upstream, policy_for(config))
+        )
+        catalog = IndexCatalog(config.cache.dir)
+        try:
+            await catalog.rebuild(engine.store)
+            report = await expire.expire(
+                engine, catalog, config.cache.expire_after, dry_run=args.dry_run
+            )
+        finally:
+            catalog.close()
+            await engine.fetcher.close()
+        return vars(report)
+
+    try:
+        result = _run(config, "expire", {"dry_run": args.dry_run}, local)
+    except RuntimeError as exc:
+        print(f"archive-local: expire: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for key in result["removed"]:
+        print(f"{verb} {key}")
+    print(
+        f"expire: {verb} {result['expired']} files ({result['expired_bytes'] / 2**20:.1f} MiB); "
+        f"{result['referenced']} referenced, {result['waiting']} unreferenced but within "
+        f"cache.expire_after, {result['unindexed']} of repositories without a cached index"
+    )
+    return 0

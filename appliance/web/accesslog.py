@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 _RESULT = {"HIT": "hit", "MISS": "miss", "REVALIDATED": "revalidated", "STALE": "stale"}
 _VERSIONS = {HttpVersion11: "HTTP/1.1", HttpVersion10: "HTTP/1.0"}
 _REFUSED = frozenset({400, 403, 405, 406, 411, 413, 414, 431})
+MAX_PENDING = 50_000  # lines buffered between two flushes at most
 
 
 def service_of(path: str) -> str | None:
@@ -49,6 +50,7 @@ class AccessLog:
         self._task: asyncio.Task[None] | None = None
         self._stamp_second = -1
         self._stamp = ""
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -71,12 +73,16 @@ class AccessLog:
         """Write the buffered lines now (at shutdown; the flusher does it while running)."""
         if self._lines and self._file is not None:
             lines, self._lines = self._lines, []
-            self._write("".join(lines))
+            self._write(lines)
 
-    def _write(self, text: str) -> None:
+    def _write(self, lines: list[str]) -> None:
+        """Line by line: no multi-megabyte string is built (nor kept by a thread's arena)."""
         assert self._file is not None
         try:
-            self._file.write(text)
+            if self.dropped:
+                self._file.write(f"# access log: {self.dropped} lines dropped (slow disk)\n")
+                self.dropped = 0
+            self._file.writelines(lines)
             self._file.flush()
         except OSError as exc:  # a full disk must not stop the service
             log.warning("access log: %s", exc)
@@ -87,7 +93,13 @@ class AccessLog:
             await asyncio.sleep(1.0)
             if self._lines and self._file is not None:
                 lines, self._lines = self._lines, []
-                await asyncio.to_thread(self._write, "".join(lines))
+                await asyncio.to_thread(self._write, lines)
+
+    def _append(self, line: str) -> None:
+        if len(self._lines) >= MAX_PENDING:  # the disk is slower than the requests: bounded
+            self.dropped += 1
+            return
+        self._lines.append(line)
 
     def _timestamp(self, now: float) -> str:
         second = int(now)
@@ -112,26 +124,33 @@ class AccessLog:
                 "time": round(now, 3),
                 "remote": request.remote,
                 "method": request.method,
-                "path": request.raw_path,
+                "path": _clip(request.raw_path),
                 "status": status,
                 "bytes": nbytes,
                 "cache": cache or None,
                 "seconds": round(seconds, 6),
-                "agent": agent,
+                "agent": _clip(agent, 256),
             }
             if reason:
                 record["reason"] = reason
-            self._lines.append(json.dumps(record) + "\n")
+            self._append(json.dumps(record) + "\n")
         else:  # common log format + cache result + duration in microseconds (Apache's %D)
             v = request.version
             version = _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}"
             stamp = self._stamp if int(now) == self._stamp_second else self._timestamp(now)
             end = f' reason="{reason}"\n' if reason else "\n"
-            self._lines.append(
-                f'{request.remote or "-"} - - [{stamp}] "{request.method} {request.raw_path} '
-                f'{version}" {status} {nbytes} "-" "{agent}" {cache or "-"} '
+            path = _clip(request.raw_path)
+            self._append(
+                f'{request.remote or "-"} - - [{stamp}] "{request.method} {path} '
+                f'{version}" {status} {nbytes} "-" "{_clip(agent, 256)}" {cache or "-"} '
                 f"{int(seconds * 1e6)}{end}"
             )
+
+
+def _clip(text: str, limit: int = 1024) -> str:
+    """Client-chosen text in a log line, bounded (an 8 KB path is logged as its first KB)."""
+    text = text.replace('"', "%22") if '"' in text else text
+    return text if len(text) <= limit else text[:limit] + "...(clipped)"
 
 
 def _reason(response: web.StreamResponse) -> str | None:

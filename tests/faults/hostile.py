@@ -1,0 +1,350 @@
+"""A scriptable misbehaving upstream: raw HTTP/1.1 on a socket, so framing can be wrong.
+
+aiohttp's own server always frames correctly; a broken mirror does not. Each path
+can be given a behaviour (a coroutine writing whatever bytes it likes); the rest are
+answered correctly, with keep-alive. Requests are recorded and connections counted.
+
+    up = Hostile({"/debian/pool/a.deb": data}).start()
+    up.behave["/debian/pool/a.deb"] = short(1000)      # Content-Length, then 1000 bytes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    conn: int  # which connection carried it (1, 2, ...)
+    at: float = field(default_factory=time.monotonic)
+
+
+class Conn:
+    """One client connection as a behaviour sees it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int):
+        self.reader, self.writer, self.n = reader, writer, n
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.closed = True
+        self.writer.close()
+
+    def reset(self) -> None:
+        """Close with a TCP RST (SO_LINGER 0), as a crashed or hostile server does."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
+
+
+Behaviour = Callable[["Hostile", Request, Conn], Awaitable[None]]
+
+
+def head(status: str = "200 OK", length: int | None = None, **extra: str) -> bytes:
+    lines = [f"HTTP/1.1 {status}", f"Date: {formatdate(usegmt=True)}"]
+    lines.append("Content-Type: application/octet-stream")
+    lines.append("Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def well_formed(up: Hostile, req: Request, conn: Conn) -> None:
+    body = up.files.get(req.path)
+    if body is None:
+        await conn.send(head("404 Not Found", 0))
+        return
+    inm = req.headers.get("if-none-match")
+    etag = f'"{len(body)}-{hash(body) & 0xFFFF:x}"'
+    if inm == etag or ("if-modified-since" in req.headers and up.honour_conditionals):
+        await conn.send(head("304 Not Modified", None, ETag=etag))
+        return
+    await conn.send(head("200 OK", len(body), ETag=etag))
+    if req.method != "HEAD":
+        await conn.send(body)
+
+
+# --- behaviours -----------------------------------------------------------------------------
+
+
+def short(n: int, reset: bool = False) -> Behaviour:
+    """Announce the whole length, send `n` bytes, then close (FIN, or RST)."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", len(body)) + body[:n])
+        await asyncio.sleep(0.05)
+        conn.reset() if reset else conn.close()
+
+    return run
+
+
+def long(extra: bytes) -> Behaviour:
+    """Announce the length, then send more than that on the same connection."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", len(body)) + body + extra)
+
+    return run
+
+
+def no_length(cut: int | None = None) -> Behaviour:
+    """No Content-Length, no chunking: the body ends when the connection does."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", None, Connection="close"))
+        await conn.send(body if cut is None else body[:cut])
+        await asyncio.sleep(0.02)
+        conn.close()
+
+    return run
+
+
+def stray(extra_body: bytes, delay: float = 0.1) -> Behaviour:
+    """A correct answer, then, unasked, a second complete response on the connection."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        await well_formed(up, req, conn)
+        await asyncio.sleep(delay)
+        if not conn.closed:
+            await conn.send(head("200 OK", len(extra_body)) + extra_body)
+
+    return run
+
+
+def stall_after(n: int, seconds: float = 30) -> Behaviour:
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", len(body)) + body[:n])
+        await asyncio.sleep(seconds)
+        conn.close()
+
+    return run
+
+
+def drip(interval: float, chunk: int = 1) -> Behaviour:
+    """The whole length announced, then `chunk` bytes every `interval` seconds."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", len(body)))
+        for pos in range(0, len(body), chunk):
+            await conn.send(body[pos : pos + chunk])
+            await asyncio.sleep(interval)
+
+    return run
+
+
+def slow(rate: float) -> Behaviour:
+    """A correct answer at about `rate` bytes/s (for downloads that must last a while)."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        await conn.send(head("200 OK", len(body)))
+        step = max(1, int(rate / 20))
+        for pos in range(0, len(body), step):
+            await conn.send(body[pos : pos + step])
+            await asyncio.sleep(step / rate)
+
+    return run
+
+
+def range_answer(status: str = "200 OK", content_range: str | None = None) -> Behaviour:
+    """Ignore a Range (200, whole body) or answer 206 with the given Content-Range."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        body = up.files[req.path]
+        extra = {"Content_Range": content_range} if content_range else {}
+        await conn.send(head(status, len(body), **extra) + body)
+
+    return run
+
+
+def redirect(location: str, status: str = "302 Found") -> Behaviour:
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        await conn.send(head(status, 0, Location=location))
+
+    return run
+
+
+def gzip_encoded() -> Behaviour:
+    """Content-Encoding: gzip although the request said identity."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        data = gzip.compress(up.files[req.path], mtime=0)
+        await conn.send(head("200 OK", len(data), Content_Encoding="gzip") + data)
+
+    return run
+
+
+def other_bytes(data: bytes) -> Behaviour:
+    """A well-framed answer with the wrong bytes (a republished or tampered file)."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        await conn.send(head("200 OK", len(data)) + data)
+
+    return run
+
+
+def listing() -> Behaviour:
+    """What a mirror answers for a directory: an HTML index."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        page = f"<html><body><h1>Index of {req.path}</h1></body></html>\n".encode()
+        await conn.send(head("200 OK", len(page), Content_Type="text/html") + page)
+
+    return run
+
+
+def new_bytes_on_conditional(new: bytes) -> Behaviour:
+    """Answer a conditional request with 200 and new bytes (the file changed)."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        if "if-none-match" in req.headers or "if-modified-since" in req.headers:
+            await conn.send(head("200 OK", len(new), ETag='"new"') + new)
+        else:
+            await well_formed(up, req, conn)
+
+    return run
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+class Hostile:
+    def __init__(self, files: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
+        self.files: dict[str, bytes] = dict(files or {})
+        self.behave: dict[str, Behaviour] = {}
+        self.requests: list[Request] = []
+        self.connections = 0
+        self.honour_conditionals = True
+        self.host = host
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def hostport(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def count(self, suffix: str) -> int:
+        return sum(1 for r in self.requests if r.path.endswith(suffix))
+
+    def start(self) -> Hostile:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._client, self.host, 0, limit=1 << 20)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for w in list(self._writers):
+                w.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        if self._thread:
+            self._thread.join(5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = Conn(reader, writer, self.connections)
+        self._writers.add(writer)
+        try:
+            while not conn.closed:
+                try:
+                    head_bytes = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                    break
+                lines = head_bytes.decode("latin-1").split("\r\n")
+                method, path, _version = [*lines[0].split(" "), "", ""][:3]
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, _, v = line.partition(":")
+                        headers[k.strip().lower()] = v.strip()
+                req = Request(method, path, headers, conn.n)
+                self.requests.append(req)
+                behaviour = self.behave.get(path, well_formed)
+                try:
+                    await behaviour(self, req, conn)
+                except (ConnectionError, OSError):
+                    break
+                if headers.get("connection", "").lower() == "close":
+                    break
+        finally:
+            self._writers.discard(writer)
+            if not conn.closed:
+                writer.close()
+
+
+class Canary:
+    """A listener that must never be connected to (another loopback address or port)."""
+
+    def __init__(self, host: str = "127.0.0.2", port: int = 0) -> None:
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        self.hits = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.hits += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()

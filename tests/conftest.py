@@ -55,6 +55,7 @@ class Appliance:
     cache_dir: Path
     log: Path
     proc: subprocess.Popen[bytes]
+    config: Path | None = None
 
     @property
     def url(self) -> str:
@@ -85,6 +86,26 @@ class Appliance:
 
     def status(self) -> dict:
         return json.loads(http_get(f"{self.url}/api/status")[1])
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`archive-local --config <this appliance's config> ARGS...`."""
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def wait_indexes(self, files: int, timeout: float = 20) -> dict:
+        """Until the apt index table lists at least `files` files and nothing is parsing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.status()["integrity"]["apt_indexes"]
+            if stats["files"] >= files and stats["parsing"] == 0:
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"apt indexes not learnt: {stats}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -137,7 +158,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
-        app = Appliance(port, cache_dir, log, proc)
+        app = Appliance(port, cache_dir, log, proc, cfg)
         started.append(app)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

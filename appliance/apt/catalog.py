@@ -20,7 +20,6 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,10 +44,11 @@ log = logging.getLogger(__name__)
 _BY_HASH_NAMES = {"sha256": "SHA256", "sha512": "SHA512", "md5": "MD5Sum"}
 STATE_DIR = ".state"  # hidden: never a cache key, skipped by the store's walks
 DB_NAME = "apt-index.sqlite"
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS indexes (
     logical TEXT PRIMARY KEY, key TEXT NOT NULL, sha256 TEXT, root TEXT NOT NULL,
-    parsed REAL NOT NULL, files INTEGER NOT NULL
+    fetched REAL NOT NULL, files INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS files (
     key TEXT NOT NULL, logical TEXT NOT NULL, size INTEGER NOT NULL,
@@ -96,6 +96,7 @@ class IndexCatalog:
         self.parsed = 0  # index files parsed since start
         self.problems = 0  # index files that could not be read
         self._ready = False
+        self._init_lock = threading.Lock()
 
     # -- connections (one per thread; WAL lets readers run while the writer writes) --
     def _db(self) -> sqlite3.Connection:
@@ -105,11 +106,24 @@ class IndexCatalog:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            if not self._ready:
-                conn.executescript(_SCHEMA)
-                self._ready = True
+            with self._init_lock:
+                self._init(conn)
             self._local.conn = conn
         return conn
+
+    def _init(self, conn: sqlite3.Connection) -> None:
+        """Create (or replace an outdated) schema, once per process."""
+        if self._ready:
+            return
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            # another layout (an older version): the table is rebuilt from the cache
+            conn.executescript(
+                "DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS indexes; "
+                "DROP TABLE IF EXISTS unreferenced;"
+            )
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._ready = True
 
     def close(self) -> None:
         self._writer.shutdown(wait=True, cancel_futures=True)
@@ -134,7 +148,7 @@ class IndexCatalog:
                 .execute(
                     "SELECT f.size, f.algorithm, f.digest, i.key FROM files f "
                     "JOIN indexes i ON i.logical = f.logical WHERE f.key = ? "
-                    "ORDER BY i.parsed DESC LIMIT 1",
+                    "ORDER BY i.fetched DESC LIMIT 1",
                     (key,),
                 )
                 .fetchone()
@@ -177,11 +191,16 @@ class IndexCatalog:
     def _learn(self, entry: Entry, index: IndexFile) -> None:
         """Parse one committed index and replace what its previous version said."""
         db = self._db()
+        logical = index.logical
+        if index.kind == "by-hash":  # Packages or Sources: the same folder holds both
+            logical += "/" + _sniff_kind(entry)
         row = db.execute(
-            "SELECT sha256 FROM indexes WHERE logical = ? AND key = ?", (index.logical, entry.key)
+            "SELECT sha256, fetched FROM indexes WHERE logical = ?", (logical,)
         ).fetchone()
-        if row is not None and row[0] == entry.meta.sha256 and entry.meta.sha256:
-            return  # this very file was read before
+        if row is not None and (
+            (row[0] == entry.meta.sha256 and entry.meta.sha256) or row[1] > entry.meta.fetched
+        ):
+            return  # read before, or an older copy than the one the table reflects
         try:
             with open(entry.path, "rb") as fh:
                 kind, listed = _read(fh, index)
@@ -191,7 +210,6 @@ class IndexCatalog:
             return
         if kind is None:
             return
-        logical = index.logical if index.kind != "by-hash" else f"{index.logical}/{kind}"
         rows = list(_rows(listed, index, kind))
         with _transaction(db):
             db.execute("DELETE FROM files WHERE logical = ?", (logical,))
@@ -201,7 +219,7 @@ class IndexCatalog:
             )
             db.execute(
                 "INSERT OR REPLACE INTO indexes VALUES (?, ?, ?, ?, ?, ?)",
-                (logical, entry.key, entry.meta.sha256, index.root, time.time(), len(rows)),
+                (logical, entry.key, entry.meta.sha256, index.root, entry.meta.fetched, len(rows)),
             )
         self.parsed += 1
         log.info("apt index %s: %d files listed", entry.key, len(rows))
@@ -295,6 +313,16 @@ class IndexCatalog:
             "parsing": len(self._pending),
             "unreadable": self.problems,
         }
+
+
+def _sniff_kind(entry: Entry) -> str:
+    """Packages or Sources, from the first paragraph of a by-hash copy."""
+    try:
+        with open(entry.path, "rb") as fh:
+            first = next(stanzas(open_text(fh), FILE_FIELDS), {})
+    except (OSError, ValueError, EOFError):
+        return "unknown"
+    return "Sources" if "Directory" in first and "Filename" not in first else "Packages"
 
 
 def _read(fh: object, index: IndexFile) -> tuple[str | None, list[Listed]]:

@@ -74,8 +74,8 @@ def classify(key: str) -> IndexFile | None:
         folder = segments[-4] if len(segments) >= 4 else ""
         if not (folder.startswith("binary-") or folder == "source"):
             return None  # i18n, dep11, Contents...: nothing that lists pool files
-        directory = "/".join(segments[:-3])
-        return IndexFile("by-hash", directory, directory, root or directory)
+        directory = "/".join(segments[:-3])  # Packages/Sources: paths from the root
+        return IndexFile("by-hash", directory, root or directory, root or directory)
     name = segments[-1]
     directory = "/".join(segments[:-1])
     stem = name

@@ -100,12 +100,19 @@ class EgressPolicy:
             same = False
         if not same and not self.allowed(to):
             return f"redirect to {to}, which is not a configured upstream (add it to apt.allow)"
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(parts.hostname)  # a literal: check it now
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            if problem := self.address_problem(parts.hostname, port):
-                return f"redirect to {to}: {problem}"
+        if problem := self.literal_problem(target):
+            return f"redirect to {to}: {problem}"
         return None
+
+    def literal_problem(self, url: str) -> str | None:
+        """For a URL whose host is an address (no resolver runs for it): why it is forbidden."""
+        parts = urlsplit(url)
+        try:
+            ipaddress.ip_address(parts.hostname or "")
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+        return self.address_problem(parts.hostname or "", port)
 
 
 def configured_hosts(config: Config, extra_urls: Iterable[str] = ()) -> frozenset[str]:

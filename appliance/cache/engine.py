@@ -211,13 +211,13 @@ class CacheEngine:
             return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
         while True:
             if (task := self._pending.get(key)) is None:
-                if (download := self._downloads.get(key)) is not None:
+                if (download := self._running(key)) is not None:
                     return Miss(download)
                 entry, body = await self._lookup(key)
                 if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
                     self.lru.touch(key)
                     return Hit(entry, "HIT", body=body)
-                if key in self._pending or key in self._downloads:
+                if key in self._pending or self._running(key) is not None:
                     continue  # someone started while we looked at the disk: join them
                 task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable, keep))
                 self._pending[key] = task
@@ -255,6 +255,11 @@ class CacheEngine:
             log.warning("cache: %s does not match its expected digest; fetching again", key)
             await self.remove(key)
         raise FetchError(f"{key}: still does not match after a fresh download")
+
+    def _running(self, key: str) -> Download | None:
+        """The download in progress for `key`; one that just ended is no longer joined."""
+        download = self._downloads.get(key)
+        return download if download is not None and download.state is State.RUNNING else None
 
     def downloading_key(self, key: str) -> bool:
         """True while `key` is being fetched (maintenance leaves it alone)."""
@@ -490,8 +495,10 @@ class CacheEngine:
         """A temp file for `key`, making room first; `Unstorable` when there is none."""
         free = await self._io(self.store.free_bytes)
         if free is not None and free - needed < self.min_free:
-            await self._evict(room=needed + self.min_free - free)
-            free = await self._io(self.store.free_bytes)
+            room = needed + self.min_free - free
+            if self.lru.total >= room:  # evicting can make room (else keep what we have)
+                await self._evict(room=room)
+                free = await self._io(self.store.free_bytes)
             if free is not None and free - needed < self.min_free:
                 raise Unstorable(
                     key, "disk-full", f"{free} bytes free, {needed} needed (cache.min_free)"
@@ -547,7 +554,8 @@ class CacheEngine:
         try:
             await download.run(resp, self.store)
         finally:
-            self._downloads.pop(download.key, None)
+            if self._downloads.get(download.key) is download:  # not a newer one
+                del self._downloads[download.key]
             self.hot.drop(download.key)
         if download.integrity_error:
             self.integrity_failures += 1

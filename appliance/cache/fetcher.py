@@ -257,6 +257,8 @@ class Fetcher:
     async def _follow(self, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """GET `url`, following at most MAX_REDIRECTS redirects the policy allows."""
         current = url
+        if problem := self.policy.literal_problem(url):  # names are checked by the resolver
+            raise _Refused(problem)
         for _hop in range(MAX_REDIRECTS + 1):
             resp = await self.session.get(
                 URL(current, encoded=True), headers=headers, allow_redirects=False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,33 @@ def tracebacks(log_text: str) -> list[str]:
 def meta(cache_dir: Path, key: str) -> dict:
     path = cache_dir / key
     return json.loads((path.parent / f".{path.name}.meta").read_text())
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs the test fills up (mounted under the test's directory)."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (the tests run as root in CI)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill the file system up to `leave` free bytes (in 4 KiB pages)."""
+    filler = disk / "filler"
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(0, free - leave))
+    while True:  # the last pages
+        try:
+            with open(filler, "ab") as f:
+                if os.statvfs(disk).f_bavail * st.f_frsize <= leave:
+                    break
+                f.write(b"\0" * 4096)
+        except OSError:
+            break
+    return filler

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import StartAppliance, free_port, http_get, run_sync
-from tests.faults.conftest import SCALE, fetch, leftovers, stored, tracebacks
+from tests.faults.conftest import SCALE, fetch, fill, leftovers, stored, tracebacks
 from tests.faults.hostile import (
     Canary,
     Hostile,
@@ -236,36 +236,6 @@ async def test_close_delimited_body_is_relayed_never_stored(
 
 
 # --- 6. a full disk broke revalidation ---------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 4 MiB tmpfs the test fills up (mounted under the test's directory)."""
-    if os.geteuid() != 0:
-        pytest.fail("mounting a tmpfs needs root (the tests run as root in CI)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(disk: Path, leave: int = 0) -> Path:
-    """Fill the file system up to `leave` free bytes (in 4 KiB pages)."""
-    filler = disk / "filler"
-    st = os.statvfs(disk)
-    free = st.f_bavail * st.f_frsize
-    with open(filler, "ab") as f:
-        f.write(b"\0" * max(0, free - leave))
-    while True:  # the last pages
-        try:
-            with open(filler, "ab") as f:
-                if os.statvfs(disk).f_bavail * st.f_frsize <= leave:
-                    break
-                f.write(b"\0" * 4096)
-        except OSError:
-            break
-    return filler
 
 
 async def test_full_disk_keeps_serving_and_leaves_nothing_behind(

@@ -3,9 +3,10 @@ VENV      ?= .venv
 PYTHON    ?= python3
 BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img,
-# promtool + prometheus, headless chromium, ip (network namespaces)
+# promtool + prometheus, headless chromium, ip (network namespaces), strace (the fuzzer
+# watches which files the service opens), util-linux (unshare, mount of a small tmpfs)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
-             prometheus chromium iproute2 cloud-init dnsmasq-base
+             prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -13,7 +14,7 @@ MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: components run test lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
+.PHONY: components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -70,6 +71,13 @@ run: venv
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# the fault and abuse suite, ten times longer (more trials, cases, connections);
+# figures for docs/reliability.md are appended to $(FAULTS_REPORT)
+FAULTS_REPORT ?= $(abspath bench/results/faults-soak.jsonl)
+soak: venv debs-test components
+	mkdir -p $(dir $(FAULTS_REPORT))
+	FAULTS_SCALE=$${FAULTS_SCALE:-10} FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -q tests/faults $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check appliance tests cloud-init

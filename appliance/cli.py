@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -106,7 +107,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_file_limit() -> None:
+    """Open files up to the hard limit: every client and download holds descriptors
+    (systemd's default soft limit of 1024 would cap the appliance at a few hundred clients)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+
+
 async def _serve(config: configuration.Config, config_path: Path | None = None) -> None:
+    _raise_file_limit()
     service = Service(config, config_path)
     await service.start()
     server = Server(

@@ -23,7 +23,7 @@ from aiohttp import web
 from appliance.cache.download import Download, State
 from appliance.cache.engine import CacheEngine, Hit, Miss, PassThrough
 from appliance.cache.fetcher import body_chunks
-from appliance.web.ranges import plan
+from appliance.web.ranges import Plan, plan
 
 log = logging.getLogger(__name__)
 
@@ -197,37 +197,45 @@ async def _send(
 ) -> web.StreamResponse:
     p = plan(request.headers, size, headers.get("ETag"), headers.get("Last-Modified"))
     resp = web.StreamResponse(status=p.status, headers=headers)
+    try:
+        await _respond(request, resp, p, source, size, download)
+    except (ClientGone, ConnectionError, TimeoutError) as exc:  # the client went away
+        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
+    except _UpstreamBroke as exc:
+        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+    return resp
+
+
+async def _respond(
+    request: web.BaseRequest,
+    resp: web.StreamResponse,
+    p: Plan,
+    source: BinaryIO | bytes,
+    size: int,
+    download: Download | None,
+) -> None:
     if p.status == 304:
         for h in ("Content-Type", "Accept-Ranges"):
             resp.headers.pop(h, None)
         await resp.prepare(request)
-        return resp
+        return
     if p.status == 416:
         resp.headers["Content-Range"] = f"bytes */{size}"
         resp.content_length = 0
         await resp.prepare(request)
-        return resp
+        return
     if p.status == 206:
         resp.headers["Content-Range"] = f"bytes {p.start}-{p.end - 1}/{size}"
     resp.content_length = p.end - p.start
     await resp.prepare(request)
     if request.method == "HEAD" or p.end == p.start:
         await resp.write_eof()
-        return resp
+        return
     if isinstance(source, bytes):  # small and in memory: one write, no sendfile round-trip
         await resp.write(source[p.start : p.end])
-        await resp.write_eof()
-        return resp
-    try:
+    else:
         await _copy(request, source, p.start, p.end, download)
-    except (ClientGone, ConnectionError, TimeoutError) as exc:
-        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
-        return resp
-    except _UpstreamBroke as exc:
-        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
-        return resp
     await resp.write_eof()
-    return resp
 
 
 class _UpstreamBroke(Exception):
@@ -262,7 +270,8 @@ async def _copy(
 
 
 def _abort(request: web.BaseRequest, resp: web.StreamResponse, why: str) -> None:
-    log.warning("%s", why)
+    # a client that leaves is routine (INFO); an upstream that breaks is worth a WARNING
+    log.log(logging.WARNING if why.startswith("upstream") else logging.INFO, "%s", why)
     resp.force_close()
     if request.transport is not None:
         request.transport.close()

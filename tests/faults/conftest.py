@@ -18,6 +18,14 @@ from tests.faults.hostile import Hostile
 SCALE = max(1, int(os.environ.get("FAULTS_SCALE", "1")))
 
 
+def report(name: str, **figures: object) -> None:
+    """Figures of a run for docs/reliability.md: appended to $FAULTS_REPORT when set."""
+    target = os.environ.get("FAULTS_REPORT")
+    if target:
+        with open(target, "a") as f:
+            f.write(json.dumps({"test": name, "scale": SCALE, **figures}) + "\n")
+
+
 @pytest.fixture
 def hostile() -> Iterator[Hostile]:
     up = Hostile().start()

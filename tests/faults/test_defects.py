@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import StartAppliance, free_port, http_get, run_sync
+from tests.conftest import StartAppliance, http_get, run_sync
 from tests.faults.conftest import SCALE, fetch, fill, leftovers, stored, tracebacks
 from tests.faults.hostile import (
     Canary,
@@ -398,7 +398,10 @@ def test_listen_on_ipv6_any_accepts_ipv4_too(
     hostile: Hostile, start_appliance: StartAppliance, tmp_path: Path
 ) -> None:
     hostile.files["/debian/pool/v.deb"] = b"dual stack"
-    port = free_port()
+    with socket.socket(socket.AF_INET6) as probe:  # a port free for IPv4 and IPv6 alike
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(("::", 0))
+        port = probe.getsockname()[1]
     cfg = tmp_path / "dual.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -424,6 +427,7 @@ def test_listen_on_ipv6_any_accepts_ipv4_too(
                 socket.create_connection(("::1", port), 0.2).close()
                 break
             except OSError:
+                assert proc.poll() is None, (tmp_path / "dual.log").read_text()
                 time.sleep(0.05)
         assert http_get(f"http://127.0.0.1:{port}/debian/pool/v.deb") == (200, b"dual stack")
         assert http_get(f"http://[::1]:{port}/debian/pool/v.deb") == (200, b"dual stack")

@@ -178,6 +178,7 @@ class CacheEngine:
         self.clock: Callable[[], float] = time.time
         self.evictions = 0
         self.passed: Counter[str] = Counter()  # pass-through answers by reason
+        self._noted: dict[str, float] = {}
         self.integrity_failures = 0  # downloads rejected for wrong size or digest
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
@@ -472,17 +473,28 @@ class CacheEngine:
             return Hit(entry, "REVALIDATED")
         if (encoding := content_encoding(resp)) and expect.algorithm is None:
             # bytes under an encoding we did not ask for: not the file, pass them on as sent
-            log.warning("upstream %s: Content-Encoding %s; not caching it", resp.url, encoding)
+            self._note(
+                "encoded", "upstream %s: Content-Encoding %s; not caching", resp.url, encoding
+            )
             return self._pass(resp, expect, "encoded")
         if close_delimited(resp) and not expect.known:
             # the connection's end is the body's end: a cut looks complete; nothing to check
-            log.info("upstream %s: no Content-Length; passing through, not caching", resp.url)
+            log.info("upstream %s: no Content-Length, nothing to check it by: not cached", resp.url)
             return self._pass(resp, expect, "unverifiable")
         return await self._start_download(key, resp, expect, resumable, keep=keep)
 
     def _pass(self, resp: aiohttp.ClientResponse, expect: Expect, reason: str) -> PassThrough:
         self.passed[reason] += 1
         return PassThrough(resp, expect, reason)
+
+    def _note(self, reason: str, message: str, *args: object) -> None:
+        """A WARNING once a minute per reason (a full disk would repeat it per request)."""
+        now = time.monotonic()
+        if now - self._noted.get(reason, -60.0) >= 60.0:
+            self._noted[reason] = now
+            log.warning(message + " (logged once a minute)", *args)
+        else:
+            log.debug(message, *args)
 
     async def _park(self, temp: TempFile, info: dict[str, object]) -> None:
         try:
@@ -530,7 +542,7 @@ class CacheEngine:
                 raise
         except OSError as exc:
             why = exc if isinstance(exc, Unstorable) else Unstorable(key, "store-error", str(exc))
-            log.warning("cache: %s; passing through", why)
+            self._note(why.reason, "cache: %s; passing it through", why)
             return self._pass(resp, expect, why.reason)
         download = Download(
             key,

@@ -22,7 +22,14 @@ from appliance.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_RESULT = {"HIT": "hit", "MISS": "miss", "REVALIDATED": "revalidated", "STALE": "stale"}
+# PASS (relayed, not stored) came from upstream like a miss
+_RESULT = {
+    "HIT": "hit",
+    "MISS": "miss",
+    "PASS": "miss",
+    "REVALIDATED": "revalidated",
+    "STALE": "stale",
+}
 _VERSIONS = {HttpVersion11: "HTTP/1.1", HttpVersion10: "HTTP/1.0"}
 _REFUSED = frozenset({400, 403, 405, 406, 411, 413, 414, 431})
 MAX_PENDING = 50_000  # lines buffered between two flushes at most
@@ -183,7 +190,7 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
                 else:
                     result = "refused" if status in _REFUSED else "error"
                 served = nbytes if status < 300 else 0
-                metrics.request(service, result, served, cache == "MISS", path)
+                metrics.request(service, result, served, cache in ("MISS", "PASS"), path)
             if access.enabled:
                 access.write(request, status, nbytes, cache, time, reason)
             if reason and status >= 500:

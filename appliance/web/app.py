@@ -179,6 +179,9 @@ class Service:
         self.egress.allowed = configured_hosts(new).__contains__
         self.engine.ttl = new.apt.index_ttl
         self.engine.lru.max_size = new.cache.max_size
+        self.engine.min_free = new.cache.min_free
+        if self.server is not None:
+            self.server.cap = new.limits.connections_per_client
         self.scheduler.config = new
         self.admin.configure(new.admin)
         self.inventory.invalidate()

@@ -396,6 +396,7 @@ def render_main(s: dict[str, Any]) -> str:
             ]
         )
     results_table = _table(["job", "name", "result", "took"], jobs, "No sync or seed has run yet.")
+    integrity = _integrity(s["integrity"])
     return (
         f'<section><h2>At a glance</h2><div class="tiles">{tiles}</div></section>'
         f"<section><h2>Over time</h2>{_chart(s['history'])}</section>"
@@ -405,7 +406,45 @@ def render_main(s: dict[str, Any]) -> str:
         f"<section><h2>Downloading now</h2>{downloads}</section>"
         f"<section><h2>Images mirrored and where they are seeded</h2>{images}</section>"
         f"<section><h2>Last sync and seed</h2>{results_table}</section>"
+        f"<section><h2>Integrity</h2>{integrity}</section>"
     )
+
+
+def _integrity(i: dict[str, Any]) -> str:
+    """What was refused or not stored, the index table, the last verify and expiry."""
+    not_stored = ", ".join(f"{k} {v}" for k, v in sorted(i["not_stored"].items())) or "none"
+    idx = i["apt_indexes"]
+    verify, expiry = i["last_verify"], i["last_expiry"]
+    rows = [
+        [
+            "downloads refused (wrong size or digest)",
+            _state(not i["rejected_downloads"], str(i["rejected_downloads"])),
+        ],
+        ["answers passed through, not stored", not_stored],
+        ["connections turned away (per-client cap)", i["connections_refused"]],
+        [
+            "apt indexes checked against",
+            f"{idx['indexes']} indexes listing {idx['files']} files"
+            + (f", {idx['parsing']} being read" if idx["parsing"] else ""),
+        ],
+        [
+            "last verify",
+            _state(
+                not verify["bad"],
+                f"{verify['bad']} bad of {verify['checked']}, {_ago(verify['at'])}",
+            )
+            if verify
+            else "never (archive-local verify)",
+        ],
+        [
+            "last expiry",
+            f"{expiry['expired']} files ({_bytes(expiry['expired_bytes'])}) removed, "
+            f"{_ago(expiry['at'])}"
+            if expiry
+            else "not yet (daily)",
+        ],
+    ]
+    return _table(["", ""], rows, "")
 
 
 def render_page(s: dict[str, Any]) -> str:

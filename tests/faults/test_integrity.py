@@ -245,6 +245,10 @@ async def test_full_disk_serves_hits_and_passes_misses_through(
     assert app.status()["integrity"]["not_stored"]["disk-full"] >= 1
     metrics = (await fetch(f"{app.url}/metrics")).body.decode()
     assert 'archive_local_not_stored_responses_total{reason="disk-full"} 1.0' in metrics
+    page = (await fetch(f"{app.url}/", {"Accept": "text/html"})).body.decode()
+    assert "answers passed through, not stored</td><td>disk-full 1" in page
+    # counted as a miss served from upstream, not as a hit
+    assert app.status()["requests"]["apt"]["miss"] == 2
     assert tracebacks(app.log_text()) == []
 
 

@@ -18,6 +18,14 @@ from tests.faults.hostile import Hostile
 SCALE = max(1, int(os.environ.get("FAULTS_SCALE", "1")))
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def report(name: str, **figures: object) -> None:
     """Figures of a run for docs/reliability.md: appended to $FAULTS_REPORT when set."""
     target = os.environ.get("FAULTS_REPORT")

@@ -273,14 +273,18 @@ class Hostile:
         return self
 
     def close(self) -> None:
-        def stop() -> None:
+        async def stop() -> None:
             if self._server is not None:
                 self._server.close()
             for w in list(self._writers):
                 w.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._loop.stop()
 
-        self._loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop)
         if self._thread:
             self._thread.join(5)
 

@@ -24,7 +24,16 @@ import pytest
 import yaml
 
 from tests.conftest import StartAppliance, http_get, run_sync
-from tests.faults.conftest import SCALE, fetch, fill, leftovers, stored, tracebacks
+from tests.faults.conftest import (
+    SCALE,
+    fetch,
+    fill,
+    leftovers,
+    peak_rss_mb,
+    report,
+    stored,
+    tracebacks,
+)
 from tests.faults.hostile import (
     Canary,
     Hostile,
@@ -92,6 +101,15 @@ async def test_failed_commits_under_load_never_cut_or_cross_other_transfers(
     sem = asyncio.Semaphore(8)
     await asyncio.gather(
         *(pool_client(c) for c in range(clients)), *(trigger(t, sem) for t in range(triggers))
+    )
+    report(
+        "failed-commits-under-load",
+        triggers=triggers,
+        pool_transfers=clients * per_client,
+        wrong_bytes=len(wrong),
+        cut=len(cut),
+        server_errors=len(server_errors),
+        peak_rss_mb=peak_rss_mb(app.proc.pid),
     )
     assert wrong == [], f"{len(wrong)} complete answers with other bytes: {wrong[:5]}"
     assert cut == [], f"{len(cut)} pool transfers cut: {cut[:5]}"
@@ -505,6 +523,13 @@ async def test_memory_stays_bounded_under_distinct_long_paths(
     await burst(8000, 8192, "b")  # again, other paths: bounded means no new growth
     await burst(1000, 8192, "b")
     grown = (_rss_kb(app.proc.pid) - before) / 1024
+    report(
+        "distinct-long-paths",
+        requests=4 * 8192,
+        rss_before_mb=round(before / 1024, 1),
+        growth_first_mb=round(first, 1),
+        growth_second_mb=round(grown - first, 1),
+    )
     assert first < 40, f"RSS grew by {first:.0f} MB"
     assert grown - first < 10, f"RSS grew by {first:.0f} MB, then by {grown - first:.0f} MB more"
     assert tracebacks(app.log_text()) == []

@@ -177,8 +177,14 @@ def test_verify_finds_and_fixes_rotten_entries(
 async def test_expiry_removes_what_no_index_lists_after_the_grace_period(
     hostile: Hostile, start_appliance: StartAppliance
 ) -> None:
-    a1, b1, a2 = os.urandom(10_000), os.urandom(20_000), os.urandom(30_000)
-    v1 = aptindex.repo({"pool/main/a/a_1_all.deb": a1, "pool/main/b/b_1_all.deb": b1})
+    a1, b1, a2, c1 = (os.urandom(n) for n in (10_000, 20_000, 30_000, 5_000))
+    v1 = aptindex.repo(
+        {
+            "pool/main/a/a_1_all.deb": a1,
+            "pool/main/b/b_1_all.deb": b1,
+            "pool/main/c/c_1_all.deb": c1,
+        }
+    )
     hostile.files.update(v1)
     app = start_appliance(_remap(hostile.url), index_ttl=0.5)
 
@@ -188,9 +194,16 @@ async def test_expiry_removes_what_no_index_lists_after_the_grace_period(
         for deb in debs:
             assert (await fetch(f"{app.url}/debian/{deb}")).status == 200
 
-    await update_and_get(v1, ["pool/main/a/a_1_all.deb", "pool/main/b/b_1_all.deb"])
+    await update_and_get(
+        v1, ["pool/main/a/a_1_all.deb", "pool/main/b/b_1_all.deb", "pool/main/c/c_1_all.deb"]
+    )
+    await asyncio.sleep(0.2)
+    kept = next(k for k in stored(app.cache_dir) if k.endswith("c_1_all.deb"))
+    sidecar = (app.cache_dir / kept).parent / ".c_1_all.deb.meta"
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "keep": True}))  # as a mirrored file is: never expired
     # a new version of a; b unchanged
-    v2 = aptindex.repo({"pool/main/a/a_2_all.deb": a2, "pool/main/b/b_1_all.deb": b1})
+    v2 = aptindex.repo({"pool/main/a/a_2_all.deb": a2, "pool/main/b/b_1_all.deb": b1})  # no c
     hostile.files.update(v2)
     await asyncio.sleep(0.6)
     await update_and_get(v2, ["pool/main/a/a_2_all.deb"])
@@ -216,7 +229,7 @@ async def test_expiry_removes_what_no_index_lists_after_the_grace_period(
     r = app.cli("expire")
     assert r.returncode == 0 and "removed 2 files" in r.stdout, r.stdout + r.stderr
     left = {k.rsplit("/", 1)[-1] for k in stored(app.cache_dir)}
-    assert {"a_2_all.deb", "b_1_all.deb", "InRelease"} <= left
+    assert {"a_2_all.deb", "b_1_all.deb", "c_1_all.deb", "InRelease"} <= left
     assert "a_1_all.deb" not in left
 
 

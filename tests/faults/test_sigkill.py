@@ -54,6 +54,8 @@ async def test_sigkill_during_downloads(
         assert leftovers(cache) == [], f"trial {trial}: the start-up sweep left files"
         _check_store(cache, files)
         paths = rng.sample(sorted(files), 12)
+        for path in paths:  # fetched again in this trial, so that the kill meets downloads
+            app.admin("purge", {"path": path})
 
         async def client(path: str, session: aiohttp.ClientSession, url: str = app.url) -> None:
             a = await fetch(f"{url}{path}", session=session)

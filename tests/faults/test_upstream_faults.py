@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import FILTERS, StartAppliance, run_sync
-from tests.faults.conftest import fetch, leftovers, stored, tracebacks
+from tests.faults.conftest import fetch, leftovers, report, stored, tracebacks
 from tests.faults.hostile import (
     Behaviour,
     Conn,
@@ -79,9 +79,15 @@ async def test_a_misbehaving_mirror_gives_the_right_bytes_or_an_error(
     )
     url = f"{app.url}/debian/pool/f.deb"
     answers = await asyncio.gather(*(fetch(url) for _ in range(3)))
-    for a in answers:
-        complete = a.error is None and a.status == 200
-        assert not complete or a.body == DATA, f"{fault}: a complete answer with other bytes"
+    wrong = sum(1 for a in answers if a.error is None and a.status == 200 and a.body != DATA)
+    report(
+        f"upstream-fault-{fault}",
+        answers=len(answers),
+        complete_right=sum(1 for a in answers if a.error is None and a.body == DATA),
+        errors=sum(1 for a in answers if a.error is not None or a.status != 200),
+        complete_wrong=wrong,
+    )
+    assert wrong == 0, f"{fault}: a complete answer with other bytes"
     await asyncio.sleep(0.3)
     assert set(stored(app.cache_dir).values()) <= {DATA}
     assert leftovers(app.cache_dir) == []

@@ -17,12 +17,9 @@ work=${AB_DIR:-/tmp/al-ab-bench}
 runs=${AB_RUNS:-9}
 secs=${AB_SECONDS:-5}
 up_port=8097
-rm -rf "$work"; mkdir -p "$work/up/debian/pool"
-head -c 2048 /dev/urandom >"$work/up/debian/pool/small_1.0_all.deb"
-head -c $((16 << 20)) /dev/urandom >"$work/up/debian/pool/large_1.0_all.deb"
-"$py" -m http.server -b 127.0.0.1 -d "$work/up" "$up_port" >/dev/null 2>&1 &
-pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# shellcheck source=lib/upstream.sh
+source "$here/lib/upstream.sh"
+loopback_upstream "$work" "$up_port" "$py"
 start() {  # name port bin
   cat >"$work/$1.yaml" <<CONF
 listen: 127.0.0.1:$2

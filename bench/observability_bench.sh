@@ -15,12 +15,9 @@ secs=${OBS_BENCH_SECONDS:-5}
 up_port=${OBS_BENCH_UPSTREAM_PORT:-8094}
 on_port=${OBS_BENCH_ON_PORT:-8095}
 off_port=${OBS_BENCH_OFF_PORT:-8096}
-rm -rf "$work"; mkdir -p "$work/up/debian/pool"
-head -c 2048 /dev/urandom >"$work/up/debian/pool/small_1.0_all.deb"
-head -c $((16 << 20)) /dev/urandom >"$work/up/debian/pool/large_1.0_all.deb"
-"$py" -m http.server -b 127.0.0.1 -d "$work/up" "$up_port" >/dev/null 2>&1 &
-pids=($!)
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+# shellcheck source=lib/upstream.sh
+source "$here/lib/upstream.sh"
+loopback_upstream "$work" "$up_port" "$py"
 start() {  # name port metrics access_log
   cat >"$work/$1.yaml" <<CONF
 listen: 127.0.0.1:$2

@@ -124,6 +124,7 @@ StartAppliance = Callable[..., Appliance]
 def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
     """Start `archive-local serve` as a real process with a config written from kwargs."""
     started: list[Appliance] = []
+    homes: list[Path] = []
 
     def start(
         remaps: dict[str, list[str]],
@@ -146,8 +147,9 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "admin": {"token_file": str(cache_dir.parent / f"admin-token-{port}")},
             "discovery": {"mdns": False},  # tests that want mDNS run it in a namespace
         }
-        if images is not None:
-            config["images"] = images
+        # the appliance's own key stays under the test's directory too
+        homes.append(cache_dir.parent / f"gnupg-{port}")
+        config["images"] = {"gnupg_home": str(homes[-1]), **(images or {})}
         config.update(extra or {})
         cfg = tmp_path / f"config-{len(started)}.yaml"
         cfg.write_text(yaml.safe_dump(config))
@@ -174,6 +176,8 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
     yield start
     for app in started:
         app.stop()
+    for home in homes:
+        stop_gpg_agent(home)
 
 
 @pytest.fixture
@@ -238,28 +242,43 @@ def served(feed: Feed) -> Iterator[Upstream]:
     server.close()
 
 
-@pytest.fixture
-def feed_config(tmp_path: Path, feed: Feed, served: Upstream) -> Path:
+def write_feed_config(tmp_path: Path, feed: Feed, url: str, max_items: int = 2) -> Path:
+    """`tmp_path/config.yaml` mirroring `feed` from `url` as feed `ex` (FILTERS); the cache,
+    the appliance's key and the admin token all under `tmp_path`."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "cache": {"dir": str(tmp_path / "cache")},
+                "admin": {"token_file": str(tmp_path / "admin-token")},
                 "images": {
+                    "gnupg_home": str(tmp_path / "appliance-gnupg"),
                     "feeds": [
                         {
                             "name": "ex",
-                            "url": served.url + "/",
+                            "url": url.rstrip("/") + "/",
                             "keyring": str(feed.key.keyring),
                             "filters": FILTERS,
-                            "max_items": 2,
+                            "max_items": max_items,
                         }
-                    ]
+                    ],
                 },
             }
         )
     )
     return cfg
+
+
+def stop_gpg_agent(home: Path) -> None:
+    """Stop the gpg-agent gpg starts for a home the test gave the appliance."""
+    if home.is_dir():
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+@pytest.fixture
+def feed_config(tmp_path: Path, feed: Feed, served: Upstream) -> Iterator[Path]:
+    yield write_feed_config(tmp_path, feed, served.url)
+    stop_gpg_agent(tmp_path / "appliance-gnupg")
 
 
 SEED_SERIALS = ("20240101", "20240301")

@@ -39,5 +39,15 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = run("serve", "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path))
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(f"admin: {{token_file: {tmp_path / 'token'}}}\n")
+        r = run(
+            "--config",
+            str(cfg),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--cache-dir",
+            str(tmp_path),
+        )
     assert r.returncode == 1 and "cannot listen on" in r.stderr

@@ -224,19 +224,27 @@ class IndexCatalog:
         self.parsed += 1
         log.info("apt index %s: %d files listed", entry.key, len(rows))
 
-    async def rebuild(self, store: Store) -> int:
-        """Learn every cached index the table does not know yet (at start; blocking walk)."""
+    async def rebuild(self, store: Store, keys: Iterable[str] | None = None) -> int:
+        """Learn every cached index the table does not know yet.
 
-        def walk() -> int:
+        `keys`: what is cached, when the caller already walked the store (the service's
+        start-up sweep); otherwise the store is walked here.
+        """
+
+        def learn() -> int:
+            if keys is None:
+                entries: Iterable[Entry] = store.entries()
+            else:
+                looked_up = (store.lookup(k) for k in keys if classify(k) is not None)
+                entries = (e for e in looked_up if e is not None)
             n = 0
-            for entry in store.entries():
-                index = classify(entry.key)
-                if index is not None:
+            for entry in entries:
+                if (index := classify(entry.key)) is not None:
                     self._learn_safely(entry, index)
                     n += 1
             return n
 
-        return await asyncio.get_running_loop().run_in_executor(self._writer, walk)
+        return await asyncio.get_running_loop().run_in_executor(self._writer, learn)
 
     def forget_missing(self, exists: Callable[[str], bool]) -> int:
         """Drop what indexes no longer in the cache said (blocking)."""

@@ -184,14 +184,24 @@ class CacheEngine:
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def start(self) -> None:
-        """Sweep leftovers of an earlier run and index what is on disk."""
+    async def start(self) -> list[str]:
+        """Sweep leftovers of an earlier run and index what is on disk; the keys found.
+
+        Callers that need to know what is cached (the apt index table) use the list
+        instead of walking the store a second time.
+        """
         entries = await self._io(lambda: sorted(self.store.scan(), key=lambda e: e[2]))
         for key, size, _last_use, keep in entries:
             if not keep:
                 self.lru.add(key, size)
         log.info("cache: %d files, %.1f MiB", len(self.lru), self.lru.total / 2**20)
         await self._evict()
+        return [key for key, _size, _last_use, _keep in entries]
+
+    def rejected(self, url: str, seconds: float = 0.0) -> None:
+        """Upstream answered bytes that do not match what they must be: count and mark it."""
+        self.integrity_failures += 1
+        self.fetcher.report(url, seconds, "integrity")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -570,8 +580,7 @@ class CacheEngine:
                 del self._downloads[download.key]
             self.hot.drop(download.key)
         if download.integrity_error:
-            self.integrity_failures += 1
-            self.fetcher.report(download.url, time.monotonic() - download.started, "integrity")
+            self.rejected(download.url, time.monotonic() - download.started)
         if download.state is State.DONE and not download.stored:
             self.passed["disk-full"] += 1
         if download.state is State.DONE and download.entry is not None:

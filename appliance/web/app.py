@@ -83,19 +83,19 @@ class Service:
             self.metrics.add_source(lambda: status.scrape(self))
 
     async def start(self) -> None:
-        await self.engine.start()
+        cached = await self.engine.start()
         self.access_log.start()
         self.scheduler.start()
         self._jobs = [
-            asyncio.create_task(self._rebuild_catalog()),
+            asyncio.create_task(self._rebuild_catalog(cached)),
             asyncio.create_task(self._expire_periodically()),
         ]
         await self._advertise()
 
-    async def _rebuild_catalog(self) -> None:
+    async def _rebuild_catalog(self, cached: list[str]) -> None:
         """Learn the cached indexes the table does not know (a new or lost table)."""
         try:
-            n = await self.catalog.rebuild(self.engine.store)
+            n = await self.catalog.rebuild(self.engine.store, cached)
             log.info("apt indexes: %d cached index files checked", n)
         except Exception as exc:
             log.warning("apt indexes: cannot read the cached indexes: %s", exc)

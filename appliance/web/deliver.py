@@ -111,8 +111,7 @@ async def _deliver_passthrough(
     length = upstream.content_length
     if None not in (length, p.expect.size) and length != p.expect.size:
         upstream.close()
-        engine.integrity_failures += 1
-        engine.fetcher.report(str(upstream.url), 0.0, "integrity")
+        engine.rejected(str(upstream.url))
         raise web.HTTPBadGateway(
             text=f"upstream: {length} bytes announced, {p.expect.size} expected\n"
         )
@@ -135,8 +134,7 @@ async def _deliver_passthrough(
     except (_UpstreamBroke, aiohttp.ClientError) as exc:
         upstream.close()
         if isinstance(exc, _UpstreamBroke):
-            engine.integrity_failures += 1
-            engine.fetcher.report(str(upstream.url), 0.0, "integrity")
+            engine.rejected(str(upstream.url))
         _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
         return resp
     upstream.release()

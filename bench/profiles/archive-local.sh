@@ -4,9 +4,14 @@ PORT=3143
 MODE=proxy
 REMAP_PREFIX=/debian
 
-prepare() { mkdir -p "$WORKDIR/cache"; }
+prepare() {
+  mkdir -p "$WORKDIR/cache"
+  # the admin token and the appliance's key stay in the run's directory, not /var/lib
+  printf 'admin: {token_file: %s/admin-token}\nimages: {gnupg_home: %s/gnupg}\ndiscovery: {mdns: false}\n' \
+    "$WORKDIR" "$WORKDIR" >"$WORKDIR/config.yaml"
+}
 
 start_cmd() {
-  exec "$ARCHIVE_LOCAL_BIN" serve --listen "127.0.0.1:$PORT" \
+  exec "$ARCHIVE_LOCAL_BIN" --config "$WORKDIR/config.yaml" serve --listen "127.0.0.1:$PORT" \
     --cache-dir "$WORKDIR/cache" --remap "debian=$UPSTREAM_URL"
 }

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,11 +88,21 @@ def test_sigkill_during_syncs(
         served.rate["/" + path] = 6_000_000
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "appliance", "--config", str(feed_config)]
+    # a killed sync cannot stop the gpg-agent of its verifier's throwaway home: keep those
+    # homes under the test's directory and stop their agents here
+    gpg_tmp = tmp_path / "tmp"
+    gpg_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(gpg_tmp)}
     for _trial in range(TRIALS):
-        proc = subprocess.Popen([*cmd, "sync"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*cmd, "sync"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
         time.sleep(rng.uniform(0.3, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        for home in gpg_tmp.glob("archive-local-verify-*"):
+            subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+            shutil.rmtree(home, ignore_errors=True)
         r = subprocess.run([*cmd, "verify", "--json"], capture_output=True, text=True, timeout=60)
         checked = json.loads(r.stdout)
         assert checked["bad"] == 0, checked["problems"]

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import FILTERS, StartAppliance, run_sync
+from tests.conftest import StartAppliance, run_sync, stop_gpg_agent, write_feed_config
 from tests.faults.conftest import fetch, leftovers, report, stored, tracebacks
 from tests.faults.hostile import (
     Behaviour,
@@ -126,29 +125,6 @@ def hostile_feed(feed: Feed, hostile: Hostile) -> Hostile:
     return hostile
 
 
-def _config(tmp_path: Path, feed: Feed, up: Hostile) -> Path:
-    cfg = tmp_path / "resume.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "images": {
-                    "feeds": [
-                        {
-                            "name": "ex",
-                            "url": up.url + "/",
-                            "keyring": str(feed.key.keyring),
-                            "filters": FILTERS,
-                            "max_items": 1,
-                        }
-                    ]
-                },
-            }
-        )
-    )
-    return cfg
-
-
 @pytest.mark.parametrize(
     "answer",
     [
@@ -159,12 +135,14 @@ def _config(tmp_path: Path, feed: Feed, up: Hostile) -> Path:
     ],
 )
 def test_resuming_an_image_against_a_mirror_that_botches_range(
+    request: pytest.FixtureRequest,
     answer: Callable[[], Behaviour],
     tmp_path: Path,
     feed: Feed,
     hostile_feed: Hostile,
 ) -> None:
-    cfg = _config(tmp_path, feed, hostile_feed)
+    cfg = write_feed_config(tmp_path, feed, hostile_feed.url, max_items=1)
+    request.addfinalizer(lambda: stop_gpg_agent(tmp_path / "appliance-gnupg"))
     items = [p for p in feed.files if p.endswith("disk1.img") and "noble" in p and "0401" in p]
     assert items
     for p in items:  # the first sync breaks off mid-image: the bytes are kept to resume

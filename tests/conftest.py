@@ -148,8 +148,8 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "discovery": {"mdns": False},  # tests that want mDNS run it in a namespace
         }
         # the appliance's own key stays under the test's directory too
-        homes.append(cache_dir.parent / f"gnupg-{port}")
-        config["images"] = {"gnupg_home": str(homes[-1]), **(images or {})}
+        config["images"] = {"gnupg_home": str(cache_dir.parent / f"gnupg-{port}"), **(images or {})}
+        homes.append(Path(config["images"]["gnupg_home"]))
         config.update(extra or {})
         cfg = tmp_path / f"config-{len(started)}.yaml"
         cfg.write_text(yaml.safe_dump(config))

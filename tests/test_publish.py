@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
-from tests.conftest import StartAppliance, http_get, require
+from tests.conftest import StartAppliance, http_get, require, stop_gpg_agent
 from tests.test_interop import reference
 
 PRODUCTS = {
@@ -35,7 +36,7 @@ PRODUCTS = {
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     require("gpg", "gnupg")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
@@ -50,7 +51,8 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     build.mkdir()
     products = tmp_path / "products.yaml"
     products.write_text(yaml.safe_dump(PRODUCTS))
-    return cfg, build, products
+    yield cfg, build, products
+    stop_gpg_agent(tmp_path / "gnupg")
 
 
 def build_images(build: Path) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.streams.gpg import SignatureError, Signer, Verifier
-from tests.conftest import ITEM_SIZE, require
+from tests.conftest import ITEM_SIZE, require, stop_gpg_agent
 from tests.feed import CONTENT_ID, Feed
 from tests.gpgkey import ThrowawayKey
 from tests.upstream import Upstream
@@ -102,7 +102,7 @@ def test_query_refuses_tampered_or_foreign_signatures(
         other.close()
 
 
-def test_signer_round_trip(tmp_path: Path) -> None:
+def test_signer_round_trip(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     require("gpg", "gnupg")
     signer = Signer(tmp_path / "home")
     fp = signer.ensure_key()
@@ -110,6 +110,7 @@ def test_signer_round_trip(tmp_path: Path) -> None:
     keyring = tmp_path / "pub.gpg"
     keyring.write_bytes(signer.public_key(armor=False))
     body = b'{"format": "index:1.0"}\n- dash line\n'
+    request.addfinalizer(lambda: stop_gpg_agent(tmp_path / "home"))
     with Verifier(keyring) as v:
         assert v.clearsigned(signer.clearsign(body)).rstrip(b"\n") == body.rstrip(b"\n")
         v.detached(body, signer.detach_sign(body))

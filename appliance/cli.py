@@ -1,4 +1,4 @@
-"""Command line: `archive-local serve` (more subcommands arrive with later features)."""
+"""Command line: parse the arguments, load the configuration, run one command."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import resource
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -40,10 +41,17 @@ class JsonFormatter(logging.Formatter):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archive-local", description="apt cache and image mirror")
     p.add_argument("--version", action="version", version=f"archive-local {__version__}")
-    p.add_argument("--config", type=Path, help="YAML configuration (default: embedded)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _common_options(p, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the apt proxy")
+    # `archive-local serve --config F` as much as `archive-local --config F serve`:
+    # every subcommand accepts the common options too (a given one wins)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
+
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    serve = command("serve", help="run the apt proxy")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides 'listen')")
     serve.add_argument("--cache-dir", help="cache directory (overrides 'cache.dir')")
     serve.add_argument(
@@ -53,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=URL[,URL...]",
         help="serve /NAME/ from these mirrors (repeatable; overrides apt.remaps.NAME)",
     )
-    sub.add_parser("config", help="print the effective configuration and exit")
-    q = sub.add_parser("query", help="list a simplestreams feed's items (like sstream-query)")
+    command("config", help="print the effective configuration and exit")
+    q = command("query", help="list a simplestreams feed's items (like sstream-query)")
     q.add_argument(
         "url",
         nargs="?",
@@ -72,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     out = q.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="a JSON list of flattened items")
     out.add_argument("-o", "--output-format", help="%%(key)s format per item")
-    sy = sub.add_parser("sync", help="mirror image feeds into the cache (like sstream-mirror)")
+    sy = command("sync", help="mirror image feeds into the cache (like sstream-mirror)")
     sy.add_argument("url", nargs="?", help="ad hoc: a feed's mirror root or index URL")
     sy.add_argument("filters", nargs="*", metavar="FILTER", help="ad hoc: item filters")
     sy.add_argument("--feed", help="sync only this configured feed")
@@ -82,29 +90,44 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--max", type=int, dest="max_versions", help="ad hoc: versions per product")
     sy.add_argument("--dry-run", action="store_true", help="show what would change")
     sy.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    pub = sub.add_parser("publish", help="publish locally built images as a signed feed")
+    pub = command("publish", help="publish locally built images as a signed feed")
     pub.add_argument("build_dir", type=Path, help="directory holding the image files")
     pub.add_argument("--products", type=Path, required=True, help="products YAML (see docs)")
     pub.add_argument("--name", default="local", help="served at /images/NAME/ (default local)")
     pub.add_argument("--version", help="version name (default: today's YYYYMMDD[.N])")
     pub.add_argument("--dry-run", action="store_true", help="show what would be published")
     pub.add_argument("--json", action="store_true", help="machine-readable output")
-    seed = sub.add_parser("seed", help="put mirrored images into Glance / EC2 clouds")
+    seed = command("seed", help="put mirrored images into Glance / EC2 clouds")
     seed.add_argument("targets", nargs="*", metavar="TARGET", help="seed only these targets")
     seed.add_argument("--dry-run", action="store_true", help="show what would change")
     seed.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    st = sub.add_parser("status", help="summary of the running service (from /api/status)")
+    st = command("status", help="summary of the running service (from /api/status)")
     st.add_argument("--url", help="the service (default: from 'listen')")
     st.add_argument("--json", action="store_true", help="the raw JSON")
-    ver = sub.add_parser("verify", help="re-check every cached file against its digest and indexes")
+    ver = command("verify", help="re-check every cached file against its digest and indexes")
     ver.add_argument("--fix", action="store_true", help="remove the files that are wrong")
     ver.add_argument("--json", action="store_true", help="print a JSON report on stdout")
-    exp = sub.add_parser("expire", help="remove pool files no cached index lists any more")
+    exp = command("expire", help="remove pool files no cached index lists any more")
     exp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     exp.add_argument("--json", action="store_true", help="print a JSON report on stdout")
-    keys = sub.add_parser("keys", help="create (once) and show the appliance's signing key")
+    keys = command("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def _common_options(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument(
+        "--config", type=Path, default=default, help="YAML configuration (default: embedded)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with --config and -v accepted before or after the subcommand."""
+    args = _parser().parse_args(argv)
+    args.config = getattr(args, "config", None)
+    args.verbose = getattr(args, "verbose", False)
+    return args
 
 
 def _raise_file_limit() -> None:
@@ -158,7 +181,7 @@ async def _serve(config: configuration.Config, config_path: Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -116,7 +116,7 @@ def test_version_order_is_numeric() -> None:
 
 
 def image(version: str, sha: str = "aa") -> SeedImage:
-    return SeedImage("f", "c", "p", version, "disk1.img", {"sha256": sha}, Path("/x"), 1)
+    return SeedImage("f", "c", "p", version, "disk1.img", {"sha256": sha}, 1, None, None)  # type: ignore[arg-type]
 
 
 def cloud(id: str, version: str, sha: str = "aa", own: bool = True, ready: bool = True):

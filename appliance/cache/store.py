@@ -18,11 +18,14 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ _PART = ".part-"
 _META = ".meta"
 _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
+SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
+_STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
 
 class InvalidKey(ValueError):
@@ -50,6 +55,25 @@ class Meta:
     sha256: str | None = None
     digests: dict[str, str] | None = None  # other digests checked at download (md5, sha512)
     keep: bool = False  # mirrored or published: never evicted, removed only explicitly
+    # fields a newer (or older) version wrote that this one does not know: kept as they are
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Meta:
+        """Tolerant of fields it does not know, so a metadata change between versions
+        never makes entries (kept images among them) look invalid and get swept."""
+        if not isinstance(data, dict):
+            raise TypeError("metadata is not an object")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        meta = cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
+        if not isinstance(meta.size, int) or isinstance(meta.size, bool) or meta.size < 0:
+            raise TypeError("metadata size is not a size")
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {**out.pop("extra"), **out}
 
 
 @dataclass
@@ -124,6 +148,10 @@ def check_key(key: str) -> None:
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") or p.startswith(".") or "\0" in p for p in parts):
         raise InvalidKey(f"invalid cache key {key!r}")
+    try:
+        key.encode()
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (not one this store wrote)
+        raise InvalidKey(f"invalid cache key {key!r}") from None
 
 
 class FilesystemStore:
@@ -143,10 +171,13 @@ class FilesystemStore:
     def lookup(self, key: str) -> Entry | None:
         path = self.path(key)
         try:
-            meta = Meta(**json.loads(self._meta_path(path).read_bytes()))
-            size = path.stat().st_size
+            meta = Meta.from_dict(json.loads(self._meta_path(path).read_bytes()))
+            st = path.stat()
         except (OSError, ValueError, TypeError):
             return None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block its reader
+            return None
+        size = st.st_size
         if size != meta.size:  # torn by something outside us: not trustworthy
             return None
         return Entry(key, path, meta)
@@ -262,7 +293,7 @@ class FilesystemStore:
         tmp = target.with_name(f"{target.name}{_PART}{secrets.token_hex(6)}")
         try:
             with open(tmp, "wb") as fh:
-                fh.write(json.dumps(asdict(meta), separators=(",", ":")).encode())
+                fh.write(json.dumps(meta.to_dict(), separators=(",", ":")).encode())
                 fh.flush()
                 os.fsync(fh.fileno())
         except OSError:
@@ -301,6 +332,21 @@ class FilesystemStore:
                     if entry is not None:
                         yield entry
 
+    def open_read(self, entry: Entry) -> BinaryIO:
+        """The committed bytes of `entry`, for reading (OSError when it is gone)."""
+        return open(entry.path, "rb")
+
+    def read_bytes(self, entry: Entry) -> bytes:
+        """A small committed file whole (documents, not images)."""
+        with self.open_read(entry) as fh:
+            return fh.read()
+
+    @contextlib.contextmanager
+    def local_file(self, entry: Entry) -> Iterator[Path]:
+        """A local path holding the bytes of `entry`, for tools that need a file
+        (qemu-img): here the entry itself, read-only by convention."""
+        yield entry.path
+
     def free_bytes(self) -> int | None:
         """Space left for new entries (None when the file system cannot tell)."""
         try:
@@ -309,35 +355,70 @@ class FilesystemStore:
             return None
         return st.f_bavail * st.f_frsize
 
+    @contextlib.contextmanager
+    def scratch(self, prefix: str = "work-") -> Iterator[Path]:
+        """A private directory for staging work (a raw disk for an EBS seed), on the
+        store's file system and removed afterwards; the start-up sweep empties the
+        scratch area, so an interrupted run leaves nothing behind for long."""
+        base = self.root / SCRATCH
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=base, prefix=prefix) as tmp:
+            yield Path(tmp)
+
     def scan(self) -> Iterator[tuple[str, int, float, bool]]:
-        """Sweep leftovers (temp files, orphans) and yield (key, size, last use, keep)."""
+        """Sweep leftovers (temp files, orphans, scratch) and yield (key, size, last use, keep).
+
+        Never stops on a name it does not understand: such a file is left alone and
+        logged; only what this module itself writes (temp files, sidecars without
+        their file, staging folders) is removed.
+        """
         if not self.root.is_dir():
             return
+        shutil.rmtree(self.root / SCRATCH, ignore_errors=True)
         for dirpath, dirs, files in os.walk(self.root):
-            dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
             d = Path(dirpath)
+            for name in [n for n in dirs if n.startswith(_STAGING)]:  # older versions' staging
+                log.info("startup sweep: removing staging folder %s", d / name)
+                shutil.rmtree(d / name, ignore_errors=True)
+            dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
             names = set(files)
             for name in files:
-                full = d / name
-                if _PART in name:
-                    log.info("startup sweep: removing partial download %s", full)
-                    full.unlink(missing_ok=True)
+                try:
+                    found = self._sweep_one(d, name, names)
+                except (OSError, InvalidKey, UnicodeError) as exc:
+                    log.warning("startup sweep: leaving %s alone (%s)", d / name, exc)
                     continue
-                if name.endswith((_RESUME, _RESUME + ".json")):
-                    with contextlib.suppress(OSError):
-                        if time.time() - full.stat().st_mtime > RESUME_MAX_AGE:
-                            full.unlink()
-                    continue
-                if name.startswith("."):
-                    if name.endswith(_META) and name[1 : -len(_META)] not in names:
-                        full.unlink(missing_ok=True)  # sidecar of a file that is gone
-                    continue
-                key = str(full.relative_to(self.root))
-                entry = self.lookup(key)
-                if entry is None:
-                    log.info("startup sweep: removing %s (no valid metadata)", full)
-                    self.remove(key)
-                    continue
-                st = full.stat()
-                last_use = max(st.st_atime, st.st_mtime, entry.meta.checked)
-                yield key, entry.meta.size, last_use, entry.meta.keep
+                if found is not None:
+                    yield found
+
+    def _sweep_one(
+        self, d: Path, name: str, names: set[str]
+    ) -> tuple[str, int, float, bool] | None:
+        full = d / name
+        if _PART in name:
+            log.info("startup sweep: removing partial download %s", full)
+            full.unlink(missing_ok=True)
+            return None
+        if name.endswith((_RESUME, _RESUME + ".json")):
+            if time.time() - full.stat().st_mtime > RESUME_MAX_AGE:
+                full.unlink()
+            return None
+        if name.startswith("."):
+            if name.endswith(_META) and name[1 : -len(_META)] not in names:
+                full.unlink(missing_ok=True)  # sidecar of a file that is gone
+            return None
+        key = str(full.relative_to(self.root))
+        check_key(key)
+        if not full.is_file():
+            raise InvalidKey("not a regular file")
+        entry = self.lookup(key)
+        if entry is None:
+            if not self._meta_path(full).exists():
+                log.info("startup sweep: removing %s (no metadata)", full)
+            else:
+                log.info("startup sweep: removing %s (metadata unreadable or wrong size)", full)
+            self.remove(key)
+            return None
+        st = full.stat()
+        last_use = max(st.st_atime, st.st_mtime, entry.meta.checked)
+        return key, entry.meta.size, last_use, entry.meta.keep

@@ -10,10 +10,12 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from appliance.cache.store import FilesystemStore
+from appliance.cache.store import Entry, FilesystemStore, Store
 from appliance.config import TargetConfig
 from appliance.streams.filters import matches, parse_filters
 from appliance.streams.model import iter_items
@@ -55,8 +57,21 @@ class SeedImage:
     version: str
     item: str
     props: dict[str, str]  # flattened simplestreams properties
-    path: Path  # the verified file in the cache
     size: int
+    store: Store = field(compare=False, repr=False)  # where the verified bytes are
+    entry: Entry = field(compare=False, repr=False)
+
+    def open(self) -> BinaryIO:
+        """The verified bytes, for streaming to a cloud (blocking)."""
+        return self.store.open_read(self.entry)
+
+    def local_file(self) -> AbstractContextManager[Path]:
+        """A local file with the bytes, for tools that need one (qemu-img)."""
+        return self.store.local_file(self.entry)
+
+    def scratch(self) -> AbstractContextManager[Path]:
+        """A private staging directory in the store's scratch area (swept at start-up)."""
+        return self.store.scratch("seed-")
 
     @property
     def identity(self) -> tuple[str, str, str]:
@@ -124,8 +139,9 @@ def feed_images(store: FilesystemStore, feed: str) -> list[SeedImage]:
                     vname,
                     iname,
                     props,
-                    entry.path,
                     entry.meta.size,
+                    store,
+                    entry,
                 )
             )
     return images

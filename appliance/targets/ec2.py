@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -226,13 +225,25 @@ class Ec2Cloud:
         return self._record(raw)
 
     def _ensure_bucket(self) -> None:
+        from botocore.exceptions import ClientError
+
         try:
             self.s3.head_bucket(Bucket=self.target.bucket)
-        except Exception:
-            extra = {}
-            if self.region != "us-east-1":
-                extra["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-            self.s3.create_bucket(Bucket=self.target.bucket, **extra)
+            return
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                # 403 (another account's bucket, or credentials without the right): say
+                # so; creating it would fail with a less useful message, or succeed elsewhere
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                raise SeedError(
+                    f"bucket {self.target.bucket}: HEAD answered {status or code} "
+                    "(forbidden: another account's bucket, or credentials without access?)"
+                ) from None
+        extra = {}
+        if self.region != "us-east-1":
+            extra["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        self.s3.create_bucket(Bucket=self.target.bucket, **extra)
 
     def _prefix(self, image: SeedImage) -> str:
         digest = (image.sha256 or image.md5 or "")[:12]
@@ -257,16 +268,17 @@ class Ec2Cloud:
                 raise SeedError(f"S3 stored other bytes for {name} (ETag {etag})")
 
         try:
-            result = bundle(
-                image.path,
-                base,
-                self.creds.keys,
-                put_part,
-                arch,
-                self.target.kernel_id,
-                self.target.ramdisk_id,
-                progress,
-            )
+            with image.local_file() as source:
+                result = bundle(
+                    source,
+                    base,
+                    self.creds.keys,
+                    put_part,
+                    arch,
+                    self.target.kernel_id,
+                    self.target.ramdisk_id,
+                    progress,
+                )
             key = f"{prefix}/{base}.manifest.xml"
             self.s3.put_object(Bucket=bucket, Key=key, Body=result.manifest)
         except BaseException:
@@ -286,8 +298,8 @@ class Ec2Cloud:
     def _upload_ebs(
         self, image: SeedImage, progress: Callable[[int], None], arch: str
     ) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(dir=image.path.parent, prefix=".seed-") as tmp:
-            raw = raw_disk(image.path, Path(tmp))
+        with image.local_file() as source, image.scratch() as tmp:
+            raw = raw_disk(source, tmp)
             size = raw.stat().st_size
             gib = max(1, -(-size // (1 << 30)))
             snap = self.ebs.start_snapshot(

@@ -157,7 +157,7 @@ class GlanceCloud:
             **self.properties(image),
         )
         try:
-            with open(image.path, "rb") as f:
+            with image.open() as f:
                 reader = CountingReader(f, progress, md5=not image.md5)
                 self.client.images.upload(created["id"], reader, image_size=image.size)
             got = self.client.images.get(created["id"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -19,11 +20,13 @@ from prometheus_client.core import Metric
 from appliance import __version__
 from appliance.metrics import SERVICES, counter, gauge
 from appliance.streams.curated import synced_feeds
-from appliance.targets.catalog import feed_images, version_key
+from appliance.targets.catalog import CatalogError, feed_images, version_key
 from appliance.targets.imageids import stored_image_ids
 
 if TYPE_CHECKING:
     from appliance.web.app import Service
+
+log = logging.getLogger(__name__)
 
 IMAGES_TTL = 30.0  # seconds the image inventory (read from disk) is reused
 
@@ -65,7 +68,9 @@ def _inventory(service: Service) -> list[dict[str, Any]]:
     for feed in synced_feeds(store):  # type: ignore[arg-type]
         try:
             images = feed_images(store, feed)  # type: ignore[arg-type]
-        except Exception:  # a feed being rewritten: shown at the next refresh
+        except CatalogError as exc:  # unreadable (or being rewritten): say so, not hide it
+            log.info("status: feed %s: %s", feed, exc)
+            rows.append({"feed": feed, "product": None, "versions": [], "error": str(exc)})
             continue
         products: dict[str, dict[str, dict[str, Any]]] = {}
         for i in images:
@@ -370,6 +375,8 @@ def render_main(s: dict[str, Any]) -> str:
     )
     image_rows = []
     for p in s["images"]:
+        if p.get("error"):
+            image_rows.append([p["feed"], _state(False, p["error"]), "-", "-", "-"])
         for v in p["versions"]:
             where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "-"
             image_rows.append([p["feed"], p["product"], v["version"], _bytes(v["bytes"]), where])

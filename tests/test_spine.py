@@ -1,0 +1,184 @@
+"""The spine's defects (issue 11), each seen the way a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import StartAppliance, free_port, http_get
+from tests.upstream import Upstream
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_startup_survives_what_the_sweep_does_not_know(
+    upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance, tmp_path: Path
+) -> None:
+    """An interrupted EBS seed's staging folder, a sidecar written by another version,
+    a name that is not UTF-8 and a FIFO: the service starts, keeps the entry, serves
+    it from disk, removes only the staging leftovers and leaves the rest alone."""
+    (upstream_root / "debian/pool").mkdir(parents=True)
+    data = os.urandom(200_000)
+    (upstream_root / "debian/pool/a.deb").write_bytes(data)
+    cache = tmp_path / "cache"
+    app = start_appliance({"debian": [f"{upstream.url}/debian"]}, cache_dir=cache)
+    assert _get(f"{app.url}/debian/pool/a.deb")[2] == data
+    app.stop()
+
+    [sidecar] = cache.rglob(".a.deb.meta")
+    meta = json.loads(sidecar.read_bytes())
+    meta["written_by"] = {"version": "9.9", "field": "a newer version's"}
+    sidecar.write_text(json.dumps(meta))
+    staging = sidecar.parent / ".seed-k2j3h4"
+    staging.mkdir()
+    with open(staging / "disk.raw", "wb") as fh:
+        fh.truncate(1 << 30)  # a sparse raw disk, as an interrupted EBS seed leaves it
+    os.mkfifo(sidecar.parent / "fifo")
+    (sidecar.parent / ".fifo.meta").write_text(json.dumps({**meta, "size": 0}))
+    odd = os.fsencode(sidecar.parent) + b"/not-utf8-\xff"
+    with open(odd, "wb") as fh:
+        fh.write(b"x")
+
+    again = start_appliance({"debian": [f"{upstream.url}/debian"]}, cache_dir=cache)
+    before = upstream.count("a.deb")
+    status, headers, body = _get(f"{again.url}/debian/pool/a.deb")
+    assert (status, headers["X-Cache"], body) == (200, "HIT", data)
+    assert upstream.count("a.deb") == before
+    assert not staging.exists(), "the staging leftovers were not swept"
+    assert (sidecar.parent / "fifo").exists() and os.path.exists(odd)  # left alone
+    assert json.loads(sidecar.read_bytes())["written_by"]["version"] == "9.9"
+    assert (status := http_get(f"{again.url}/debian/pool/fifo")[0]) != 500, status
+    assert "Traceback" not in again.log_text()
+
+
+class _Forbidden(BaseHTTPRequestHandler):
+    """An S3 endpoint whose bucket belongs to someone else: HEAD 403, and a record of
+    whether the seeder then tried to create it anyway."""
+
+    seen: list[str] = []
+
+    def do_HEAD(self) -> None:
+        self.seen.append(f"HEAD {self.path}")
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self) -> None:
+        self.seen.append(f"PUT {self.path}")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_forbidden_bucket_is_an_error_not_a_bucket_to_create(tmp_path: Path) -> None:
+    from appliance.config import Ec2TargetConfig
+    from appliance.targets.ec2 import Ec2Cloud
+    from appliance.targets.plan import SeedError
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    creds = tmp_path / "eucarc"
+    creds.write_text("EC2_ACCESS_KEY=AKIDEXAMPLE\nEC2_SECRET_KEY=secret\n")
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    target = Ec2TargetConfig(
+        name="t",
+        type="ec2",
+        feeds=("f",),
+        ec2_endpoint=url,
+        s3_endpoint=url,
+        credentials_file=creds,
+        method="ebs",
+        bucket="someone-elses",
+    )
+    try:
+        cloud = Ec2Cloud(target, "us-east-1")
+        with pytest.raises(SeedError, match=r"someone-elses.*403"):
+            cloud._ensure_bucket()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Forbidden.seen and all(s.startswith("HEAD") for s in _Forbidden.seen)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_common_options_before_or_after_the_subcommand(tmp_path: Path, where: str) -> None:
+    """`archive-local config --config F -v` (as unit files write it) and the classic order."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listen": "127.0.0.1:4242",
+                "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
+                "apt": {"index_ttl": 60, "remaps": {}},
+            }
+        )
+    )
+    opts = ["--config", str(cfg), "-v"]
+    argv = [*opts, "config"] if where == "before" else ["config", *opts]
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance", *argv], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert "127.0.0.1:4242" in out.stdout
+
+
+def test_sync_accepts_config_after_the_subcommand(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{free_port()}",
+                "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
+                "apt": {"index_ttl": 60, "remaps": {}},
+                "images": {
+                    "gnupg_home": str(tmp_path / "gnupg"),
+                    "feeds": [
+                        {
+                            "name": "only-in-this-file",
+                            "url": f"http://127.0.0.1:{free_port()}/",
+                            "keyring": str(tmp_path / "none.gpg"),
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "appliance", "sync", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "unrecognized arguments" not in out.stderr
+    [outcome] = json.loads(out.stdout)  # the feed of this file: its config was read
+    assert outcome["feed"] == "only-in-this-file" and not outcome["ok"]
+    assert out.returncode == 1, out.stderr
+
+
+def test_nothing_imports_aiofiles() -> None:
+    root = Path(__file__).resolve().parent.parent
+    assert "aiofiles" not in (root / "pyproject.toml").read_text()
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.1)

@@ -70,6 +70,7 @@ run: venv
 
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # the fault and abuse suite, ten times longer (more trials, cases, connections);
@@ -82,6 +83,7 @@ soak: venv debs-test components
 lint: venv
 	$(BIN)/ruff check appliance tests cloud-init
 	$(BIN)/ruff format --check appliance tests cloud-init
+	$(BIN)/lint-imports
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)

@@ -6,19 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
-import resource
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from appliance import __version__
 from appliance import config as configuration
-from appliance.web.accesslog import logger_class
-from appliance.web.app import SERVER_LIMITS, Service
-from appliance.web.server import Server, listening_socket
 
 log = logging.getLogger("appliance")
 
@@ -130,56 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_file_limit() -> None:
-    """Open files up to the hard limit: every client and download holds descriptors
-    (systemd's default soft limit of 1024 would cap the appliance at a few hundred clients)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
-
-
-async def _serve(config: configuration.Config, config_path: Path | None = None) -> None:
-    _raise_file_limit()
-    service = Service(config, config_path)
-    await service.start()
-    server = Server(
-        service.handle,
-        connections_per_client=config.limits.connections_per_client,
-        access_log=logging.getLogger("appliance.access"),
-        access_log_class=logger_class(service.metrics, service.access_log),
-        **SERVER_LIMITS,
-    )
-    service.server = server
-    runner = web.ServerRunner(server)
-    await runner.setup()
-    try:
-        sock = listening_socket(config.listen)
-        site: web.BaseSite = (
-            web.SockSite(runner, sock)
-            if sock is not None
-            else web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
-        )
-        await site.start()
-        log.info(
-            "archive-local %s serving on %s (cache %s)",
-            __version__,
-            config.listen,
-            config.cache.dir,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await runner.cleanup()
-        await service.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -201,42 +144,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(configuration.dump(config), end="")
         return 0
+    return _run(args, config)
+
+
+def _run(args: argparse.Namespace, config: configuration.Config) -> int:
+    """One subcommand; each builds what it needs through `runtime`."""
     if args.command == "query":
-        from appliance.streams.cli import run_query
+        from appliance.commands.feeds import run_query
 
         return asyncio.run(run_query(args, config))
     if args.command == "publish":
-        from appliance.streams.cli import run_publish
+        from appliance.commands.feeds import run_publish
 
         return asyncio.run(run_publish(args, config))
     if args.command == "keys":
-        from appliance.streams.cli import run_keys
+        from appliance.commands.feeds import run_keys
 
         return asyncio.run(run_keys(args, config))
+    if args.command == "sync":
+        from appliance.commands.feeds import run_sync
+
+        return asyncio.run(run_sync(args, config))
     if args.command == "status":
-        from appliance.web.status_cli import run_status
+        from appliance.commands.status import run_status
 
         return run_status(args, config)
     if args.command == "seed":
-        from appliance.targets.cli import run_seed
+        from appliance.commands.seed import run_seed
 
         return asyncio.run(run_seed(args, config))
     if args.command in ("verify", "expire"):
-        from appliance import maintenance
+        from appliance.commands import maintenance
 
         run = maintenance.run_verify if args.command == "verify" else maintenance.run_expire
         return run(args, config)
-    if args.command == "sync":
-        from appliance.streams.cli import run_sync
+    from appliance.commands.serve import serve
 
-        return asyncio.run(run_sync(args, config))
     try:
         config.cache.dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"archive-local: cache.dir {config.cache.dir}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(_serve(config, args.config))
+        asyncio.run(serve(config, args.config))
     except OSError as exc:
         print(f"archive-local: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
         return 1

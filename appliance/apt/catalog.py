@@ -88,8 +88,9 @@ def candidate_root(key: str) -> str | None:
 class IndexCatalog:
     """The engine's `Rules` for apt: expectations from cached indexes, and references."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        self.path = Path(cache_dir) / STATE_DIR / DB_NAME
+    def __init__(self, cache_dir: Path, store: Store) -> None:
+        self.path = Path(cache_dir) / STATE_DIR / DB_NAME  # the unit's own state, local
+        self.store = store
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="apt-index")
         self._pending: set[asyncio.Future[None]] = set()
@@ -193,7 +194,7 @@ class IndexCatalog:
         db = self._db()
         logical = index.logical
         if index.kind == "by-hash":  # Packages or Sources: the same folder holds both
-            logical += "/" + _sniff_kind(entry)
+            logical += "/" + _sniff_kind(self.store, entry)
         row = db.execute(
             "SELECT sha256, fetched FROM indexes WHERE logical = ?", (logical,)
         ).fetchone()
@@ -202,7 +203,7 @@ class IndexCatalog:
         ):
             return  # read before, or an older copy than the one the table reflects
         try:
-            with open(entry.path, "rb") as fh:
+            with self.store.open_read(entry) as fh:
                 kind, listed = _read(fh, index)
         except (OSError, ValueError, EOFError) as exc:
             self.problems += 1
@@ -224,12 +225,14 @@ class IndexCatalog:
         self.parsed += 1
         log.info("apt index %s: %d files listed", entry.key, len(rows))
 
-    async def rebuild(self, store: Store, keys: Iterable[str] | None = None) -> int:
+    async def rebuild(self, keys: Iterable[str] | None = None) -> int:
         """Learn every cached index the table does not know yet.
 
         `keys`: what is cached, when the caller already walked the store (the service's
         start-up sweep); otherwise the store is walked here.
         """
+
+        store = self.store
 
         def learn() -> int:
             if keys is None:
@@ -323,10 +326,10 @@ class IndexCatalog:
         }
 
 
-def _sniff_kind(entry: Entry) -> str:
+def _sniff_kind(store: Store, entry: Entry) -> str:
     """Packages or Sources, from the first paragraph of a by-hash copy."""
     try:
-        with open(entry.path, "rb") as fh:
+        with store.open_read(entry) as fh:
             first = next(stanzas(open_text(fh), FILE_FIELDS), {})
     except (OSError, ValueError, EOFError):
         return "unknown"

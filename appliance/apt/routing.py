@@ -8,13 +8,11 @@ remap name. Everything else is `Forbidden` (403).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from appliance.apt.paths import BadPath, encode_path, expectation, freshness, split_path
-from appliance.cache.download import NO_EXPECTATION, Expect
 from appliance.cache.keys import UpstreamBase, hostport
-from appliance.cache.policy import Freshness
+from appliance.cache.route import Route
 
 CONNECT_PORTS = frozenset({443})
 # Routes of recent request targets are remembered, bounded by bytes (targets are chosen by
@@ -25,14 +23,6 @@ ROUTE_MEMO_TARGET = 1024  # longer targets are routed every time, never remember
 
 class Forbidden(PermissionError):
     """A request for an upstream that is not configured; answered with 403."""
-
-
-@dataclass(frozen=True)
-class Route:
-    key: str  # cache key: host[:port]/path of the canonical upstream
-    urls: tuple[str, ...]  # mirrors to try, in order
-    freshness: Freshness
-    expect: Expect = NO_EXPECTATION  # what the bytes must be (by-hash digests)
 
 
 def _host_only(hostport: str) -> str:

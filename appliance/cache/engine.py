@@ -34,7 +34,7 @@ from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, c
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
-from appliance.cache.store import Entry, FilesystemStore, Meta, Store, TempFile, Unstorable
+from appliance.cache.store import Entry, Meta, Store, TempFile, Unstorable
 from appliance.config import Config
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,17 @@ class Rules(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Figures:
+    bytes: int  # of evictable files
+    entries: int
+    max_bytes: int
+    evictions: int
+    rejected: int  # downloads refused for a wrong size or digest
+    not_stored: dict[str, int]  # pass-through answers by reason
+    downloads: list[dict[str, object]]
+
+
 class FetchError(Exception):
     """A file that could not be brought into the cache intact."""
 
@@ -145,17 +156,6 @@ def _matches(entry: Entry, expect: Expect) -> bool:
 
 
 class CacheEngine:
-    @classmethod
-    def from_config(cls, config: Config, fetcher: Fetcher) -> CacheEngine:
-        """The engine on the configured cache directory (service and CLI commands alike)."""
-        return cls(
-            FilesystemStore(config.cache.dir),
-            fetcher,
-            max_size=config.cache.max_size,
-            ttl=config.apt.index_ttl,
-            min_free=config.cache.min_free,
-        )
-
     def __init__(
         self,
         store: Store,
@@ -180,6 +180,24 @@ class CacheEngine:
         self.passed: Counter[str] = Counter()  # pass-through answers by reason
         self._noted: dict[str, float] = {}
         self.integrity_failures = 0  # downloads rejected for wrong size or digest
+
+    def apply(self, config: Config) -> None:
+        """Take the cache settings of a new configuration (reload)."""
+        self.ttl = config.apt.index_ttl
+        self.lru.max_size = config.cache.max_size
+        self.min_free = config.cache.min_free
+
+    def figures(self) -> Figures:
+        """What the status page and metrics show of the engine (a copy, read-only)."""
+        return Figures(
+            bytes=self.lru.total,
+            entries=len(self.lru),
+            max_bytes=self.lru.max_size,
+            evictions=self.evictions,
+            rejected=self.integrity_failures,
+            not_stored=dict(self.passed),
+            downloads=self.in_flight(),
+        )
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -362,8 +380,7 @@ class CacheEngine:
 
     async def purge(self, prefix: str) -> int:
         """Remove every cached file below `prefix` (a host or a remap's mirror root)."""
-        assert isinstance(self.store, FilesystemStore)
-        keys = await self._io(lambda: list(self.store.keys_under(prefix)))  # type: ignore[attr-defined]
+        keys = await self._io(lambda: list(self.store.keys_under(prefix)))
         removed = 0
         for key in keys:
             if key not in self._downloads:

@@ -16,56 +16,39 @@ import logging
 from typing import Any
 
 from appliance.cache.engine import CacheEngine
-from appliance.cache.store import FilesystemStore
+from appliance.cache.store import Store
+from appliance.streams import layout
 from appliance.streams.gpg import Signer
-from appliance.streams.model import PRODUCTS_FORMAT, condense, timestamp
-from appliance.streams.sync import (
-    FEED_DESCRIPTOR,
-    SNAPSHOT_PREFIX,
-    feed_item_key,
-    snapshot_key,
-    snapshot_products,
-)
-from appliance.targets.imageids import clouds, stored_image_ids
+from appliance.streams.model import PRODUCTS_FORMAT, condense, image_ids_clouds, timestamp
 
 log = logging.getLogger(__name__)
 
-CURATED_PREFIX = "_feed"
-KEY_PATHS = {"keys/archive-local.gpg": False, "keys/archive-local.asc": True}  # path -> armor
+KEY_PATHS = layout.KEY_PATHS
 STICKY = frozenset({"path", "size", "sha256", "md5", "sha512", "ftype"})
-
-
-def curated_key(path: str) -> str:
-    return f"{CURATED_PREFIX}/{path}"
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
 
 
-def synced_feeds(store: FilesystemStore) -> list[str]:
-    root = store.root / SNAPSHOT_PREFIX
-    if not root.is_dir():
-        return []
-    return sorted(p.parent.name for p in root.glob(f"*/{FEED_DESCRIPTOR}"))
-
-
-def collect(store: FilesystemStore) -> dict[str, dict[str, Any]]:
+def collect(store: Store) -> dict[str, dict[str, Any]]:
     """content_id -> products document: mirrored items of every synced feed, and the
-    image-ids of every seeded target."""
+    image-ids of every seeded target (blocking)."""
     merged: dict[str, dict[str, Any]] = {}
-    for name in synced_feeds(store):
-        info = json.loads(store.path(snapshot_key(name, FEED_DESCRIPTOR)).read_bytes())
-        for doc in snapshot_products(store, name, info["index"]):
+    for name in layout.synced_feeds(store):
+        info = layout.descriptor(store, name)
+        if info is None:
+            continue
+        for doc in layout.snapshot_products(store, name, info["index"]):
             _merge(merged, _on_disk(doc, name, info, store))
-    for doc in stored_image_ids(store):
+    for doc in layout.stored_image_ids(store):
         if doc.get("products"):
             merged[doc["content_id"]] = doc
     return merged
 
 
 def _on_disk(
-    doc: dict[str, Any], feed: str, descriptor: dict[str, Any], store: FilesystemStore
+    doc: dict[str, Any], feed: str, descriptor: dict[str, Any], store: Store
 ) -> dict[str, Any]:
     """A copy of `doc` with only kept items, paths under images/<feed>/."""
     out = copy.deepcopy(doc)
@@ -76,14 +59,12 @@ def _on_disk(
             items = version.get("items", {})
             for iname in list(items):
                 item = items[iname]
-                path = item.get("path")
-                if path is None:
+                if item.get("path") is None:
                     continue
-                entry = store.lookup(feed_item_key(descriptor, feed, path))
-                if entry is None or not entry.meta.keep or entry.meta.size != int(item["size"]):
+                if layout.kept_item(store, descriptor, feed, item) is None:
                     del items[iname]
                     continue
-                item["path"] = f"images/{feed}/{path}"
+                item["path"] = f"images/{feed}/{item['path']}"
             if not items:
                 del product["versions"][vname]
         if not product.get("versions"):
@@ -108,7 +89,7 @@ def render(merged: dict[str, dict[str, Any]], signer: Signer, now: str) -> dict[
     files: dict[str, bytes] = {}
     index: dict[str, Any] = {"format": "index:1.0", "updated": now, "index": {}}
     for content_id, doc in sorted(merged.items()):
-        cloud_list = clouds(doc) if doc.get("datatype") == "image-ids" else None
+        cloud_list = image_ids_clouds(doc) if doc.get("datatype") == "image-ids" else None
         doc = condense(copy.deepcopy(doc), sticky=STICKY)
         doc["updated"] = now
         path = f"streams/v1/{content_id}.json"
@@ -141,13 +122,9 @@ def render(merged: dict[str, dict[str, Any]], signer: Signer, now: str) -> dict[
 
 async def publish_curated(engine: CacheEngine, signer: Signer) -> int:
     """Rebuild and store the curated feed; products documents first, the index last."""
-    assert isinstance(engine.store, FilesystemStore)
     merged = await asyncio.to_thread(collect, engine.store)
     files = await asyncio.to_thread(render, merged, signer, timestamp())
-    ordered = sorted(files, key=lambda p: ("/index." in "/" + p, p))
-    for path in ordered:
-        content_type = "application/json" if ".json" in path else None
-        await engine.put(curated_key(path), files[path], content_type)
+    await layout.write_documents(engine, layout.curated_key, files, _content_type)
     count = sum(
         len(v.get("items", {}))
         for d in merged.values()
@@ -156,3 +133,7 @@ async def publish_curated(engine: CacheEngine, signer: Signer) -> int:
     )
     log.info("curated feed: %d products documents, %d items", len(merged), count)
     return count
+
+
+def _content_type(path: str) -> str | None:
+    return "application/json" if ".json" in path else None

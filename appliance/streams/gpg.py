@@ -8,6 +8,7 @@ hand-written parser.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -44,6 +45,11 @@ class Verifier:
         if not self.fingerprints:
             self.close()
             raise SignatureError(f"keyring {keyring}: no OpenPGP public key in it")
+
+    @classmethod
+    async def open(cls, keyring: Path) -> Verifier:
+        """Built in a thread: importing the keyring runs gpg."""
+        return await asyncio.to_thread(cls, keyring)
 
     def close(self) -> None:
         shutil.rmtree(self._home, ignore_errors=True)
@@ -92,6 +98,11 @@ class Signer:
         self.home = Path(home)
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._gpg = _gpg(self.home)
+
+    @classmethod
+    async def open(cls, home: Path) -> Signer:
+        """Built in a thread: python-gnupg runs gpg to learn its version."""
+        return await asyncio.to_thread(cls, home)
 
     @property
     def fingerprint(self) -> str | None:

@@ -190,3 +190,14 @@ def _hoist(
 
 def _as_text(value: Any) -> str | None:
     return str(value) if isinstance(value, str | int | float) else None
+
+
+def image_ids_clouds(doc: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The distinct (region, endpoint) pairs of an image-ids document, for its index entry."""
+    found = {
+        (item.get("region", ""), item.get("endpoint", ""))
+        for product in doc.get("products", {}).values()
+        for version in product.get("versions", {}).values()
+        for item in version.get("items", {}).values()
+    }
+    return [{"region": r, "endpoint": e} for r, e in sorted(found)]

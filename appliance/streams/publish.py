@@ -30,11 +30,11 @@ from typing import Any
 import yaml
 
 from appliance.cache.engine import CacheEngine
+from appliance.streams import layout
 from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import Signer
+from appliance.streams.layout import FEED_DESCRIPTOR, local_key, snapshot_key
 from appliance.streams.model import FormatError, safe_path, timestamp, validate_products
-from appliance.streams.reader import stored_json
-from appliance.streams.sync import FEED_DESCRIPTOR, local_key, snapshot_key
 
 INDEX = "streams/v1/index.sjson"
 FTYPES = (
@@ -100,10 +100,7 @@ class Publisher:
         self.feed = feed
 
     async def _stored_doc(self, path: str) -> dict[str, Any] | None:
-        entry = await self.engine.lookup(snapshot_key(self.feed, path))
-        if entry is None:
-            return None
-        return json.loads(stored_json(await asyncio.to_thread(entry.path.read_bytes)))
+        return await asyncio.to_thread(layout.snapshot_document, self.engine.store, self.feed, path)
 
     async def publish(
         self, build_dir: Path, spec: dict[str, Any], version: str | None, dry_run: bool = False
@@ -192,10 +189,9 @@ class Publisher:
         files[INDEX] = self.signer.clearsign(
             json.dumps(signed_index, indent=1, sort_keys=True).encode() + b"\n"
         )
-        descriptor = json.dumps({"url": f"local:{self.feed}", "index": INDEX, "local": True})
-        await self.engine.put(snapshot_key(self.feed, FEED_DESCRIPTOR), descriptor.encode())
-        for path in sorted(files, key=lambda p: ("/index." in "/" + p, p)):
-            await self.engine.put(snapshot_key(self.feed, path), files[path])
+        descriptor = layout.descriptor_bytes(f"local:{self.feed}", INDEX, local=True)
+        await self.engine.put(snapshot_key(self.feed, FEED_DESCRIPTOR), descriptor)
+        await layout.write_documents(self.engine, lambda path: snapshot_key(self.feed, path), files)
 
 
 def _next_version(doc: dict[str, Any]) -> str:

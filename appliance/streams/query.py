@@ -23,10 +23,10 @@ async def query(
         entries = parse_index(index)
     except FormatError as exc:
         raise FeedError(f"{reader.url(index_path)}: {exc}") from None
-    for entry in entries:
-        if entry.format != PRODUCTS_FORMAT or entry.path is None:
+    for listed in entries:
+        if listed.format != PRODUCTS_FORMAT or listed.path is None:
             continue
-        path = reader.entry_path(index_path, entry.path)
+        path = reader.entry_path(index_path, listed.path)
         doc, _ = await reader.document(path)
         try:
             validate_products(doc)

@@ -7,6 +7,8 @@ or `.json` with its detached `.json.gpg`. Without one, documents are read unveri
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import re
 from dataclasses import dataclass, field
@@ -95,7 +97,9 @@ class FeedReader:
             raise FeedError(str(exc)) from None
         if not self.is_remote:
             try:
-                return (Path(self.root.removeprefix("file://")) / path).read_bytes()
+                return await asyncio.to_thread(
+                    _read_local, Path(self.root.removeprefix("file://")) / path
+                )
             except OSError as exc:
                 raise FeedError(f"{self.url(path)}: {exc.strerror}") from None
         assert self.fetcher is not None
@@ -130,28 +134,38 @@ class FeedReader:
     async def document(self, path: str) -> tuple[dict[str, Any], bytes]:
         """(parsed JSON, the raw bytes as served), after the signature check."""
         raw = await self.raw(path)
-        try:
+        url = self.url(path)
+        try:  # gpg runs as a child process: in a thread, never on the event loop
             if path.endswith(".sjson"):
                 content = (
-                    self.verifier.clearsigned(raw, self.url(path))
+                    await asyncio.to_thread(self.verifier.clearsigned, raw, url)
                     if self.verifier
                     else unarmor_clearsigned(raw)
                 )
             else:
                 if self.verifier:
                     signature = await self.raw(path + ".gpg")
-                    self.verifier.detached(raw, signature, self.url(path))
+                    await asyncio.to_thread(self.verifier.detached, raw, signature, url)
                     self.signatures[path] = signature
                 content = raw
         except SignatureError as exc:
             raise FeedError(f"bad signature: {exc}") from None
-        doc = parse_json(content, self.url(path))
+        doc = await asyncio.to_thread(parse_json, content, url)
         if not isinstance(doc, dict):
             raise FeedError(f"{self.url(path)}: not a JSON object")
         return doc, raw
 
     def entry_path(self, index_path: str, entry_path: str) -> str:
         return signed_twin(index_path, entry_path)
+
+
+def _read_local(path: Path) -> bytes:
+    """A local feed document, no larger than a remote one may be."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_DOCUMENT + 1)
+    if len(data) > MAX_DOCUMENT:
+        raise OSError(errno.EFBIG, f"document larger than {MAX_DOCUMENT} bytes")
+    return data
 
 
 __all__ = ["FeedError", "FeedReader", "FormatError", "split_feed_url"]

@@ -10,25 +10,19 @@ does this). Anything else under a feed is 404.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 
-from appliance.apt.routing import Route
 from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine
 from appliance.cache.keys import BadPath, encode_path, split_path
 from appliance.cache.policy import Freshness
-from appliance.streams.curated import KEY_PATHS, curated_key
+from appliance.cache.route import Route
+from appliance.streams import layout
+from appliance.streams.layout import FEED_DESCRIPTOR, KEY_PATHS, curated_key, snapshot_key
 from appliance.streams.model import FormatError, iter_items
-from appliance.streams.sync import (
-    FEED_DESCRIPTOR,
-    expect_of,
-    feed_item_key,
-    snapshot_key,
-    snapshot_products,
-)
+from appliance.streams.sync import expect_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +72,7 @@ class ImageRoutes:
         expect = state.items.get(path)
         if expect is None or not state.descriptor:
             raise NotFound(f"{path} is not an item of feed {name!r}")
-        key = feed_item_key(state.descriptor, name, path)
+        key = layout.feed_item_key(state.descriptor, name, path)
         if state.descriptor.get("local"):
             return Route(key, (), Freshness.MANAGED)
         return Route(
@@ -104,11 +98,11 @@ class ImageRoutes:
         return state
 
     async def _reload(self, name: str, state: _FeedState) -> None:
-        descriptor = await self.engine.lookup(snapshot_key(name, FEED_DESCRIPTOR))
-        if descriptor is None:
-            raise NotFound(f"no feed named {name!r} has been synced")
+        store = self.engine.store
         try:
-            info = json.loads(await asyncio.to_thread(descriptor.path.read_bytes))
+            info = await asyncio.to_thread(layout.descriptor, store, name)
+            if info is None:
+                raise NotFound(f"no feed named {name!r} has been synced")
             index_entry = await self.engine.lookup(snapshot_key(name, info["index"]))
             if index_entry is None or index_entry.meta.fetched == state.stamp:
                 return
@@ -125,7 +119,7 @@ class ImageRoutes:
     def _items(self, name: str, index_path: str) -> dict[str, Expect]:
         return {
             props["path"]: expect_of(props)
-            for doc in snapshot_products(self.engine.store, name, index_path)
+            for doc in layout.snapshot_products(self.engine.store, name, index_path)
             for _p, _v, _i, props in iter_items(doc)
             if "path" in props
         }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,8 +26,8 @@ from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine, FetchError
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase, split_path
-from appliance.cache.store import Store
 from appliance.config import FeedConfig
+from appliance.streams import layout
 from appliance.streams.filters import Filter, parse_filters, select
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import (
@@ -39,53 +38,11 @@ from appliance.streams.model import (
     strongest_checksum,
     validate_products,
 )
-from appliance.streams.reader import (
-    FeedError,
-    FeedReader,
-    signed_twin,
-    split_feed_url,
-    stored_json,
-)
+from appliance.streams.reader import FeedError, FeedReader, split_feed_url
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_PREFIX = "_images"
-FEED_DESCRIPTOR = "feed.json"  # {"url": mirror root, "index": index path} of a synced feed
 CONCURRENCY = 4
-
-
-LOCAL_PREFIX = "_local"  # items of feeds built here (`publish`): no upstream
-
-
-def snapshot_key(feed: str, path: str = "") -> str:
-    return "/".join(p for p in (SNAPSHOT_PREFIX, feed, path) if p)
-
-
-def local_key(feed: str, path: str) -> str:
-    return f"{LOCAL_PREFIX}/{feed}/{path}"
-
-
-def snapshot_products(store: Store, feed: str, index_path: str) -> list[dict[str, Any]]:
-    """The products documents of a feed's published snapshot (blocking; [] if none)."""
-    index_entry = store.lookup(snapshot_key(feed, index_path))
-    if index_entry is None:
-        return []
-    docs = []
-    for entry in parse_index(json.loads(stored_json(index_entry.path.read_bytes()))):
-        if entry.format != PRODUCTS_FORMAT or entry.path is None:
-            continue
-        path = signed_twin(index_path, entry.path)
-        doc_entry = store.lookup(snapshot_key(feed, path))
-        if doc_entry is not None:
-            docs.append(json.loads(stored_json(doc_entry.path.read_bytes())))
-    return docs
-
-
-def feed_item_key(descriptor: dict[str, Any], feed: str, path: str) -> str:
-    """Where an item of a synced or published feed lives in the store."""
-    if descriptor.get("local"):
-        return local_key(feed, path)
-    return UpstreamBase.parse(descriptor["url"] + "/").key(split_path("/" + path))
 
 
 @dataclass
@@ -126,7 +83,28 @@ class Selected:
     expect: Expect
 
 
-Report = Callable[[str, Any], None]
+@dataclass(frozen=True)
+class FeedPlanned:
+    """A feed's metadata is verified: this many items, this many bytes, to go."""
+
+    feed: str
+    items: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    feed: str
+    item: ItemOutcome
+
+
+@dataclass(frozen=True)
+class FeedFailed:
+    outcome: FeedOutcome
+
+
+SyncEvent = FeedPlanned | ItemDone | FeedFailed
+Report = Callable[[SyncEvent], None]
 
 
 def expect_of(props: dict[str, str], where: str = "item") -> Expect:
@@ -168,7 +146,7 @@ class FeedMirror:
         self.base = UpstreamBase.parse(self.root + "/")
         self.reader = FeedReader(self.root, fetcher, verifier)
         self.filters = parse_filters(feed.filters)
-        self.report = report or (lambda _event, _data: None)
+        self.report: Report = report or (lambda _event: None)
 
     def item_key(self, path: str) -> str:
         return self.base.key(split_path("/" + path))
@@ -185,10 +163,10 @@ class FeedMirror:
         except FormatError as exc:
             raise FeedError(f"{self.reader.url(self.index_path)}: {exc}") from None
         selected: list[Selected] = []
-        for entry in entries:
-            if entry.format != PRODUCTS_FORMAT or entry.path is None:
+        for listed in entries:
+            if listed.format != PRODUCTS_FORMAT or listed.path is None:
                 continue
-            path = self.reader.entry_path(self.index_path, entry.path)
+            path = self.reader.entry_path(self.index_path, listed.path)
             doc, doc_raw = await self.reader.document(path)
             try:
                 validate_products(doc)
@@ -226,7 +204,7 @@ class FeedMirror:
         """What the last published snapshot selected (for pruning)."""
         try:
             docs = await asyncio.to_thread(
-                snapshot_products, self.engine.store, self.feed.name, self.index_path
+                layout.snapshot_products, self.engine.store, self.feed.name, self.index_path
             )
         except (OSError, ValueError, FormatError) as exc:
             log.warning(
@@ -243,12 +221,12 @@ class FeedMirror:
         except FeedError as exc:
             outcome.ok, outcome.error = False, str(exc)
             outcome.seconds = time.monotonic() - started
-            self.report("error", outcome)
+            self.report(FeedFailed(outcome))
             return outcome
         previous = await self.previous_selection()
         current_paths = {s.path for s in selected}
         total = sum(s.expect.size or 0 for s in selected)
-        self.report("plan", (self.feed.name, len(selected), total))
+        self.report(FeedPlanned(self.feed.name, len(selected), total))
 
         semaphore = asyncio.Semaphore(CONCURRENCY)
 
@@ -258,7 +236,7 @@ class FeedMirror:
             outcome.items.append(result)
             if result.status == "fetched":
                 outcome.bytes_fetched += result.size
-            self.report("item", result)
+            self.report(ItemDone(self.feed.name, result))
 
         await asyncio.gather(*(one(s) for s in selected))
         if not dry_run:
@@ -271,7 +249,7 @@ class FeedMirror:
                 gone.product, gone.version, gone.item, gone.path, gone.expect.size or 0, status
             )
             outcome.items.append(result)
-            self.report("item", result)
+            self.report(ItemDone(self.feed.name, result))
         outcome.ok = outcome.count("failed") == 0
         if not outcome.ok:
             outcome.error = f"{outcome.count('failed')} item(s) rejected"
@@ -301,9 +279,10 @@ class FeedMirror:
         return result
 
     async def _publish(self, documents: dict[str, bytes]) -> None:
-        """Products documents first, then the feed descriptor, the index last."""
-        descriptor = json.dumps({"url": self.root, "index": self.index_path}).encode()
-        ordered = sorted(documents, key=lambda p: ("/index." in "/" + p, p))
-        await self.engine.put(snapshot_key(self.feed.name, FEED_DESCRIPTOR), descriptor)
-        for path in ordered:
-            await self.engine.put(snapshot_key(self.feed.name, path), documents[path])
+        """The feed descriptor, then products documents, the index last."""
+        name = self.feed.name
+        descriptor = layout.descriptor_bytes(self.root, self.index_path)
+        await self.engine.put(layout.snapshot_key(name, layout.FEED_DESCRIPTOR), descriptor)
+        await layout.write_documents(
+            self.engine, lambda path: layout.snapshot_key(name, path), documents
+        )

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from appliance.cache.store import Entry, FilesystemStore, Store
+from appliance.cache.store import Entry, Store
 from appliance.config import TargetConfig
-from appliance.streams.filters import matches, parse_filters
+from appliance.config.filters import matches, parse_filters
+from appliance.streams import layout
 from appliance.streams.model import iter_items
-from appliance.streams.sync import FEED_DESCRIPTOR, feed_item_key, snapshot_key, snapshot_products
 
 # how sstream-mirror-glance names architectures in Glance's `architecture` property
 CANONICAL_ARCH = {
@@ -113,23 +113,20 @@ def version_key(version: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
 
 
-def feed_images(store: FilesystemStore, feed: str) -> list[SeedImage]:
+def feed_images(store: Store, feed: str) -> list[SeedImage]:
     """Every item of `feed` that is kept on disk and matches its checksum size (blocking)."""
-    descriptor_entry = store.lookup(snapshot_key(feed, FEED_DESCRIPTOR))
-    if descriptor_entry is None:
-        raise CatalogError(f"feed {feed!r} has not been synced or published yet")
     try:
-        descriptor = json.loads(descriptor_entry.path.read_bytes())
-        docs = snapshot_products(store, feed, descriptor["index"])
+        descriptor = layout.descriptor(store, feed)
+        if descriptor is None:
+            raise CatalogError(f"feed {feed!r} has not been synced or published yet")
+        docs = layout.snapshot_products(store, feed, descriptor["index"])
     except (OSError, ValueError, KeyError) as exc:
         raise CatalogError(f"feed {feed!r}: snapshot unreadable ({exc})") from None
     images = []
     for doc in docs:
         for pname, vname, iname, props in iter_items(doc):
-            if "path" not in props:
-                continue
-            entry = store.lookup(feed_item_key(descriptor, feed, props["path"]))
-            if entry is None or not entry.meta.keep or entry.meta.size != int(props["size"]):
+            entry = layout.kept_item(store, descriptor, feed, props)
+            if entry is None:
                 continue
             images.append(
                 SeedImage(
@@ -147,7 +144,7 @@ def feed_images(store: FilesystemStore, feed: str) -> list[SeedImage]:
     return images
 
 
-def wanted(store: FilesystemStore, target: TargetConfig) -> list[SeedImage]:
+def wanted(store: Store, target: TargetConfig) -> list[SeedImage]:
     """The newest `max_items` versions of each product with a matching item, newest first."""
     filters = parse_filters(target.filters)
     by_product: dict[str, list[SeedImage]] = defaultdict(list)

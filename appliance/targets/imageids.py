@@ -12,16 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from appliance.cache.engine import CacheEngine
-from appliance.cache.store import FilesystemStore
+from appliance.streams.layout import image_ids_key
 
-IMAGE_IDS_PREFIX = "_seed/image-ids"
 CONTENT_ID_PREFIX = "archive-local:image-ids:"
 _PRODUCT_KEYS = ("arch", "os", "release", "version", "release_title")
 _ITEM_SKIP = ("product_name", "version_name", "item_name", *_PRODUCT_KEYS)
-
-
-def image_ids_key(target: str) -> str:
-    return f"{IMAGE_IDS_PREFIX}/{target}.json"
 
 
 def build(target: str, items: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
@@ -44,29 +39,6 @@ def build(target: str, items: Sequence[Mapping[str, Any]], now: str) -> dict[str
     }
 
 
-def clouds(doc: Mapping[str, Any]) -> list[dict[str, str]]:
-    """The distinct (region, endpoint) pairs of a document's items, for its index entry."""
-    found = {
-        (item.get("region", ""), item.get("endpoint", ""))
-        for product in doc.get("products", {}).values()
-        for version in product.get("versions", {}).values()
-        for item in version.get("items", {}).values()
-    }
-    return [{"region": r, "endpoint": e} for r, e in sorted(found)]
-
-
 async def store_image_ids(engine: CacheEngine, target: str, doc: dict[str, Any]) -> None:
     body = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
     await engine.put(image_ids_key(target), body, "application/json")
-
-
-def stored_image_ids(store: FilesystemStore) -> list[dict[str, Any]]:
-    """Every target's last image-ids document (blocking)."""
-    root = store.root / IMAGE_IDS_PREFIX
-    docs = []
-    if root.is_dir():
-        for path in sorted(root.glob("*.json")):
-            entry = store.lookup(f"{IMAGE_IDS_PREFIX}/{path.name}")
-            if entry is not None:
-                docs.append(json.loads(entry.path.read_bytes()))
-    return docs

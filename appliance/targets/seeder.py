@@ -14,14 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.cache.store import FilesystemStore
+from appliance.cache.store import Store
 from appliance.config import ConfigError, Ec2TargetConfig, GlanceTargetConfig, TargetConfig
 from appliance.targets.catalog import CatalogError, SeedImage, newest_versions, wanted
-from appliance.targets.plan import Cloud, CloudImage, make_plan
+from appliance.targets.plan import Cloud, CloudImage, Plan, make_plan
 
 log = logging.getLogger(__name__)
-
-Report = Callable[[str, Any], None]
 
 
 @dataclass
@@ -56,6 +54,42 @@ class TargetOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegionPlanned:
+    target: str
+    region: str
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class UploadStarted:
+    target: str
+    region: str
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BytesSent:
+    """Bytes of the current upload sent (from the uploading thread)."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    action: Action
+
+
+@dataclass(frozen=True)
+class TargetDone:
+    outcome: TargetOutcome
+
+
+SeedEvent = RegionPlanned | UploadStarted | BytesSent | ActionDone | TargetDone
+Report = Callable[[SeedEvent], None]
 
 
 def secrets_of(target: TargetConfig) -> list[str]:
@@ -108,12 +142,12 @@ def describe(exc: BaseException) -> str:
 class Seeder:
     def __init__(
         self,
-        store: FilesystemStore,
+        store: Store,
         report: Report | None = None,
         cloud_factory: Callable[[TargetConfig], list[Cloud]] = clouds_for,
     ) -> None:
         self.store = store
-        self.report = report or (lambda _event, _data: None)
+        self.report: Report = report or (lambda _event: None)
         self.cloud_factory = cloud_factory
 
     async def seed(
@@ -146,7 +180,7 @@ class Seeder:
         outcome.finished = time.time()
         if outcome.error:
             log.warning("seed %s: %s", target.name, outcome.error)
-        self.report("target", outcome)
+        self.report(TargetDone(outcome))
         return outcome
 
     async def _seed_region(
@@ -160,7 +194,7 @@ class Seeder:
     ) -> None:
         existing = await asyncio.to_thread(cloud.list_images)
         plan = make_plan(images, existing)
-        self.report("plan", (target.name, cloud.region, plan))
+        self.report(RegionPlanned(target.name, cloud.region, plan))
 
         def act(
             kind: str, name: str, image: SeedImage | CloudImage | None = None, **kw: Any
@@ -175,7 +209,7 @@ class Seeder:
                 if image.identity:
                     a.product, a.version, a.item = image.identity
             outcome.actions.append(a)
-            self.report("action", a)
+            self.report(ActionDone(a))
             return a
 
         if dry_run:
@@ -192,10 +226,10 @@ class Seeder:
         present: list[tuple[SeedImage, CloudImage]] = list(plan.present)
         for image in plan.upload:
             name = image.image_name(target.name_prefix)
-            self.report("upload", (target.name, cloud.region, name, image.size))
+            self.report(UploadStarted(target.name, cloud.region, name, image.size))
             try:
                 record = await asyncio.to_thread(
-                    cloud.upload, image, lambda n: self.report("bytes", n)
+                    cloud.upload, image, lambda n: self.report(BytesSent(n))
                 )
             except Exception as exc:
                 act("failed", name, image, error=describe(exc))

@@ -15,23 +15,44 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden
-from appliance.cache.keys import UpstreamBase
 from appliance.config import AdminConfig
-
-if TYPE_CHECKING:
-    from appliance.web.app import Service
 
 log = logging.getLogger(__name__)
 
 
 class AdminUnavailable(RuntimeError):
     pass
+
+
+class Actions(Protocol):
+    """What the admin API may ask of the running appliance (and nothing else)."""
+
+    def sync(self) -> bool:
+        """Start a sync; False when no feeds are configured."""
+        ...
+
+    def seed(self) -> bool | None:
+        """Start a seed: True started, False one is running, None no targets configured."""
+        ...
+
+    async def purge_remap(self, name: str) -> int | None:
+        """Files removed below a remap's mirrors; None when there is no such remap."""
+        ...
+
+    async def purge(self, path: str) -> int:
+        """Remove one cached file (0: not cached); BadPath or Forbidden for a bad path."""
+        ...
+
+    async def reload(self) -> dict[str, Any]: ...
+    def maintenance_busy(self) -> bool: ...
+    async def verify(self, fix: bool) -> dict[str, Any]: ...
+    async def expire(self, dry_run: bool) -> dict[str, Any]: ...
 
 
 def load_token(path: Path) -> str:
@@ -111,39 +132,38 @@ class Admin:
                 headers={"WWW-Authenticate": 'Bearer realm="archive-local"'},
             )
 
-    async def handle(self, request: web.BaseRequest, service: Service) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, actions: Actions) -> web.StreamResponse:
         self.check(request)
         action = request.raw_path.removeprefix("/api/admin/").strip("/")
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         if action == "sync":
-            if not service.config.images.feeds:
+            if not actions.sync():
                 raise web.HTTPConflict(text="no feeds configured (images.feeds)\n")
-            service.scheduler.trigger()
             return web.json_response({"status": "started"}, status=202)
         if action == "seed":
-            if not service.config.seed.targets:
+            started = actions.seed()
+            if started is None:
                 raise web.HTTPConflict(text="no seed targets configured (seed.targets)\n")
-            started = service.scheduler.trigger_seed()
             return web.json_response({"status": "started" if started else "running"}, status=202)
         if action == "purge":
-            return await self._purge(request, service)
+            return await self._purge(request, actions)
         if action == "reload":
-            return web.json_response(await service.reload())
+            return web.json_response(await actions.reload())
         if action in ("verify", "expire"):
             body = await _json_body(request, action)
             flag = "fix" if action == "verify" else "dry_run"
             value = body.get(flag, False)
             if set(body) - {flag} or not isinstance(value, bool):
                 raise web.HTTPBadRequest(text=f'{action}: the body is {{"{flag}": true|false}}\n')
-            if service.maintenance_lock.locked():
+            if actions.maintenance_busy():
                 raise web.HTTPConflict(text=f"{action}: a verify or expiry run is in progress\n")
             if action == "verify":
-                return web.json_response(await service.verify(fix=value))
-            return web.json_response(await service.expire(dry_run=value))
+                return web.json_response(await actions.verify(fix=value))
+            return web.json_response(await actions.expire(dry_run=value))
         raise web.HTTPNotFound(text=f"admin API: no action {action!r}\n")
 
-    async def _purge(self, request: web.BaseRequest, service: Service) -> web.StreamResponse:
+    async def _purge(self, request: web.BaseRequest, actions: Actions) -> web.StreamResponse:
         body = await _json_body(request, "purge")
         if len(body.keys() & {"path", "remap"}) != 1:
             raise web.HTTPBadRequest(
@@ -151,23 +171,19 @@ class Admin:
             )
         if "remap" in body:
             name = body["remap"]
-            mirrors = service.config.apt.remaps.get(name) if isinstance(name, str) else None
-            if not mirrors:
+            removed = await actions.purge_remap(name) if isinstance(name, str) else None
+            if removed is None:
                 raise web.HTTPNotFound(text=f"purge: no remap named {name!r}\n")
-            removed = 0
-            for url in mirrors:
-                removed += await service.engine.purge(UpstreamBase.parse(url).key())
             log.info("admin: purged remap %s (%d files)", name, removed)
             return web.json_response({"removed": removed})
         path = body["path"]
         if not isinstance(path, str) or not path.startswith(("/", "http://")):
             raise web.HTTPBadRequest(text="purge: path must be a request path or URL\n")
         try:
-            route = service.router.route(path)
+            removed = await actions.purge(path)
         except (BadPath, Forbidden) as exc:
             raise web.HTTPBadRequest(text=f"purge: {exc}\n") from None
-        if await service.engine.lookup(route.key) is None:
+        if not removed:
             raise web.HTTPNotFound(text=f"purge: {path} is not cached\n")
-        await service.engine.remove(route.key)
-        log.info("admin: purged %s", route.key)
-        return web.json_response({"removed": 1})
+        log.info("admin: purged %s", path)
+        return web.json_response({"removed": removed})

@@ -11,24 +11,46 @@ import asyncio
 import html
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.core import Metric
 
 from appliance import __version__
-from appliance.metrics import SERVICES, counter, gauge
-from appliance.streams.curated import synced_feeds
+from appliance.cache.engine import Figures
+from appliance.cache.store import Store
+from appliance.metrics import SERVICES, Metrics, counter, gauge
+from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.targets.imageids import stored_image_ids
-
-if TYPE_CHECKING:
-    from appliance.web.app import Service
 
 log = logging.getLogger(__name__)
 
 IMAGES_TTL = 30.0  # seconds the image inventory (read from disk) is reused
+
+
+class Jobs(Protocol):
+    """The scheduler's state, as the status page reads it."""
+
+    running: bool
+    last_run: float | None
+    last: Mapping[str, Any]  # feed -> FeedOutcome
+    seeding: bool
+    seed_last: Mapping[str, Any]  # target -> TargetOutcome
+    sync_stats: Mapping[str, Mapping[str, Any]]
+    seed_stats: Mapping[str, Mapping[str, Any]]
+
+
+class Source(Protocol):
+    """What the status page, /api/status and the metrics scrape read of the appliance:
+    figures and read-only state, never the parts themselves."""
+
+    metrics: Metrics
+    jobs: Jobs
+    store: Store  # read for the image inventory
+
+    def cache_figures(self) -> Figures: ...
+    def integrity(self) -> dict[str, Any]: ...  # refused connections, apt indexes, last runs
 
 
 class Inventory:
@@ -39,13 +61,13 @@ class Inventory:
         self.at = 0.0
         self.generation: Any = None
 
-    async def get(self, service: Service) -> list[dict[str, Any]]:
-        sched = service.scheduler
+    async def get(self, source: Source) -> list[dict[str, Any]]:
+        jobs = source.jobs
         # recomputed after each sync or seed of this service, and every IMAGES_TTL
         # (a `sync`/`seed` run from the command line changes the disk too)
-        generation = (sched.last_run, sum(s["runs"] for s in sched.seed_stats.values()))
+        generation = (jobs.last_run, sum(s["runs"] for s in jobs.seed_stats.values()))
         if generation != self.generation or time.monotonic() - self.at > IMAGES_TTL:
-            self.value = await asyncio.to_thread(_inventory, service)
+            self.value = await asyncio.to_thread(_inventory, source.store)
             self.at, self.generation = time.monotonic(), generation
         return self.value
 
@@ -53,10 +75,9 @@ class Inventory:
         self.at = 0.0
 
 
-def _inventory(service: Service) -> list[dict[str, Any]]:
-    store = service.engine.store
+def _inventory(store: Store) -> list[dict[str, Any]]:
     seeded: dict[tuple[str, str], list[dict[str, str]]] = {}
-    for doc in stored_image_ids(store):  # type: ignore[arg-type]
+    for doc in stored_image_ids(store):
         target = doc["content_id"].rsplit(":", 1)[-1]
         for pname, product in doc.get("products", {}).items():
             for vname, version in product.get("versions", {}).items():
@@ -65,9 +86,9 @@ def _inventory(service: Service) -> list[dict[str, Any]]:
                         {"target": target, "region": item.get("region", ""), "id": item["id"]}
                     )
     rows = []
-    for feed in synced_feeds(store):  # type: ignore[arg-type]
+    for feed in synced_feeds(store):
         try:
-            images = feed_images(store, feed)  # type: ignore[arg-type]
+            images = feed_images(store, feed)
         except CatalogError as exc:  # unreadable (or being rewritten): say so, not hide it
             log.info("status: feed %s: %s", feed, exc)
             rows.append({"feed": feed, "product": None, "versions": [], "error": str(exc)})
@@ -87,8 +108,8 @@ def _inventory(service: Service) -> list[dict[str, Any]]:
     return rows
 
 
-async def snapshot(service: Service) -> dict[str, Any]:
-    m = service.metrics
+async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
+    m = source.metrics
     totals = m.totals
     hits = {
         s: totals.requests[s]["hit"]
@@ -98,7 +119,8 @@ async def snapshot(service: Service) -> dict[str, Any]:
     }
     misses = {s: totals.requests[s]["miss"] for s in SERVICES}
     served = hits["apt"] + misses["apt"] + hits["images"] + misses["images"]
-    sched = service.scheduler
+    jobs = source.jobs
+    cache = source.cache_figures()
     return {
         "version": __version__,
         "uptime_seconds": round(time.time() - m.started, 1),
@@ -108,48 +130,43 @@ async def snapshot(service: Service) -> dict[str, Any]:
         "history": [*m.history, m.point()],  # the last point is now
         "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
         "busiest": [{"package": n, "requests": c} for n, c in m.busiest(10)],
-        "downloads": service.engine.in_flight(),
+        "downloads": cache.downloads,
         "cache": {
-            "bytes": service.engine.lru.total,
-            "entries": len(service.engine.lru),
-            "max_bytes": service.config.cache.max_size,
-            "evictions": service.engine.evictions,
+            "bytes": cache.bytes,
+            "entries": cache.entries,
+            "max_bytes": cache.max_bytes,
+            "evictions": cache.evictions,
         },
-        "images": await service.inventory.get(service),
+        "images": await inventory.get(source),
         "sync": {
-            "running": sched.running,
-            "last_run": sched.last_run,
-            "feeds": {n: o.as_dict() for n, o in sched.last.items()},
+            "running": jobs.running,
+            "last_run": jobs.last_run,
+            "feeds": {n: o.as_dict() for n, o in jobs.last.items()},
         },
         "seed": {
-            "running": sched.seeding,
-            "targets": {n: o.as_dict() for n, o in sched.seed_last.items()},
+            "running": jobs.seeding,
+            "targets": {n: o.as_dict() for n, o in jobs.seed_last.items()},
         },
         "integrity": {
-            "rejected_downloads": service.engine.integrity_failures,
-            "not_stored": dict(service.engine.passed),
-            "connections_refused": getattr(service.server, "refused", 0),
-            "apt_indexes": service.catalog.stats(),
-            "last_verify": service.last_verify,
-            "last_expiry": service.last_expiry,
+            "rejected_downloads": cache.rejected,
+            "not_stored": cache.not_stored,
+            **source.integrity(),
         },
     }
 
 
-# -- metrics read at scrape time -----------------------------------------------------------
-
-
-def scrape(service: Service) -> Iterator[Metric]:
-    engine, sched = service.engine, service.scheduler
-    flights = engine.in_flight()
+def scrape(source: Source) -> Iterator[Metric]:
+    cache, jobs = source.cache_figures(), source.jobs
+    extra = source.integrity()
+    flights = cache.downloads
     size = gauge("cache_size_bytes", "Bytes of evictable cached files")
-    size.add_metric([], engine.lru.total)
+    size.add_metric([], cache.bytes)
     entries = gauge("cache_entries", "Evictable cached files")
-    entries.add_metric([], len(engine.lru))
+    entries.add_metric([], cache.entries)
     limit = gauge("cache_max_size_bytes", "Configured cache.max_size")
-    limit.add_metric([], service.config.cache.max_size)
+    limit.add_metric([], cache.max_bytes)
     evictions = counter("cache_evictions", "Files evicted to stay under cache.max_size")
-    evictions.add_metric([], engine.evictions)
+    evictions.add_metric([], cache.evictions)
     downloads = gauge("downloads_in_flight", "Upstream downloads in progress")
     downloads.add_metric([], len(flights))
     waiting = gauge("download_clients", "Clients streaming a download in progress")
@@ -159,22 +176,22 @@ def scrape(service: Service) -> Iterator[Metric]:
         "integrity_rejected_downloads",
         "Upstream answers refused for a wrong size or digest (never cached, never completed)",
     )
-    rejected.add_metric([], engine.integrity_failures)
+    rejected.add_metric([], cache.rejected)
     passed = counter(
         "not_stored_responses", "Upstream answers passed to a client without storing", ["reason"]
     )
     for reason in ("disk-full", "conflict", "store-error", "unverifiable", "encoded"):
-        passed.add_metric([reason], engine.passed.get(reason, 0))
+        passed.add_metric([reason], cache.not_stored.get(reason, 0))
     refused = counter(
         "connections_refused", "Connections turned away (limits.connections_per_client)"
     )
-    refused.add_metric([], getattr(service.server, "refused", 0))
+    refused.add_metric([], extra["connections_refused"])
     indexed = gauge("apt_index_files", "Files listed by the cached apt indexes")
-    indexed.add_metric([], service.catalog.stats()["files"])
+    indexed.add_metric([], extra["apt_indexes"]["files"])
     yield from (rejected, passed, refused, indexed)
     for kind, stats, label in (
-        ("sync", sched.sync_stats, "feed"),
-        ("seed", sched.seed_stats, "target"),
+        ("sync", jobs.sync_stats, "feed"),
+        ("seed", jobs.seed_stats, "target"),
     ):
         runs = counter(f"{kind}_runs", f"{kind.title()} runs", [label])
         failures = counter(f"{kind}_failures", f"{kind.title()} runs that failed", [label])
@@ -190,10 +207,10 @@ def scrape(service: Service) -> Iterator[Metric]:
                 success.add_metric([name], s["last_success"])
         yield from (runs, failures, duration, success)
     mirrored = gauge("images_mirrored", "Image items kept on disk by the last sync", ["feed"])
-    for name, o in sorted(sched.last.items()):
+    for name, o in sorted(jobs.last.items()):
         mirrored.add_metric([name], o.count("fetched") + o.count("present"))
     seeded = gauge("images_seeded", "Images present in a target after its last seed", ["target"])
-    for name, o in sorted(sched.seed_last.items()):
+    for name, o in sorted(jobs.seed_last.items()):
         seeded.add_metric([name], len(o.images))
     yield from (mirrored, seeded)
 

@@ -16,14 +16,12 @@ import urllib.request
 from typing import Any
 
 from appliance import config as configuration
+from appliance import runtime
 from appliance.apt import expire
 from appliance.apt.catalog import IndexCatalog
 from appliance.cache import verify
-from appliance.cache.egress import policy_for
-from appliance.cache.engine import CacheEngine
-from appliance.cache.fetcher import Fetcher
+from appliance.commands.status import service_url
 from appliance.web.admin import AdminUnavailable, load_token
-from appliance.web.status_cli import _url
 
 
 class _NoService(Exception):
@@ -32,9 +30,9 @@ class _NoService(Exception):
 
 def _ask_service(config: configuration.Config, action: str, body: dict[str, Any]) -> Any:
     """POST to the running service's admin API; _NoService when nothing listens."""
-    url = f"{_url(config)}/api/admin/{action}"
+    url = f"{service_url(config)}/api/admin/{action}"
     try:
-        urllib.request.urlopen(f"{_url(config)}/api/status", timeout=3).close()
+        urllib.request.urlopen(f"{service_url(config)}/api/status", timeout=3).close()
     except urllib.error.HTTPError:
         pass  # something answers: the service
     except OSError:
@@ -76,24 +74,16 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _engine(config: configuration.Config) -> CacheEngine:
-    """The engine on the cache directory (not started: nothing is swept or fetched)."""
-    return CacheEngine.from_config(config, Fetcher.from_config(config.upstream, policy_for(config)))
-
-
 def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
     progress = _Progress(sys.stderr.isatty() and not args.json)
 
     async def local() -> dict[str, Any]:
-        engine = CacheEngine.from_config(
-            config, Fetcher.from_config(config.upstream, policy_for(config))
-        )
-        catalog = IndexCatalog(config.cache.dir)
-        try:
-            report = await verify.verify(engine, catalog.lookup, args.fix, progress)
-        finally:
-            catalog.close()
-            await engine.fetcher.close()
+        async with runtime.core(config) as base:
+            catalog = IndexCatalog(config.cache.dir, base.store)
+            try:
+                report = await verify.verify(base.engine, catalog.lookup, args.fix, progress)
+            finally:
+                await asyncio.to_thread(catalog.close)
         return report.as_dict()
 
     try:
@@ -117,18 +107,15 @@ def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
 
 def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
     async def local() -> dict[str, Any]:
-        engine = CacheEngine.from_config(
-            config, Fetcher.from_config(config.upstream, policy_for(config))
-        )
-        catalog = IndexCatalog(config.cache.dir)
-        try:
-            await catalog.rebuild(engine.store)
-            report = await expire.expire(
-                engine, catalog, config.cache.expire_after, dry_run=args.dry_run
-            )
-        finally:
-            catalog.close()
-            await engine.fetcher.close()
+        async with runtime.core(config) as base:
+            catalog = IndexCatalog(config.cache.dir, base.store)
+            try:
+                await catalog.rebuild()
+                report = await expire.expire(
+                    base.engine, catalog, config.cache.expire_after, dry_run=args.dry_run
+                )
+            finally:
+                await asyncio.to_thread(catalog.close)
         return vars(report)
 
     try:

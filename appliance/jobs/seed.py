@@ -1,8 +1,6 @@
-"""One seeding run, as the CLI and the service do it: lock, seed, publish image-ids.
-
-Seeding holds its own lock (`<cache.dir>/.seed.lock`), so two runs never race on a
-cloud; a sync may run meanwhile (a file it prunes stays readable while open).
-"""
+"""The seed job: seed the targets, record what each holds as image-ids, republish the
+curated feed. Under its own lock, so a sync may run meanwhile (a file it prunes stays
+readable while a seed has it open)."""
 
 from __future__ import annotations
 
@@ -10,18 +8,15 @@ import logging
 from collections.abc import Sequence
 
 from appliance.cache.engine import CacheEngine
-from appliance.cache.store import FilesystemStore
 from appliance.config import Config, TargetConfig
+from appliance.jobs.lock import SEED, exclusive
 from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.model import timestamp
-from appliance.streams.scheduler import sync_lock
 from appliance.targets import imageids
 from appliance.targets.seeder import Report, Seeder, TargetOutcome
 
 log = logging.getLogger(__name__)
-
-SEED_LOCK = ".seed.lock"
 
 
 async def seed_targets(
@@ -33,8 +28,7 @@ async def seed_targets(
     wait: bool = True,
 ) -> list[TargetOutcome]:
     targets = config.seed.targets if targets is None else targets
-    assert isinstance(engine.store, FilesystemStore)
-    async with sync_lock(config.cache.dir, wait=wait, name=SEED_LOCK):
+    async with exclusive(config.cache.dir, SEED, wait=wait):
         outcomes = await Seeder(engine.store, report).seed(targets, dry_run=dry_run)
         if dry_run:
             return outcomes
@@ -48,7 +42,7 @@ async def seed_targets(
                 changed = True
         if changed:
             try:
-                await publish_curated(engine, Signer(config.images.gnupg_home))
+                await publish_curated(engine, await Signer.open(config.images.gnupg_home))
             except (OSError, SignatureError) as exc:
                 log.warning("image-ids not published: %s", exc)
                 for o in outcomes:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from appliance.config.filters import Filter, FilterError
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the operator: `key: problem`."""
@@ -285,8 +287,6 @@ def parse_duration(value: Any, key: str) -> float:
 
 
 def _parse_feed(i: int, value: Any, names: set[str]) -> FeedConfig:
-    from appliance.streams.filters import Filter, FilterError
-
     key = f"images.feeds[{i}]"
     data = _expect_mapping(value, key)
     _check_keys(data, ("name", "url", "keyring", "filters", "max_items"), key)
@@ -461,8 +461,6 @@ def _common_target(data: Mapping[str, Any], key: str, names: set[str]) -> dict[s
     filters = data.get("filters", list(DEFAULT_SEED_FILTERS))
     if not isinstance(filters, list):
         raise ConfigError(f"{key}.filters: expected a list such as ['ftype=disk1.img']")
-    from appliance.streams.filters import Filter, FilterError
-
     for j, text in enumerate(filters):
         try:
             Filter.parse(str(text))
@@ -774,7 +772,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
 
 
 def _default_data() -> dict[str, Any]:
-    text = resources.files("appliance").joinpath("default-config.yaml").read_text()
+    text = resources.files("appliance.config").joinpath("default.yaml").read_text()
     return yaml.safe_load(text)
 
 

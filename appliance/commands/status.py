@@ -12,7 +12,7 @@ from appliance import config as configuration
 from appliance.web.status import _ago, _bytes
 
 
-def _url(config: configuration.Config) -> str:
+def service_url(config: configuration.Config) -> str:
     host = config.listen.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1" if host != "::" else "::1"
@@ -54,7 +54,7 @@ def summary(s: dict[str, Any]) -> str:
 
 
 def run_status(args: argparse.Namespace, config: configuration.Config) -> int:
-    url = (args.url or _url(config)).rstrip("/") + "/api/status"
+    url = (args.url or service_url(config)).rstrip("/") + "/api/status"
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
             data = json.loads(r.read())

@@ -1,4 +1,4 @@
-"""Command-line front ends of the feed commands (argument handling and output only)."""
+"""`archive-local query | sync | publish | keys`: the feed commands."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ import sys
 from urllib.parse import urlsplit
 
 from appliance import config as configuration
-from appliance.cache.egress import EgressPolicy, configured_hosts, policy_for
-from appliance.cache.engine import CacheEngine
-from appliance.cache.fetcher import Fetcher
+from appliance import runtime
+from appliance.commands.progress import Progress, mb
 from appliance.config import FeedConfig
-from appliance.streams.curated import KEY_PATHS, curated_key
-from appliance.streams.filters import FilterError, parse_filters
+from appliance.config.filters import FilterError, parse_filters
+from appliance.jobs.lock import SYNC, exclusive
+from appliance.jobs.sync import sync_feeds
 from appliance.streams.gpg import SignatureError, Signer, Verifier
+from appliance.streams.layout import KEY_PATHS, curated_key
 from appliance.streams.publish import Publisher, PublishError, load_products_file
 from appliance.streams.query import format_rows, format_table, query
 from appliance.streams.reader import FeedError, FeedReader, split_feed_url
-from appliance.streams.scheduler import sync_feeds, sync_lock
-from appliance.streams.sync import ItemOutcome
 
 
 def _err(message: str) -> int:
@@ -38,22 +37,19 @@ async def run_query(args: argparse.Namespace, config: configuration.Config) -> i
         return 2
     root, index_path = split_feed_url(url)
     try:
-        verifier = Verifier(args.keyring) if args.keyring else None
+        verifier = await Verifier.open(args.keyring) if args.keyring else None
     except SignatureError as exc:
         return _err(str(exc))
     if verifier is None:
         print("archive-local: warning: signatures not verified (no --keyring)", file=sys.stderr)
-    # the default is this appliance's own feed: its own port is a fine target here
-    fetcher = Fetcher.from_config(
-        config.upstream, EgressPolicy(configured_hosts(config, [url]).__contains__)
-    )
     try:
-        reader = FeedReader(root, fetcher, verifier)
-        rows = [r async for r in query(reader, index_path, filters, args.max_versions)]
+        # the default is this appliance's own feed: its own port is a fine target here
+        async with runtime.core(config, extra_urls=[url], own_port_allowed=True) as base:
+            reader = FeedReader(root, base.fetcher, verifier)
+            rows = [r async for r in query(reader, index_path, filters, args.max_versions)]
     except FeedError as exc:
         return _err(str(exc))
     finally:
-        await fetcher.close()
         if verifier:
             verifier.close()
     if args.json:
@@ -66,59 +62,6 @@ async def run_query(args: argparse.Namespace, config: configuration.Config) -> i
     else:
         sys.stdout.write(format_table(rows))
     return 0
-
-
-class _Progress:
-    """A bar on a terminal, one line per item otherwise (both on stderr)."""
-
-    def __init__(self, engine: CacheEngine, tty: bool) -> None:
-        self.engine = engine
-        self.tty = tty
-        self.feed = ""
-        self.total_items = self.total_bytes = self.done_items = self.done_bytes = 0
-
-    def __call__(self, event: str, data: object) -> None:
-        if event == "plan":
-            self.feed, self.total_items, self.total_bytes = data  # type: ignore[misc]
-            self.done_items = self.done_bytes = 0
-        elif event == "item":
-            item: ItemOutcome = data  # type: ignore[assignment]
-            if item.status in ("fetched", "present", "failed"):
-                self.done_items += 1
-                self.done_bytes += item.size
-            if self.tty:
-                self.clear()
-            line = f"{item.status:<12} {item.path} ({_mb(item.size)})"
-            if item.error:
-                line += f": {item.error}"
-            print(f"[{self.feed}] {line}", file=sys.stderr)
-            self.draw()
-        elif event == "error":
-            print(f"[{self.feed}] sync failed: {data.error}", file=sys.stderr)  # type: ignore[attr-defined]
-
-    def clear(self) -> None:
-        sys.stderr.write("\r\033[K")
-
-    def draw(self) -> None:
-        if not self.tty or not self.total_items:
-            return
-        got = self.done_bytes + self.engine.downloading()
-        frac = min(1.0, got / self.total_bytes) if self.total_bytes else 1.0
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(
-            f"\r[{self.feed}] [{bar:<30}] {frac:4.0%} {self.done_items}/{self.total_items} items "
-            f"{_mb(got)} of {_mb(self.total_bytes)}"
-        )
-        sys.stderr.flush()
-
-    async def ticker(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            self.draw()
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
 
 
 def _adhoc_feed(args: argparse.Namespace) -> FeedConfig:
@@ -153,21 +96,22 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
     except (configuration.ConfigError, FilterError) as exc:
         print(f"archive-local: {exc}", file=sys.stderr)
         return 2
-    fetcher = Fetcher.from_config(config.upstream, policy_for(config, [f.url for f in feeds]))
-    engine = CacheEngine.from_config(config, fetcher)
-    progress = _Progress(engine, sys.stderr.isatty() and not args.json)
-    ticker = asyncio.create_task(progress.ticker())
-    try:
-        async with sync_lock(config.cache.dir):
-            outcomes = await sync_feeds(
-                config, engine, fetcher, report=progress, dry_run=args.dry_run, feeds=feeds
-            )
-    finally:
-        ticker.cancel()
-        if progress.tty:
+    async with runtime.core(config, extra_urls=[f.url for f in feeds]) as base:
+        progress = Progress(sys.stderr.isatty() and not args.json, base.engine.downloading)
+        ticker = asyncio.create_task(progress.ticker())
+        try:
+            async with exclusive(config.cache.dir, SYNC):
+                outcomes = await sync_feeds(
+                    config,
+                    base.engine,
+                    base.fetcher,
+                    report=progress,
+                    dry_run=args.dry_run,
+                    feeds=feeds,
+                )
+        finally:
+            ticker.cancel()
             progress.clear()
-        await engine.close()
-        await fetcher.close()
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=1))
     else:
@@ -178,7 +122,7 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
             state = "ok" if o.ok else f"FAILED: {o.error}"
             print(
                 f"{o.feed}: {verb} {n}, present {o.count('present')}, rejected "
-                f"{o.count('failed')}, removed {removed}; {_mb(o.bytes_fetched)} in "
+                f"{o.count('failed')}, removed {removed}; {mb(o.bytes_fetched)} in "
                 f"{o.seconds:.1f} s; {state}"
             )
     return 0 if all(o.ok for o in outcomes) else 1
@@ -187,13 +131,12 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
 async def run_keys(args: argparse.Namespace, config: configuration.Config) -> int:
     """Create (once) and show the appliance's signing key; publish its public half."""
     try:
-        signer = Signer(config.images.gnupg_home)
-        fingerprint = signer.ensure_key()
-        engine = CacheEngine.from_config(
-            config, Fetcher.from_config(config.upstream, policy_for(config))
-        )
-        for path, armor in KEY_PATHS.items():
-            await engine.put(curated_key(path), signer.public_key(armor=armor))
+        signer = await Signer.open(config.images.gnupg_home)
+        fingerprint = await asyncio.to_thread(signer.ensure_key)
+        async with runtime.core(config) as base:
+            for path, armor in KEY_PATHS.items():
+                key = await asyncio.to_thread(signer.public_key, armor)
+                await base.engine.put(curated_key(path), key)
     except (OSError, SignatureError) as exc:
         return _err(f"signing key: {exc}")
     port = config.listen.port
@@ -222,13 +165,12 @@ async def run_publish(args: argparse.Namespace, config: configuration.Config) ->
     if not configuration.valid_name(args.name):
         return _err(f"--name {args.name!r}: letters, digits, '.', '_' or '-'")
     try:
-        spec = load_products_file(args.products)
-        engine = CacheEngine.from_config(
-            config, Fetcher.from_config(config.upstream, policy_for(config))
-        )
-        publisher = Publisher(engine, Signer(config.images.gnupg_home), args.name)
-        async with sync_lock(config.cache.dir):
-            plan = await publisher.publish(args.build_dir, spec, args.version, args.dry_run)
+        spec = await asyncio.to_thread(load_products_file, args.products)
+        signer = await Signer.open(config.images.gnupg_home)
+        async with runtime.core(config) as base:
+            publisher = Publisher(base.engine, signer, args.name)
+            async with exclusive(config.cache.dir, SYNC):
+                plan = await publisher.publish(args.build_dir, spec, args.version, args.dry_run)
     except (PublishError, SignatureError, OSError) as exc:
         return _err(f"publish: {exc}")
     if args.json:
@@ -249,7 +191,7 @@ async def run_publish(args: argparse.Namespace, config: configuration.Config) ->
     for item in plan.items:
         print(
             f"{verb} {item['product']} {plan.version} {item['item']}: {item['path']} "
-            f"({_mb(item['size'])})"
+            f"({mb(item['size'])})"
         )
     print(f"feed: /images/{plan.feed}/streams/v1/index.sjson (and the curated /streams/v1/)")
     return 0

@@ -1,0 +1,2 @@
+"""The subcommands of `archive-local`: argument handling and output only; what they
+need is built by `runtime.core` / `runtime.serving`."""

@@ -1,0 +1,294 @@
+"""The composition root: the one place that builds the appliance from a `Config`.
+
+`core()` gives every command what it needs to touch the cache (egress policy, fetcher,
+engine on the configured store); `serving()` builds the whole running service on it
+(apt index table, access log, metrics, jobs, background maintenance, mDNS). Each
+resource is entered in order and torn down in reverse by one `AsyncExitStack`, so
+nothing a command or the service opens is left open, whatever fails.
+
+The HTTP side (`web.app.Handler`) gets the running `Appliance`; the status page, admin
+API and well-known document get narrow views of it (`status.Source`, `admin.Actions`,
+plain values). Reload builds a new, immutable `Config` and hands it to each part that
+derives something from it (`apply`): nothing edits another part's fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from appliance import config as configuration
+from appliance.apt import expire
+from appliance.apt.catalog import IndexCatalog
+from appliance.apt.routing import Router
+from appliance.cache import verify
+from appliance.cache.egress import EgressPolicy, configured_hosts
+from appliance.cache.engine import CacheEngine, Figures
+from appliance.cache.fetcher import Fetcher
+from appliance.cache.keys import UpstreamBase
+from appliance.cache.store import Store
+from appliance.cache.stores import open_store
+from appliance.config import Config
+from appliance.discovery import wellknown
+from appliance.jobs.scheduler import Scheduler
+from appliance.metrics import Metrics
+from appliance.streams import layout
+from appliance.streams.gpg import SignatureError, Signer
+from appliance.streams.serve import ImageRoutes
+from appliance.web import status
+from appliance.web.accesslog import AccessLog
+from appliance.web.admin import Admin
+
+log = logging.getLogger(__name__)
+
+FEEDS_TTL = 30.0  # seconds the well-known document's feed list is reused
+
+
+@dataclass
+class Core:
+    """What every command that touches the cache needs."""
+
+    config: Config
+    egress: EgressPolicy
+    fetcher: Fetcher
+    engine: CacheEngine
+
+    @property
+    def store(self) -> Store:
+        return self.engine.store
+
+
+@contextlib.asynccontextmanager
+async def core(
+    config: Config, *, extra_urls: Iterable[str] = (), own_port_allowed: bool = False
+) -> AsyncIterator[Core]:
+    """The engine on the configured store, fetching only from configured hosts (and
+    `extra_urls`: an ad hoc feed). `own_port_allowed`: `query` reads this appliance."""
+    own = () if own_port_allowed else (config.listen.port,)
+    egress = EgressPolicy(configured_hosts(config, extra_urls).__contains__, own_ports=own)
+    async with contextlib.AsyncExitStack() as stack:
+        fetcher = Fetcher.from_config(config.upstream, egress)
+        stack.push_async_callback(fetcher.close)
+        engine = CacheEngine(
+            open_store(config.cache),
+            fetcher,
+            max_size=config.cache.max_size,
+            ttl=config.apt.index_ttl,
+            min_free=config.cache.min_free,
+        )
+        stack.push_async_callback(engine.close)
+        yield Core(config, egress, fetcher, engine)
+
+
+class Appliance:
+    """The running service's parts, and the narrow views the web side reads."""
+
+    def __init__(self, base: Core, config_path: Path | None) -> None:
+        config = base.config
+        self.config = config
+        self.config_path = config_path
+        self.core = base
+        self.engine = base.engine
+        self.fetcher = base.fetcher
+        self.egress = base.egress
+        self.store = base.store
+        self.metrics = Metrics(enabled=config.metrics)
+        self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
+        self.admin = Admin(config.admin)
+        self.router = Router(config.apt.remaps, config.apt.allow)
+        self.catalog = IndexCatalog(config.cache.dir, self.store)  # what apt indexes list
+        self.engine.rules.append(self.catalog)
+        self.images = ImageRoutes(self.engine)
+        self.scheduler = Scheduler(config, self.engine, self.fetcher)
+        self.jobs: status.Jobs = self.scheduler
+        self.inventory = status.Inventory()
+        self.server: Any = None  # the listening web.Server: its refused-connection count
+        self.maintenance_lock = asyncio.Lock()  # one verify or expiry run at a time
+        self.last_verify: dict[str, Any] | None = None
+        self.last_expiry: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
+        self._feeds: tuple[float, list[str]] = (-FEEDS_TTL, [])
+        self.fetcher.monitor = self.metrics.upstream
+        if config.metrics:
+            self.metrics.add_source(lambda: status.scrape(self))
+
+    # -- status.Source ----------------------------------------------------------------
+    def cache_figures(self) -> Figures:
+        return self.engine.figures()
+
+    def integrity(self) -> dict[str, Any]:
+        return {
+            "connections_refused": getattr(self.server, "refused", 0),
+            "apt_indexes": self.catalog.stats(),
+            "last_verify": self.last_verify,
+            "last_expiry": self.last_expiry,
+        }
+
+    # -- admin.Actions ----------------------------------------------------------------
+    def sync(self) -> bool:
+        return self.scheduler.trigger()
+
+    def seed(self) -> bool | None:
+        if not self.config.seed.targets:
+            return None
+        return self.scheduler.trigger_seed()
+
+    async def purge_remap(self, name: str) -> int | None:
+        mirrors = self.config.apt.remaps.get(name)
+        if not mirrors:
+            return None
+        return sum([await self.engine.purge(UpstreamBase.parse(u).key()) for u in mirrors])
+
+    async def purge(self, path: str) -> int:
+        route = self.router.route(path)
+        if await self.engine.lookup(route.key) is None:
+            return 0
+        await self.engine.remove(route.key)
+        return 1
+
+    def maintenance_busy(self) -> bool:
+        return self.maintenance_lock.locked()
+
+    async def expire(self, dry_run: bool) -> dict[str, Any]:
+        """Remove (or list) pool/by-hash files no cached index has listed for a while."""
+        async with self.maintenance_lock:
+            report = await expire.expire(
+                self.engine, self.catalog, self.config.cache.expire_after, dry_run
+            )
+        result = {"at": time.time(), **vars(report)}
+        self.last_expiry = {k: v for k, v in result.items() if k != "removed"}
+        return result
+
+    async def verify(self, fix: bool) -> dict[str, Any]:
+        """Re-read every entry; with `fix`, remove those that are wrong."""
+        async with self.maintenance_lock:
+            report = await verify.verify(self.engine, self.catalog.lookup, fix)
+        result = {"at": time.time(), **report.as_dict()}
+        self.last_verify = {k: v for k, v in result.items() if k != "problems"}
+        return result
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration file and hand it to every part that uses it; what
+        cannot change while running is reported."""
+        if self.config_path is None:
+            raise web.HTTPConflict(text="reload: running on the embedded default configuration\n")
+        try:
+            new = await asyncio.to_thread(configuration.load, self.config_path)
+        except configuration.ConfigError as exc:
+            raise web.HTTPBadRequest(text=f"reload: {exc} (nothing changed)\n") from None
+        old = self.config
+        restart = [
+            name
+            for name, a, b in (
+                ("listen", old.listen, new.listen),
+                ("cache.dir", old.cache.dir, new.cache.dir),
+                ("upstream", old.upstream, new.upstream),
+                ("logging", old.logging, new.logging),
+                ("metrics", old.metrics, new.metrics),
+            )
+            if a != b
+        ]
+        self.config = new
+        self.router = Router(new.apt.remaps, new.apt.allow)
+        self.egress.allow(configured_hosts(new))
+        self.engine.apply(new)
+        if self.server is not None:
+            self.server.cap = new.limits.connections_per_client
+        self.scheduler.apply(new)
+        self.admin.configure(new.admin)
+        self.inventory.invalidate()
+        self._feeds = (-FEEDS_TTL, [])
+        log.info("configuration reloaded from %s", self.config_path)
+        return {"reloaded": str(self.config_path), "restart_needed_for": restart}
+
+    # -- the well-known document -----------------------------------------------------
+    async def well_known(self, host_header: str | None) -> dict[str, Any]:
+        """Built from values read in threads and remembered: a request never runs gpg
+        or walks the store on the event loop."""
+        if not self._fingerprint:  # read until the key exists (the first sync makes it)
+            self._fingerprint = await asyncio.to_thread(_fingerprint, self.config)
+        at, feeds = self._feeds
+        if time.monotonic() - at > FEEDS_TTL:
+            feeds = await asyncio.to_thread(layout.synced_feeds, self.store)
+            self._feeds = (time.monotonic(), feeds)
+        config = self.config
+        base = wellknown.base_url(host_header, config.discovery.name, config.listen.port)
+        return wellknown.document(base, self.router.remap_names, feeds, self._fingerprint)
+
+    # -- background work ---------------------------------------------------------------
+    async def rebuild_catalog(self, cached: list[str]) -> None:
+        """Learn the cached indexes the table does not know (a new or lost table)."""
+        try:
+            n = await self.catalog.rebuild(cached)
+            log.info("apt indexes: %d cached index files checked", n)
+        except Exception as exc:  # the table is rebuilt at the next start; serving goes on
+            log.warning("apt indexes: cannot read the cached indexes: %s", exc)
+
+    async def expire_periodically(self) -> None:
+        await asyncio.sleep(min(3600.0, self.config.cache.expire_interval))
+        while True:
+            try:
+                await self.expire(dry_run=False)
+            except Exception as exc:  # disk trouble or a damaged table: next time
+                log.warning("expiry failed: %s", exc)
+            await asyncio.sleep(self.config.cache.expire_interval)
+
+
+def _fingerprint(config: Config) -> str | None:
+    try:
+        return Signer(config.images.gnupg_home).fingerprint
+    except (OSError, SignatureError):
+        return None
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config, config_path: Path | None = None) -> AsyncIterator[Appliance]:
+    """The running service, torn down in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        base = await stack.enter_async_context(core(config))
+        app = Appliance(base, config_path)
+        stack.push_async_callback(asyncio.to_thread, app.catalog.close)
+        cached = await app.engine.start()
+        app.access_log.start()
+        stack.push_async_callback(app.access_log.close)
+        app.scheduler.start()
+        stack.push_async_callback(app.scheduler.close)
+        for job in (app.rebuild_catalog(cached), app.expire_periodically()):
+            stack.push_async_callback(_cancel, asyncio.create_task(job))
+        advertiser = await _advertise(config)
+        if advertiser is not None:
+            stack.push_async_callback(advertiser.close)
+        yield app
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _advertise(config: Config) -> Any:
+    """mDNS, unless turned off or listening on loopback only (nobody else could use it)."""
+    host, discovery = config.listen.host, config.discovery
+    if not discovery.mdns or host in ("127.0.0.1", "::1", "localhost"):
+        return None
+    from appliance.discovery.mdns import Advertiser
+
+    if host not in ("0.0.0.0", "::", "") and not discovery.interfaces:
+        discovery = replace(discovery, interfaces=(host,))  # only where we listen
+    advertiser = Advertiser(discovery, config.listen.port)
+    try:
+        await advertiser.start()
+    except OSError as exc:  # no multicast here: the appliance still serves
+        log.warning("mDNS: cannot advertise (%s)", exc)
+        await advertiser.close()
+        return None
+    return advertiser

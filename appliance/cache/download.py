@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
@@ -80,13 +78,12 @@ class Download:
         expect: Expect = NO_EXPECTATION,
         *,
         resumable: bool = False,
-        offset: int = 0,
-        digests: dict[str, hashlib._Hash] | None = None,
         keep: bool = False,
         limits: TransferLimits | None = None,
     ) -> None:
         self.key = key
         self.url = str(response.url)
+        offset = temp.size  # a resumed download starts with the bytes it already has
         if response.content_length is not None:
             self.total: int | None = offset + response.content_length
         else:  # chunked or close-delimited: the index's size, when it gives one
@@ -96,7 +93,7 @@ class Download:
         self.etag = response.headers.get("ETag")
         self.last_modified = response.headers.get("Last-Modified")
         self.content_type = response.headers.get("Content-Type")
-        self.written = offset  # a resumed download starts with the bytes it already has
+        self.written = offset
         self.state = State.RUNNING
         self.entry: Entry | None = None
         self.stored = False  # committed to the store (else served from the temp file only)
@@ -110,11 +107,11 @@ class Download:
         self.resumable = resumable  # keep a broken transfer's bytes for a Range request
         self.keep = keep  # committed as exempt from eviction (mirrored on purpose)
         self.limits = limits or TransferLimits()
-        if digests is None:
-            digests = {"sha256": hashlib.sha256()}
-            if expect.algorithm and expect.algorithm not in digests:
-                digests[expect.algorithm] = hashlib.new(expect.algorithm)
-        self._digests = digests
+        if expect.algorithm and expect.algorithm not in temp.digests:
+            if offset:  # the parked bytes were never hashed with it: cannot check them
+                raise ValueError(f"{key}: resumed without a {expect.algorithm} of its bytes")
+            temp.digests[expect.algorithm] = hashlib.new(expect.algorithm)
+        self._digests = temp.digests  # the store's own count and hashes of what is written
         self._changed = asyncio.Event()
 
     # --- readers -----------------------------------------------------------------
@@ -163,14 +160,13 @@ class Download:
     async def run(self, response: aiohttp.ClientResponse, store: Store) -> None:
         loop = asyncio.get_running_loop()
         digests = self._digests
-        fd = self._temp.fd
         clean = False
         try:
             if None not in (response.content_length, self.expect.size) and (
                 self.total != self.expect.size
             ):
                 raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
-            await self._receive(response, fd, digests)
+            await self._receive(response)
             clean = True  # the body's framing ended where it said it would
             if self.total is not None and self.written != self.total:
                 if self.expect.size is not None:
@@ -238,9 +234,7 @@ class Download:
             log.warning("cache: cannot keep the partial %s: %s", self.key, exc)
         await loop.run_in_executor(None, store.discard, self._temp)
 
-    async def _receive(
-        self, response: aiohttp.ClientResponse, fd: int, digests: dict[str, hashlib._Hash]
-    ) -> None:
+    async def _receive(self, response: aiohttp.ClientResponse) -> None:
         """Socket -> bounded queue -> worker thread (write + hash), in order.
 
         Receiving goes on while the previous chunk is written and hashed, so one
@@ -258,7 +252,7 @@ class Download:
                 if failure:
                     continue
                 try:
-                    await loop.run_in_executor(None, _write_and_hash, fd, chunk, digests.values())
+                    await loop.run_in_executor(None, self._temp.write, chunk)
                 except Exception as exc:
                     failure.append(exc)
                     continue
@@ -295,26 +289,3 @@ class Download:
             "algorithm": self.expect.algorithm,
             "digest": self.expect.digest,
         }
-
-
-def _write_and_hash(fd: int, data: bytes, digests: Iterable[hashlib._Hash]) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    for digest in digests:
-        digest.update(data)
-
-
-def hash_prefix(path: str, length: int, algorithms: Iterable[str]) -> dict[str, hashlib._Hash]:
-    """Digests primed with the first `length` bytes of a partial file (blocking)."""
-    digests = {name: hashlib.new(name) for name in algorithms}
-    remaining = length
-    with open(path, "rb") as fh:
-        while remaining > 0:
-            chunk = fh.read(min(CHUNK * 4, remaining))
-            if not chunk:
-                raise OSError(f"{path}: shorter than {length} bytes")
-            for d in digests.values():
-                d.update(chunk)
-            remaining -= len(chunk)
-    return digests

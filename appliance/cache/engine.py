@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from typing import BinaryIO, Protocol, TypeVar
 import aiohttp
 
 from appliance.cache import policy
-from appliance.cache.download import NO_EXPECTATION, Download, Expect, State, hash_prefix
+from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
 from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, content_encoding
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
@@ -324,53 +323,62 @@ class CacheEngine:
             self.hot.drop(entry.key)
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> Entry:
-        """Store bytes the appliance produced or verified itself (kept, never evicted)."""
-        return await self._put(key, lambda: iter((data,)), content_type)
+        """Store bytes the appliance produced or verified itself (kept, never evicted).
 
-    async def put_file(self, key: str, source: Path) -> Entry:
-        """Copy a local file into the store (kept), streaming it and hashing on the way."""
+        Their size and sha256 are taken here, from the bytes in memory; the store's
+        commit checks them against what reached the disk."""
+        expected = (len(data), hashlib.sha256(data).hexdigest())
+        return await self._put(key, lambda: iter((data,)), expected, content_type)
+
+    async def put_file(self, key: str, source: Path, size: int, sha256: str) -> Entry:
+        """Copy a local file into the store (kept), streaming it; it must still be the
+        file that was checked (`size`, `sha256`), or nothing is stored (`Mismatch`)."""
 
         def chunks() -> Iterator[bytes]:
             with open(source, "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     yield chunk
 
-        return await self._put(key, chunks, None)
+        return await self._put(key, chunks, (size, sha256), None)
 
     async def _put(
-        self, key: str, chunks: Callable[[], Iterator[bytes]], content_type: str | None
+        self,
+        key: str,
+        chunks: Callable[[], Iterator[bytes]],
+        expected: tuple[int, str],
+        content_type: str | None,
     ) -> Entry:
-        entry = await self._io(self._write_kept, key, chunks, content_type)
+        entry = await self._io(self._write_kept, key, chunks, expected, content_type)
         self.hot.drop(key)
         self.lru.discard(key)
         return entry
 
     def _write_kept(
-        self, key: str, chunks: Callable[[], Iterator[bytes]], content_type: str | None
+        self,
+        key: str,
+        chunks: Callable[[], Iterator[bytes]],
+        expected: tuple[int, str],
+        content_type: str | None,
     ) -> Entry:
         temp = self.store.create_temp(key)
-        digest, size = hashlib.sha256(), 0
         try:
             for chunk in chunks():
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(temp.fd, view) :]
-                size += len(chunk)
-            now = self.clock()
-            meta = Meta(
-                url=f"local:{key}",
-                size=size,
-                fetched=now,
-                checked=now,
-                content_type=content_type,
-                sha256=digest.hexdigest(),
-                keep=True,
-            )
-            return self.store.commit(temp, meta)
+                temp.write(chunk)
         except BaseException:
             self.store.discard(temp)
             raise
+        now = self.clock()
+        size, sha256 = expected
+        meta = Meta(
+            url=f"local:{key}",
+            size=size,
+            fetched=now,
+            checked=now,
+            content_type=content_type,
+            sha256=sha256,
+            keep=True,
+        )
+        return self.store.commit(temp, meta)  # checks size and sha256, else discards
 
     async def remove(self, key: str) -> None:
         self.hot.drop(key)
@@ -452,7 +460,8 @@ class CacheEngine:
             if entry.meta.last_modified:
                 headers["If-Modified-Since"] = entry.meta.last_modified
         elif resumable:
-            partial = await self._io(self.store.resume_partial, key)
+            algorithms = [expect.algorithm] if expect.algorithm else []
+            partial = await self._io(self.store.resume_partial, key, algorithms)
             if partial is not None and _same_target(partial[1], expect):
                 info = partial[1]
                 headers["Range"] = f"bytes={info['written']}-"
@@ -553,13 +562,9 @@ class CacheEngine:
         resume: TempFile | None = None,
         keep: bool = False,
     ) -> Result:
-        offset, digests = 0, None
         try:
             if resume is not None:
-                temp = resume
-                offset = os.lseek(temp.fd, 0, os.SEEK_CUR)
-                algorithms = {"sha256", *([expect.algorithm] if expect.algorithm else [])}
-                digests = await self._io(hash_prefix, str(temp.path), offset, algorithms)
+                temp = resume  # its digests already hold the parked bytes
             else:
                 temp = await self._new_temp(key, resp.content_length or expect.size or 0)
             try:
@@ -578,8 +583,6 @@ class CacheEngine:
             resp,
             expect,
             resumable=resumable,
-            offset=offset,
-            digests=digests,
             keep=keep,
             limits=self.fetcher.limits,
         )

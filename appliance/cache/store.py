@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -84,22 +85,47 @@ class Entry:
     meta: Meta
 
 
+def _sha256() -> dict[str, Any]:
+    return {"sha256": hashlib.sha256()}
+
+
 @dataclass
 class TempFile:
     """A download in progress; only `Store.commit` turns it into an entry.
 
-    The descriptor is closed exactly once (`close()` is idempotent): a number closed
-    twice may by then belong to another download's file.
+    Bytes go in through `write`, which counts and hashes them (sha256 always, and
+    the algorithms asked for), so `commit` can check the entry's size and digest
+    against what was actually written. The descriptor is closed exactly once
+    (`close()` is idempotent): a number closed twice may by then belong to another
+    download's file.
     """
 
     key: str
     path: Path
     fd: int
+    digests: dict[str, Any] = field(default_factory=_sha256)  # name -> hashlib object
+    size: int = 0
+
+    def write(self, data: bytes) -> None:
+        """Append `data` (blocking)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        for digest in self.digests.values():
+            digest.update(data)
+        self.size += len(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: d.hexdigest() for name, d in self.digests.items()}
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+class Mismatch(ValueError):
+    """`commit` was asked to record a size or digest the written bytes do not have."""
 
 
 class Unstorable(OSError):
@@ -149,11 +175,36 @@ class Store(Protocol):
     def remove(self, key: str) -> None: ...
     # broken downloads kept for a Range request
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None: ...
-    def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None: ...
+    def resume_partial(
+        self, key: str, algorithms: Iterable[str] = ()
+    ) -> tuple[TempFile, dict[str, object]] | None: ...
     # housekeeping
     def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
     def free_bytes(self) -> int | None: ...
     def scratch(self, prefix: str = "work-") -> AbstractContextManager[Path]: ...
+
+
+def check_written(temp: TempFile, meta: Meta) -> None:
+    """Refuse (and discard) a commit whose metadata is not the written bytes': every
+    backend calls this first, so no entry exists whose size or sha256 was not checked."""
+    got = temp.digests["sha256"].hexdigest()
+    if meta.size != temp.size or meta.sha256 != got:
+        discard_temp(temp)
+        raise Mismatch(
+            f"{temp.key}: {temp.size} bytes with sha256 {got} written, "
+            f"{meta.size} bytes with sha256 {meta.sha256} to be recorded"
+        )
+    for name, value in (meta.digests or {}).items():
+        if name in temp.digests and temp.digests[name].hexdigest() != value:
+            discard_temp(temp)
+            raise Mismatch(f"{temp.key}: {name} of the written bytes is not {value}")
+
+
+def discard_temp(temp: TempFile) -> None:
+    with contextlib.suppress(OSError):
+        temp.close()
+    with contextlib.suppress(OSError):
+        temp.path.unlink(missing_ok=True)
 
 
 def check_key(key: str) -> None:
@@ -209,7 +260,9 @@ class FilesystemStore:
         return TempFile(key, tmp, fd)
 
     def commit(self, temp: TempFile, meta: Meta) -> Entry:
-        """fsync the data and a new sidecar, then rename both into place.
+        """Check, fsync the data and a new sidecar, then rename both into place.
+
+        `meta` must describe what was written (`check_written`), else nothing is stored.
 
         The sidecar is written before anything becomes visible, so a full disk fails
         the commit with nothing renamed; the old sidecar is removed before the data
@@ -217,6 +270,7 @@ class FilesystemStore:
         failure the temp file is gone and no orphan is left.
         """
         path = self.path(temp.key)
+        check_written(temp, meta)
         target = self._meta_path(path)
         meta_tmp: Path | None = None
         try:
@@ -240,10 +294,7 @@ class FilesystemStore:
         return Entry(temp.key, path, meta)
 
     def discard(self, temp: TempFile) -> None:
-        with contextlib.suppress(OSError):
-            temp.close()
-        with contextlib.suppress(OSError):
-            temp.path.unlink(missing_ok=True)
+        discard_temp(temp)
 
     def update_meta(self, entry: Entry) -> None:
         self._write_meta(entry.path, entry.meta)
@@ -271,8 +322,11 @@ class FilesystemStore:
                 leftover.unlink(missing_ok=True)
             raise
 
-    def resume_partial(self, key: str) -> tuple[TempFile, dict[str, object]] | None:
-        """Take a parked partial download back as a temp file positioned at its end."""
+    def resume_partial(
+        self, key: str, algorithms: Iterable[str] = ()
+    ) -> tuple[TempFile, dict[str, object]] | None:
+        """Take a parked partial download back as a temp file positioned at its end,
+        its digests (sha256 and `algorithms`) primed with the bytes it holds."""
         part, info_path = self._resume_paths(key)
         try:
             info = json.loads(info_path.read_text())
@@ -286,10 +340,22 @@ class FilesystemStore:
             return None
         info_path.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-        os.ftruncate(fd, written)
-        os.lseek(fd, written, os.SEEK_SET)
+        temp = TempFile(key, tmp, fd, {n: hashlib.new(n) for n in {"sha256", *algorithms}})
+        try:
+            os.ftruncate(fd, written)
+            os.lseek(fd, written, os.SEEK_SET)
+            with open(tmp, "rb") as fh:
+                remaining = written
+                while remaining > 0 and (chunk := fh.read(min(1 << 22, remaining))):
+                    for digest in temp.digests.values():
+                        digest.update(chunk)
+                    remaining -= len(chunk)
+        except OSError:
+            discard_temp(temp)
+            return None
+        temp.size = written
         info["written"] = written
-        return TempFile(key, tmp, fd), info
+        return temp, info
 
     def _write_meta(self, path: Path, meta: Meta) -> None:
         target = self._meta_path(path)

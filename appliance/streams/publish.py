@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from appliance.cache.engine import CacheEngine
+from appliance.cache.store import Mismatch
 from appliance.streams import layout
 from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import Signer
@@ -142,6 +143,7 @@ class Publisher:
                         "path": path,
                         "file": str(source),
                         "size": size,
+                        "sha256": sha256,
                     }
                 )
             product["versions"][version] = {"updated": now, "items": items}
@@ -153,11 +155,17 @@ class Publisher:
         if dry_run:
             return plan
         for item in plan.items:  # the bytes first, then the documents that point at them
-            entry = await self.engine.put_file(
-                local_key(self.feed, item["path"]), Path(item["file"])
-            )
-            if entry.meta.size != item["size"]:
-                raise PublishError(f"{item['file']} changed while it was being published")
+            try:
+                await self.engine.put_file(
+                    local_key(self.feed, item["path"]),
+                    Path(item["file"]),
+                    item["size"],
+                    item["sha256"],
+                )
+            except Mismatch:
+                raise PublishError(
+                    f"{item['file']} changed while it was being published (nothing stored)"
+                ) from None
         await self._write_documents(doc, products_path, now)
         await publish_curated(self.engine, self.signer)
         return plan

@@ -1,0 +1,164 @@
+"""The `Store` contract, as a suite every backend runs (the object store will join
+`BACKENDS`). In-process and blocking, like the store itself; each test states one
+promise the engine, the jobs and the seeders rely on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.cache.store import FilesystemStore, InvalidKey, Meta, Mismatch, Store
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "filesystem": lambda tmp: FilesystemStore(tmp / "store"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield BACKENDS[request.param](tmp_path)
+
+
+def _meta(data: bytes, **kw: object) -> Meta:
+    now = time.time()
+    fields: dict = {
+        "url": "http://example.org/x",
+        "size": len(data),
+        "fetched": now,
+        "checked": now,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    fields.update(kw)
+    return Meta(**fields)
+
+
+def _put(store: Store, key: str, data: bytes, **kw: object):  # type: ignore[no-untyped-def]
+    temp = store.create_temp(key)
+    temp.write(data)
+    return store.commit(temp, _meta(data, **kw))
+
+
+def _visible(store: Store) -> list[str]:
+    return sorted(e.key for e in store.entries())
+
+
+def test_a_committed_entry_reads_back_every_way(store: Store) -> None:
+    data = os.urandom(300_000)
+    entry = _put(store, "h/pool/a.deb", data, etag='"e1"')
+    found = store.lookup("h/pool/a.deb")
+    assert found is not None and found.meta.size == len(data) and found.meta.etag == '"e1"'
+    assert found.meta.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.read_bytes(found) == data
+    with store.open_read(entry) as fh:
+        assert fh.read() == data
+    with store.local_file(entry) as path:
+        assert Path(path).read_bytes() == data
+
+
+def test_nothing_is_visible_before_commit(store: Store) -> None:
+    temp = store.create_temp("h/pool/b.deb")
+    temp.write(b"half")
+    assert store.lookup("h/pool/b.deb") is None
+    assert list(store.keys_under("h")) == [] and _visible(store) == []
+    store.discard(temp)
+    assert store.lookup("h/pool/b.deb") is None and list(store.scan()) == []
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [{"size": 5}, {"sha256": "0" * 64}, {"sha256": None}, {"digests": {"md5": "0" * 32}}],
+)
+def test_commit_refuses_metadata_that_is_not_the_written_bytes(store: Store, wrong: dict) -> None:
+    """`commit` is the only way in, and it checks: a size or digest the bytes do not
+    have is refused and nothing is left behind, not even the temp file."""
+    data = b"the real bytes"
+    temp = store.create_temp("h/pool/c.deb")
+    temp.digests["md5"] = hashlib.md5()
+    temp.write(data)
+    with pytest.raises(Mismatch):
+        store.commit(temp, _meta(data, **wrong))
+    assert store.lookup("h/pool/c.deb") is None
+    assert list(store.scan()) == [] and _visible(store) == []
+
+
+def test_a_new_commit_replaces_the_old_entry_whole(store: Store) -> None:
+    _put(store, "h/dists/x/InRelease", b"old", etag='"1"')
+    _put(store, "h/dists/x/InRelease", b"new bytes", etag='"2"')
+    entry = store.lookup("h/dists/x/InRelease")
+    assert entry is not None and (entry.meta.etag, store.read_bytes(entry)) == ('"2"', b"new bytes")
+
+
+def test_keys_under_lists_complete_entries_of_that_prefix_only(store: Store) -> None:
+    _put(store, "h/a/1", b"1")
+    _put(store, "h/a/deeper/2", b"2")
+    _put(store, "h/b/3", b"3")
+    store.create_temp("h/a/4").write(b"unfinished")
+    assert sorted(store.keys_under("h/a")) == ["h/a/1", "h/a/deeper/2"]
+    assert list(store.keys_under("nothing/here")) == []
+    assert _visible(store) == ["h/a/1", "h/a/deeper/2", "h/b/3"]
+
+
+def test_remove_and_update_meta(store: Store) -> None:
+    entry = _put(store, "h/pool/d.deb", b"d")
+    entry.meta.checked = 42.0
+    entry.meta.extra["from_a_newer_version"] = True
+    store.update_meta(entry)
+    again = store.lookup("h/pool/d.deb")
+    assert again is not None and again.meta.checked == 42.0
+    assert again.meta.extra == {"from_a_newer_version": True}
+    store.remove("h/pool/d.deb")
+    store.remove("h/pool/d.deb")  # removing what is gone is no error
+    assert store.lookup("h/pool/d.deb") is None and _visible(store) == []
+
+
+def test_a_parked_partial_resumes_once_with_its_digest_primed(store: Store) -> None:
+    data = os.urandom(1_000_000)
+    temp = store.create_temp("h/images/disk.img")
+    temp.write(data[:400_000])
+    store.keep_partial(temp, {"url": "http://example.org/disk.img", "written": 400_000})
+    assert store.lookup("h/images/disk.img") is None
+    resumed = store.resume_partial("h/images/disk.img", ["sha512"])
+    assert resumed is not None
+    temp, info = resumed
+    assert (temp.size, info["written"]) == (400_000, 400_000)
+    assert store.resume_partial("h/images/disk.img") is None  # claimed: nobody else resumes
+    temp.write(data[400_000:])
+    assert temp.hexdigests()["sha512"] == hashlib.sha512(data).hexdigest()
+    store.commit(temp, _meta(data))
+    entry = store.lookup("h/images/disk.img")
+    assert entry is not None and store.read_bytes(entry) == data
+
+
+@pytest.mark.parametrize("key", ["", "../etc/passwd", "h/../../x", "h/.hidden", "/abs", "h//x"])
+def test_keys_that_could_leave_the_store_are_refused(store: Store, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        store.create_temp(key)
+    with pytest.raises(InvalidKey):
+        store.lookup(key)
+
+
+def test_scan_lists_entries_and_sweeps_what_was_left_behind(store: Store) -> None:
+    _put(store, "h/pool/e.deb", b"e", keep=True)
+    store.create_temp("h/pool/f.deb").write(b"a crash left this")
+    with store.scratch("seed-") as work:
+        (work / "disk.raw").write_bytes(b"staged")
+        assert (work / "disk.raw").exists()
+    assert not work.exists()  # removed after use
+    dying = store.scratch()  # entered, never left: the process died inside
+    left = dying.__enter__()
+    (left / "disk.raw").write_bytes(b"staged")
+    found = list(store.scan())
+    assert not left.exists(), "the start-up sweep left a dead run's staging behind"
+    assert [(k, size, keep) for k, size, _use, keep in found] == [("h/pool/e.deb", 1, True)]
+    assert _visible(store) == ["h/pool/e.deb"]
+
+
+def test_free_bytes_is_a_number_or_unknown(store: Store) -> None:
+    _put(store, "h/x", b"x")
+    free = store.free_bytes()
+    assert free is None or (isinstance(free, int) and free > 0)

@@ -115,6 +115,7 @@ class Appliance:
         self.last_verify: dict[str, Any] | None = None
         self.last_expiry: dict[str, Any] | None = None
         self._fingerprint: str | None = None
+        self._fingerprint_at: int | None = -1  # the key folder's mtime at the last look
         self._feeds: tuple[float, list[str]] = (-FEEDS_TTL, [])
         self.fetcher.monitor = self.metrics.upstream
         if config.metrics:
@@ -206,6 +207,7 @@ class Appliance:
         self.admin.configure(new.admin)
         self.inventory.invalidate()
         self._feeds = (-FEEDS_TTL, [])
+        self._fingerprint_at = -1
         log.info("configuration reloaded from %s", self.config_path)
         return {"reloaded": str(self.config_path), "restart_needed_for": restart}
 
@@ -213,8 +215,13 @@ class Appliance:
     async def well_known(self, host_header: str | None) -> dict[str, Any]:
         """Built from values read in threads and remembered: a request never runs gpg
         or walks the store on the event loop."""
-        if not self._fingerprint:  # read until the key exists (the first sync makes it)
-            self._fingerprint = await asyncio.to_thread(_fingerprint, self.config)
+        # read until the key exists (a sync or `keys` makes it): gpg runs only when the
+        # key folder changed since the last look, not on every request
+        if not self._fingerprint:
+            marker = _key_marker(self.config.images.gnupg_home)
+            if marker != self._fingerprint_at:
+                self._fingerprint_at = marker
+                self._fingerprint = await asyncio.to_thread(_fingerprint, self.config)
         at, feeds = self._feeds
         if time.monotonic() - at > FEEDS_TTL:
             feeds = await asyncio.to_thread(layout.synced_feeds, self.store)
@@ -240,6 +247,14 @@ class Appliance:
             except Exception as exc:  # disk trouble or a damaged table: next time
                 log.warning("expiry failed: %s", exc)
             await asyncio.sleep(self.config.cache.expire_interval)
+
+
+def _key_marker(home: Path) -> int | None:
+    """When the secret keys of `home` last changed (None: no keys yet)."""
+    try:
+        return (home / "private-keys-v1.d").stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _fingerprint(config: Config) -> str | None:

@@ -43,6 +43,37 @@ def require(command: str, package: str) -> None:
         unavailable(f"{command} not found: apt-get install {package} (make test installs it)")
 
 
+MACHINE_STATE = (Path("/var/lib/archive-local"), Path("/var/cache/archive-local"))
+
+
+def _agents_under(base: Path) -> list[str]:
+    """gpg-agents (alive, not zombies) whose home is under `base`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"gpg-agent") and str(base).encode() in b" ".join(argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def touches_only_its_own_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite writes only under its temp dirs and stops what it starts: it may not
+    create the machine's /var/lib or /var/cache folders, nor leave gpg-agents behind."""
+    before = {p: p.exists() for p in MACHINE_STATE}
+    yield
+    created = [str(p) for p, existed in before.items() if not existed and p.exists()]
+    assert created == [], f"the tests created {created} on this machine"
+    base = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 5  # agents exit shortly after `gpgconf --kill`
+    while (left := _agents_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], f"gpg-agents left running: {left}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

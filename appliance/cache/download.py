@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
@@ -55,7 +56,10 @@ NO_EXPECTATION = Expect()
 
 
 class State(Enum):
-    RUNNING = "running"
+    """A download's phase: bytes arriving, all arrived and being checked, then an end."""
+
+    RUNNING = "downloading"
+    VERIFYING = "verifying"  # every byte is here: size and digest checked, then commit
     DONE = "done"
     FAILED = "failed"
 
@@ -80,6 +84,7 @@ class Download:
         resumable: bool = False,
         keep: bool = False,
         limits: TransferLimits | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.key = key
         self.url = str(response.url)
@@ -107,6 +112,7 @@ class Download:
         self.resumable = resumable  # keep a broken transfer's bytes for a Range request
         self.keep = keep  # committed as exempt from eviction (mirrored on purpose)
         self.limits = limits or TransferLimits()
+        self.clock = clock
         if expect.algorithm and expect.algorithm not in temp.digests:
             if offset:  # the parked bytes were never hashed with it: cannot check them
                 raise ValueError(f"{key}: resumed without a {expect.algorithm} of its bytes")
@@ -119,6 +125,11 @@ class Download:
         """A file object for explicit-offset reads; pair with `detach()`."""
         self._readers += 1
         return self._reader
+
+    @property
+    def active(self) -> bool:
+        """Still downloading or verifying: readers may join and must wait for the end."""
+        return self.state in (State.RUNNING, State.VERIFYING)
 
     @property
     def readers(self) -> int:
@@ -141,11 +152,11 @@ class Download:
 
     async def wait_beyond(self, pos: int) -> None:
         """Return once more than `pos` bytes are releasable or the download ended."""
-        while self.state is State.RUNNING and self.releasable <= pos:
+        while self.active and self.releasable <= pos:
             await self._changed.wait()
 
     async def finished(self) -> None:
-        while self.state is State.RUNNING:
+        while self.active:
             await self._changed.wait()
 
     def _notify(self) -> None:
@@ -153,7 +164,7 @@ class Download:
         event.set()
 
     def _maybe_close(self) -> None:
-        if self.state is not State.RUNNING and self._readers <= 0 and not self._reader.closed:
+        if not self.active and self._readers <= 0 and not self._reader.closed:
             self._reader.close()
 
     # --- writer ------------------------------------------------------------------
@@ -168,6 +179,7 @@ class Download:
                 raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
             await self._receive(response)
             clean = True  # the body's framing ended where it said it would
+            self.state = State.VERIFYING
             if self.total is not None and self.written != self.total:
                 if self.expect.size is not None:
                     raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
@@ -182,7 +194,7 @@ class Download:
                     + (f" (from {self.expect.source})" if self.expect.source else "")
                 )
             sha256 = found.pop("sha256")
-            now = time.time()
+            now = self.clock()
             meta = Meta(
                 url=self.url,
                 size=self.written,

@@ -15,12 +15,13 @@ client gets upstream's answer, nothing enters the cache, and it is never a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
@@ -30,6 +31,7 @@ import aiohttp
 from appliance.cache import policy
 from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
 from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, content_encoding
+from appliance.cache.flights import Flights
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Freshness
@@ -137,7 +139,31 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
     return int(m.group(1)), None if m.group(3) == "*" else int(m.group(3))
 
 
-def _matches(entry: Entry, expect: Expect) -> bool:
+# --- the blocking work, named: each runs in the executor -------------------------------
+
+
+def _swept(store: Store) -> list[tuple[str, int, float, bool]]:
+    """The start-up sweep's survivors, least recently used first."""
+    return sorted(store.scan(), key=lambda e: e[2])
+
+
+def _keys_under(store: Store, prefix: str) -> list[str]:
+    return list(store.keys_under(prefix))
+
+
+def _read_small(store: Store, key: str) -> tuple[Entry | None, bytes | None]:
+    """An entry, and its bytes when it is small enough to keep in memory."""
+    entry = store.lookup(key)
+    if entry is None or entry.meta.size > SMALL_FILE:
+        return entry, None
+    try:
+        body = store.read_bytes(entry)
+    except OSError:
+        return None, None
+    return (entry, body) if len(body) == entry.meta.size else (None, None)
+
+
+def _matches(store: Store, entry: Entry, expect: Expect) -> bool:
     """Size and stored digest; a digest never computed is computed now (blocking)."""
     meta = entry.meta
     if expect.size is not None and meta.size != expect.size:
@@ -147,7 +173,7 @@ def _matches(entry: Entry, expect: Expect) -> bool:
     stored = {"sha256": meta.sha256, **(meta.digests or {})}.get(expect.algorithm)
     if stored is None:
         digest = hashlib.new(expect.algorithm)
-        with open(entry.path, "rb") as fh:
+        with store.open_read(entry) as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
         stored = digest.hexdigest()
@@ -163,6 +189,7 @@ class CacheEngine:
         max_size: int,
         ttl: float,
         min_free: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.fetcher = fetcher
@@ -171,10 +198,9 @@ class CacheEngine:
         self.lru = LruIndex(max_size)
         self.hot = HotEntries()
         self.rules: list[Rules] = []
-        self._pending: dict[str, asyncio.Task[Result]] = {}
-        self._downloads: dict[str, Download] = {}
+        self.flights: Flights[Result] = Flights()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.clock: Callable[[], float] = time.time
+        self.clock = clock  # wall-clock seconds: injectable, so TTL tests need not sleep
         self.evictions = 0
         self.passed: Counter[str] = Counter()  # pass-through answers by reason
         self._noted: dict[str, float] = {}
@@ -207,7 +233,7 @@ class CacheEngine:
         Callers that need to know what is cached (the apt index table) use the list
         instead of walking the store a second time.
         """
-        entries = await self._io(lambda: sorted(self.store.scan(), key=lambda e: e[2]))
+        entries = await self._io(_swept, self.store)
         for key, size, _last_use, keep in entries:
             if not keep:
                 self.lru.add(key, size)
@@ -219,6 +245,12 @@ class CacheEngine:
         """Upstream answered bytes that do not match what they must be: count and mark it."""
         self.integrity_failures += 1
         self.fetcher.report(url, seconds, "integrity")
+
+    async def idle(self) -> None:
+        """Wait until the downloads running now have ended, bookkeeping included
+        (their commit, the size cap's eviction): for draining and for tests."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -238,18 +270,18 @@ class CacheEngine:
             entry = await self._io(self.store.lookup, key)
             return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
         while True:
-            if (task := self._pending.get(key)) is None:
-                if (download := self._running(key)) is not None:
+            if (task := self.flights.request(key)) is None:
+                if (download := self.flights.joinable(key)) is not None:
                     return Miss(download)
                 entry, body = await self._lookup(key)
-                if entry and policy.is_fresh(entry.meta, freshness, self.clock(), self.ttl):
+                decision = policy.decide(entry and entry.meta, freshness, self.clock(), self.ttl)
+                if entry and decision is policy.Decision.HIT:
                     self.lru.touch(key)
                     return Hit(entry, "HIT", body=body)
-                if key in self._pending or self._running(key) is not None:
+                if self.flights.phase(key) is not None:
                     continue  # someone started while we looked at the disk: join them
-                task = asyncio.create_task(self._refresh(key, urls, entry, expect, resumable, keep))
-                self._pending[key] = task
-                task.add_done_callback(lambda _t: self._pending.pop(key, None))
+                work = self._refresh(key, urls, entry, expect, resumable, keep)
+                task = self.flights.ask(key, work)
             result = await asyncio.shield(task)
             if isinstance(result, PassThrough) and not result.claim():
                 continue  # another caller reads that body: ask upstream again
@@ -278,24 +310,19 @@ class CacheEngine:
                 if download.state is not State.DONE or download.entry is None:
                     raise FetchError(download.error or "download failed: not stored")
                 return download.entry
-            if await self._io(_matches, result.entry, expect):
+            if await self._io(_matches, self.store, result.entry, expect):
                 return result.entry
             log.warning("cache: %s does not match its expected digest; fetching again", key)
             await self.remove(key)
         raise FetchError(f"{key}: still does not match after a fresh download")
 
-    def _running(self, key: str) -> Download | None:
-        """The download in progress for `key`; one that just ended is no longer joined."""
-        download = self._downloads.get(key)
-        return download if download is not None and download.state is State.RUNNING else None
-
     def downloading_key(self, key: str) -> bool:
         """True while `key` is being fetched (maintenance leaves it alone)."""
-        return key in self._downloads or key in self._pending
+        return self.flights.busy(key)
 
     def downloading(self) -> int:
         """Bytes received so far by the downloads in progress (for progress bars)."""
-        return sum(d.written for d in self._downloads.values())
+        return sum(d.written for d in self.flights.downloads())
 
     def in_flight(self) -> list[dict[str, object]]:
         """The downloads in progress, for the status page and metrics."""
@@ -307,8 +334,9 @@ class CacheEngine:
                 "total": d.total,
                 "clients": d.readers,
                 "seconds": round(now - d.started, 1),
+                "phase": d.state.value,
             }
-            for d in self._downloads.values()
+            for d in self.flights.downloads()
         ]
 
     async def lookup(self, key: str) -> Entry | None:
@@ -388,10 +416,10 @@ class CacheEngine:
 
     async def purge(self, prefix: str) -> int:
         """Remove every cached file below `prefix` (a host or a remap's mirror root)."""
-        keys = await self._io(lambda: list(self.store.keys_under(prefix)))
+        keys = await self._io(_keys_under, self.store, prefix)
         removed = 0
         for key in keys:
-            if key not in self._downloads:
+            if not self.flights.busy(key):
                 await self.remove(key)
                 removed += 1
         return removed
@@ -400,33 +428,38 @@ class CacheEngine:
         if (hot := self.hot.get(key)) is not None:
             return hot
         generation = self.hot.generation
-        entry, body = await self._io(self._load, key)
+        entry, body = await self._io(_read_small, self.store, key)
         if entry is not None and generation == self.hot.generation:
             self.hot.put(key, entry, body)
         return entry, body
 
-    def _load(self, key: str) -> tuple[Entry | None, bytes | None]:
-        entry = self.store.lookup(key)
-        if entry is None or entry.meta.size > SMALL_FILE:
-            return entry, None
+    @contextlib.asynccontextmanager
+    async def lease(self, entry: Entry) -> AsyncIterator[BinaryIO | None]:
+        """The committed file, open and pinned against eviction while it is held;
+        None if it vanished (evicted or purged) before it could be opened."""
         try:
-            body = entry.path.read_bytes()
+            file = await self._io(self.store.open_read, entry)
         except OSError:
-            return None, None
-        return (entry, body) if len(body) == entry.meta.size else (None, None)
-
-    async def open(self, entry: Entry) -> BinaryIO | None:
-        """Open a committed file for serving; None if it vanished (evicted)."""
+            yield None
+            return
+        self.lru.pin(entry.key)
         try:
-            return await self._io(open, entry.path, "rb")
-        except OSError:
-            return None
+            yield file
+        finally:
+            self.lru.unpin(entry.key)
+            file.close()
 
-    def pin(self, key: str) -> None:
-        self.lru.pin(key)
-
-    def unpin(self, key: str) -> None:
-        self.lru.unpin(key)
+    @contextlib.contextmanager
+    def joined(self, download: Download) -> Iterator[BinaryIO]:
+        """A reader of a download in progress; once committed, the file is pinned
+        against eviction until this reader is done."""
+        file = download.attach()
+        self.lru.pin(download.key)
+        try:
+            yield file
+        finally:
+            self.lru.unpin(download.key)
+            download.detach()
 
     async def _expectation(self, key: str, expect: Expect) -> Expect:
         """The route's expectation, or what a cached index says of this file."""
@@ -475,7 +508,10 @@ class CacheEngine:
         if isinstance(resp, UpstreamFailure):
             if partial is not None:  # not now: keep the bytes for the next attempt
                 await self._park(*partial)
-            if entry is not None and policy.serve_stale(resp):
+            decision = policy.decide(
+                entry and entry.meta, Freshness.VOLATILE, self.clock(), self.ttl, failure=resp
+            )
+            if entry is not None and decision is policy.Decision.STALE:
                 log.warning("offline: serving cached %s (%s)", key, resp.reason)
                 return Hit(entry, "STALE", warning=resp.reason)
             return resp
@@ -568,7 +604,7 @@ class CacheEngine:
             else:
                 temp = await self._new_temp(key, resp.content_length or expect.size or 0)
             try:
-                reader = await self._io(open, temp.path, "rb")
+                reader = await self._io(self.store.open_temp, temp)
             except OSError:
                 await self._io(self.store.discard, temp)
                 raise
@@ -585,8 +621,9 @@ class CacheEngine:
             resumable=resumable,
             keep=keep,
             limits=self.fetcher.limits,
+            clock=self.clock,
         )
-        self._downloads[key] = download
+        self.flights.downloading(download)
         task = asyncio.create_task(self._run_download(download, resp))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -596,8 +633,7 @@ class CacheEngine:
         try:
             await download.run(resp, self.store)
         finally:
-            if self._downloads.get(download.key) is download:  # not a newer one
-                del self._downloads[download.key]
+            self.flights.ended(download)
             self.hot.drop(download.key)
         if download.integrity_error:
             self.rejected(download.url, time.monotonic() - download.started)

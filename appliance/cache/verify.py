@@ -40,7 +40,7 @@ class VerifyReport:
 Progress = Callable[[int, int], None]  # (entries checked, bytes read)
 
 
-def check_entry(entry: Entry, expected: Expect | None) -> str | None:
+def check_entry(store: Store, entry: Entry, expected: Expect | None) -> str | None:
     """Why `entry` is bad, or None (blocking: reads the whole file)."""
     meta = entry.meta
     algorithms = {"sha256"}
@@ -49,7 +49,7 @@ def check_entry(entry: Entry, expected: Expect | None) -> str | None:
     digests = {name: hashlib.new(name) for name in algorithms}
     size = 0
     try:
-        with open(entry.path, "rb") as fh:
+        with store.open_read(entry) as fh:
             while chunk := fh.read(1 << 20):
                 size += len(chunk)
                 for d in digests.values():
@@ -81,7 +81,7 @@ def scan(
     report = VerifyReport(fix)
     bad: list[str] = []
     for entry in store.entries():
-        problem = check_entry(entry, expected(entry.key))
+        problem = check_entry(store, entry, expected(entry.key))
         report.checked += 1
         report.bytes += entry.meta.size
         if problem is None:

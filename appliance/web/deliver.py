@@ -64,23 +64,16 @@ async def _deliver_entry(
         headers["X-Archive-Local-Offline"] = "upstream unreachable, serving the cached copy"
     if hit.body is not None:
         return await _send(request, hit.body, meta.size, headers, download=None)
-    file = await engine.open(entry)
-    if file is None:
-        raise web.HTTPServiceUnavailable(text="cache entry vanished, retry\n")
-    engine.pin(entry.key)
-    try:
+    async with engine.lease(entry) as file:
+        if file is None:
+            raise web.HTTPServiceUnavailable(text="cache entry vanished, retry\n")
         return await _send(request, file, meta.size, headers, download=None)
-    finally:
-        engine.unpin(entry.key)
-        file.close()
 
 
 async def _deliver_download(
     request: web.BaseRequest, engine: CacheEngine, download: Download
 ) -> web.StreamResponse:
-    file = download.attach()
-    engine.pin(download.key)  # once committed, it must not be evicted under this client
-    try:
+    with engine.joined(download) as file:
         if download.total is None:  # no length known: wait for the whole, verified file
             await download.finished()
             if download.state is not State.DONE:
@@ -88,9 +81,6 @@ async def _deliver_download(
         headers = _headers(download.etag, download.last_modified, download.content_type, "MISS")
         assert download.total is not None
         return await _send(request, file, download.total, headers, download=download)
-    finally:
-        engine.unpin(download.key)
-        download.detach()
 
 
 async def _deliver_passthrough(
@@ -248,7 +238,7 @@ async def _copy(
     while pos < end:
         available = end
         if download is not None:
-            if download.releasable <= pos and download.state is State.RUNNING:
+            if download.releasable <= pos and download.active:
                 await download.wait_beyond(pos)
             if download.state is State.FAILED:
                 raise _UpstreamBroke(download.error or "download failed")

@@ -1,0 +1,86 @@
+"""Single flight: at most one upstream round-trip per key, in explicit phases.
+
+    REVALIDATING  a request is out (conditional when a copy exists); callers share it
+    DOWNLOADING   the body streams into a temp file; callers join and read as it grows
+    VERIFYING     every byte arrived; size and digest are checked, then committed
+    DONE, FAILED  the end: the key leaves the registry, the next caller starts afresh
+
+The engine asks the registry, never two dictionaries of its own; the status page and
+maintenance read the same phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+from appliance.cache.download import Download, State
+
+R = TypeVar("R")
+
+
+class Phase(Enum):
+    REVALIDATING = "revalidating"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_OF_STATE = {
+    State.RUNNING: Phase.DOWNLOADING,
+    State.VERIFYING: Phase.VERIFYING,
+    State.DONE: Phase.DONE,
+    State.FAILED: Phase.FAILED,
+}
+
+
+class Flights(Generic[R]):
+    def __init__(self) -> None:
+        self._requests: dict[str, asyncio.Task[R]] = {}
+        self._downloads: dict[str, Download] = {}
+
+    def phase(self, key: str) -> Phase | None:
+        """Where the round-trip for `key` is; None when there is none."""
+        download = self._downloads.get(key)
+        if download is not None and download.active:
+            return _OF_STATE[download.state]
+        if key in self._requests:
+            return Phase.REVALIDATING
+        return None
+
+    def request(self, key: str) -> asyncio.Task[R] | None:
+        """The request out for `key`, to share."""
+        return self._requests.get(key)
+
+    def ask(self, key: str, work: Coroutine[Any, Any, R]) -> asyncio.Task[R]:
+        """Send the one request for `key`; it leaves the registry when it is answered."""
+        task = asyncio.create_task(work)
+        self._requests[key] = task
+        task.add_done_callback(lambda _t: self._forget_request(key, task))
+        return task
+
+    def _forget_request(self, key: str, task: asyncio.Task[R]) -> None:
+        if self._requests.get(key) is task:
+            del self._requests[key]
+
+    def joinable(self, key: str) -> Download | None:
+        """The download in progress for `key`; one that ended is no longer joined."""
+        download = self._downloads.get(key)
+        return download if download is not None and download.active else None
+
+    def downloading(self, download: Download) -> None:
+        self._downloads[download.key] = download
+
+    def ended(self, download: Download) -> None:
+        if self._downloads.get(download.key) is download:  # not a newer one
+            del self._downloads[download.key]
+
+    def busy(self, key: str) -> bool:
+        """Any round-trip for `key` at all (maintenance leaves such keys alone)."""
+        return key in self._downloads or key in self._requests
+
+    def downloads(self) -> Iterator[Download]:
+        return iter(list(self._downloads.values()))

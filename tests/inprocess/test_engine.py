@@ -1,0 +1,133 @@
+"""The engine's named pieces, in process: the freshness decision, the single-flight
+phases, offline answers, and the lease that pins what is being served."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.cache.egress import EgressPolicy
+from appliance.cache.engine import CacheEngine, Hit, Miss
+from appliance.cache.fetcher import Fetcher, UpstreamFailure
+from appliance.cache.flights import Phase
+from appliance.cache.policy import Decision, Freshness, decide
+from appliance.cache.store import FilesystemStore, Meta
+from tests.inprocess.conftest import Clock, Origin, settle, status
+
+V = Freshness.VOLATILE
+
+
+def _meta(checked: float) -> Meta:
+    return Meta(url="u", size=1, fetched=checked, checked=checked, sha256="x")
+
+
+@pytest.mark.parametrize(
+    ("meta", "freshness", "now", "failure", "decision"),
+    [
+        (None, V, 1000, None, Decision.ASK),
+        (_meta(1000), V, 1299, None, Decision.HIT),
+        (_meta(1000), V, 1300, None, Decision.ASK),  # the TTL is over
+        (_meta(1000), V, 999, None, Decision.ASK),  # the clock went back: not trusted
+        (_meta(0), Freshness.IMMUTABLE, 10**9, None, Decision.HIT),
+        (_meta(0), Freshness.MANAGED, 10**9, None, Decision.HIT),
+        (_meta(1000), V, 2000, UpstreamFailure(502, "reset"), Decision.STALE),
+        (_meta(1000), V, 2000, UpstreamFailure(503, "busy"), Decision.STALE),
+        (_meta(1000), V, 2000, UpstreamFailure(404, "gone"), Decision.FAIL),
+        (None, V, 2000, UpstreamFailure(502, "reset"), Decision.FAIL),
+    ],
+)
+def test_the_one_decision(meta, freshness, now, failure, decision) -> None:  # type: ignore[no-untyped-def]
+    assert decide(meta, freshness, now, 300, failure) is decision
+
+
+async def test_a_volatile_copy_is_asked_again_only_after_its_ttl(
+    engine: CacheEngine, origin: Origin, clock: Clock
+) -> None:
+    origin.files["/dists/x/InRelease"] = b"Origin: x\n" * 10
+    key, urls = "o/dists/x/InRelease", [origin.url("/dists/x/InRelease")]
+    assert status(await settle(await engine.get(key, urls, V))) == "MISS"
+    clock.advance(299)
+    assert status(await engine.get(key, urls, V)) == "HIT"
+    assert origin.count("/dists/x/InRelease") == 1
+    clock.advance(2)  # no sleep: the TTL is over
+    assert status(await engine.get(key, urls, V)) == "REVALIDATED"
+    assert origin.seen[-1][1] is not None  # a conditional request, answered 304
+    assert status(await engine.get(key, urls, V)) == "HIT"
+    assert origin.count("/dists/x/InRelease") == 2
+
+
+async def test_one_flight_through_its_phases(engine: CacheEngine, origin: Origin) -> None:
+    data = os.urandom(2_000_000)
+    origin.files["/pool/a.deb"] = data
+    origin.hold_headers, origin.hold_body = asyncio.Event(), asyncio.Event()
+    key, urls = "o/pool/a.deb", [origin.url("/pool/a.deb")]
+    waiting = [asyncio.create_task(engine.get(key, urls, Freshness.IMMUTABLE)) for _ in range(5)]
+    for _ in range(10_000):  # until the one request is out
+        if engine.flights.phase(key) is not None:
+            break
+        await asyncio.sleep(0.001)
+    assert engine.flights.phase(key) is Phase.REVALIDATING
+    origin.hold_headers.set()
+    results = await asyncio.gather(*waiting)
+    assert {status(r) for r in results} == {"MISS"}
+    assert len({id(r.download) for r in results if isinstance(r, Miss)}) == 1  # one download
+    assert engine.flights.phase(key) is Phase.DOWNLOADING
+    late = await engine.get(key, urls, Freshness.IMMUTABLE)  # joins the same download
+    assert isinstance(late, Miss) and late.download is results[0].download  # type: ignore[union-attr]
+    origin.hold_body.set()
+    await settle(late)
+    assert engine.flights.phase(key) is None
+    assert origin.count("/pool/a.deb") == 1
+    hit = await engine.get(key, urls, Freshness.IMMUTABLE)
+    assert isinstance(hit, Hit) and engine.store.read_bytes(hit.entry) == data
+
+
+async def test_offline_the_copy_beats_a_5xx_but_not_a_404(
+    engine: CacheEngine, origin: Origin, clock: Clock
+) -> None:
+    origin.files["/dists/y/InRelease"] = b"y" * 100
+    key, urls = "o/dists/y/InRelease", [origin.url("/dists/y/InRelease")]
+    await settle(await engine.get(key, urls, V))
+    clock.advance(3600)
+    origin.status["/dists/y/InRelease"] = 503
+    stale = await engine.get(key, urls, V)
+    assert isinstance(stale, Hit) and stale.status == "STALE" and stale.warning
+    origin.status["/dists/y/InRelease"] = 404
+    gone = await engine.get(key, urls, V)
+    assert isinstance(gone, UpstreamFailure) and gone.status == 404
+
+
+async def test_a_leased_file_is_not_evicted_under_its_reader(
+    tmp_path: Path, origin: Origin, clock: Clock
+) -> None:
+    for name in ("a", "b", "c"):
+        origin.files[f"/pool/{name}.deb"] = os.urandom(100_000)
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    engine = CacheEngine(
+        FilesystemStore(tmp_path / "small"), fetcher, max_size=150_000, ttl=300, clock=clock
+    )
+
+    async def get(name: str) -> Miss:
+        result = await settle(
+            await engine.get(f"o/pool/{name}.deb", [origin.url(f"/pool/{name}.deb")], V), engine
+        )
+        assert isinstance(result, Miss) and result.download.entry is not None
+        return result
+
+    try:
+        first = await get("a")
+        async with engine.lease(first.download.entry) as file:  # type: ignore[arg-type]
+            assert file is not None
+            await get("b")  # over the cap: the oldest goes, unless it is being served
+            assert engine.store.lookup("o/pool/a.deb") is not None
+            assert engine.store.lookup("o/pool/b.deb") is None  # the one that could go
+            assert file.read() == origin.files["/pool/a.deb"]
+        await get("c")  # released: now a is the oldest and goes
+        assert engine.store.lookup("o/pool/a.deb") is None
+        assert engine.store.lookup("o/pool/c.deb") is not None
+    finally:
+        await engine.close()
+        await fetcher.close()

@@ -4,9 +4,10 @@ PYTHON    ?= python3
 BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img,
 # promtool + prometheus, headless chromium, ip (network namespaces), strace (the fuzzer
-# watches which files the service opens), util-linux (unshare, mount of a small tmpfs)
+# watches which files the service opens), util-linux (unshare, mount of a small tmpfs),
+# systemd (systemd-analyze verify; systemd as PID 1 of private namespaces runs the unit)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
-             prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux
+             prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -14,7 +15,7 @@ MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
+.PHONY: install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -67,6 +68,33 @@ debs-bench:
 
 run: venv
 	$(BIN)/archive-local serve $(ARGS)
+
+# make install (root): the service on this machine. A venv under PREFIX with the package,
+# the systemd unit, the user archive-local, a starting configuration (an existing one is
+# kept), then daemon-reload and enable --now. DESTDIR stages it instead, ACTIVATE=no
+# installs without creating the user or telling systemd; PACKAGE is what pip installs (this
+# tree, or a built wheel), PIP_INSTALL_ARGS reaches pip.
+PREFIX     ?= /opt/archive-local
+SYSCONFDIR ?= /etc/archive-local
+UNITDIR    ?= /etc/systemd/system
+ACTIVATE   ?= yes
+PACKAGE    ?= .
+# the system's Python: the service user must be able to run it (not one under /root)
+INSTALL_PYTHON ?= /usr/bin/python3
+install:
+	@[ -x $(INSTALL_PYTHON) ] || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3 python3-venv; }
+	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(PREFIX) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(INSTALL_PYTHON) -m venv $(DESTDIR)$(PREFIX); }
+	$(DESTDIR)$(PREFIX)/bin/pip install -q --disable-pip-version-check $(PIP_INSTALL_ARGS) $(PACKAGE)
+	sed -e 's#/opt/archive-local#$(PREFIX)#g' -e 's#/etc/archive-local/config.yaml#$(SYSCONFDIR)/config.yaml#g' \
+	    appliance/data/archive-local.service > $(DESTDIR)$(PREFIX)/archive-local.service
+	install -D -m 0644 $(DESTDIR)$(PREFIX)/archive-local.service $(DESTDIR)$(UNITDIR)/archive-local.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/config.yaml ] || install -D -m 0644 appliance/config/default.yaml $(DESTDIR)$(SYSCONFDIR)/config.yaml
+	@if [ -n "$(DESTDIR)" ] || [ "$(ACTIVATE)" != yes ]; then echo "installed in $(DESTDIR)$(PREFIX) (no user created, systemd not told)"; exit 0; fi; \
+	id -u archive-local >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+	    --home-dir /var/lib/archive-local --shell /usr/sbin/nologin archive-local; \
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable --now archive-local \
+	    && systemctl --no-pager status archive-local | head -3; \
+	else echo "installed; systemd is not running here: start it with $(PREFIX)/bin/archive-local --config $(SYSCONFDIR)/config.yaml serve"; fi
 
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init

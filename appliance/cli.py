@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("expire", help="remove pool files no cached index lists any more")
     exp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     exp.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    dr = command("drain", help="make /healthz answer 503 (load balancers stop sending clients)")
+    dr.add_argument("--off", action="store_true", help="serve again: /healthz answers 200")
+    dr.add_argument("--json", action="store_true", help="machine-readable output")
     keys = command("keys", help="create (once) and show the appliance's signing key")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     return p
@@ -173,6 +176,10 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
         from appliance.commands.seed import run_seed
 
         return asyncio.run(run_seed(args, config))
+    if args.command == "drain":
+        from appliance.commands.maintenance import run_drain
+
+        return run_drain(args, config)
     if args.command in ("verify", "expire"):
         from appliance.commands import maintenance
 

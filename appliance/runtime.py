@@ -50,6 +50,7 @@ from appliance.web.admin import Admin
 log = logging.getLogger(__name__)
 
 FEEDS_TTL = 30.0  # seconds the well-known document's feed list is reused
+HEALTH_TTL = 2.0  # seconds a store check answers /healthz (load balancers poll often)
 
 
 @dataclass
@@ -117,6 +118,8 @@ class Appliance:
         self._fingerprint: str | None = None
         self._fingerprint_at: int | None = -1  # the key folder's mtime at the last look
         self._feeds: tuple[float, list[str]] = (-FEEDS_TTL, [])
+        self.draining = False  # /healthz answers 503: load balancers send no new clients
+        self._store_check: tuple[float, str | None] = (-HEALTH_TTL, None)
         self.fetcher.monitor = self.metrics.upstream
         if config.metrics:
             self.metrics.add_source(lambda: status.scrape(self))
@@ -210,6 +213,29 @@ class Appliance:
         self._fingerprint_at = -1
         log.info("configuration reloaded from %s", self.config_path)
         return {"reloaded": str(self.config_path), "restart_needed_for": restart}
+
+    def drain(self, on: bool) -> dict[str, Any]:
+        """Turn draining on or off (admin API); transfers in progress are not touched."""
+        if on != self.draining:
+            log.info("drain %s: /healthz answers %s", "on" if on else "off", 503 if on else 200)
+        self.draining = on
+        return {"draining": on}
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """`GET /healthz`: 200 while serving; 503 while draining or when the store cannot
+        take entries (the directory is gone or read-only)."""
+        at, problem = self._store_check
+        if time.monotonic() - at > HEALTH_TTL:
+            problem = await asyncio.to_thread(self.store.problem)
+            self._store_check = (time.monotonic(), problem)
+        problems = [problem] if problem else []
+        state = "draining" if self.draining else "unhealthy" if problems else "serving"
+        doc = {
+            "status": state,
+            "problems": problems,
+            "downloads": len(self.engine.figures().downloads),
+        }
+        return (200 if state == "serving" else 503), doc
 
     # -- the well-known document -----------------------------------------------------
     async def well_known(self, host_header: str | None) -> dict[str, Any]:

@@ -182,6 +182,7 @@ class Store(Protocol):
     # housekeeping
     def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
     def free_bytes(self) -> int | None: ...
+    def problem(self) -> str | None: ...
     def scratch(self, prefix: str = "work-") -> AbstractContextManager[Path]: ...
 
 
@@ -430,6 +431,21 @@ class FilesystemStore:
         """A local path holding the bytes of `entry`, for tools that need a file
         (qemu-img): here the entry itself, read-only by convention."""
         yield entry.path
+
+    def problem(self) -> str | None:
+        """Why the store cannot take entries now (None: it can): a missing or read-only
+        directory, a write that fails. A full disk is not a problem here (hits go on)."""
+        probe = self.root / SCRATCH / f".probe-{secrets.token_hex(4)}"
+        try:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return None
+            return f"{self.root}: {exc.strerror or exc}"
+        return None
 
     def free_bytes(self) -> int | None:
         """Space left for new entries (None when the file system cannot tell)."""

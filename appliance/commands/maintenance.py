@@ -135,3 +135,25 @@ def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
         f"cache.expire_after, {result['unindexed']} of repositories without a cached index"
     )
     return 0
+
+
+def run_drain(args: argparse.Namespace, config: configuration.Config) -> int:
+    """`archive-local drain [--off]`: /healthz 503 (or 200 again), through the service."""
+
+    async def local() -> dict[str, Any]:
+        raise RuntimeError("the service is not running")
+
+    try:
+        result = _run(config, "drain", {"drain": not args.off}, local)
+    except RuntimeError as exc:
+        print(f"archive-local: drain: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            "draining: /healthz answers 503"
+            if result["draining"]
+            else "serving: /healthz answers 200"
+        )
+    return 0

@@ -42,7 +42,8 @@ async def serve(config: Config, config_path: Path | None = None) -> None:
             **SERVER_LIMITS,
         )
         app.server = server
-        runner = web.ServerRunner(server)
+        # on SIGTERM: stop listening, let handlers (transfers) finish this long, then go
+        runner = web.ServerRunner(server, shutdown_timeout=config.limits.drain_timeout)
         await runner.setup()
         try:
             sock = listening_socket(config.listen)
@@ -72,7 +73,13 @@ async def serve(config: Config, config_path: Path | None = None) -> None:
 
                 loop.add_signal_handler(signal.SIGHUP, on_hup)
             await stop.wait()
-            log.info("shutting down")
+            app.drain(True)
+            transfers = len(server.connections)
+            log.info(
+                "shutting down: draining %d connections (at most %s s)",
+                transfers,
+                config.limits.drain_timeout,
+            )
         finally:
             await runner.cleanup()
 

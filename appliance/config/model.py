@@ -190,6 +190,8 @@ class LimitsConfig:
     """What one client may hold (a NAT gateway in front of many instances counts as one)."""
 
     connections_per_client: int = 256
+    # on SIGTERM: stop listening, let transfers in progress finish for this long, exit 0
+    drain_timeout: float = duration(30.0)
 
 
 @dataclass(frozen=True)

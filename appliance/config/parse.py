@@ -418,11 +418,14 @@ def _parse_discovery(value: Any) -> DiscoveryConfig:
 
 def _parse_limits(value: Any) -> LimitsConfig:
     data = expect_mapping(value, "limits")
-    check_keys(data, ("connections_per_client",), "limits")
+    check_keys(data, ("connections_per_client", "drain_timeout"), "limits")
     cap = data.get("connections_per_client", LimitsConfig.connections_per_client)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise ConfigError(f"limits.connections_per_client: a whole number >= 1, got {cap!r}")
-    return LimitsConfig(cap)
+    drain = parse_duration(
+        data.get("drain_timeout", LimitsConfig.drain_timeout), "limits.drain_timeout"
+    )
+    return LimitsConfig(cap, drain)
 
 
 # --- the document ---------------------------------------------------------------------

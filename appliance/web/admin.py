@@ -50,6 +50,7 @@ class Actions(Protocol):
         ...
 
     async def reload(self) -> dict[str, Any]: ...
+    def drain(self, on: bool) -> dict[str, Any]: ...
     def maintenance_busy(self) -> bool: ...
     async def verify(self, fix: bool) -> dict[str, Any]: ...
     async def expire(self, dry_run: bool) -> dict[str, Any]: ...
@@ -150,6 +151,12 @@ class Admin:
             return await self._purge(request, actions)
         if action == "reload":
             return web.json_response(await actions.reload())
+        if action == "drain":
+            body = await _json_body(request, action)
+            value = body.get("drain", True)
+            if set(body) - {"drain"} or not isinstance(value, bool):
+                raise web.HTTPBadRequest(text='drain: the body is {"drain": true|false}\n')
+            return web.json_response(actions.drain(value))
         if action in ("verify", "expire"):
             body = await _json_body(request, action)
             flag = "fix" if action == "verify" else "dry_run"

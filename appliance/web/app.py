@@ -51,6 +51,7 @@ class Parts(status.Source, Actions, Protocol):
     inventory: status.Inventory
 
     async def well_known(self, host_header: str | None) -> dict[str, Any]: ...
+    async def health(self) -> tuple[int, dict[str, Any]]: ...
 
 
 class Handler:
@@ -75,6 +76,9 @@ class Handler:
             return await self._api(request)
         if target == "/metrics":
             return self._metrics()
+        if target == "/healthz":
+            code, doc = await parts.health()
+            return web.json_response(doc, status=code, headers={"Cache-Control": "no-store"})
         if target == "/favicon.ico":  # browsers on the status page ask for it
             return web.Response(status=204)
         if target == WELL_KNOWN:

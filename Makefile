@@ -97,7 +97,7 @@ install:
 	else echo "installed; systemd is not running here: start it with $(PREFIX)/bin/archive-local --config $(SYSCONFDIR)/config.yaml serve"; fi
 
 test: venv debs-test components
-	$(BIN)/ruff check appliance tests cloud-init
+	$(BIN)/ruff check appliance tests cloud-init charm
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
@@ -109,8 +109,8 @@ soak: venv debs-test components
 	FAULTS_SCALE=$${FAULTS_SCALE:-10} FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -q tests/faults $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check appliance tests cloud-init
-	$(BIN)/ruff format --check appliance tests cloud-init
+	$(BIN)/ruff check appliance tests cloud-init charm
+	$(BIN)/ruff format --check appliance tests cloud-init charm
 	$(BIN)/lint-imports
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one

@@ -188,18 +188,7 @@ class Appliance:
             new = await asyncio.to_thread(configuration.load, self.config_path)
         except configuration.ConfigError as exc:
             raise web.HTTPBadRequest(text=f"reload: {exc} (nothing changed)\n") from None
-        old = self.config
-        restart = [
-            name
-            for name, a, b in (
-                ("listen", old.listen, new.listen),
-                ("cache.dir", old.cache.dir, new.cache.dir),
-                ("upstream", old.upstream, new.upstream),
-                ("logging", old.logging, new.logging),
-                ("metrics", old.metrics, new.metrics),
-            )
-            if a != b
-        ]
+        restart = configuration.restart_needed(self.config, new)
         self.config = new
         self.router = Router(new.apt.remaps, new.apt.allow)
         self.egress.allow(configured_hosts(new))

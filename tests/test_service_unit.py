@@ -302,3 +302,89 @@ def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path
         "systemctl", "show", "archive-local", "-p", "Result", "-p", "ExecMainStatus"
     ).stdout
     assert "Result=success" in show and "ExecMainStatus=0" in show, show
+
+
+DRIVE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from workload import Workload
+done = Workload().apply(json.loads(sys.argv[2]))
+print(json.dumps({"unit": done.unit_changed, "config": done.config_changed, "action": done.action}))
+"""
+
+
+def test_the_charms_workload_drives_a_real_systemd(
+    systemd: SystemdNamespace, tmp_path: Path
+) -> None:
+    """The charm's own workload code, run inside the namespaces: its first apply writes the
+    unit and config and starts the service; a reloadable change reloads it (same PID); a
+    port change restarts it; the same options again change nothing."""
+    ns = systemd
+    src = _source_copy(tmp_path / "src")
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    _make_install(src, "ACTIVATE=no", runner=lambda argv: ns.run(*argv, check=False, timeout=300))
+    ns.run("mkdir", "-p", "/opt/test-deps")
+    ns.run("mount", "--bind", "-o", "ro", str(site), "/opt/test-deps")
+    [own] = ns.run("sh", "-c", "ls -d /opt/archive-local/lib/python3*/site-packages").stdout.split()
+    ns.write(f"{own}/test-deps.pth", "/opt/test-deps\n")
+    ns.run(
+        "useradd",
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/var/lib/archive-local",
+        "--shell",
+        "/usr/sbin/nologin",
+        "archive-local",
+    )
+    options = {"port": 3142, "mdns": False, "cache-size": "1GiB", "admin-allow": "127.0.0.0/8"}
+
+    def apply(**changes: object) -> dict:
+        out = ns.run(
+            sys.executable,
+            "-c",
+            DRIVE,
+            str(ROOT / "charm/src"),
+            json.dumps({**options, **changes}),
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def healthz(port: int) -> str:
+        deadline = time.monotonic() + 20
+        while True:
+            code = ns.run(
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                f"http://127.0.0.1:{port}/healthz",
+                check=False,
+            ).stdout
+            if code == "200" or time.monotonic() > deadline:
+                return code
+            time.sleep(0.3)
+
+    def pid() -> str:
+        return ns.run(
+            "systemctl", "show", "archive-local", "-p", "MainPID", "--value"
+        ).stdout.strip()
+
+    # make install wrote the same unit; the config differs where a reload cannot apply it
+    assert apply() == {"unit": False, "config": True, "action": "restart"}
+    assert ns.run("systemctl", "is-enabled", "archive-local").stdout.strip() == "enabled"
+    assert healthz(3142) == "200"
+    first = pid()
+    assert apply(**{"cache-size": "2GiB"}) == {"unit": False, "config": True, "action": "reload"}
+    assert healthz(3142) == "200" and pid() == first  # reloaded, not restarted
+    assert apply(**{"cache-size": "2GiB"}) == {"unit": False, "config": False, "action": None}
+    assert apply(**{"cache-size": "2GiB", "port": 3199}) == {
+        "unit": False,
+        "config": True,
+        "action": "restart",
+    }
+    assert healthz(3199) == "200" and pid() != first

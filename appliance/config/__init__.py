@@ -33,7 +33,7 @@ from appliance.config.model import (
     TargetConfig,
     UpstreamConfig,
 )
-from appliance.config.parse import default_data, load, parse, with_overrides
+from appliance.config.parse import default_data, load, parse, restart_needed, with_overrides
 
 __all__ = [
     "DEFAULT_SEED_FILTERS",
@@ -63,6 +63,7 @@ __all__ = [
     "parse_listen",
     "parse_size",
     "parse_upstream",
+    "restart_needed",
     "to_data",
     "valid_name",
     "with_overrides",

@@ -495,3 +495,19 @@ def with_overrides(
             merged.update(parse_remaps({name: urls.split(",")}))
         config = replace(config, apt=replace(config.apt, remaps=merged))
     return config
+
+
+RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics")
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """What a reload cannot apply: these differ, so only a restart uses the new values."""
+    names = {"cache": "cache.dir"}
+    out = []
+    for name in RESTART_FIELDS:
+        a, b = getattr(old, name), getattr(new, name)
+        if name == "cache":
+            a, b = a.dir, b.dir
+        if a != b:
+            out.append(names.get(name, name))
+    return out

@@ -1,0 +1,257 @@
+"""State-transition tests of the charm (ops.testing), with the workload on a temp root and
+a recorder in place of the machine's commands; the configuration it renders is checked by
+the appliance's own validator."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+CHARM = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(CHARM / "src"))
+
+import workload  # noqa: E402
+from ops import testing  # noqa: E402
+
+import charm  # noqa: E402
+
+ROOT = CHARM.parent
+DEFAULTS = {
+    name: spec.get("default")
+    for name, spec in yaml.safe_load((CHARM / "charmcraft.yaml").read_text())["config"][
+        "options"
+    ].items()
+}
+
+
+class Machine:
+    """Stands in for the unit's commands: records them, answers like the real ones."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls: list[list[str]] = []
+        self.active = False
+        self.enabled = False
+        self.health: tuple[int, Any] = (200, {"status": "serving", "problems": []})
+        self.cli: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        out = subprocess.CompletedProcess(argv, 0, "", "")
+        if argv[0].endswith("/pip"):  # the package lands where a real install puts it
+            data = self.root / "opt/archive-local/lib/python3.12/site-packages/appliance/data"
+            data.mkdir(parents=True, exist_ok=True)
+            unit = (ROOT / "appliance/data/archive-local.service").read_text()
+            (data / "archive-local.service").write_text(unit)
+        elif argv[0] == "id":
+            out.returncode = 0 if any(c[0] == "useradd" for c in self.calls) else 1
+        elif argv[:2] == ["systemctl", "is-enabled"]:
+            out.returncode = 0 if self.enabled else 1
+        elif argv[:2] == ["systemctl", "is-active"]:
+            out.returncode = 0 if self.active else 3
+        elif argv[0] == "systemctl" and argv[1] in ("start", "restart"):
+            self.active = True
+        elif argv[:2] == ["systemctl", "enable"]:
+            self.enabled = True
+        elif argv[0] == "runuser":
+            command = argv[argv.index("--config") + 2]
+            out = self.cli.get(command, out)
+        return out
+
+    def systemctl(self) -> list[list[str]]:
+        queries = ("is-active", "is-enabled")
+        return [c[1:] for c in self.calls if c[0] == "systemctl" and c[1] not in queries]
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
+    m = Machine(tmp_path)
+
+    class Wired(workload.Workload):
+        def get(self, port: int, path: str, body: Any = None) -> tuple[int, Any]:
+            if path == "/healthz":
+                return m.health
+            if path == "/api/status":
+                return 200, {
+                    "hit_ratio": 0.5,
+                    "sync": {"feeds": {}},
+                    "cache": {"bytes": 10, "entries": 1, "max_bytes": 100},
+                    "downloads": [],
+                }
+            if path == "/api/admin/purge":
+                return 200, {"removed": 3}
+            return 404, None
+
+    monkeypatch.setattr(
+        charm.ArchiveLocalCharm, "workload_factory", staticmethod(lambda: Wired(tmp_path, m))
+    )
+    monkeypatch.setattr(charm, "bundled", lambda _dir: (tmp_path / "wheels", "0.1.0"))
+    return m
+
+
+def ctx() -> testing.Context:
+    return testing.Context(charm.ArchiveLocalCharm, charm_root=CHARM)
+
+
+def _config(machine: Machine) -> dict:
+    return yaml.safe_load((machine.root / "etc/archive-local/config.yaml").read_text())
+
+
+def test_install_installs_the_wheel_writes_unit_and_config_and_starts(machine: Machine) -> None:
+    out = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    pip = next(c for c in machine.calls if c[0].endswith("/pip"))
+    assert "--no-index" in pip and "archive-local==0.1.0" in pip  # the bundled wheel, offline
+    assert [c[0] for c in machine.calls if c[0] == "useradd"] == ["useradd"]
+    assert machine.systemctl() == [
+        ["daemon-reload"],
+        ["enable", "archive-local"],
+        ["restart", "archive-local"],
+    ]
+    assert (machine.root / "etc/systemd/system/archive-local.service").is_file()
+    assert _config(machine)["listen"] == "[::]:3142"
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+    assert out.workload_version == "0.1.0"
+    assert out.opened_ports == {testing.TCPPort(3142)}
+
+
+def test_an_unchanged_config_changes_nothing(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.calls.clear()
+    ctx().run(ctx().on.config_changed(), state)
+    assert machine.systemctl() == []
+    assert not any(c[0].endswith("/pip") for c in machine.calls)  # installed once
+
+
+def test_a_reloadable_change_reloads_and_a_port_change_restarts(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.calls.clear()
+    state = ctx().run(
+        ctx().on.config_changed(),
+        dataclasses.replace(state, config={**DEFAULTS, "cache-size": "20GiB"}),
+    )
+    assert machine.systemctl() == [["reload", "archive-local"]]
+    assert _config(machine)["cache"]["max_size"] == "20GiB"
+    machine.calls.clear()
+    ctx().run(
+        ctx().on.config_changed(), dataclasses.replace(state, config={**DEFAULTS, "port": 3199})
+    )
+    assert machine.systemctl() == [["restart", "archive-local"]]  # listen: reload cannot
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("cache-size", "lots", "cache-size: cache.max_size: expected a size"),
+        ("image-feeds", "[{name: x", "image-feeds: not valid YAML"),
+        ("image-feeds", "- {name: u, url: 'ftp://x/'}", "image-feeds: images.feeds[0].url"),
+        ("remaps", "debian", "remaps: line 1: expected NAME URL"),
+        ("admin-allow", "not-a-net", "admin-allow: admin.allow[0]: not a network"),
+        ("sync-interval", "often", "sync-interval: images.sync_interval"),
+    ],
+)
+def test_an_invalid_option_blocks_with_the_validators_message_and_changes_nothing(
+    machine: Machine, option: str, value: str, message: str
+) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    before = _config(machine)
+    machine.calls.clear()
+    out = ctx().run(
+        ctx().on.config_changed(), dataclasses.replace(state, config={**DEFAULTS, option: value})
+    )
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(message), out.unit_status.message
+    assert _config(machine) == before and machine.systemctl() == []
+
+
+def test_every_option_renders_what_the_appliance_accepts() -> None:
+    everything = {
+        **DEFAULTS,
+        "port": 3199,
+        "cache-size": "10GiB",
+        "remaps": "ubuntu http://archive.ubuntu.com/ubuntu http://mirror.example/ubuntu\n# c\n",
+        "allowed-hosts": "ppa.launchpadcontent.net security.ubuntu.com:80",
+        "index-ttl": 60,
+        "image-feeds": "- {name: ubuntu, url: 'http://cloud-images.ubuntu.com/releases/', "
+        "keyring: /etc/archive-local/ubuntu.gpg, filters: [arch=amd64], max_items: 1}",
+        "sync-interval": "1d",
+        "seed-targets": "- {name: cloud, type: glance, feeds: [ubuntu], "
+        "auth: {endpoint: 'http://glance:9292', token_file: /etc/archive-local/token}}",
+        "mdns": False,
+        "admin-allow": "10.0.0.0/8",
+    }
+    for options in (DEFAULTS, everything):
+        parsed = workload.validate(workload.render(options))  # the appliance's own parser
+        assert parsed.listen.port == options["port"]
+    parsed = workload.validate(workload.render(everything))
+    assert parsed.apt.remaps["ubuntu"][1] == "http://mirror.example/ubuntu"
+    assert parsed.images.feeds[0].name == "ubuntu" and parsed.seed.targets[0].type == "glance"
+    assert parsed.discovery.mdns is False and parsed.apt.index_ttl == 60
+
+
+def test_status_follows_the_service(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.health = (503, {"status": "draining", "problems": []})
+    assert ctx().run(ctx().on.update_status(), state).unit_status == testing.MaintenanceStatus(
+        "draining"
+    )
+    machine.health = (503, {"status": "unhealthy", "problems": ["/var/cache: read-only"]})
+    status = ctx().run(ctx().on.update_status(), state).unit_status
+    assert status == testing.BlockedStatus("unhealthy: /var/cache: read-only")
+    machine.active = False
+    machine.calls.clear()
+    ctx().run(ctx().on.update_status(), state)  # reconcile starts it again
+    assert ["start", "archive-local"] in machine.systemctl()
+
+
+def _done(out: Any, rc: int = 0, err: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess([], rc, json.dumps(out), err)
+
+
+def test_sync_action_reports_and_fails_when_the_sync_failed(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.cli["sync"] = _done([{"feed": "ubuntu", "ok": True, "items": [{}, {}]}])
+    c = ctx()
+    c.run(c.on.action("sync-images"), state)
+    assert json.loads(c.action_results["feeds"]) == {"ubuntu": {"ok": True, "items": 2}}
+    runuser = next(x for x in machine.calls if x[0] == "runuser")
+    assert runuser[:3] == ["runuser", "-u", "archive-local"]  # files stay the service's
+    machine.cli["sync"] = _done([{"feed": "ubuntu", "ok": False, "items": []}], 1, "x\nbad sig")
+    with pytest.raises(testing.ActionFailed, match="bad sig"):
+        ctx().run(ctx().on.action("sync-images"), state)
+
+
+def test_seed_verify_stats_purge_and_token_actions(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.cli["seed"] = _done([], 2, "archive-local: no seed.targets in the configuration")
+    with pytest.raises(testing.ActionFailed, match=r"no seed\.targets"):
+        ctx().run(ctx().on.action("seed"), state)
+    machine.cli["verify"] = _done({"checked": 4, "ok": 4, "bad": 0})
+    c = ctx()
+    c.run(c.on.action("verify", params={"fix": True}), state)
+    assert c.action_results == {"checked": 4, "ok": 4, "bad": 0}
+    assert "--fix" in next(x for x in machine.calls if x[0] == "runuser" and "verify" in x)
+    c = ctx()
+    c.run(c.on.action("cache-stats"), state)
+    assert c.action_results["hit-ratio"] == 0.5 and c.action_results["entries"] == 1
+    c = ctx()
+    c.run(c.on.action("purge", params={"remap": "ubuntu"}), state)
+    assert c.action_results == {"removed": 3}
+    with pytest.raises(testing.ActionFailed, match="one of them"):
+        ctx().run(ctx().on.action("purge"), state)
+    with pytest.raises(testing.ActionFailed, match="no admin token"):
+        ctx().run(ctx().on.action("get-admin-token"), state)
+    token = machine.root / "var/lib/archive-local/admin-token"
+    token.parent.mkdir(parents=True)
+    token.write_text("s3cret-token-value\n")
+    c = ctx()
+    c.run(c.on.action("get-admin-token"), state)
+    assert c.action_results == {"token": "s3cret-token-value"}

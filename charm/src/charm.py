@@ -39,6 +39,9 @@ class ArchiveLocalCharm(ops.CharmBase):
             self.on.update_status,
         ):
             framework.observe(event, self._reconcile)
+        for relation in ("apt-proxy", "website"):
+            framework.observe(self.on[relation].relation_joined, self._reconcile)
+            framework.observe(self.on[relation].relation_changed, self._reconcile)
         framework.observe(self.on.collect_unit_status, self._on_collect_status)
         for name in ("sync_images", "seed", "cache_stats", "purge", "verify", "get_admin_token"):
             framework.observe(getattr(self.on, f"{name}_action"), getattr(self, f"_on_{name}"))
@@ -68,6 +71,23 @@ class ArchiveLocalCharm(ops.CharmBase):
         if done.action:
             log.info("archive-local: %s", done.action)
         self.unit.set_ports(self.port)
+        self._publish_address()
+
+    def _publish_address(self) -> None:
+        """Where related applications reach this unit: `apt-proxy` gets the proxy URL,
+        `website` the host and port (its health check is GET /healthz)."""
+        for name in ("apt-proxy", "website"):
+            for relation in self.model.relations[name]:
+                binding = self.model.get_binding(relation)
+                address = binding.network.ingress_address if binding else None
+                if address is None:
+                    continue
+                host = f"[{address}]" if address.version == 6 else str(address)
+                data = relation.data[self.unit]
+                if name == "apt-proxy":
+                    data["url"] = f"http://{host}:{self.port}"
+                else:
+                    data.update({"hostname": str(address), "port": str(self.port)})
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
         if self._problem is not None:

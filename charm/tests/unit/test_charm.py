@@ -255,3 +255,13 @@ def test_seed_verify_stats_purge_and_token_actions(machine: Machine) -> None:
     c = ctx()
     c.run(c.on.action("get-admin-token"), state)
     assert c.action_results == {"token": "s3cret-token-value"}
+
+
+def test_related_applications_learn_where_the_unit_is(machine: Machine) -> None:
+    proxy = testing.Relation("apt-proxy", remote_app_name="ubuntu")
+    lb = testing.Relation("website", remote_app_name="haproxy")
+    state = testing.State(config={**DEFAULTS, "port": 3199}, relations={proxy, lb})
+    out = ctx().run(ctx().on.relation_joined(proxy, remote_unit=0), state)
+    assert out.get_relation(proxy.id).local_unit_data["url"] == "http://192.0.2.0:3199"
+    assert out.get_relation(lb.id).local_unit_data["port"] == "3199"
+    assert out.get_relation(lb.id).local_unit_data["hostname"] == "192.0.2.0"

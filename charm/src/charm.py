@@ -4,12 +4,15 @@ collect-unit-status, actions through the service's own CLI and API."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import lzma
 from pathlib import Path
 from typing import Any
 
 import ops
+import yaml
 from workload import InvalidConfig, Workload
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ class ArchiveLocalCharm(ops.CharmBase):
             self.on.update_status,
         ):
             framework.observe(event, self._reconcile)
-        for relation in ("apt-proxy", "website"):
+        for relation in ("apt-proxy", "website", "cos-agent"):
             framework.observe(self.on[relation].relation_joined, self._reconcile)
             framework.observe(self.on[relation].relation_changed, self._reconcile)
         framework.observe(self.on.collect_unit_status, self._on_collect_status)
@@ -72,6 +75,37 @@ class ArchiveLocalCharm(ops.CharmBase):
             log.info("archive-local: %s", done.action)
         self.unit.set_ports(self.port)
         self._publish_address()
+        self._publish_cos()
+
+    def _publish_cos(self) -> None:
+        """The cos-agent provider side, written here (its wire format: one unit-data key
+        `config` with scrape jobs, alert rules and LZMA+base64 dashboards)."""
+        relations = self.model.relations["cos-agent"]
+        if not relations:
+            return
+        src = self.charm_dir / "src"
+        rules: dict[str, Any] = {}
+        for path in sorted((src / "prometheus_alert_rules").glob("*.rules")):
+            rules.setdefault("groups", []).extend(yaml.safe_load(path.read_text())["groups"])
+        dashboards = [
+            base64.b64encode(lzma.compress(path.read_bytes())).decode()
+            for path in sorted((src / "grafana_dashboards").glob("*.json"))
+        ]
+        config = {
+            "metrics_alert_rules": rules,
+            "log_alert_rules": {},
+            "dashboards": dashboards,
+            "metrics_scrape_jobs": [
+                {
+                    "job_name": "archive-local",
+                    "metrics_path": "/metrics",
+                    "static_configs": [{"targets": [f"localhost:{self.port}"]}],
+                }
+            ],
+            "log_slots": [],
+        }
+        for relation in relations:
+            relation.data[self.unit]["config"] = json.dumps(config, sort_keys=True)
 
     def _publish_address(self) -> None:
         """Where related applications reach this unit: `apt-proxy` gets the proxy URL,

@@ -265,3 +265,19 @@ def test_related_applications_learn_where_the_unit_is(machine: Machine) -> None:
     assert out.get_relation(proxy.id).local_unit_data["url"] == "http://192.0.2.0:3199"
     assert out.get_relation(lb.id).local_unit_data["port"] == "3199"
     assert out.get_relation(lb.id).local_unit_data["hostname"] == "192.0.2.0"
+
+
+def test_cos_agent_gets_the_scrape_job_rules_and_dashboard(machine: Machine) -> None:
+    import base64
+    import lzma
+
+    cos = testing.Relation("cos-agent", remote_app_name="otel-collector")
+    state = testing.State(config=DEFAULTS, relations={cos})
+    out = ctx().run(ctx().on.relation_joined(cos, remote_unit=0), state)
+    config = json.loads(out.get_relation(cos.id).local_unit_data["config"])
+    [job] = config["metrics_scrape_jobs"]
+    assert job["static_configs"] == [{"targets": ["localhost:3142"]}]
+    alerts = {r["alert"] for g in config["metrics_alert_rules"]["groups"] for r in g["rules"]}
+    assert "ArchiveLocalSyncFailing" in alerts and "ArchiveLocalDown" in alerts
+    [dashboard] = config["dashboards"]
+    assert json.loads(lzma.decompress(base64.b64decode(dashboard)))["uid"] == "archive-local"

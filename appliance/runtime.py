@@ -222,7 +222,7 @@ class Appliance:
         doc = {
             "status": state,
             "problems": problems,
-            "downloads": len(self.engine.figures().downloads),
+            "downloads": len(self.engine.in_flight()),
         }
         return (200 if state == "serving" else 503), doc
 

@@ -219,6 +219,37 @@ def _curl(ns: SystemdNamespace, url: str, out: str) -> subprocess.Popen[str]:
     )
 
 
+def _install_offline(ns: SystemdNamespace, src: Path) -> None:
+    """`make install ACTIVATE=no` inside; the packages archive-local depends on come from
+    the test's own venv (no network there), bound where the service user can read them
+    whatever the checkout's path."""
+    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    _make_install(src, "ACTIVATE=no", runner=lambda argv: ns.run(*argv, check=False, timeout=300))
+    ns.run("mkdir", "-p", "/opt/test-deps")
+    ns.run("mount", "--bind", "-o", "ro", str(site), "/opt/test-deps")
+    [own] = ns.run("sh", "-c", "ls -d /opt/archive-local/lib/python3*/site-packages").stdout.split()
+    ns.write(f"{own}/test-deps.pth", "/opt/test-deps\n")
+
+
+def _healthz(ns: SystemdNamespace, port: int, timeout: float = 20) -> str:
+    """The /healthz status code inside, once it is 200 or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = ns.run(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://127.0.0.1:{port}/healthz",
+            check=False,
+        ).stdout
+        if code == "200" or time.monotonic() > deadline:
+            return code
+        time.sleep(0.3)
+
+
 def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path) -> None:
     """`make install` inside the namespaces (user, unit, daemon-reload, enable --now), then:
     /healthz 200, a reload by SIGHUP (ExecReload) under a transfer that completes, and a
@@ -247,35 +278,13 @@ def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path
         "discovery: {mdns: false}\n"
         "limits: {drain_timeout: 20s}\n",
     )
-    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
+    _install_offline(ns, src)
     inside = lambda argv: ns.run(*argv, check=False, timeout=300)  # noqa: E731
-    _make_install(src, "ACTIVATE=no", runner=inside)
-    # the packages archive-local depends on come from the test's own venv (no network
-    # here), bound where the service user can read them whatever the checkout's path
-    ns.run("mkdir", "-p", "/opt/test-deps")
-    ns.run("mount", "--bind", "-o", "ro", str(site), "/opt/test-deps")
-    [own] = ns.run("sh", "-c", "ls -d /opt/archive-local/lib/python3*/site-packages").stdout.split()
-    ns.write(f"{own}/test-deps.pth", "/opt/test-deps\n")
     _make_install(src, runner=inside)  # again, for real: user, daemon-reload, enable --now
-
-    deadline = time.monotonic() + 20
-    while True:
-        code = ns.run(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:3142/healthz",
-            check=False,
-        ).stdout
-        if code == "200":
-            break
-        if time.monotonic() > deadline:
-            show = ns.run("systemctl", "status", "archive-local", "--no-pager", check=False).stdout
-            raise AssertionError(f"/healthz never answered 200 ({code}): {show}")
-        time.sleep(0.3)
+    code = _healthz(ns, 3142)
+    if code != "200":
+        show = ns.run("systemctl", "status", "archive-local", "--no-pager", check=False).stdout
+        raise AssertionError(f"/healthz never answered 200 ({code}): {show}")
     assert ns.run("id", "-u", "archive-local").returncode == 0
     assert (
         ns.run("systemctl", "show", "archive-local", "-p", "User", "--value").stdout.strip()
@@ -321,12 +330,7 @@ def test_the_charms_workload_drives_a_real_systemd(
     port change restarts it; the same options again change nothing."""
     ns = systemd
     src = _source_copy(tmp_path / "src")
-    site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
-    _make_install(src, "ACTIVATE=no", runner=lambda argv: ns.run(*argv, check=False, timeout=300))
-    ns.run("mkdir", "-p", "/opt/test-deps")
-    ns.run("mount", "--bind", "-o", "ro", str(site), "/opt/test-deps")
-    [own] = ns.run("sh", "-c", "ls -d /opt/archive-local/lib/python3*/site-packages").stdout.split()
-    ns.write(f"{own}/test-deps.pth", "/opt/test-deps\n")
+    _install_offline(ns, src)
     ns.run(
         "useradd",
         "--system",
@@ -352,23 +356,6 @@ def test_the_charms_workload_drives_a_real_systemd(
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    def healthz(port: int) -> str:
-        deadline = time.monotonic() + 20
-        while True:
-            code = ns.run(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                f"http://127.0.0.1:{port}/healthz",
-                check=False,
-            ).stdout
-            if code == "200" or time.monotonic() > deadline:
-                return code
-            time.sleep(0.3)
-
     def pid() -> str:
         return ns.run(
             "systemctl", "show", "archive-local", "-p", "MainPID", "--value"
@@ -377,14 +364,14 @@ def test_the_charms_workload_drives_a_real_systemd(
     # make install wrote the same unit; the config differs where a reload cannot apply it
     assert apply() == {"unit": False, "config": True, "action": "restart"}
     assert ns.run("systemctl", "is-enabled", "archive-local").stdout.strip() == "enabled"
-    assert healthz(3142) == "200"
+    assert _healthz(ns, 3142) == "200"
     first = pid()
     assert apply(**{"cache-size": "2GiB"}) == {"unit": False, "config": True, "action": "reload"}
-    assert healthz(3142) == "200" and pid() == first  # reloaded, not restarted
+    assert _healthz(ns, 3142) == "200" and pid() == first  # reloaded, not restarted
     assert apply(**{"cache-size": "2GiB"}) == {"unit": False, "config": False, "action": None}
     assert apply(**{"cache-size": "2GiB", "port": 3199}) == {
         "unit": False,
         "config": True,
         "action": "restart",
     }
-    assert healthz(3199) == "200" and pid() != first
+    assert _healthz(ns, 3199) == "200" and pid() != first

@@ -219,6 +219,8 @@ def test_service_syncs_on_start_and_on_demand(
     start_appliance: StartAppliance,
 ) -> None:
     images = yaml.safe_load(feed_config.read_text())["images"]
+    slow = "/server/releases/noble/release-20240401/ubuntu-24.04-server-cloudimg-amd64.disk1.img"
+    served.rate[slow] = 1_000_000  # about 2 s: the status shows the sync under way
     app = start_appliance(
         {"debian": ["http://127.0.0.1:9/debian"]},
         images=images,
@@ -229,10 +231,20 @@ def test_service_syncs_on_start_and_on_demand(
         return app.status()["sync"]
 
     deadline = time.monotonic() + 60
-    while state()["last_run"] is None:
+    seen: list[dict] = []
+    while (now := state())["last_run"] is None:
         assert time.monotonic() < deadline, app.log_text()
-        time.sleep(0.2)
+        if now["running"] and now["progress"]:
+            seen.append(now["progress"])
+        time.sleep(0.1)
+    assert seen, "no progress while the sync ran"
+    assert {p["feed"] for p in seen} == {"ex"}
+    assert {(p["items_total"], p["bytes_total"]) for p in seen} == {(4, 4 * ITEM_SIZE)}
+    under_way = [p for p in seen if 0 < p["items_done"] < 4]  # the slow item still coming
+    assert under_way, seen
+    assert all(p["bytes_done"] == p["items_done"] * ITEM_SIZE for p in seen)
     first = state()
+    assert first["progress"] is None and first["last_success"] >= first["last_run"] - 5
     assert first["feeds"]["ex"]["ok"] and len(first["feeds"]["ex"]["items"]) == 4
     assert http_get(f"{app.url}/streams/v1/index.sjson")[0] == 200
     gets = item_gets(served)

@@ -21,7 +21,7 @@ from appliance.config import Config
 from appliance.jobs.lock import SYNC, exclusive
 from appliance.jobs.seed import seed_targets
 from appliance.jobs.sync import sync_feeds
-from appliance.streams.sync import FeedOutcome
+from appliance.streams.sync import FeedFailed, FeedOutcome, FeedPlanned, ItemDone, SyncEvent
 from appliance.targets.seeder import TargetOutcome
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class Scheduler:
         self.last: dict[str, FeedOutcome] = {}
         self.last_run: float | None = None
         self.running = False
+        # the running sync's feed and how far it got (the status page, the charm's status)
+        self.progress: dict[str, Any] | None = None
         self.seed_last: dict[str, TargetOutcome] = {}
         # name -> {runs, failures, seconds, last_success}: what the metrics export
         self.sync_stats: dict[str, dict[str, Any]] = {}
@@ -103,7 +105,7 @@ class Scheduler:
         async with exclusive(config.cache.dir, SYNC, wait=wait):
             self.running = True
             try:
-                outcomes = await sync_feeds(config, self.engine, self.fetcher)
+                outcomes = await sync_feeds(config, self.engine, self.fetcher, self._report)
             except Exception as exc:  # recorded per feed, so the status page says so
                 log.exception("sync failed")
                 seconds = time.monotonic() - started
@@ -115,6 +117,7 @@ class Scheduler:
                 ]
             finally:
                 self.running = False
+                self.progress = None
         self.last_run = time.time()
         for o in outcomes:
             self.last[o.feed] = o
@@ -133,6 +136,31 @@ class Scheduler:
         if seed.after_sync and seed.targets and any(o.ok for o in outcomes):
             await self.run_seed()
         return outcomes
+
+    def _report(self, event: SyncEvent) -> None:
+        """Keep the running feed's progress: items and bytes done of those planned."""
+        if isinstance(event, FeedPlanned):
+            self.progress = {
+                "feed": event.feed,
+                "items_done": 0,
+                "items_total": event.items,
+                "bytes_done": 0,
+                "bytes_total": event.bytes,
+            }
+        elif isinstance(event, ItemDone) and self.progress is not None:
+            if event.item.status in ("removed", "would-remove"):
+                return  # pruned, not among the planned items
+            self.progress["items_done"] += 1
+            if event.item.status in ("fetched", "present"):
+                self.progress["bytes_done"] += event.item.size
+        elif isinstance(event, FeedFailed):
+            self.progress = None
+
+    @property
+    def last_success(self) -> float | None:
+        """When a feed last synced without failing (any feed)."""
+        times = [s["last_success"] for s in self.sync_stats.values() if s["last_success"]]
+        return max(times) if times else None
 
     def _next_wait(self) -> float | None:
         """Seconds until the next periodic sync; None (wait for a wake) without feeds."""

@@ -34,6 +34,8 @@ class Jobs(Protocol):
 
     running: bool
     last_run: float | None
+    progress: Mapping[str, Any] | None  # the running sync: feed, items/bytes done and total
+    last_success: float | None
     last: Mapping[str, Any]  # feed -> FeedOutcome
     seeding: bool
     seed_last: Mapping[str, Any]  # target -> TargetOutcome
@@ -140,7 +142,9 @@ async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
         "images": await inventory.get(source),
         "sync": {
             "running": jobs.running,
+            "progress": jobs.progress,
             "last_run": jobs.last_run,
+            "last_success": jobs.last_success,
             "feeds": {n: o.as_dict() for n, o in jobs.last.items()},
         },
         "seed": {

@@ -8,12 +8,13 @@ import base64
 import json
 import logging
 import lzma
+import time
 from pathlib import Path
 from typing import Any
 
 import ops
 import yaml
-from workload import InvalidConfig, Workload
+from workload import InvalidConfig, Keystone, Workload, keystone_targets
 
 log = logging.getLogger(__name__)
 
@@ -27,24 +28,29 @@ def bundled(charm_dir: Path) -> tuple[Path, str]:
     return wheels, found[-1].name.split("-")[1]
 
 
+TOKEN_KEY = "admin-token"  # the peer relation's app data: the secret holding the admin token
+RELATIONS = ("apt-proxy", "website", "cos-agent", "identity-service", "cluster")
+
+
 class ArchiveLocalCharm(ops.CharmBase):
     workload_factory = staticmethod(Workload)
 
     def __init__(self, framework: ops.Framework) -> None:
         super().__init__(framework)
         self.workload = self.workload_factory()
-        self._problem: ops.StatusBase | None = None
+        self._statuses: list[ops.StatusBase] = []
         for event in (
             self.on.install,
             self.on.config_changed,
             self.on.upgrade_charm,
             self.on.start,
             self.on.update_status,
+            self.on.leader_elected,
         ):
             framework.observe(event, self._reconcile)
-        for relation in ("apt-proxy", "website", "cos-agent"):
-            framework.observe(self.on[relation].relation_joined, self._reconcile)
-            framework.observe(self.on[relation].relation_changed, self._reconcile)
+        for relation in RELATIONS:
+            for kind in ("joined", "changed", "departed", "broken"):
+                framework.observe(getattr(self.on[relation], f"relation_{kind}"), self._reconcile)
         framework.observe(self.on.collect_unit_status, self._on_collect_status)
         for name in ("sync_images", "seed", "cache_stats", "purge", "verify", "get_admin_token"):
             framework.observe(getattr(self.on, f"{name}_action"), getattr(self, f"_on_{name}"))
@@ -57,25 +63,101 @@ class ArchiveLocalCharm(ops.CharmBase):
     def _reconcile(self, _event: ops.EventBase) -> None:
         try:
             wheels, version = bundled(self.charm_dir)
-            if self.workload.install(wheels, version):
+            upgraded = self.workload.install(wheels, version)
+            if upgraded:
                 log.info("installed archive-local %s", version)
             self.unit.set_workload_version(version)
         except RuntimeError as exc:
-            self._problem = ops.BlockedStatus(f"install failed: {exc}")
+            self._statuses.append(ops.BlockedStatus(f"install failed: {exc}"))
             return
+        options = dict(self.config)
+        keystone = self._keystone(options)
         try:
-            done = self.workload.apply(dict(self.config))
+            token_changed = self._share_token()
+            done = self.workload.apply(options, keystone, upgraded, token_changed)
         except InvalidConfig as exc:  # the running configuration stays as it was
-            self._problem = ops.BlockedStatus(str(exc))
+            self._statuses.append(ops.BlockedStatus(str(exc)))
             return
-        except RuntimeError as exc:
-            self._problem = ops.BlockedStatus(str(exc))
+        except (RuntimeError, ops.SecretNotFoundError, ops.ModelError) as exc:
+            self._statuses.append(ops.BlockedStatus(str(exc)))
             return
         if done.action:
             log.info("archive-local: %s", done.action)
         self.unit.set_ports(self.port)
         self._publish_address()
         self._publish_cos()
+        self._register_product_streams()
+
+    # -- identity-service: Keystone credentials in, the product-streams endpoint out ----
+    def _keystone(self, options: dict[str, Any]) -> Keystone | None:
+        """Keystone's credentials when related and sent; says in the status what a glance
+        target without `auth` still waits for."""
+        relation = self.model.get_relation("identity-service")
+        found = None
+        if relation is not None and relation.app is not None:
+            for unit in sorted(relation.units, key=lambda u: u.name):
+                found = Keystone.from_relation(relation.data[unit]) or found
+        waiting = keystone_targets(options)
+        if relation is None and waiting:
+            self._statuses.append(
+                ops.BlockedStatus(
+                    f"seed-targets: {', '.join(waiting)} take credentials from Keystone: "
+                    "integrate with keystone (identity-service)"
+                )
+            )
+        elif relation is not None and found is None:
+            self._statuses.append(ops.WaitingStatus("waiting for Keystone credentials"))
+        return found
+
+    def _register_product_streams(self) -> None:
+        """The leader asks Keystone for a `product-streams` endpoint (service
+        `image-stream`, as glance-simplestreams-sync does) at this unit's image-ids feed,
+        so Juju finds the seeded images without `image-metadata-url`."""
+        relation = self.model.get_relation("identity-service")
+        if relation is None or not self.unit.is_leader():
+            return
+        url = self._url(relation)
+        if url is None:
+            return
+        relation.data[self.unit].update(
+            {
+                "service": "image-stream",
+                "region": str(self.config.get("region") or "RegionOne"),
+                "public_url": url + "/",
+                "internal_url": url + "/",
+                "admin_url": url + "/",
+            }
+        )
+
+    # -- peers: one admin token for every unit -----------------------------------------
+    def _share_token(self) -> bool:
+        """The leader keeps the admin token in an application secret named in the peer
+        data; every unit writes its content to the token file. True when it changed."""
+        relation = self.model.get_relation("cluster")
+        if relation is None:
+            return False
+        data = relation.data[self.app]
+        if self.unit.is_leader() and not data.get(TOKEN_KEY):
+            secret = self.app.add_secret(
+                {"token": self.workload.ensure_token()},
+                label=TOKEN_KEY,
+                description="archive-local admin API bearer token",
+            )
+            data[TOKEN_KEY] = secret.id or ""
+            return False
+        secret_id = data.get(TOKEN_KEY)
+        if not secret_id:
+            return False  # the leader has not shared one yet: this unit's own serves
+        token = self.model.get_secret(id=secret_id).get_content(refresh=True)["token"]
+        return self.workload.set_token(token)
+
+    def _url(self, relation: ops.Relation) -> str | None:
+        binding = self.model.get_binding(relation)
+        address = binding.network.ingress_address if binding else None
+        if address is None:
+            return None
+        host = f"[{address}]" if address.version == 6 else str(address)
+        return f"http://{host}:{self.port}"
 
     def _publish_cos(self) -> None:
         """The cos-agent provider side, written here (its wire format: one unit-data key
@@ -109,49 +191,43 @@ class ArchiveLocalCharm(ops.CharmBase):
 
     def _publish_address(self) -> None:
         """Where related applications reach this unit: `apt-proxy` gets the proxy URL,
-        `website` the host and port (its health check is GET /healthz)."""
-        for name in ("apt-proxy", "website"):
+        `website` the host and port (its health check is GET /healthz), the peers `url`."""
+        for name in ("apt-proxy", "website", "cluster"):
             for relation in self.model.relations[name]:
-                binding = self.model.get_binding(relation)
-                address = binding.network.ingress_address if binding else None
-                if address is None:
+                url = self._url(relation)
+                if url is None:
                     continue
-                host = f"[{address}]" if address.version == 6 else str(address)
                 data = relation.data[self.unit]
-                if name == "apt-proxy":
-                    data["url"] = f"http://{host}:{self.port}"
+                if name == "website":
+                    host = url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+                    data.update({"hostname": host, "port": str(self.port)})
                 else:
-                    data.update({"hostname": str(address), "port": str(self.port)})
+                    data["url"] = url
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
-        if self._problem is not None:
-            event.add_status(self._problem)
+        """The most severe of what reconcile found and what the service says (ops keeps
+        the worst): never active while the service is down or /healthz fails."""
+        for status in self._statuses:
+            event.add_status(status)
+        if any(isinstance(s, ops.BlockedStatus) for s in self._statuses):
+            return
+        if self.workload.installed_version() is None:
+            event.add_status(ops.MaintenanceStatus("installing archive-local"))
             return
         if not self.workload.active():
             event.add_status(ops.BlockedStatus("archive-local is not running (see its log)"))
             return
         code, health = self.workload.get(self.port, "/healthz")
         if code == 0:
-            event.add_status(ops.WaitingStatus("archive-local is starting"))
+            event.add_status(ops.MaintenanceStatus("archive-local is starting"))
         elif health and health.get("status") == "draining":
             event.add_status(ops.MaintenanceStatus("draining"))
         elif code != 200:
             problems = "; ".join((health or {}).get("problems", [])) or f"/healthz {code}"
             event.add_status(ops.BlockedStatus(f"unhealthy: {problems}"))
         else:
-            event.add_status(ops.ActiveStatus(self._summary()))
-
-    def _summary(self) -> str:
-        code, status = self.workload.get(self.port, "/api/status")
-        if code != 200 or not status:
-            return "serving"
-        parts = ["serving"]
-        if status.get("hit_ratio") is not None:
-            parts.append(f"hit ratio {status['hit_ratio'] * 100:.0f}%")
-        feeds = status.get("sync", {}).get("feeds", {})
-        if any(not o.get("ok") for o in feeds.values()):
-            parts.append("a sync failed")
-        return ", ".join(parts)
+            code, status = self.workload.get(self.port, "/api/status")
+            event.add_status(service_status(status if code == 200 and status else {}))
 
     # -- actions ---------------------------------------------------------------------
     def _cli_action(self, event: ops.ActionEvent, *args: str) -> Any:
@@ -224,6 +300,40 @@ class ArchiveLocalCharm(ops.CharmBase):
             event.set_results({"token": self.workload.token()})
         except OSError as exc:
             event.fail(f"no admin token yet: {exc.strerror}")
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f}" if n >= 10 * 2**20 else f"{n / 2**20:.1f}"
+
+
+def service_status(status: dict[str, Any]) -> ops.StatusBase:
+    """The unit's status from the service's /api/status: maintenance while a sync runs
+    (feed, items and MiB done), else active with the last successful sync, a failed
+    feed named (a failed sync is never shown as done) and the hit ratio."""
+    sync = status.get("sync") or {}
+    progress = sync.get("progress")
+    if sync.get("running"):
+        if not progress:
+            return ops.MaintenanceStatus("syncing images")
+        return ops.MaintenanceStatus(
+            f"syncing {progress['feed']}: {progress['items_done']}/{progress['items_total']} "
+            f"items, {_mib(progress['bytes_done'])}/{_mib(progress['bytes_total'])} MiB"
+        )
+    parts = ["serving"]
+    if status.get("hit_ratio") is not None:
+        parts.append(f"hit ratio {status['hit_ratio'] * 100:.0f}%")
+    failed = sorted(name for name, o in (sync.get("feeds") or {}).items() if not o.get("ok"))
+    if failed:
+        parts.append(f"sync FAILED: {', '.join(failed)}")
+    if sync.get("last_success"):
+        parts.append(f"last sync {_when(sync['last_success'])}")
+    elif sync.get("feeds"):
+        parts.append("no successful sync yet")
+    return ops.ActiveStatus(", ".join(parts))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +28,7 @@ UNIT = Path("/etc/systemd/system/archive-local.service")
 STATE = Path("/var/lib/archive-local")
 CACHE = Path("/var/cache/archive-local")
 TOKEN = STATE / "admin-token"
+KEYSTONE_PASSWORD = Path("/etc/archive-local/keystone-password")
 SERVICE = "archive-local"
 USER = "archive-local"
 
@@ -42,6 +45,7 @@ OPTION_OF = {
     "discovery.mdns": "mdns",
     "admin.allow": "admin-allow",
 }
+DEFAULT_TARGET = "openstack"  # the glance target made when Keystone is related and none given
 
 Run = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
@@ -87,7 +91,76 @@ def _remaps(text: str) -> dict[str, list[str]]:
     return remaps
 
 
-def render(options: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Keystone:
+    """Service credentials Keystone gave this application on `identity-service`."""
+
+    auth_url: str
+    username: str
+    password: str
+    project_name: str
+    domain: str = "service_domain"
+
+    @classmethod
+    def from_relation(cls, data: Mapping[str, str]) -> Keystone | None:
+        """From the keystone unit's relation data; None until it has sent everything."""
+        need = ("service_host", "service_port", "service_username", "service_password")
+        if not all(data.get(k) for k in need) or not data.get("service_tenant"):
+            return None
+        protocol = data.get("service_protocol") or "http"
+        host = data["service_host"]
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return cls(
+            auth_url=f"{protocol}://{host}:{data['service_port']}/v3",
+            username=data["service_username"],
+            password=data["service_password"],
+            project_name=data["service_tenant"],
+            domain=data.get("service_domain") or cls.domain,
+        )
+
+
+def keystone_targets(options: Mapping[str, Any]) -> list[str]:
+    """The glance seed targets that take their credentials from Keystone (no `auth`)."""
+    return [
+        str(t.get("name"))
+        for t in _yaml_list(options, "seed-targets")
+        if isinstance(t, dict) and t.get("type") == "glance" and "auth" not in t
+    ]
+
+
+def _seed_targets(options: Mapping[str, Any], keystone: Keystone | None) -> list[Any]:
+    """seed-targets, with Keystone's credentials in the glance targets given no `auth`
+    (left out until Keystone has sent them); with none given and Keystone related, one
+    glance target seeding every feed."""
+    targets = _yaml_list(options, "seed-targets")
+    if keystone is None:
+        return [t for t in targets if str(t.get("name")) not in keystone_targets(options)]
+    if not targets:
+        feeds = [f.get("name") for f in _yaml_list(options, "image-feeds") if isinstance(f, dict)]
+        if not feeds:
+            return []
+        targets = [{"name": DEFAULT_TARGET, "type": "glance", "feeds": feeds}]
+    region = str(options.get("region") or "RegionOne")
+    auth = {
+        "keystone": {
+            "auth_url": keystone.auth_url,
+            "username": keystone.username,
+            "project_name": keystone.project_name,
+            "user_domain_name": keystone.domain,
+            "project_domain_name": keystone.domain,
+            "region_name": region,
+            "password_file": str(KEYSTONE_PASSWORD),
+        }
+    }
+    return [
+        {**t, "auth": auth}
+        if isinstance(t, dict) and t.get("type") == "glance" and "auth" not in t
+        else t
+        for t in targets
+    ]
+
+
+def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict[str, Any]:
     """The appliance's configuration document for these charm options."""
     data: dict[str, Any] = {
         "listen": f"[::]:{options.get('port', 3142)}",
@@ -101,7 +174,7 @@ def render(options: Mapping[str, Any]) -> dict[str, Any]:
             "gnupg_home": str(STATE / "gnupg"),
             "feeds": _yaml_list(options, "image-feeds"),
         },
-        "seed": {"targets": _yaml_list(options, "seed-targets")},
+        "seed": {"targets": _seed_targets(options, keystone)},
         "admin": {
             "token_file": str(TOKEN),
             "allow": str(options.get("admin-allow") or "").split(),
@@ -114,9 +187,20 @@ def render(options: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def appliance_config() -> Any:
+    """The appliance's own `config` package: from the installed service's venv on a unit
+    (the code the service runs), from the source tree in tests."""
+    try:
+        from appliance import config
+    except ImportError:
+        sys.path.extend(str(p) for p in PREFIX.glob("lib/python3*/site-packages"))
+        from appliance import config
+    return config
+
+
 def validate(data: Mapping[str, Any]) -> Any:
     """The appliance's own validation (the same code the service runs)."""
-    from appliance import config
+    config = appliance_config()
 
     try:
         return config.parse(dict(data), "charm config")
@@ -193,27 +277,69 @@ class Workload:
             raise RuntimeError("archive-local is not installed")
         return (found[0] / "archive-local.service").read_text()
 
+    # -- secrets the service reads --------------------------------------------------
+    def ensure_token(self) -> str:
+        """The admin token: the one on disk, else a new one written before the service
+        starts (so that the service never makes its own)."""
+        path = self.path(TOKEN)
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        self.set_token(token)
+        return token
+
+    def set_token(self, token: str) -> bool:
+        """The admin token shared by the leader; True when the file changed."""
+        return self._write_secret(TOKEN, token + "\n")
+
+    def _write_secret(self, target: Path, text: str) -> bool:
+        """Like `_write`, readable by the service's user only."""
+        path = self.path(target)
+        if path.exists() and path.read_text() == text:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.run(["chown", f"{USER}:{USER}", str(tmp)])
+        os.replace(tmp, path)
+        return True
+
     # -- configure and run -----------------------------------------------------------
-    def apply(self, options: Mapping[str, Any]) -> Applied:
-        """Render, validate, write what changed, then reload or restart as needed.
-        An invalid configuration raises InvalidConfig and changes nothing."""
-        data = render(options)
+    def apply(
+        self,
+        options: Mapping[str, Any],
+        keystone: Keystone | None = None,
+        upgraded: bool = False,
+        token_changed: bool = False,
+    ) -> Applied:
+        """Render, validate, write what changed, then reload or restart as needed: a new
+        package (`upgraded`) restarts, a new admin token reloads. An invalid configuration
+        raises InvalidConfig and changes nothing."""
+        data = render(options, keystone)
         new = validate(data)
         text = "# written by the archive-local charm: change the charm's config instead\n"
         text += yaml.safe_dump(data, sort_keys=False)
         old = self._current()
         done = Applied()
+        if keystone is not None:
+            secret_changed = self._write_secret(KEYSTONE_PASSWORD, keystone.password + "\n")
+        else:
+            secret_changed = False
+            self.path(KEYSTONE_PASSWORD).unlink(missing_ok=True)
         done.unit_changed = self._write(UNIT, self.unit_text())
         done.config_changed = self._write(CONFIG, text)
         if done.unit_changed:
             self._systemctl("daemon-reload")
         if done.unit_changed or not self.enabled():
             self._systemctl("enable", SERVICE)
-        from appliance import config
+        config = appliance_config()
 
-        if done.unit_changed or (old is not None and config.restart_needed(old, new)):
+        restart = upgraded or done.unit_changed
+        if restart or (old is not None and config.restart_needed(old, new)):
             done.action = "restart"
-        elif done.config_changed:
+        elif done.config_changed or token_changed or secret_changed:
             done.action = "reload" if self.active() else "start"
         elif not self.active():
             done.action = "start"
@@ -222,8 +348,7 @@ class Workload:
         return done
 
     def _current(self) -> Any:
-        from appliance import config
-
+        config = appliance_config()
         try:
             return config.load(self.path(CONFIG))
         except config.ConfigError:

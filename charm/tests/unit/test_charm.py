@@ -41,13 +41,23 @@ class Machine:
         self.active = False
         self.enabled = False
         self.health: tuple[int, Any] = (200, {"status": "serving", "problems": []})
+        self.status: dict[str, Any] = {
+            "hit_ratio": 0.5,
+            "sync": {"running": False, "progress": None, "feeds": {}, "last_success": None},
+            "cache": {"bytes": 10, "entries": 1, "max_bytes": 100},
+            "downloads": [],
+        }
         self.cli: dict[str, subprocess.CompletedProcess[str]] = {}
+        self.pip_fails = False
+        self.version = "0.1.0"  # the wheel bundled in the charm
 
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
         self.calls.append(argv)
         out = subprocess.CompletedProcess(argv, 0, "", "")
-        if argv[0].endswith("/pip"):  # the package lands where a real install puts it
+        if argv[0].endswith("/pip") and self.pip_fails:
+            out.returncode, out.stderr = 1, "ERROR: No matching distribution found"
+        elif argv[0].endswith("/pip"):  # the package lands where a real install puts it
             data = self.root / "opt/archive-local/lib/python3.12/site-packages/appliance/data"
             data.mkdir(parents=True, exist_ok=True)
             unit = (ROOT / "appliance/data/archive-local.service").read_text()
@@ -81,12 +91,7 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
             if path == "/healthz":
                 return m.health
             if path == "/api/status":
-                return 200, {
-                    "hit_ratio": 0.5,
-                    "sync": {"feeds": {}},
-                    "cache": {"bytes": 10, "entries": 1, "max_bytes": 100},
-                    "downloads": [],
-                }
+                return 200, m.status
             if path == "/api/admin/purge":
                 return 200, {"removed": 3}
             return 404, None
@@ -94,7 +99,7 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     monkeypatch.setattr(
         charm.ArchiveLocalCharm, "workload_factory", staticmethod(lambda: Wired(tmp_path, m))
     )
-    monkeypatch.setattr(charm, "bundled", lambda _dir: (tmp_path / "wheels", "0.1.0"))
+    monkeypatch.setattr(charm, "bundled", lambda _dir: (tmp_path / "wheels", m.version))
     return m
 
 
@@ -281,3 +286,255 @@ def test_cos_agent_gets_the_scrape_job_rules_and_dashboard(machine: Machine) -> 
     assert "ArchiveLocalSyncFailing" in alerts and "ArchiveLocalDown" in alerts
     [dashboard] = config["dashboards"]
     assert json.loads(lzma.decompress(base64.b64decode(dashboard)))["uid"] == "archive-local"
+
+
+# -- upgrade, install failure ---------------------------------------------------------
+def test_upgrade_installs_the_new_wheel_and_restarts_once(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.calls.clear()
+    ctx().run(ctx().on.upgrade_charm(), state)  # the same charm again: nothing to do
+    assert machine.systemctl() == [] and not any(c[0].endswith("/pip") for c in machine.calls)
+    machine.version = "0.2.0"
+    out = ctx().run(ctx().on.upgrade_charm(), state)
+    pip = next(c for c in machine.calls if c[0].endswith("/pip"))
+    assert "archive-local==0.2.0" in pip and "--upgrade" in pip
+    assert machine.systemctl() == [["restart", "archive-local"]]  # the new code runs
+    assert out.workload_version == "0.2.0"
+    machine.calls.clear()
+    ctx().run(ctx().on.update_status(), out)
+    assert machine.systemctl() == []
+
+
+def test_a_failed_install_blocks_and_starts_nothing(machine: Machine) -> None:
+    machine.pip_fails = True
+    out = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    assert out.unit_status == testing.BlockedStatus(
+        "install failed: /opt/archive-local/bin/pip: ERROR: No matching distribution found"
+    )
+    assert machine.systemctl() == []
+    assert not (machine.root / "etc/archive-local/config.yaml").exists()
+
+
+# -- status ---------------------------------------------------------------------------
+def test_status_shows_a_sync_under_way_then_the_last_sync_and_a_failed_feed(
+    machine: Machine,
+) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.status["sync"] = {
+        "running": True,
+        "progress": {
+            "feed": "ubuntu",
+            "items_done": 3,
+            "items_total": 8,
+            "bytes_done": 700 * 2**20,
+            "bytes_total": 2000 * 2**20,
+        },
+        "feeds": {},
+        "last_success": None,
+    }
+    out = ctx().run(ctx().on.update_status(), state)
+    assert out.unit_status == testing.MaintenanceStatus("syncing ubuntu: 3/8 items, 700/2000 MiB")
+    machine.status["sync"] = {
+        "running": False,
+        "progress": None,
+        "feeds": {"ubuntu": {"ok": True}, "debian": {"ok": False}},
+        "last_success": 1796194800.0,  # 2026-12-02 07:00 UTC
+    }
+    out = ctx().run(ctx().on.update_status(), state)
+    assert out.unit_status == testing.ActiveStatus(
+        "serving, hit ratio 50%, sync FAILED: debian, last sync 2026-12-02 07:00 UTC"
+    )
+    machine.status["sync"]["feeds"] = {"debian": {"ok": False}}
+    machine.status["sync"]["last_success"] = None
+    machine.status["hit_ratio"] = None
+    out = ctx().run(ctx().on.update_status(), state)
+    assert out.unit_status == testing.ActiveStatus(
+        "serving, sync FAILED: debian, no successful sync yet"
+    )
+
+
+def test_never_active_when_the_service_is_down_or_unreachable(machine: Machine) -> None:
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.health = (0, None)  # no answer on the port yet
+    assert ctx().run(ctx().on.update_status(), state).unit_status == (
+        testing.MaintenanceStatus("archive-local is starting")
+    )
+    fail = subprocess.CompletedProcess([], 1, "", "Job for archive-local.service failed")
+
+    class Down(Machine):
+        def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+            if list(argv[:2]) == ["systemctl", "start"]:
+                self.calls.append(list(argv))
+                return fail
+            return super().__call__(argv)
+
+    machine.__class__ = Down
+    machine.active = False
+    out = ctx().run(ctx().on.update_status(), state)
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert "systemctl start archive-local: Job for archive-local.service failed" in (
+        out.unit_status.message
+    )
+
+
+# -- identity-service -----------------------------------------------------------------
+KEYSTONE_DATA = {
+    "service_protocol": "https",
+    "service_host": "10.5.0.10",
+    "service_port": "5000",
+    "service_username": "image-stream",
+    "service_password": "keystone-made-this-password",
+    "service_tenant": "services",
+    "service_domain": "service_domain",
+    "auth_host": "10.5.0.10",
+    "auth_port": "35357",
+}
+FEEDS = (
+    "- {name: ubuntu, url: 'http://cloud-images.ubuntu.com/releases/', "
+    "keyring: /etc/archive-local/ubuntu.gpg, filters: [arch=amd64]}"
+)
+
+
+def test_glance_seeding_takes_keystones_credentials_and_registers_product_streams(
+    machine: Machine,
+) -> None:
+    keystone = testing.Relation("identity-service", remote_app_name="keystone")
+    options = {**DEFAULTS, "image-feeds": FEEDS, "region": "RegionTwo"}
+    state = ctx().run(ctx().on.install(), testing.State(config=options, leader=True))
+    state = dataclasses.replace(state, relations={keystone})
+    out = ctx().run(ctx().on.relation_joined(keystone, remote_unit=0), state)
+    assert out.unit_status == testing.WaitingStatus("waiting for Keystone credentials")
+    assert _config(machine)["seed"]["targets"] == []  # nothing to seed with yet
+    sent = out.get_relation(keystone.id).local_unit_data
+    assert sent["service"] == "image-stream" and sent["region"] == "RegionTwo"
+    assert sent["public_url"] == sent["internal_url"] == "http://192.0.2.0:3142/"
+
+    keystone = dataclasses.replace(
+        out.get_relation(keystone.id), remote_units_data={0: KEYSTONE_DATA}
+    )
+    machine.calls.clear()
+    out = ctx().run(
+        ctx().on.relation_changed(keystone, remote_unit=0),
+        dataclasses.replace(out, relations={keystone}),
+    )
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+    [target] = _config(machine)["seed"]["targets"]
+    assert target["name"] == "openstack" and target["feeds"] == ["ubuntu"]
+    assert target["auth"]["keystone"] == {
+        "auth_url": "https://10.5.0.10:5000/v3",
+        "username": "image-stream",
+        "project_name": "services",
+        "user_domain_name": "service_domain",
+        "project_domain_name": "service_domain",
+        "region_name": "RegionTwo",
+        "password_file": "/etc/archive-local/keystone-password",
+    }
+    password = machine.root / "etc/archive-local/keystone-password"
+    assert password.read_text() == "keystone-made-this-password\n"
+    assert password.stat().st_mode & 0o777 == 0o600
+    assert next(c[:2] for c in machine.calls if c[0] == "chown") == [
+        "chown",
+        "archive-local:archive-local",
+    ]
+    config_text = (machine.root / "etc/archive-local/config.yaml").read_text()
+    assert "keystone-made-this-password" not in config_text
+    assert machine.systemctl() == [["reload", "archive-local"]]
+    workload.validate(_config(machine))  # the appliance accepts what was written
+
+    machine.calls.clear()
+    out = ctx().run(ctx().on.relation_broken(keystone), out)
+    assert _config(machine)["seed"]["targets"] == [] and not password.exists()
+    assert machine.systemctl() == [["reload", "archive-local"]]
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+
+
+def test_a_glance_target_without_auth_needs_keystone(machine: Machine) -> None:
+    targets = "- {name: cloud, type: glance, feeds: [ubuntu]}"
+    options = {**DEFAULTS, "image-feeds": FEEDS, "seed-targets": targets}
+    out = ctx().run(ctx().on.install(), testing.State(config=options))
+    assert out.unit_status == testing.BlockedStatus(
+        "seed-targets: cloud take credentials from Keystone: "
+        "integrate with keystone (identity-service)"
+    )
+    assert _config(machine)["seed"]["targets"] == []  # apt and the feeds are served meanwhile
+    assert machine.active
+    keystone = testing.Relation(
+        "identity-service", remote_app_name="keystone", remote_units_data={0: KEYSTONE_DATA}
+    )
+    out = ctx().run(
+        ctx().on.relation_changed(keystone, remote_unit=0),
+        dataclasses.replace(out, relations={keystone}),
+    )
+    [target] = _config(machine)["seed"]["targets"]
+    assert target["name"] == "cloud" and target["auth"]["keystone"]["region_name"] == "RegionOne"
+    assert "service" not in out.get_relation(keystone.id).local_unit_data  # the leader registers
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+
+
+# -- peers: the admin token -------------------------------------------------------------
+def test_the_leader_shares_the_admin_token_and_followers_use_it(machine: Machine) -> None:
+    cluster = testing.PeerRelation("cluster", peers_data={1: {}})
+    out = ctx().run(
+        ctx().on.install(), testing.State(config=DEFAULTS, leader=True, relations={cluster})
+    )
+    token_file = machine.root / "var/lib/archive-local/admin-token"
+    token = token_file.read_text().strip()
+    assert len(token) >= 32 and token_file.stat().st_mode & 0o777 == 0o600
+    data = out.get_relation(cluster.id).local_app_data
+    [secret] = [s for s in out.secrets if s.id == data["admin-token"]]
+    assert secret.tracked_content == {"token": token} and secret.owner == "app"
+    assert out.get_relation(cluster.id).local_unit_data["url"] == "http://192.0.2.0:3142"
+    machine.calls.clear()
+    again = ctx().run(ctx().on.leader_elected(), out)  # the same leader: no second secret
+    assert len(again.secrets) == 1 and machine.systemctl() == []
+
+    # a follower (its own token, written before the leader's arrived) takes the leader's
+    token_file.write_text("a-token-this-unit-made-itself\n")
+    peers = testing.PeerRelation(
+        "cluster", local_app_data={"admin-token": secret.id}, peers_data={1: {}}
+    )
+    follower = testing.State(config=DEFAULTS, leader=False, relations={peers}, secrets={secret})
+    machine.calls.clear()
+    out = ctx().run(
+        ctx().on.relation_changed(peers, remote_unit=1), follower
+    )  # the leader's app data
+    assert token_file.read_text().strip() == token
+    assert machine.systemctl() == [["reload", "archive-local"]]  # the service re-reads it
+    assert len(out.secrets) == 1  # a follower makes none
+
+
+def test_a_new_leader_keeps_the_shared_token(machine: Machine) -> None:
+    secret = testing.Secret(
+        tracked_content={"token": "the-token-all-units-share-1234"}, owner="app"
+    )
+    cluster = testing.PeerRelation(
+        "cluster", local_app_data={"admin-token": secret.id}, peers_data={1: {}}
+    )
+    state = testing.State(config=DEFAULTS, leader=True, relations={cluster}, secrets={secret})
+    out = ctx().run(ctx().on.leader_elected(), state)
+    assert [s.id for s in out.secrets] == [secret.id]  # no new secret
+    token_file = machine.root / "var/lib/archive-local/admin-token"
+    assert token_file.read_text().strip() == "the-token-all-units-share-1234"
+    departed = ctx().run(
+        ctx().on.relation_departed(out.get_relation(cluster.id), remote_unit=1), out
+    )
+    assert departed.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+
+
+# -- the other relations come and go -------------------------------------------------------
+@pytest.mark.parametrize("name", ["apt-proxy", "website", "cos-agent"])
+def test_provided_relations_change_and_break_cleanly(machine: Machine, name: str) -> None:
+    relation = testing.Relation(name, remote_app_name="other")
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS, relations={relation}))
+    relation = state.get_relation(relation.id)
+    out = ctx().run(ctx().on.relation_changed(relation, remote_unit=0), state)
+    assert out.get_relation(relation.id).local_unit_data  # published
+    machine.calls.clear()
+    out = ctx().run(
+        ctx().on.config_changed(), dataclasses.replace(out, config={**DEFAULTS, "port": 3150})
+    )
+    data = out.get_relation(relation.id).local_unit_data
+    assert "3150" in json.dumps(data)  # the new port reaches the related application
+    out = ctx().run(ctx().on.relation_broken(out.get_relation(relation.id)), out)
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+    assert ["restart", "archive-local"] in machine.systemctl()  # the port change, once

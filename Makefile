@@ -15,7 +15,12 @@ MOTO_VERSION := 5.2.5
 BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
+# the Juju charm, packed without charmcraft (charm/pack.py): reproducible, wheels for the
+# unit's Python (Ubuntu 24.04: 3.12) bundled so that a unit installs offline
+CHARM_FILE   ?= build/archive-local_amd64.charm
+CHARM_PYTHON ?= 3.12
+
+.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -129,5 +134,8 @@ bench-seed: venv debs-test debs-bench components
 bench-observability: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/observability_bench.sh
 
+charm: venv
+	$(BIN)/python charm/pack.py --python $(CHARM_PYTHON) $(CHARM_FILE)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

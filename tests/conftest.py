@@ -26,6 +26,7 @@ import yaml
 
 from tests.aptrepo import AptRepo, build_repo
 from tests.feed import Feed, build_feed, qcow2_image
+from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -374,3 +375,18 @@ def http_get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except HTTPError as exc:
         return exc.code, exc.read()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[SystemdNamespace]:
+    """A real systemd as PID 1 of private namespaces, stopped at the end (root only)."""
+    if os.geteuid() != 0:
+        unavailable("systemd in namespaces needs root")
+    for cmd, pkg in (("unshare", "util-linux"), ("nsenter", "util-linux"), ("curl", "curl")):
+        require(cmd, pkg)
+    if not Path("/lib/systemd/systemd").exists():
+        unavailable("systemd not installed: apt-get install systemd")
+    ns = SystemdNamespace(tmp_path / "ns")
+    ns.start()
+    yield ns
+    ns.stop()

@@ -20,7 +20,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.conftest import StartAppliance, require, unavailable
+from tests.conftest import StartAppliance, require
 from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
 
@@ -177,20 +177,6 @@ def test_make_install_writes_a_unit_systemd_analyze_accepts(tmp_path: Path) -> N
         cwd=tmp_path,
     )
     assert str(prefix) in version.stdout
-
-
-@pytest.fixture
-def systemd(tmp_path: Path):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:
-        unavailable("systemd in namespaces needs root")
-    for cmd, pkg in (("unshare", "util-linux"), ("nsenter", "util-linux"), ("curl", "curl")):
-        require(cmd, pkg)
-    if not Path("/lib/systemd/systemd").exists():
-        unavailable("systemd not installed: apt-get install systemd")
-    ns = SystemdNamespace(tmp_path / "ns")
-    ns.start()
-    yield ns
-    ns.stop()
 
 
 def _curl(ns: SystemdNamespace, url: str, out: str) -> subprocess.Popen[str]:

@@ -51,7 +51,12 @@ Run = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
 
 def run_command(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=3600, check=False)
+    """A command on the unit, without the charm's own PYTHONPATH (dispatch puts the charm's
+    venv there: pip would count its packages as installed, the service would import them)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=3600, check=False, env=env
+    )
 
 
 class InvalidConfig(ValueError):

@@ -29,6 +29,7 @@ def bundled(charm_dir: Path) -> tuple[Path, str]:
 
 
 TOKEN_KEY = "admin-token"  # the peer relation's app data: the secret holding the admin token
+ENDPOINT_KEYS = ("service", "region", "public_url", "internal_url", "admin_url")
 RELATIONS = ("apt-proxy", "website", "cos-agent", "identity-service", "cluster")
 
 
@@ -71,7 +72,9 @@ class ArchiveLocalCharm(ops.CharmBase):
             self._statuses.append(ops.BlockedStatus(f"install failed: {exc}"))
             return
         options = dict(self.config)
-        keystone = self._keystone(options)
+        if not self.unit.is_leader():  # one unit seeds: two never upload one image at once
+            options["seed-targets"] = ""
+        keystone = self._keystone(options) if self.unit.is_leader() else None
         try:
             token_changed = self._share_token()
             done = self.workload.apply(options, keystone, upgraded, token_changed)
@@ -114,7 +117,11 @@ class ArchiveLocalCharm(ops.CharmBase):
         `image-stream`, as glance-simplestreams-sync does) at this unit's image-ids feed,
         so Juju finds the seeded images without `image-metadata-url`."""
         relation = self.model.get_relation("identity-service")
-        if relation is None or not self.unit.is_leader():
+        if relation is None:
+            return
+        if not self.unit.is_leader():  # a former leader withdraws its endpoint
+            for key in ENDPOINT_KEYS:
+                relation.data[self.unit].pop(key, None)
             return
         url = self._url(relation)
         if url is None:

@@ -50,6 +50,7 @@ class Machine:
         self.cli: dict[str, subprocess.CompletedProcess[str]] = {}
         self.pip_fails = False
         self.version = "0.1.0"  # the wheel bundled in the charm
+        self.down = False  # the service does not answer HTTP
 
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = list(argv)
@@ -88,6 +89,8 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
 
     class Wired(workload.Workload):
         def get(self, port: int, path: str, body: Any = None) -> tuple[int, Any]:
+            if m.down:
+                return 0, None
             if path == "/healthz":
                 return m.health
             if path == "/api/status":
@@ -451,7 +454,7 @@ def test_glance_seeding_takes_keystones_credentials_and_registers_product_stream
 def test_a_glance_target_without_auth_needs_keystone(machine: Machine) -> None:
     targets = "- {name: cloud, type: glance, feeds: [ubuntu]}"
     options = {**DEFAULTS, "image-feeds": FEEDS, "seed-targets": targets}
-    out = ctx().run(ctx().on.install(), testing.State(config=options))
+    out = ctx().run(ctx().on.install(), testing.State(config=options, leader=True))
     assert out.unit_status == testing.BlockedStatus(
         "seed-targets: cloud take credentials from Keystone: "
         "integrate with keystone (identity-service)"
@@ -467,8 +470,16 @@ def test_a_glance_target_without_auth_needs_keystone(machine: Machine) -> None:
     )
     [target] = _config(machine)["seed"]["targets"]
     assert target["name"] == "cloud" and target["auth"]["keystone"]["region_name"] == "RegionOne"
-    assert "service" not in out.get_relation(keystone.id).local_unit_data  # the leader registers
     assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+
+    # another unit: it serves and syncs, but seeds nothing and registers nothing
+    machine.calls.clear()
+    other = ctx().run(ctx().on.config_changed(), dataclasses.replace(out, leader=False))
+    assert _config(machine)["seed"]["targets"] == []
+    assert "service" not in other.get_relation(keystone.id).local_unit_data
+    assert not (machine.root / "etc/archive-local/keystone-password").exists()
+    assert other.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+    assert machine.systemctl() == [["reload", "archive-local"]]
 
 
 # -- peers: the admin token -------------------------------------------------------------
@@ -538,3 +549,24 @@ def test_provided_relations_change_and_break_cleanly(machine: Machine, name: str
     out = ctx().run(ctx().on.relation_broken(out.get_relation(relation.id)), out)
     assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
     assert ["restart", "archive-local"] in machine.systemctl()  # the port change, once
+
+
+def test_actions_succeed_and_fail_as_the_service_does(machine: Machine) -> None:
+    """The cases the other action tests leave: seed succeeding, verify finding bad files,
+    cache-stats and purge when the service does not answer."""
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
+    machine.cli["seed"] = _done([{"target": "cloud", "ok": True}, {"target": "aws", "ok": True}])
+    c = ctx()
+    c.run(c.on.action("seed"), state)
+    assert json.loads(c.action_results["targets"]) == {"cloud": {"ok": True}, "aws": {"ok": True}}
+    machine.cli["verify"] = _done({"checked": 4, "ok": 3, "bad": 1}, 1, "1 file is wrong")
+    c = ctx()
+    with pytest.raises(testing.ActionFailed, match="1 file is wrong"):
+        c.run(c.on.action("verify"), state)
+    assert json.loads(c.action_results["result"])["bad"] == 1  # the report is kept
+
+    machine.down = True  # nothing answers on the port
+    with pytest.raises(testing.ActionFailed, match="did not answer"):
+        ctx().run(ctx().on.action("cache-stats"), state)
+    with pytest.raises(testing.ActionFailed, match="purge: 0"):
+        ctx().run(ctx().on.action("purge", params={"path": "/ubuntu/x"}), state)

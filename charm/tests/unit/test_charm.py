@@ -195,10 +195,17 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
         "auth: {endpoint: 'http://glance:9292', token_file: /etc/archive-local/token}}",
         "mdns": False,
         "admin-allow": "10.0.0.0/8",
+        "region": "RegionTwo",
     }
+    keystone = workload.Keystone.from_relation(KEYSTONE_DATA)
     for options in (DEFAULTS, everything):
-        parsed = workload.validate(workload.render(options))  # the appliance's own parser
-        assert parsed.listen.port == options["port"]
+        for ks in (None, keystone):
+            parsed = workload.validate(workload.render(options, ks))  # the appliance's parser
+            assert parsed.listen.port == options["port"]
+    with_keystone = workload.validate(workload.render({**everything, "seed-targets": ""}, keystone))
+    [target] = with_keystone.seed.targets
+    assert target.name == "openstack" and target.region == "RegionTwo"
+    assert target.keystone["auth_url"] == "https://10.5.0.10:5000/v3" and target.password
     parsed = workload.validate(workload.render(everything))
     assert parsed.apt.remaps["ubuntu"][1] == "http://mirror.example/ubuntu"
     assert parsed.images.feeds[0].name == "ubuntu" and parsed.seed.targets[0].type == "glance"

@@ -43,7 +43,8 @@ define apt_install
 endef
 
 components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed \
-            $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy
+            $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy \
+            $(COMPONENTS)/cloud-init-trixie/.installed
 $(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
 	$(PYTHON) -m venv $(COMPONENTS)/glance
 	$(COMPONENTS)/glance/bin/pip install -q --disable-pip-version-check \
@@ -53,6 +54,15 @@ $(COMPONENTS)/moto/.installed:
 	$(PYTHON) -m venv $(COMPONENTS)/moto
 	$(COMPONENTS)/moto/bin/pip install -q --disable-pip-version-check \
 	    "moto[s3,ec2]==$(MOTO_VERSION)" flask flask-cors
+	@touch $@
+
+# a modern cloud-init (Debian 13's 25.1, architecture all) beside the system's 22.4, unpacked,
+# not installed: the discovery tests import it in place of 22.4 (the machine's apt sources,
+# lists and cache are not touched: tests/components/fetch-debian-package.sh)
+$(COMPONENTS)/cloud-init-trixie/.installed:
+	rm -rf $(COMPONENTS)/debs-trixie $(COMPONENTS)/cloud-init-trixie
+	sh tests/components/fetch-debian-package.sh trixie cloud-init $(COMPONENTS)/debs-trixie
+	dpkg-deb -x $(COMPONENTS)/debs-trixie/cloud-init_*.deb $(COMPONENTS)/cloud-init-trixie
 	@touch $@
 
 # Debian's auto-apt-proxy, unpacked, not installed: installed it would hook the machine's apt

@@ -15,7 +15,11 @@ was found (feed URLs, key fingerprint) to /run/archive-local/client.json. Not fo
 is written (a file of ours from an earlier boot is removed), one line is logged, and the
 boot goes on. The module never raises.
 
-Configuration (all optional):
+Configuration (all optional; none: discovery). Give it where cloud-init does not check it
+against its schema: a file in /etc/cloud/cloud.cfg.d/ baked into the image, or vendor-data.
+In user-data (cloud-init 23.4 and later) an `archive_local:` key degrades the boot. An
+explicit `apt: proxy` (or http_proxy, ...) in the cloud-config is kept: then no proxy file
+is written.
 
     archive_local:
       enabled: true
@@ -290,17 +294,41 @@ def _write(path: str, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def run(cfg: dict) -> str:
-    """Discover and configure; returns the one line that is logged."""
+APT_PROXY_KEYS = ("proxy", "http_proxy", "https_proxy", "ftp_proxy")
+LEGACY_PROXY_KEYS = ("apt_proxy", "apt_http_proxy", "apt_https_proxy", "apt_ftp_proxy")
+
+
+def explicit_proxy(cloud_cfg: dict) -> str | None:
+    """The cloud-config key that already chooses apt's proxy (cloud-init's `apt: proxy`
+    and its legacy spellings), if any: an explicit choice is never overwritten."""
+    apt = cloud_cfg.get("apt")
+    if isinstance(apt, dict):
+        for key in APT_PROXY_KEYS:
+            if apt.get(key):
+                return f"apt: {key}"
+    for key in LEGACY_PROXY_KEYS:
+        if cloud_cfg.get(key):
+            return key
+    return None
+
+
+def _drop_stale() -> bool:
+    if os.path.exists(APT_FILE):
+        os.unlink(APT_FILE)
+        return True
+    return False
+
+
+def run(cfg: dict, explicit: str | None = None) -> str:
+    """Discover and configure; returns the one line that is logged. `explicit`: the
+    cloud-config key that already sets apt's proxy (then ours is not written)."""
     started = time.monotonic()
     if cfg.get("enabled", True) is False:
         return "archive_local: disabled"
     found = discover(cfg)
     took = time.monotonic() - started
     if found is None:
-        stale = os.path.exists(APT_FILE)
-        if stale:
-            os.unlink(APT_FILE)
+        stale = _drop_stale()
         tried = "url" if cfg.get("url") else "resolver, mDNS, SRV"
         return f"archive_local: no appliance found ({tried}) in {took:.2f} s; nothing written" + (
             "; removed the proxy setting of an earlier boot" if stale else ""
@@ -308,6 +336,9 @@ def run(cfg: dict) -> str:
     method, base, doc = found
     proxy = f"{base}/"
     services = cfg.get("services", ["apt"])
+    if "apt" in services and explicit:
+        _drop_stale()
+        services = [s for s in services if s != "apt"]
     if "apt" in services:
         _write(
             APT_FILE,
@@ -322,6 +353,8 @@ def run(cfg: dict) -> str:
     }
     _write(RECORD_FILE, json.dumps(record, indent=1) + "\n")
     apt = "set" if "apt" in services else "not set"
+    if explicit:
+        apt = f"left as configured ({explicit})"
     return f"archive_local: found {base} by {method} in {took:.2f} s; apt proxy {apt}"
 
 
@@ -333,6 +366,6 @@ def handle(*args, **kwargs) -> None:
         LOG.warning("archive_local: the archive_local key must be a mapping; skipped")
         return
     try:
-        LOG.info(run(mine))
+        LOG.info(run(mine, explicit_proxy(cfg or {})))
     except Exception as exc:  # never fail the boot
         LOG.warning("archive_local: discovery failed (%s); nothing written", exc)

@@ -4,8 +4,14 @@ with addresses that exist only on that pair (never the machine's own network).""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,11 +90,91 @@ class Link:
     def run_a(self, *cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
         return _in(self.a, cmd, **kw)
 
+    resolv: str = ""  # a file that is b's /etc/resolv.conf (see `run_b`)
+
     def run_b(self, *cmd: str, **kw: object) -> subprocess.CompletedProcess[str]:
-        return _in(self.b, cmd, **kw)
+        """`cmd` in b, its /etc/resolv.conf replaced by the test's own (a bind mount in a
+        private mount namespace: the machine's /etc is never written)."""
+        return _in(self.b, (*_with_resolv(self.resolv), *cmd), **kw)
+
+    @contextlib.contextmanager
+    def sniff(self) -> Iterator[list[dict]]:
+        """Every IP packet b sends towards a, recorded on a's side of the link: what a
+        process in b tried to reach. Filled in when the block ends."""
+        seen: list[dict] = []
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.a, sys.executable, "-c", SNIFFER, self.a_if],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sniffer did not start")
+        try:
+            yield seen
+        finally:
+            time.sleep(0.2)  # the last packets in flight
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+            seen.extend(json.loads(line) for line in out.splitlines() if line)
+
+    def leaving(self, seen: list[dict]) -> list[dict]:
+        """The packets of `seen` addressed beyond the link: neither a, b nor link-local
+        (multicast such as mDNS, neighbour discovery)."""
+        local = {
+            self.a_addr,
+            self.b_addr,
+            "255.255.255.255",
+            self.a_addr.rsplit(".", 1)[0] + ".255",
+        }
+        out = []
+        for p in seen:
+            dst = ipaddress.ip_address(p["dst"])
+            link_local = dst.is_link_local or (
+                dst.is_multicast
+                and (dst in ipaddress.ip_network("224.0.0.0/24") or str(dst).startswith("ff02:"))
+            )
+            if p["dst"] not in local and not link_local:
+                out.append(p)
+        return out
 
     def popen_a(self, *cmd: str, **kw: object) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.a, *cmd], **kw)  # type: ignore[call-overload]
+
+
+# in namespace a: print "ready", then a JSON line per IPv4/IPv6 packet arriving on the
+# interface (source, destination, protocol, destination port)
+SNIFFER = r"""
+import json, socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((sys.argv[1], 0))
+print("ready", flush=True)
+while True:
+    frame, addr = s.recvfrom(65535)
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    kind = struct.unpack("!H", frame[12:14])[0]
+    if kind == 0x0800:
+        ihl = (frame[14] & 15) * 4
+        proto, src, dst = frame[23], frame[26:30], frame[30:34]
+        ports = frame[14 + ihl : 18 + ihl]
+        family = socket.AF_INET
+    elif kind == 0x86DD:
+        proto, src, dst, ports = frame[20], frame[22:38], frame[38:54], frame[54:58]
+        family = socket.AF_INET6
+    else:
+        continue
+    port = struct.unpack("!H", ports[2:4])[0] if proto in (6, 17) and len(ports) == 4 else None
+    print(json.dumps({"src": socket.inet_ntop(family, src), "dst": socket.inet_ntop(family, dst),
+                      "proto": proto, "port": port}), flush=True)
+"""
+
+
+def _with_resolv(resolv: str) -> tuple[str, ...]:
+    if not resolv:
+        return ()
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c", script, resolv)
 
 
 def _in(
@@ -105,9 +191,11 @@ def _in(
 
 @contextlib.contextmanager
 def linked_namespaces(tag: str, subnet: int, resolv_b: str = "") -> Iterator[Link]:
-    """Namespaces `al-<tag>-a-<pid>` / `-b-`, multicast on, b's default route via a.
+    """Namespaces `al-<tag>-a-<pid>` / `-b-`, multicast on, b's default route via a (and
+    nothing beyond a: a has no route out).
 
-    `resolv_b` becomes b's /etc/resolv.conf (ip netns exec mounts /etc/netns/<ns>/ files).
+    `resolv_b` is b's /etc/resolv.conf for `run_b` (empty: no name server at all), kept in
+    a temporary folder.
     """
     _need_namespaces()
     pid = os.getpid() % 100000
@@ -119,7 +207,10 @@ def linked_namespaces(tag: str, subnet: int, resolv_b: str = "") -> Iterator[Lin
         f"ala{subnet}{pid}"[:15],
         f"alb{subnet}{pid}"[:15],
     )
-    etc_b = f"/etc/netns/{link.b}"
+    folder = tempfile.mkdtemp(prefix="al-netns-")
+    link.resolv = os.path.join(folder, "resolv.conf")
+    with open(link.resolv, "w") as f:
+        f.write(resolv_b)
     try:
         for ns in (link.a, link.b):
             _ip("netns", "add", ns)
@@ -143,13 +234,8 @@ def linked_namespaces(tag: str, subnet: int, resolv_b: str = "") -> Iterator[Lin
             _ip("-n", ns, "link", "set", "dev", dev, "multicast", "on", "up")
         _ip("-n", link.b, "route", "add", "default", "via", link.a_addr)
         _ip("-n", link.a, "route", "add", "224.0.0.0/4", "dev", link.a_if)
-        os.makedirs(etc_b, exist_ok=True)
-        with open(f"{etc_b}/resolv.conf", "w") as f:
-            f.write(resolv_b)
         yield link
     finally:
         for ns in (link.a, link.b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        with contextlib.suppress(OSError):
-            os.unlink(f"{etc_b}/resolv.conf")
-            os.rmdir(etc_b)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -32,12 +32,27 @@ PORT = 3142  # what auto-apt-proxy probes; free inside the appliance's own names
 DOMAIN = "archive-test.internal"
 
 
-def need_cloud_init() -> None:
+# the cloud-inits the module runs under: Debian 12's own (installed) and Debian 13's 25.1,
+# unpacked by `make components` and imported in its place
+MODERN = ROOT / ".components/cloud-init-trixie/usr/lib/python3/dist-packages"
+CLOUD_INITS = {"22.4": None, "25.1": MODERN}
+
+
+def need_cloud_init(version: str = "22.4") -> None:
     if subprocess.run(
         ["/usr/bin/python3", "-c", "import cloudinit"], capture_output=True
     ).returncode:
         msg = "cloud-init missing: apt-get install cloud-init (make test does)"
         unavailable(msg)
+    if CLOUD_INITS[version] is not None and not (MODERN / "cloudinit").is_dir():
+        unavailable(f"cloud-init {version} missing: `make components` unpacks it into {MODERN}")
+
+
+@pytest.fixture(params=list(CLOUD_INITS))
+def cloud_init(request: pytest.FixtureRequest) -> str:
+    """The cloud-init version a test boots with (each test that takes it runs under both)."""
+    need_cloud_init(request.param)
+    return request.param
 
 
 class Site:
@@ -145,17 +160,34 @@ def site_factory(tmp_path: Path) -> Iterator:
         s.close()
 
 
-def boot(link: Link, tmp: Path, user_data: dict, apt_file: str | None = None) -> dict:
-    """cloud-init's archive_local and apt_configure modules, run in namespace b."""
-    need_cloud_init()
+def boot(
+    link: Link,
+    tmp: Path,
+    user_data: dict,
+    apt_file: str | None = None,
+    cloud_init: str = "22.4",
+    vendor_data: dict | None = None,
+    system_cfg: dict | None = None,
+) -> dict:
+    """cloud-init's own init, config and final stages in namespace b (archive_local and
+    apt_configure the config modules), then its own `cloud-init status`."""
+    need_cloud_init(cloud_init)
     work = tmp / f"ci-{time.monotonic_ns()}"
     work.mkdir()
     ud = work / "user-data"
     ud.write_text("#cloud-config\n" + yaml.safe_dump(user_data))
-    extra = []
+    extra = ["--resolv", Path(link.resolv).read_text()]
     if apt_file is not None:
         (work / "90archive-local-proxy").write_text(apt_file)
-        extra = ["--apt-file", str(work / "90archive-local-proxy")]
+        extra += ["--apt-file", str(work / "90archive-local-proxy")]
+    if vendor_data is not None:
+        (work / "vendor-data").write_text("#cloud-config\n" + yaml.safe_dump(vendor_data))
+        extra += ["--vendor-data", str(work / "vendor-data")]
+    if system_cfg is not None:
+        (work / "system.cfg").write_text(yaml.safe_dump(system_cfg))
+        extra += ["--system-cfg", str(work / "system.cfg")]
+    if CLOUD_INITS[cloud_init] is not None:
+        extra += ["--cloudinit", str(CLOUD_INITS[cloud_init])]
     r = link.run_b(
         "/usr/bin/python3",
         str(HARNESS),
@@ -170,7 +202,20 @@ def boot(link: Link, tmp: Path, user_data: dict, apt_file: str | None = None) ->
         *extra,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
+    report = json.loads(r.stdout)
+    assert report["version"].startswith(cloud_init), report["version"]
+    return report
+
+
+def clean(report: dict) -> bool:
+    """What `cloud-init status` says is a clean boot: done, exit 0, nothing recoverable."""
+    status = report["cloud_init_status"]
+    return (
+        status["exit_code"] == 0
+        and status["status"] == "done"
+        and not status.get("errors")
+        and not status.get("recoverable_errors")
+    )
 
 
 PROXY_FILE = "/etc/apt/apt.conf.d/90archive-local-proxy"
@@ -193,14 +238,19 @@ def test_well_known_and_406(site_factory, tmp_path: Path) -> None:
 
 
 def test_mdns_discovery_by_cloud_init_then_apt_update(
-    site_factory, apt_repo: AptRepo, tmp_path: Path
+    site_factory, apt_repo: AptRepo, tmp_path: Path, cloud_init: str
 ) -> None:
     with linked_namespaces("md", 52) as link:
         site = site_factory(link, apt_repo)
         url = site.appliance(mdns=True)
         time.sleep(2)  # zeroconf probes and announces before it answers
-        report = boot(link, tmp_path, {"archive_local": {"timeout": 2}})
-        assert report["failed"] == {}, report
+        with link.sniff() as seen:
+            report = boot(link, tmp_path, {}, cloud_init=cloud_init)  # no key: discovery
+        assert report["failed"] == {} and clean(report), report
+        assert link.leaving(seen) == [], seen  # the lookups stayed on the test's link
+        assert {"dst": "224.0.0.251", "port": 5353} in [
+            {k: p[k] for k in ("dst", "port")} for p in seen
+        ]  # the mDNS query went out, and was seen
         assert report["etc_apt"].get(PROXY_FILE, "").endswith(f'Acquire::http::Proxy "{url}/";\n')
         record = json.loads(report["run_archive_local"][RECORD])
         assert record["found_by"] == "mdns" and record["apt_proxy"] == f"{url}/"
@@ -246,10 +296,7 @@ def test_mdns_discovery_by_cloud_init_then_apt_update(
         out, _ = listener.communicate(timeout=15)
         assert "goodbye archive.local" in out, out
         gone = boot(
-            link,
-            tmp_path,
-            {"archive_local": {"timeout": 2}},
-            apt_file=report["etc_apt"][PROXY_FILE],
+            link, tmp_path, {}, apt_file=report["etc_apt"][PROXY_FILE], cloud_init=cloud_init
         )
         assert gone["run_archive_local"] == {} and PROXY_FILE in gone["removed"]
 
@@ -342,31 +389,84 @@ def test_rogue_answers_are_ignored(site_factory, tmp_path: Path) -> None:
             assert any("no appliance found" in line for line in report["log"]), report["log"]
 
 
-def test_no_appliance_costs_nothing(tmp_path: Path) -> None:
+def test_no_appliance_costs_nothing(tmp_path: Path, cloud_init: str) -> None:
     with linked_namespaces("none", 55) as link:
-        report = boot(link, tmp_path, {"archive_local": {"timeout": 2}})
+        with link.sniff() as seen:
+            report = boot(link, tmp_path, {}, cloud_init=cloud_init)
         assert (
             report["failed"] == {} and report["etc_apt"] == {} and report["run_archive_local"] == {}
         )
+        assert clean(report), report["cloud_init_status"]  # an absent appliance degrades nothing
+        assert link.leaving(seen) == [], seen
         assert report["seconds"]["archive_local"] < 1.0, report  # the 2 s bound is not used up
-        [line] = [x for x in report["log"] if "archive_local:" in x]
-        assert "no appliance found (resolver, mDNS, SRV)" in line
-        explicit = boot(link, tmp_path, {"archive_local": {"url": "http://10.231.55.1:3142"}})
+        [line] = [x for x in report["log"] if not x.startswith("DEBUG")]  # one line, INFO
+        assert line.startswith("INFO archive_local: no appliance found (resolver, mDNS, SRV)")
+        system = {"archive_local": {"url": "http://10.231.55.1:3142"}}
+        explicit = boot(link, tmp_path, {}, cloud_init=cloud_init, system_cfg=system)
         assert explicit["etc_apt"] == {} and explicit["seconds"]["archive_local"] < 2.5
-        off = boot(link, tmp_path, {"archive_local": {"enabled": False}})
-        assert off["etc_apt"] == {} and any("disabled" in x for x in off["log"])
+        assert clean(explicit)
+        off = boot(
+            link,
+            tmp_path,
+            {},
+            cloud_init=cloud_init,
+            system_cfg={"archive_local": {"enabled": False}},
+        )
+        assert off["etc_apt"] == {} and any("disabled" in x for x in off["log"]), off["log"]
 
 
-def test_explicit_url_and_auto_apt_proxy(site_factory, tmp_path: Path) -> None:
+def test_explicit_url_and_auto_apt_proxy(site_factory, tmp_path: Path, cloud_init: str) -> None:
     if not AUTO_APT_PROXY.exists():
         msg = "auto-apt-proxy missing: make test unpacks Debian's package into .components"
         unavailable(msg)
     with linked_namespaces("aap", 56) as link:
         url = site_factory(link).appliance(mdns=False)
-        report = boot(link, tmp_path, {"archive_local": {"url": url + "/"}})
+        system = {"archive_local": {"url": url + "/"}}
+        report = boot(link, tmp_path, {}, cloud_init=cloud_init, system_cfg=system)
         assert json.loads(report["run_archive_local"][RECORD])["found_by"] == "url"
+        assert report["etc_apt"][PROXY_FILE].endswith(f'"{url}/";\n') and clean(report)
         # Debian's auto-apt-proxy in the client: no SRV record, so it probes the default
         # gateway on 3142 and recognises apt-cacher-ng's 406 answer
         env = {**os.environ, "TMPDIR": str(tmp_path)}
         r = link.run_b(str(AUTO_APT_PROXY), env=env)
         assert r.stdout.strip() == url, r.stdout + r.stderr
+
+
+def test_where_the_configuration_comes_from(site_factory, tmp_path: Path, cloud_init: str) -> None:
+    """The documented paths give a clean boot under every cloud-init: a file baked into the
+    image (cloud.cfg.d) or vendor-data; cloud-init's own `apt: proxy` wins over discovery;
+    an `archive_local:` key in user-data works, and from 23.4 on (25.1 here) it degrades the
+    boot: cloud-init's schema check records a warning and `cloud-init status` exits 2."""
+    with linked_namespaces("cfg", 57) as link:
+        url = site_factory(link).appliance(mdns=False)
+        settings = {"archive_local": {"url": url + "/", "timeout": 2}}
+
+        def found(report: dict) -> str:
+            return json.loads(report["run_archive_local"][RECORD])["found_by"]
+
+        with link.sniff() as seen:
+            baked = boot(link, tmp_path, {}, cloud_init=cloud_init, system_cfg=settings)
+            vendor = boot(link, tmp_path, {}, cloud_init=cloud_init, vendor_data=settings)
+            chosen = {"apt": {"proxy": "http://10.231.57.1:3128/"}}
+            theirs = boot(link, tmp_path, chosen, cloud_init=cloud_init, system_cfg=settings)
+            user = boot(link, tmp_path, settings, cloud_init=cloud_init)
+        assert link.leaving(seen) == [], seen
+        for report in (baked, vendor):
+            assert found(report) == "url" and PROXY_FILE in report["etc_apt"]
+            assert clean(report), report["cloud_init_status"]
+        if cloud_init != "22.4":  # 22.4 warns of any module name it does not know (harmless:
+            assert baked["warnings"] == vendor["warnings"] == []  # it records no warnings)
+        # an explicit proxy in the instance's own cloud-config is kept
+        assert found(theirs) == "url" and PROXY_FILE not in theirs["etc_apt"] and clean(theirs)
+        [aptproxy] = [t for p, t in theirs["etc_apt"].items() if "aptproxy" in p]
+        assert "http://10.231.57.1:3128/" in aptproxy
+        assert any("apt proxy left as configured (apt: proxy)" in x for x in theirs["log"])
+        # the user-data key: works everywhere, degrades the boot from 23.4 on
+        assert found(user) == "url"
+        status = user["cloud_init_status"]
+        if cloud_init == "22.4":
+            assert clean(user), status
+        else:
+            assert status["exit_code"] == 2 and status["extended_status"] == "degraded done"
+            [warning, *_] = status["recoverable_errors"]["WARNING"]
+            assert "cloud-config failed schema validation" in warning

@@ -5,9 +5,11 @@ BIN       := $(VENV)/bin
 # Debian packages the tests drive for real: apt-ftparchive, dpkg-deb, gpg, curl, qemu-img,
 # promtool + prometheus, headless chromium, ip (network namespaces), strace (the fuzzer
 # watches which files the service opens), util-linux (unshare, mount of a small tmpfs),
-# systemd (systemd-analyze verify; systemd as PID 1 of private namespaces runs the unit)
+# systemd (systemd-analyze verify; systemd as PID 1 of private namespaces runs the unit),
+# memcached (the tests' OpenStack Swift keeps its auth tokens there)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
-             prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd
+             prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd \
+             memcached
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -43,12 +45,20 @@ define apt_install
 endef
 
 components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed \
+            $(COMPONENTS)/swift/.installed \
             $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy \
             $(COMPONENTS)/cloud-init-trixie/.installed
 $(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
 	$(PYTHON) -m venv $(COMPONENTS)/glance
 	$(COMPONENTS)/glance/bin/pip install -q --disable-pip-version-check \
 	    -c tests/components/glance-constraints.txt glance==$(GLANCE_VERSION) gunicorn
+	@touch $@
+# OpenStack Swift with its S3 API: the object store the shared-store tests run against
+SWIFT_VERSION := 2.38.3
+$(COMPONENTS)/swift/.installed: tests/components/swift-constraints.txt
+	$(PYTHON) -m venv $(COMPONENTS)/swift
+	$(COMPONENTS)/swift/bin/pip install -q --disable-pip-version-check \
+	    -c tests/components/swift-constraints.txt swift==$(SWIFT_VERSION)
 	@touch $@
 $(COMPONENTS)/moto/.installed:
 	$(PYTHON) -m venv $(COMPONENTS)/moto

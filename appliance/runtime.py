@@ -219,11 +219,13 @@ class Appliance:
             self._store_check = (time.monotonic(), problem)
         problems = [problem] if problem else []
         state = "draining" if self.draining else "unhealthy" if problems else "serving"
-        doc = {
+        doc: dict[str, Any] = {
             "status": state,
             "problems": problems,
             "downloads": len(self.engine.in_flight()),
         }
+        if (shared := self.store.shared_status()) is not None:  # degraded, still serving
+            doc["shared_store"] = "up" if shared["up"] else f"unavailable: {shared['problem']}"
         return (200 if state == "serving" else 503), doc
 
     # -- the well-known document -----------------------------------------------------

@@ -390,3 +390,53 @@ def systemd(tmp_path: Path) -> Iterator[SystemdNamespace]:
     ns.start()
     yield ns
     ns.stop()
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OpenStack Swift with its S3 API on 127.0.0.1 (tests/components/swift_aio.py),
+    one for the session; tests keep apart by bucket or prefix."""
+    from tests.components import swift_aio
+
+    if not swift_aio.installed():
+        unavailable("swift missing: `make test` builds .components/swift and installs memcached")
+    server = swift_aio.start(tmp_path_factory.mktemp("swift"), free_port_block(5))
+    yield server
+    server.stop()
+
+
+def free_port_block(n: int) -> int:
+    """A port P with P..P+n-1 all free on 127.0.0.1 (Swift's five servers)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no block of free ports")
+
+
+def object_store(swift: Any, local: Path, bucket: str = "cache", prefix: str = "") -> Any:
+    """An `ObjectStore` on `swift` with `local` as its disk, as open_store would build it."""
+    from appliance.cache.objectstore import Bucket, Credentials, ObjectStore, s3_client
+    from appliance.cache.store import FilesystemStore
+    from tests.components import swift_aio
+
+    creds = Credentials(swift_aio.ACCESS_KEY, swift_aio.SECRET_KEY)
+    store = ObjectStore(
+        FilesystemStore(local),
+        Bucket(s3_client(swift.endpoint, swift_aio.REGION, creds), bucket, prefix),
+    )
+    store.connect()
+    assert store.remote_problem() is None, store.remote_problem()
+    return store

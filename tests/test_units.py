@@ -197,3 +197,41 @@ def test_lru_evicts_oldest_unpinned() -> None:
     lru.unpin("b")
     lru.add("e", 5)
     assert lru.victims() == ["b", "d"]
+
+
+def _with_store(store: object) -> dict:
+    data = config.default_data()
+    data["cache"] = {**data["cache"], "store": store}
+    return data
+
+
+def test_cache_store_is_parsed_checked_and_printed_back() -> None:
+    store = {
+        "type": "s3",
+        "endpoint": "http://127.0.0.1:8080",
+        "bucket": "archive-fleet",
+        "credentials_file": "/etc/archive-local/store-credentials",
+        "prefix": "units",
+    }
+    parsed = config.parse(_with_store(store), "test")
+    s = parsed.cache.store
+    assert s is not None and (s.bucket, s.prefix, s.region) == (
+        "archive-fleet",
+        "units/",
+        "us-east-1",
+    )
+    again = config.parse(config.to_data(parsed), "printed")  # `archive-local config` reads back
+    assert again.cache.store == s
+    assert config.parse(config.default_data(), "d").cache.store is None  # the default: disk only
+    for bad, message in (
+        ({**store, "bucket": "A"}, "cache.store.bucket: a bucket name"),
+        ({k: v for k, v in store.items() if k != "endpoint"}, "cache.store.endpoint: required"),
+        ({**store, "endpoint": "ftp://x/"}, "cache.store.endpoint"),
+        ({**store, "type": "swift"}, "cache.store.type"),
+        ({**store, "prefix": "/abs"}, "cache.store.prefix"),
+        ({**store, "secret_key": "x"}, "cache.store"),
+    ):
+        with pytest.raises(config.ConfigError, match=re.escape(message)):
+            config.parse(_with_store(bad), "test")
+    plain = config.parse(config.default_data(), "d")
+    assert config.restart_needed(plain, parsed) == ["cache.store"]  # a reload cannot switch it

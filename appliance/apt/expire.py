@@ -27,14 +27,14 @@ async def expire(
 
     def plan() -> tuple[ExpiryReport, list[Any]]:
         if not dry_run:
-            catalog.forget_missing(lambda key: store.lookup(key) is not None)
+            catalog.forget_missing(lambda key: store.held(key) is not None)
         return catalog.expire_plan(store.entries(), time.time(), grace, dry_run)
 
     report, victims = await asyncio.to_thread(plan)
     if not dry_run:
         for entry in victims:
             if not engine.downloading_key(entry.key):
-                await engine.remove(entry.key)
+                await engine.evict(entry.key)  # unused here; a shared store keeps its copy
     report.seconds = round(time.monotonic() - started, 2)
     verb = "would remove" if dry_run else "removed"
     log.info(

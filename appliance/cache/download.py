@@ -83,10 +83,12 @@ class Download:
         *,
         resumable: bool = False,
         keep: bool = False,
+        shared: bool = False,
         limits: TransferLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.key = key
+        self.shared = shared
         self.url = str(response.url)
         offset = temp.size  # a resumed download starts with the bytes it already has
         if response.content_length is not None:
@@ -206,6 +208,7 @@ class Download:
                 sha256=sha256,
                 digests=found or None,
                 keep=self.keep,
+                shared=self.shared,
             )
             try:
                 self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)

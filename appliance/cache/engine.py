@@ -116,6 +116,7 @@ class Figures:
     rejected: int  # downloads refused for a wrong size or digest
     not_stored: dict[str, int]  # pass-through answers by reason
     downloads: list[dict[str, object]]
+    shared_store: dict[str, object] | None = None  # a store shared by several units
 
 
 class FetchError(Exception):
@@ -222,6 +223,7 @@ class CacheEngine:
             rejected=self.integrity_failures,
             not_stored=dict(self.passed),
             downloads=self.in_flight(),
+            shared_store=self.store.shared_status(),
         )
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
@@ -280,7 +282,8 @@ class CacheEngine:
                     return Hit(entry, "HIT", body=body)
                 if self.flights.phase(key) is not None:
                     continue  # someone started while we looked at the disk: join them
-                work = self._refresh(key, urls, entry, expect, resumable, keep)
+                shared = freshness is Freshness.IMMUTABLE  # same bytes for every unit
+                work = self._refresh(key, urls, entry, expect, resumable, keep, shared)
                 task = self.flights.ask(key, work)
             result = await asyncio.shield(task)
             if isinstance(result, PassThrough) and not result.claim():
@@ -313,7 +316,7 @@ class CacheEngine:
             if await self._io(_matches, self.store, result.entry, expect):
                 return result.entry
             log.warning("cache: %s does not match its expected digest; fetching again", key)
-            await self.remove(key)
+            await self.evict(key)
         raise FetchError(f"{key}: still does not match after a fresh download")
 
     def downloading_key(self, key: str) -> bool:
@@ -409,9 +412,18 @@ class CacheEngine:
         return self.store.commit(temp, meta)  # checks size and sha256, else discards
 
     async def remove(self, key: str) -> None:
+        """Gone: for every unit, when the store is shared (purge, a pruned image)."""
+        await self._drop(key, self.store.remove)
+
+    async def evict(self, key: str) -> None:
+        """This unit's copy only (a bad or expired local file; a shared store keeps its
+        own, checked again when copied back)."""
+        await self._drop(key, self.store.evict)
+
+    async def _drop(self, key: str, how: Callable[[str], None]) -> None:
         self.hot.drop(key)
         self.lru.discard(key)
-        await self._io(self.store.remove, key)
+        await self._io(how, key)
         self.hot.drop(key)
 
     async def purge(self, prefix: str) -> int:
@@ -483,6 +495,7 @@ class CacheEngine:
         expect: Expect,
         resumable: bool = False,
         keep: bool = False,
+        shared: bool = False,
     ) -> Result:
         headers: dict[str, str] = {}
         partial = None
@@ -527,7 +540,7 @@ class CacheEngine:
                 return UpstreamFailure(502, f"{resp.url}: 206 for the wrong range")
             log.info("resuming %s at byte %d", key, written)
             return await self._start_download(
-                key, resp, expect, resumable, resume=partial[0], keep=keep
+                key, resp, expect, resumable, resume=partial[0], keep=keep, shared=shared
             )
         if partial is not None:  # upstream sent the whole file: start again
             await self._io(self.store.discard, partial[0])
@@ -553,7 +566,7 @@ class CacheEngine:
             # the connection's end is the body's end: a cut looks complete; nothing to check
             log.info("upstream %s: no Content-Length, nothing to check it by: not cached", resp.url)
             return self._pass(resp, expect, "unverifiable")
-        return await self._start_download(key, resp, expect, resumable, keep=keep)
+        return await self._start_download(key, resp, expect, resumable, keep=keep, shared=shared)
 
     def _pass(self, resp: aiohttp.ClientResponse, expect: Expect, reason: str) -> PassThrough:
         self.passed[reason] += 1
@@ -597,6 +610,7 @@ class CacheEngine:
         resumable: bool = False,
         resume: TempFile | None = None,
         keep: bool = False,
+        shared: bool = False,
     ) -> Result:
         try:
             if resume is not None:
@@ -620,6 +634,7 @@ class CacheEngine:
             expect,
             resumable=resumable,
             keep=keep,
+            shared=shared,
             limits=self.fetcher.limits,
             clock=self.clock,
         )
@@ -655,7 +670,7 @@ class CacheEngine:
             self.evictions += 1
             self.hot.drop(key)
             try:
-                await self._io(self.store.remove, key)
+                await self._io(self.store.evict, key)
             except OSError as exc:
                 log.warning("cache: cannot evict %s: %s", key, exc)
             self.hot.drop(key)  # a lookup may have memoised it meanwhile

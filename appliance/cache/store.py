@@ -57,6 +57,9 @@ class Meta:
     sha256: str | None = None
     digests: dict[str, str] | None = None  # other digests checked at download (md5, sha512)
     keep: bool = False  # mirrored or published: never evicted, removed only explicitly
+    # immutable under its name (pool files, by-hash, images): the same bytes for every unit,
+    # so a store shared by several units holds it; volatile indexes stay with each unit
+    shared: bool = False
     # fields a newer (or older) version wrote that this one does not know: kept as they are
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -161,7 +164,8 @@ class Store(Protocol):
     nothing outside `cache/` sees where or how the bytes are kept. All methods block."""
 
     # reading
-    def lookup(self, key: str) -> Entry | None: ...
+    def lookup(self, key: str) -> Entry | None: ...  # from a shared store too, if any
+    def held(self, key: str) -> Entry | None: ...  # this disk's copy only, never fetched
     def open_read(self, entry: Entry) -> BinaryIO: ...
     def read_bytes(self, entry: Entry) -> bytes: ...
     def local_file(self, entry: Entry) -> AbstractContextManager[Path]: ...
@@ -173,7 +177,8 @@ class Store(Protocol):
     def commit(self, temp: TempFile, meta: Meta) -> Entry: ...
     def discard(self, temp: TempFile) -> None: ...
     def update_meta(self, entry: Entry) -> None: ...
-    def remove(self, key: str) -> None: ...
+    def remove(self, key: str) -> None: ...  # gone (for every unit sharing the store)
+    def evict(self, key: str) -> None: ...  # this disk's copy only (room for others)
     # broken downloads kept for a Range request
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None: ...
     def resume_partial(
@@ -182,7 +187,8 @@ class Store(Protocol):
     # housekeeping
     def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
     def free_bytes(self) -> int | None: ...
-    def problem(self) -> str | None: ...
+    def problem(self) -> str | None: ...  # this disk cannot take entries: unhealthy
+    def shared_status(self) -> dict[str, Any] | None: ...  # a shared store: up, counts
     def scratch(self, prefix: str = "work-") -> AbstractContextManager[Path]: ...
 
 
@@ -247,6 +253,10 @@ class FilesystemStore:
         if size != meta.size:  # torn by something outside us: not trustworthy
             return None
         return Entry(key, path, meta)
+
+    def held(self, key: str) -> Entry | None:
+        """This disk's entry (here: the same as `lookup`)."""
+        return self.lookup(key)
 
     def create_temp(self, key: str) -> TempFile:
         """A temp file beside the entry; `Unstorable` when the key cannot become a file."""
@@ -391,6 +401,10 @@ class FilesystemStore:
         self._meta_path(path).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
+    def evict(self, key: str) -> None:
+        """Make room: here the only copy, so the same as `remove`."""
+        self.remove(key)
+
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""
         check_key(prefix)
@@ -445,6 +459,10 @@ class FilesystemStore:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 return None
             return f"{self.root}: {exc.strerror or exc}"
+        return None
+
+    def shared_status(self) -> dict[str, Any] | None:
+        """No shared store behind this one."""
         return None
 
     def free_bytes(self) -> int | None:

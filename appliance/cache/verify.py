@@ -108,6 +108,6 @@ async def verify(
     if fix:
         for key in bad:
             if not engine.downloading_key(key):
-                await engine.remove(key)
+                await engine.evict(key)  # this disk's bad copy
                 report.removed += 1
     return report

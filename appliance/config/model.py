@@ -44,12 +44,25 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """A shared object store (S3 API) behind the local cache; None: the local disk alone."""
+
+    endpoint: str
+    bucket: str
+    credentials_file: Path  # AWS-style: [default] aws_access_key_id / aws_secret_access_key
+    region: str = "us-east-1"
+    prefix: str = ""  # object names start with this ("" or ending in "/")
+    type: str = "s3"
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     dir: Path
     max_size: int = field(metadata=SIZE)
     min_free: int = size(64 * 1024**2)  # keep this much of the file system free, else pass
     expire_after: float = duration(3 * 86400.0)  # unreferenced pool/by-hash files go after
     expire_interval: float = duration(86400.0)  # how often the service looks for them
+    store: StoreConfig | None = None  # shared by several units; `max_size` bounds the disk
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from appliance.config.model import (
     LimitsConfig,
     LoggingConfig,
     SeedConfig,
+    StoreConfig,
     TargetConfig,
     UpstreamConfig,
 )
@@ -136,8 +137,40 @@ def _size_or_zero(value: Any, key: str) -> int:
 # --- sections -----------------------------------------------------------------------
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _parse_store(value: Any) -> StoreConfig | None:
+    if value is None:
+        return None
+    key = "cache.store"
+    data = expect_mapping(value, key)
+    check_keys(data, ("type", "endpoint", "bucket", "region", "credentials_file", "prefix"), key)
+    choice(data, "type", key, "s3", ("s3",))
+    endpoint = url(data, "endpoint", key)
+    if endpoint is None:
+        raise ConfigError(f"{key}.endpoint: required (the S3 API's URL)")
+    bucket = data.get("bucket")
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"{key}.bucket: a bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
+    prefix = text(data, "prefix", key, "") if data.get("prefix") else ""
+    if prefix and (prefix.startswith("/") or ".." in prefix.split("/")):
+        raise ConfigError(f"{key}.prefix: a relative name such as units/, got {prefix!r}")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return StoreConfig(
+        endpoint=endpoint,
+        bucket=bucket,
+        credentials_file=path(data, "credentials_file", key, None, "a credentials file"),
+        region=text(data, "region", key, StoreConfig.region) or StoreConfig.region,
+        prefix=prefix or "",
+    )
+
+
 def _parse_cache(data: Mapping[str, Any]) -> CacheConfig:
-    check_keys(data, ("dir", "max_size", "min_free", "expire_after", "expire_interval"), "cache")
+    check_keys(
+        data, ("dir", "max_size", "min_free", "expire_after", "expire_interval", "store"), "cache"
+    )
     default = CacheConfig  # class attributes hold the field defaults
     return CacheConfig(
         dir=path(data, "dir", "cache", None, "a directory"),
@@ -149,6 +182,7 @@ def _parse_cache(data: Mapping[str, Any]) -> CacheConfig:
         expire_interval=parse_duration(
             data.get("expire_interval", default.expire_interval), "cache.expire_interval"
         ),
+        store=_parse_store(data.get("store")),
     )
 
 
@@ -502,12 +536,11 @@ RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics")
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     """What a reload cannot apply: these differ, so only a restart uses the new values."""
-    names = {"cache": "cache.dir"}
     out = []
     for name in RESTART_FIELDS:
         a, b = getattr(old, name), getattr(new, name)
         if name == "cache":
-            a, b = a.dir, b.dir
-        if a != b:
-            out.append(names.get(name, name))
+            out += [f"cache.{f}" for f in ("dir", "store") if getattr(a, f) != getattr(b, f)]
+        elif a != b:
+            out.append(name)
     return out

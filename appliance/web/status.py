@@ -138,6 +138,7 @@ async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
             "entries": cache.entries,
             "max_bytes": cache.max_bytes,
             "evictions": cache.evictions,
+            "shared_store": cache.shared_store,
         },
         "images": await inventory.get(source),
         "sync": {
@@ -176,6 +177,25 @@ def scrape(source: Source) -> Iterator[Metric]:
     waiting = gauge("download_clients", "Clients streaming a download in progress")
     waiting.add_metric([], sum(int(f["clients"]) for f in flights))  # type: ignore[call-overload]
     yield from (size, entries, limit, evictions, downloads, waiting)
+    if (shared := cache.shared_store) is not None:
+        up = gauge("shared_store_up", "1 while the shared object store answers, else 0")
+        up.add_metric([], 1 if shared["up"] else 0)
+        ops = counter(
+            "shared_store_operations",
+            "What the shared object store did for this unit (hit: copied to disk)",
+            ["result"],
+        )
+        for count, label in (
+            ("hits", "hit"),
+            ("misses", "miss"),
+            ("uploads", "upload"),
+            ("errors", "error"),
+            ("corrupt", "corrupt"),
+        ):
+            ops.add_metric([label], shared[count])  # type: ignore[arg-type]
+        pending = gauge("shared_store_pending_uploads", "Shared entries not uploaded yet")
+        pending.add_metric([], shared["pending_uploads"])  # type: ignore[arg-type]
+        yield from (up, ops, pending)
     rejected = counter(
         "integrity_rejected_downloads",
         "Upstream answers refused for a wrong size or digest (never cached, never completed)",
@@ -345,6 +365,13 @@ def render_main(s: dict[str, Any]) -> str:
         f"<small>cache, {s['cache']['entries']} files of "
         f"{_bytes(s['cache']['max_bytes'])}</small></div>"
     )
+    if (shared := s["cache"].get("shared_store")) is not None:
+        state = "up" if shared["up"] else f"unavailable: {shared['problem']}"
+        tiles += (
+            f'<div class="tile"><b id="shared-store">{_state(shared["up"], state)}</b>'
+            f"<small>shared store {_e(shared['bucket'])}: {shared['hits']} copied here, "
+            f"{shared['uploads']} uploaded</small></div>"
+        )
     results = ["hit", "miss", "revalidated", "stale", "refused", "error"]
     traffic = _table(
         ["service", *results],

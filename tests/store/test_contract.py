@@ -1,27 +1,32 @@
-"""The `Store` contract, as a suite every backend runs (the object store will join
-`BACKENDS`). In-process and blocking, like the store itself; each test states one
-promise the engine, the jobs and the seeders rely on."""
+"""The `Store` contract, as a suite every backend runs: the local directory tree, and the
+object store on a real OpenStack Swift (S3 API) with its local read cache. In-process and
+blocking, like the store itself; each test states one promise the engine, the jobs and the
+seeders rely on."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.cache.store import FilesystemStore, InvalidKey, Meta, Mismatch, Store
+from tests.conftest import object_store
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "filesystem": lambda tmp: FilesystemStore(tmp / "store"),
-}
+BACKENDS = ("filesystem", "swift")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield BACKENDS[request.param](tmp_path)
+    if request.param == "filesystem":
+        yield FilesystemStore(tmp_path / "store")
+        return
+    swift = request.getfixturevalue("swift")  # one Swift, a prefix of its own per test
+    yield object_store(swift, tmp_path / "local", prefix=f"{uuid.uuid4().hex}/")
 
 
 def _meta(data: bytes, **kw: object) -> Meta:
@@ -32,6 +37,7 @@ def _meta(data: bytes, **kw: object) -> Meta:
         "fetched": now,
         "checked": now,
         "sha256": hashlib.sha256(data).hexdigest(),
+        "shared": True,  # an object store uploads it: every promise holds for those too
     }
     fields.update(kw)
     return Meta(**fields)

@@ -1,0 +1,474 @@
+"""The `Store` contract on an S3 bucket (OpenStack Swift, Ceph RGW, any S3 API), shared by
+several units, with each unit's local disk as a bounded read cache in front of it.
+
+What is shared: entries whose bytes never change under their name (`Meta.shared`: pool
+files, by-hash indexes, mirrored images). They are uploaded when committed, after the same
+verification as every entry, as one object each (multipart above a threshold: an object
+exists whole or not at all), keyed like the local layout under `prefix`, with their size,
+sha256 and metadata as object metadata. A unit missing one locally takes it from the store,
+checks its size and sha256 while copying it to local disk, and serves it from there
+(sendfile, as any local hit). Volatile indexes, the feed snapshots, the curated feed and the
+partial downloads stay with each unit.
+
+The store is a cache, not a dependency: when it fails or is slow, the unit serves what its
+disk holds, fetches the rest upstream and keeps it locally; it stops asking the store for
+`RETRY_AFTER` seconds after a failure and says so (`remote_problem`). All methods block.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from appliance.cache.store import (
+    Entry,
+    FilesystemStore,
+    Meta,
+    Mismatch,
+    TempFile,
+    Unstorable,
+    check_key,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = 5.0  # seconds without asking a store that just failed
+MULTIPART_ABOVE = 64 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+# the entry's metadata as JSON, base64url, in pieces `x-amz-meta-al-meta-0`, `-1`...: Swift
+# allows 256 bytes per value and 4 KiB in all; plus `sha256` and `size` for people
+META_PIECE = 240
+META_PIECES = 12
+
+
+class StoreUnavailable(OSError):
+    """The object store did not answer, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+
+
+def read_credentials(path: Path) -> Credentials:
+    """An AWS-style credentials file (`[default]`, `aws_access_key_id`,
+    `aws_secret_access_key`), as boto users keep them; EC2-style `access_key`/`secret_key`
+    keys are read too. The error names the file, never a value."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path) as fh:
+            parser.read_file(fh)
+    except (OSError, configparser.Error) as exc:
+        raise ValueError(f"{path}: cannot read the store's credentials ({exc})") from None
+    section = parser["default"] if parser.has_section("default") else None
+    if section is None and parser.sections():
+        section = parser[parser.sections()[0]]
+    if section is None:
+        raise ValueError(f"{path}: no [default] section with the store's credentials")
+    access = section.get("aws_access_key_id") or section.get("access_key")
+    secret = section.get("aws_secret_access_key") or section.get("secret_key")
+    if not access or not secret:
+        raise ValueError(f"{path}: needs aws_access_key_id and aws_secret_access_key")
+    return Credentials(access, secret)
+
+
+class Bucket:
+    """The objects of one bucket under `prefix`, through a boto3 client (blocking)."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    def ensure(self) -> None:
+        """Create the bucket when it does not exist; any other refusal is an error that
+        names it (a 403 is not a reason to create one)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 404:
+                raise StoreUnavailable(f"bucket {self.bucket}: {_why(exc)}") from None
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"bucket {self.bucket}: {exc}") from None
+        with _errors(f"create bucket {self.bucket}"):
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def head(self, key: str) -> Meta | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with _errors(f"HEAD {key}", passing=ClientError):
+                answer = self.client.head_object(Bucket=self.bucket, Key=self.name(key))
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise StoreUnavailable(f"HEAD {key}: {_why(exc)}") from None
+        try:
+            meta = _meta_from(answer["Metadata"])
+        except (KeyError, ValueError, TypeError):
+            log.warning("object store: %s has no readable metadata; ignored", key)
+            return None
+        if meta.size != answer.get("ContentLength"):
+            log.warning("object store: %s is not the size its metadata says; ignored", key)
+            return None
+        return meta
+
+    def download(self, key: str, temp: TempFile) -> None:
+        """The object's bytes into `temp` (hashed as they arrive)."""
+        with _errors(f"GET {key}"):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.name(key))["Body"]
+            try:
+                while chunk := body.read(CHUNK):
+                    temp.write(chunk)
+            finally:
+                body.close()
+
+    def upload(self, key: str, path: Path, meta: Meta) -> None:
+        """One object from a committed file: a single PUT, or a multipart upload above
+        `MULTIPART_ABOVE` (visible only once complete; aborted on failure)."""
+        from boto3.s3.transfer import TransferConfig
+
+        extra = {
+            "Metadata": {**_meta_pieces(meta), "sha256": meta.sha256 or "", "size": str(meta.size)},
+            "ContentType": meta.content_type or "application/octet-stream",
+        }
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_ABOVE,
+            multipart_chunksize=PART_SIZE,
+            max_concurrency=2,
+            use_threads=True,
+        )
+        with _errors(f"PUT {key}"):
+            self.client.upload_file(
+                str(path), self.bucket, self.name(key), ExtraArgs=extra, Config=config
+            )
+
+    def delete(self, key: str) -> None:
+        with _errors(f"DELETE {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.name(key))
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        with _errors(f"LIST {prefix}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.name(prefix.rstrip("/") + "/")
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix) :]
+
+
+def _meta_pieces(meta: Meta) -> dict[str, str]:
+    encoded = base64.urlsafe_b64encode(
+        json.dumps(meta.to_dict(), separators=(",", ":")).encode()
+    ).decode()
+    pieces = [encoded[i : i + META_PIECE] for i in range(0, len(encoded), META_PIECE)]
+    if len(pieces) > META_PIECES:  # a very long URL: keep what checks the bytes
+        short = Meta(
+            meta.url[:200],
+            meta.size,
+            meta.fetched,
+            meta.checked,
+            sha256=meta.sha256,
+            keep=meta.keep,
+            shared=meta.shared,
+        )
+        return _meta_pieces(short)
+    return {f"al-meta-{i}": piece for i, piece in enumerate(pieces)}
+
+
+def _meta_from(metadata: dict[str, str]) -> Meta:
+    pieces = []
+    for i in range(META_PIECES):
+        if (piece := metadata.get(f"al-meta-{i}")) is None:
+            break
+        pieces.append(piece)
+    if not pieces:
+        raise KeyError("al-meta-0")
+    return Meta.from_dict(json.loads(base64.urlsafe_b64decode("".join(pieces))))
+
+
+def _why(exc: Exception) -> str:
+    error = getattr(exc, "response", {}).get("Error", {})
+    return f"{error.get('Code', '')} {error.get('Message', '')}".strip() or str(exc)
+
+
+@contextlib.contextmanager
+def _errors(
+    what: str, passing: type[Exception] | tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """botocore's and the network's errors as one `StoreUnavailable` naming the call."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except passing:
+        raise
+    except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
+        if isinstance(exc, StoreUnavailable):
+            raise
+        raise StoreUnavailable(f"{what}: {_why(exc)}") from None
+
+
+class ObjectStore:
+    """`Store` over a shared bucket, the local `FilesystemStore` in front (see the module)."""
+
+    def __init__(self, local: FilesystemStore, bucket: Bucket, clock: Any = time.monotonic) -> None:
+        self.local = local
+        self.bucket = bucket
+        self.clock = clock
+        self._failed_at: float | None = None
+        self.remote_error: str | None = None
+        self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
+        self._locks: dict[str, threading.Lock] = {}
+        self._pending: set[str] = set()  # shared entries not uploaded yet (store away)
+        self._guard = threading.Lock()
+
+    # -- the store's health ----------------------------------------------------------
+    def connect(self) -> None:
+        """Make sure the bucket exists; a store that does not answer is noted, not fatal."""
+        try:
+            self.bucket.ensure()
+            self._answered()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+
+    def _usable(self) -> bool:
+        return self._failed_at is None or self.clock() - self._failed_at >= RETRY_AFTER
+
+    def _failed(self, exc: Exception) -> None:
+        if self.remote_error is None:
+            log.warning("object store unavailable (%s): serving from local disk and upstream", exc)
+        self._failed_at, self.remote_error = self.clock(), str(exc)
+        self.counts["errors"] += 1
+
+    def _answered(self) -> None:
+        was_down = self.remote_error is not None
+        self._failed_at = self.remote_error = None
+        if was_down:
+            log.info("object store answers again; uploading %d entries", len(self._pending))
+            self._upload_pending()
+
+    def _upload_pending(self) -> None:
+        """Shared entries committed while the store was away: uploaded now, so that the
+        unit's disk is not their only copy (kept across this process's life only)."""
+        for key in sorted(self._pending):
+            entry = self.local.held(key)
+            if entry is not None:
+                try:
+                    self.bucket.upload(entry.key, entry.path, entry.meta)
+                except StoreUnavailable as exc:
+                    self._failed(exc)
+                    return
+                self.counts["uploads"] += 1
+            self._pending.discard(key)
+
+    def remote_problem(self) -> str | None:
+        """Why the shared store is not used now (None: it is)."""
+        return self.remote_error
+
+    def shared_status(self) -> dict[str, Any]:
+        """For /healthz, the status page and metrics: is the store used, what it did."""
+        return {
+            "type": "s3",
+            "bucket": self.bucket.bucket,
+            "up": self.remote_error is None,
+            "problem": self.remote_error,
+            "pending_uploads": len(self._pending),
+            **self.counts,
+        }
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, key: str) -> Iterator[None]:
+        """One copy from the store per key at a time on this unit."""
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+        with self._guard:
+            if not lock.locked():
+                self._locks.pop(key, None)
+
+    # -- reading ---------------------------------------------------------------------
+    def lookup(self, key: str) -> Entry | None:
+        entry = self.local.lookup(key)
+        if entry is not None or not self._usable():
+            return entry
+        with self._one_at_a_time(key):
+            entry = self.local.lookup(key)  # another request copied it meanwhile
+            if entry is not None:
+                return entry
+            return self._copy_from_store(key)
+
+    def _copy_from_store(self, key: str) -> Entry | None:
+        try:
+            meta = self.bucket.head(key)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return None
+        self._answered()
+        if meta is None:
+            self.counts["misses"] += 1
+            return None
+        try:
+            temp = self.local.create_temp(key)
+        except Unstorable as exc:
+            log.warning("object store: %s not copied to local disk: %s", key, exc)
+            return None
+        try:
+            self.bucket.download(key, temp)
+            entry = self.local.commit(temp, meta)  # checks the size and sha256 it states
+        except Mismatch:
+            self.counts["corrupt"] += 1
+            log.warning("object store: %s is not the bytes its metadata names: removed", key)
+            with contextlib.suppress(StoreUnavailable):
+                self.bucket.delete(key)
+            return None
+        except StoreUnavailable as exc:
+            self.local.discard(temp)
+            self._failed(exc)
+            return None
+        except OSError as exc:  # the local disk: full, or gone
+            self.local.discard(temp)
+            log.warning("object store: %s not copied to local disk: %s", key, exc)
+            return None
+        self.counts["hits"] += 1
+        return entry
+
+    def held(self, key: str) -> Entry | None:
+        return self.local.held(key)
+
+    def open_read(self, entry: Entry) -> BinaryIO:
+        return self.local.open_read(entry)
+
+    def read_bytes(self, entry: Entry) -> bytes:
+        return self.local.read_bytes(entry)
+
+    def local_file(self, entry: Entry) -> AbstractContextManager[Path]:
+        return self.local.local_file(entry)
+
+    def keys_under(self, prefix: str) -> Iterator[str]:
+        """This unit's keys and the store's (other units' downloads) below `prefix`."""
+        check_key(prefix)
+        keys = set(self.local.keys_under(prefix))
+        if self._usable():
+            try:
+                keys.update(self.bucket.keys(prefix))
+                self._answered()
+            except StoreUnavailable as exc:
+                self._failed(exc)
+        yield from sorted(keys)
+
+    def entries(self) -> Iterator[Entry]:
+        """The entries on this unit's disk (the store's are listed by `keys_under`)."""
+        return self.local.entries()
+
+    # -- writing ---------------------------------------------------------------------
+    def create_temp(self, key: str) -> TempFile:
+        return self.local.create_temp(key)
+
+    def open_temp(self, temp: TempFile) -> BinaryIO:
+        return self.local.open_temp(temp)
+
+    def commit(self, temp: TempFile, meta: Meta) -> Entry:
+        """Commit locally (checked), then upload a shared entry; a store that fails is
+        logged and the entry stays local (the store is a cache)."""
+        entry = self.local.commit(temp, meta)
+        if not meta.shared:
+            return entry
+        if not self._usable():
+            self._pending.add(entry.key)
+            return entry
+        try:
+            self.bucket.upload(entry.key, entry.path, entry.meta)
+        except StoreUnavailable as exc:
+            self._pending.add(entry.key)
+            self._failed(exc)
+            return entry
+        self.counts["uploads"] += 1
+        self._answered()
+        return entry
+
+    def discard(self, temp: TempFile) -> None:
+        self.local.discard(temp)
+
+    def update_meta(self, entry: Entry) -> None:
+        self.local.update_meta(entry)
+
+    def remove(self, key: str) -> None:
+        """Gone for every unit: this disk's copy and the store's object."""
+        self.local.remove(key)
+        self._pending.discard(key)
+        if self._usable():
+            try:
+                self.bucket.delete(key)
+                self._answered()
+            except StoreUnavailable as exc:
+                self._failed(exc)
+
+    def evict(self, key: str) -> None:
+        """Only this disk's copy (the store keeps the object for every unit)."""
+        self.local.evict(key)
+
+    def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
+        self.local.keep_partial(temp, info)
+
+    def resume_partial(
+        self, key: str, algorithms: Iterable[str] = ()
+    ) -> tuple[TempFile, dict[str, object]] | None:
+        return self.local.resume_partial(key, algorithms)
+
+    # -- housekeeping ----------------------------------------------------------------
+    def scan(self) -> Iterator[tuple[str, int, float, bool]]:
+        return self.local.scan()
+
+    def free_bytes(self) -> int | None:
+        return self.local.free_bytes()
+
+    def problem(self) -> str | None:
+        """The local disk's problem only: with the store down the unit still serves."""
+        return self.local.problem()
+
+    def scratch(self, prefix: str = "work-") -> AbstractContextManager[Path]:
+        return self.local.scratch(prefix)
+
+
+def s3_client(endpoint: str, region: str, credentials: Credentials) -> Any:
+    """A boto3 S3 client with short timeouts and one retry: a slow store must not hold a
+    request for long (the unit then goes on without it)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        config=Config(
+            connect_timeout=3,
+            read_timeout=20,
+            retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=32,
+            s3={"addressing_style": "path"},
+        ),
+    )

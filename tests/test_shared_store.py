@@ -83,8 +83,10 @@ def test_units_share_what_they_fetch_and_keep_indexes_their_own(
     assert upstream.count(POOL) == 1
     assert http_get(b.url + POOL) == (200, files[POOL])  # from the store, not upstream
     assert upstream.count(POOL) == 1
-    shared = b.status()["cache"]["shared_store"]
+    status = b.status()
+    shared = status["cache"]["shared_store"]
     assert shared["up"] and shared["hits"] == 1 and shared["bucket"] == bucket
+    assert status["cache"]["bytes"] == len(files[POOL])  # the copy counts against b's cap
     assert a.status()["cache"]["shared_store"]["uploads"] == 1
     for app in (a, b):
         assert http_get(app.url + INDEX) == (200, files[INDEX])

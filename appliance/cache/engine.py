@@ -278,7 +278,11 @@ class CacheEngine:
                 entry, body = await self._lookup(key)
                 decision = policy.decide(entry and entry.meta, freshness, self.clock(), self.ttl)
                 if entry and decision is policy.Decision.HIT:
-                    self.lru.touch(key)
+                    if entry.meta.keep or key in self.lru:
+                        self.lru.touch(key)
+                    else:  # copied in from a shared store: it counts against this disk
+                        self.lru.add(key, entry.meta.size)
+                        await self._evict()
                     return Hit(entry, "HIT", body=body)
                 if self.flights.phase(key) is not None:
                     continue  # someone started while we looked at the disk: join them

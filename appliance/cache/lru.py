@@ -15,6 +15,9 @@ class LruIndex:
     def __len__(self) -> int:
         return len(self._sizes)
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._sizes
+
     def add(self, key: str, size: int) -> None:
         self.total += size - self._sizes.pop(key, 0)
         self._sizes[key] = size

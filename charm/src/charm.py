@@ -47,6 +47,7 @@ class ArchiveLocalCharm(ops.CharmBase):
             self.on.start,
             self.on.update_status,
             self.on.leader_elected,
+            self.on.secret_changed,  # a new revision of the object store's credentials
         ):
             framework.observe(event, self._reconcile)
         for relation in RELATIONS:
@@ -77,6 +78,8 @@ class ArchiveLocalCharm(ops.CharmBase):
         keystone = self._keystone(options) if self.unit.is_leader() else None
         try:
             token_changed = self._share_token()
+            if self._store_credentials(options):
+                token_changed = True  # the service reads the file again on reload
             done = self.workload.apply(options, keystone, upgraded, token_changed)
         except InvalidConfig as exc:  # the running configuration stays as it was
             self._statuses.append(ops.BlockedStatus(str(exc)))
@@ -135,6 +138,32 @@ class ArchiveLocalCharm(ops.CharmBase):
                 "admin_url": url + "/",
             }
         )
+
+    # -- the shared object store's credentials, from a user secret ---------------------
+    def _store_credentials(self, options: dict[str, Any]) -> bool:
+        """Write the object store's credentials file from `object-store-credentials` (a
+        Juju secret with `access-key` and `secret-key`); True when it changed."""
+        options.pop("object-store-credentials", None)
+        if not str(options.get("object-store") or "").strip():
+            return self.workload.set_store_credentials(None, None)
+        secret_id = self.config.get("object-store-credentials")
+        if not secret_id:
+            raise InvalidConfig(
+                "object-store-credentials: the object store needs a secret with access-key "
+                "and secret-key (juju add-secret, grant-secret, then set this option)"
+            )
+        try:
+            content = self.model.get_secret(id=str(secret_id)).get_content(refresh=True)
+        except (ops.SecretNotFoundError, ops.ModelError):
+            raise InvalidConfig(
+                f"object-store-credentials: secret {secret_id} cannot be read "
+                "(juju grant-secret it to archive-local)"
+            ) from None
+        if not content.get("access-key") or not content.get("secret-key"):
+            raise InvalidConfig(
+                "object-store-credentials: the secret needs access-key and secret-key"
+            )
+        return self.workload.set_store_credentials(content["access-key"], content["secret-key"])
 
     # -- peers: one admin token for every unit -----------------------------------------
     def _share_token(self) -> bool:

@@ -29,6 +29,7 @@ STATE = Path("/var/lib/archive-local")
 CACHE = Path("/var/cache/archive-local")
 TOKEN = STATE / "admin-token"
 KEYSTONE_PASSWORD = Path("/etc/archive-local/keystone-password")
+STORE_CREDENTIALS = Path("/etc/archive-local/store-credentials")
 SERVICE = "archive-local"
 USER = "archive-local"
 
@@ -42,6 +43,7 @@ OPTION_OF = {
     "images.feeds": "image-feeds",
     "images.sync_interval": "sync-interval",
     "seed.targets": "seed-targets",
+    "cache.store": "object-store",
     "discovery.mdns": "mdns",
     "admin.allow": "admin-allow",
 }
@@ -165,6 +167,21 @@ def _seed_targets(options: Mapping[str, Any], keystone: Keystone | None) -> list
     ]
 
 
+def _object_store(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    text = str(options.get("object-store") or "").strip()
+    if not text:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"object-store: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise InvalidConfig("object-store: expected a YAML mapping (endpoint, bucket, ...)")
+    if "credentials_file" in value:
+        raise InvalidConfig("object-store: the credentials go in object-store-credentials")
+    return {"type": "s3", **value, "credentials_file": str(STORE_CREDENTIALS)}
+
+
 def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict[str, Any]:
     """The appliance's configuration document for these charm options."""
     data: dict[str, Any] = {
@@ -189,6 +206,8 @@ def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict
     remaps = _remaps(str(options.get("remaps") or ""))
     if remaps:
         data["apt"]["remaps"] = remaps
+    if (store := _object_store(options)) is not None:
+        data["cache"]["store"] = store
     return data
 
 
@@ -312,6 +331,18 @@ class Workload:
         return True
 
     # -- configure and run -----------------------------------------------------------
+    def set_store_credentials(self, access_key: str | None, secret_key: str | None) -> bool:
+        """The object store's credentials file (AWS style) or none; True when it changed."""
+        if access_key is None or secret_key is None:
+            path = self.path(STORE_CREDENTIALS)
+            existed = path.exists()
+            path.unlink(missing_ok=True)
+            return existed
+        text = (
+            f"[default]\naws_access_key_id = {access_key}\naws_secret_access_key = {secret_key}\n"
+        )
+        return self._write_secret(STORE_CREDENTIALS, text)
+
     def apply(
         self,
         options: Mapping[str, Any],

@@ -25,10 +25,11 @@ import charm  # noqa: E402
 
 ROOT = CHARM.parent
 DEFAULTS = {
-    name: spec.get("default")
+    name: spec["default"]
     for name, spec in yaml.safe_load((CHARM / "charmcraft.yaml").read_text())["config"][
         "options"
     ].items()
+    if "default" in spec  # a secret option has none
 }
 
 
@@ -196,6 +197,7 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
         "mdns": False,
         "admin-allow": "10.0.0.0/8",
         "region": "RegionTwo",
+        "object-store": STORE,
     }
     keystone = workload.Keystone.from_relation(KEYSTONE_DATA)
     for options in (DEFAULTS, everything):
@@ -207,6 +209,7 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
     assert target.name == "openstack" and target.region == "RegionTwo"
     assert target.keystone["auth_url"] == "https://10.5.0.10:5000/v3" and target.password
     parsed = workload.validate(workload.render(everything))
+    assert parsed.cache.store is not None and parsed.cache.store.prefix == "fleet/"
     assert parsed.apt.remaps["ubuntu"][1] == "http://mirror.example/ubuntu"
     assert parsed.images.feeds[0].name == "ubuntu" and parsed.seed.targets[0].type == "glance"
     assert parsed.discovery.mdns is False and parsed.apt.index_ttl == 60
@@ -577,3 +580,63 @@ def test_actions_succeed_and_fail_as_the_service_does(machine: Machine) -> None:
         ctx().run(ctx().on.action("cache-stats"), state)
     with pytest.raises(testing.ActionFailed, match="purge: 0"):
         ctx().run(ctx().on.action("purge", params={"path": "/ubuntu/x"}), state)
+
+
+# -- the shared object store ---------------------------------------------------------------
+STORE = "{endpoint: 'http://swift.internal:8080', bucket: archive-local, prefix: fleet}"
+
+
+def test_units_share_one_object_store_with_credentials_from_a_secret(machine: Machine) -> None:
+    secret = testing.Secret(tracked_content={"access-key": "fleet:unit", "secret-key": "s3cr3t"})
+    options = {**DEFAULTS, "object-store": STORE, "object-store-credentials": secret.id}
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS, secrets={secret}))
+    machine.calls.clear()
+    out = ctx().run(ctx().on.config_changed(), dataclasses.replace(state, config=options))
+    store = _config(machine)["cache"]["store"]
+    assert store == {
+        "type": "s3",
+        "endpoint": "http://swift.internal:8080",
+        "bucket": "archive-local",
+        "prefix": "fleet",
+        "credentials_file": "/etc/archive-local/store-credentials",
+    }
+    workload.validate(_config(machine))  # the appliance accepts it
+    creds = machine.root / "etc/archive-local/store-credentials"
+    assert creds.read_text() == (
+        "[default]\naws_access_key_id = fleet:unit\naws_secret_access_key = s3cr3t\n"
+    )
+    assert creds.stat().st_mode & 0o777 == 0o600
+    assert "s3cr3t" not in (machine.root / "etc/archive-local/config.yaml").read_text()
+    assert machine.systemctl() == [["restart", "archive-local"]]  # cache.store: restart
+    assert out.unit_status == testing.ActiveStatus("serving, hit ratio 50%")
+    machine.calls.clear()
+    out = ctx().run(ctx().on.config_changed(), dataclasses.replace(out, config=DEFAULTS))
+    assert "store" not in _config(machine)["cache"] and not creds.exists()
+    assert machine.systemctl() == [["restart", "archive-local"]]
+
+
+@pytest.mark.parametrize(
+    ("store", "credentials", "message"),
+    [
+        (STORE, None, "object-store-credentials: the object store needs a secret"),
+        (STORE, "not-granted", "object-store-credentials: secret secret:"),
+        ("[a, list]", "ok", "object-store: expected a YAML mapping"),
+        ("{endpoint: 'http://x:8080', bucket: B}", "ok", "object-store: cache.store.bucket"),
+    ],
+)
+def test_a_bad_object_store_option_blocks_and_changes_nothing(
+    machine: Machine, store: str, credentials: str | None, message: str
+) -> None:
+    secret = testing.Secret(tracked_content={"access-key": "a", "secret-key": "b"})
+    state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS, secrets={secret}))
+    before = _config(machine)
+    machine.calls.clear()
+    options = {**DEFAULTS, "object-store": store}
+    if credentials == "ok":
+        options["object-store-credentials"] = secret.id
+    elif credentials is not None:  # a secret this application was never granted
+        options["object-store-credentials"] = testing.Secret(tracked_content={"x": "y"}).id
+    out = ctx().run(ctx().on.config_changed(), dataclasses.replace(state, config=options))
+    assert isinstance(out.unit_status, testing.BlockedStatus)
+    assert out.unit_status.message.startswith(message), out.unit_status.message
+    assert _config(machine) == before and machine.systemctl() == []

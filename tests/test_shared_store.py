@@ -5,8 +5,12 @@ so in /healthz, the status page and metrics, and uploads what it fetched once it
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import http.client
 import json
 import os
+import signal
 import time
 import urllib.request
 import uuid
@@ -34,7 +38,13 @@ def _credentials(tmp_path: Path) -> Path:
 
 
 def _unit(
-    start: StartAppliance, upstream: Upstream, tmp_path: Path, swift: Any, bucket: str, n: int
+    start: StartAppliance,
+    upstream: Upstream,
+    tmp_path: Path,
+    swift: Any,
+    bucket: str,
+    n: int,
+    lease: str = "30s",
 ) -> Appliance:
     cache = tmp_path / f"unit-{n}"
     store = {
@@ -44,6 +54,7 @@ def _unit(
         "region": swift_aio.REGION,
         "credentials_file": str(_credentials(tmp_path)),
         "prefix": "fleet/",
+        "lease": lease,
     }
     return start(
         {"debian": [f"{upstream.url}/debian"]},
@@ -137,3 +148,82 @@ def test_without_the_store_units_serve_and_catch_up(
         assert upstream.count(POOL) == 1
     finally:
         own.stop()
+
+
+BIG = "/debian/pool/main/b/big_1.0_amd64.deb"
+
+
+def _timed_get(url: str) -> tuple[int, str, float, float]:
+    """Status, sha256 of the body, seconds to the first byte and to the last."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as r:
+            first = r.read(1)
+            ttfb = time.monotonic() - started
+            digest = hashlib.sha256(first + r.read()).hexdigest()
+            return r.status, digest, ttfb, time.monotonic() - started
+    except (OSError, http.client.HTTPException) as exc:  # HTTPError, a cut body
+        return getattr(exc, "code", 0), "", 0.0, time.monotonic() - started
+
+
+def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(4_000_000)
+    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
+    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    upstream.rate[BIG] = 4_000_000  # about a second: every client asks while it is fetched
+    bucket = f"fleet-{uuid.uuid4().hex[:12]}"
+    units = [_unit(start_appliance, upstream, tmp_path, swift, bucket, n) for n in range(3)]
+    urls = [units[i % 3].url + BIG for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(_timed_get, urls))
+    want = hashlib.sha256(data).hexdigest()
+    assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 20
+    assert upstream.count(BIG) == 1, "\n".join(u.log_text()[-1500:] for u in units)
+    holders = [u for u in units if u.status()["cache"]["shared_store"]["uploads"]]
+    assert len(holders) == 1  # one unit fetched and uploaded; the others copied it
+    leases = swift.client().list_objects_v2(Bucket=bucket, Prefix="fleet/.leases/")
+    assert leases.get("KeyCount", 0) == 0  # released
+    ttfb = sorted(round(t, 2) for _, _, t, _ in answers)
+    print(f"fleet single flight: TTFB min {ttfb[0]} median {ttfb[10]} max {ttfb[-1]} s")
+
+
+def test_a_unit_killed_mid_download_is_taken_over(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(4_000_000)
+    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
+    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    upstream.rate[BIG] = 1_000_000  # 4 s: long enough to kill the fetching unit in the middle
+    bucket = f"fleet-{uuid.uuid4().hex[:12]}"
+    a, b, c = (
+        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, lease="6s") for n in range(3)
+    )
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        first = pool.submit(_timed_get, a.url + BIG)  # a takes the lease and fetches
+        time.sleep(1.0)
+        waiting = [pool.submit(_timed_get, u.url + BIG) for u in (b, c, b)]
+        time.sleep(1.0)
+        a.proc.send_signal(signal.SIGKILL)
+        answers = [f.result() for f in waiting]
+        assert (
+            first.result()[0] in (0, 200) and first.result()[1] != hashlib.sha256(data).hexdigest()
+        )
+    want = hashlib.sha256(data).hexdigest()
+    assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 3
+    assert upstream.count(BIG) == 2  # the dead unit's fetch, and the one that took over
+    s3 = swift.client()
+    head = s3.head_object(Bucket=bucket, Key=f"fleet/127.0.0.1:{upstream.port}{BIG}")
+    assert head["ContentLength"] == len(data) and head["Metadata"]["sha256"] == want
+    assert not any(
+        p.name.startswith(".") and ".part-" in p.name for p in (tmp_path / "unit-1").rglob("*")
+    )  # nothing partial left behind

@@ -40,6 +40,8 @@ from appliance.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+FLEET_POLL = 0.25  # seconds between looks at the shared store while another unit fetches
+LEASE_RENEW = 2.0  # seconds between renewals of the fleet lease of a download in progress
 
 
 @dataclass
@@ -278,21 +280,55 @@ class CacheEngine:
                 entry, body = await self._lookup(key)
                 decision = policy.decide(entry and entry.meta, freshness, self.clock(), self.ttl)
                 if entry and decision is policy.Decision.HIT:
-                    if entry.meta.keep or key in self.lru:
-                        self.lru.touch(key)
-                    else:  # copied in from a shared store: it counts against this disk
-                        self.lru.add(key, entry.meta.size)
-                        await self._evict()
+                    await self._account(entry)
                     return Hit(entry, "HIT", body=body)
                 if self.flights.phase(key) is not None:
                     continue  # someone started while we looked at the disk: join them
-                shared = freshness is Freshness.IMMUTABLE  # same bytes for every unit
-                work = self._refresh(key, urls, entry, expect, resumable, keep, shared)
+                if freshness is Freshness.IMMUTABLE and entry is None:
+                    work = self._fleet_refresh(key, urls, expect, resumable, keep)
+                else:
+                    work = self._refresh(key, urls, entry, expect, resumable, keep)
                 task = self.flights.ask(key, work)
             result = await asyncio.shield(task)
             if isinstance(result, PassThrough) and not result.claim():
                 continue  # another caller reads that body: ask upstream again
             return result
+
+    async def _account(self, entry: Entry) -> None:
+        """A hit: fresh in the LRU; one copied in from a shared store starts counting
+        against this disk's cap."""
+        if entry.meta.keep or entry.key in self.lru:
+            self.lru.touch(entry.key)
+        else:
+            self.lru.add(entry.key, entry.meta.size)
+            await self._evict()
+
+    async def _fleet_refresh(
+        self, key: str, urls: Sequence[str], expect: Expect, resumable: bool, keep: bool
+    ) -> Result:
+        """A file this unit does not have, immutable: fetched once for every unit sharing
+        the store. The unit that gets the store's lease fetches it; the others wait for
+        its object (this unit's callers all wait on this one task) and take over the
+        lease if its holder stops renewing it. Without a shared store: fetched here."""
+        waited = False
+        while True:
+            holder = await self._io(self.store.claim, key)
+            if holder is None:
+                if waited and (entry := await self._io(self.store.lookup, key)) is not None:
+                    await self._io(self.store.release, key)  # it landed as we took over
+                    await self._account(entry)
+                    return Hit(entry, "HIT")
+                result = await self._refresh(key, urls, None, expect, resumable, keep, True)
+                if not isinstance(result, Miss):  # a Miss releases when its download ends
+                    await self._io(self.store.release, key)
+                return result
+            if not waited:
+                log.info("cache: %s is being fetched by %s; waiting for it", key, holder)
+                waited = True
+            await asyncio.sleep(FLEET_POLL)
+            if (entry := await self._io(self.store.lookup, key)) is not None:
+                await self._account(entry)
+                return Hit(entry, "HIT")
 
     async def ensure(
         self, key: str, urls: Sequence[str], expect: Expect, keep: bool = False
@@ -649,11 +685,16 @@ class CacheEngine:
         return Miss(download)
 
     async def _run_download(self, download: Download, resp: aiohttp.ClientResponse) -> None:
+        renewing = asyncio.create_task(self._renew(download.key)) if download.shared else None
         try:
-            await download.run(resp, self.store)
+            await download.run(resp, self.store)  # verified, committed (and uploaded)
         finally:
             self.flights.ended(download)
             self.hot.drop(download.key)
+            if renewing is not None:
+                renewing.cancel()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await self._io(self.store.release, download.key)
         if download.integrity_error:
             self.rejected(download.url, time.monotonic() - download.started)
         if download.state is State.DONE and not download.stored:
@@ -667,6 +708,13 @@ class CacheEngine:
                 except Exception as exc:
                     log.warning("cache: index update for %s failed: %s", download.key, exc)
             await self._evict()
+
+    async def _renew(self, key: str) -> None:
+        """Keep the fleet's lease on `key` while this unit downloads it."""
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            with contextlib.suppress(OSError):
+                await self._io(self.store.renew, key)
 
     async def _evict(self, room: int = 0) -> None:
         for key in self.lru.victims(room):

@@ -20,8 +20,11 @@ from __future__ import annotations
 import base64
 import configparser
 import contextlib
+import email.utils
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -43,6 +46,11 @@ from appliance.cache.store import (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 5.0  # seconds without asking a store that just failed
+LEASE_SETTLE = 0.3  # seconds for concurrent lease creates to land before the read-back
+LEASE_TTL = 30.0  # a fetch lease not renewed for this long is taken over (a dead unit)
+LEASES = (
+    ".leases/"  # lease objects: `<prefix>.leases/<key>`, never a key (keys have no dot segments)
+)
 MULTIPART_ABOVE = 64 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
@@ -166,6 +174,52 @@ class Bucket:
         with _errors(f"DELETE {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=self.name(key))
 
+    def create_lease(self, key: str, holder: str, only_new: bool = True) -> bool:
+        """Write the lease for `key` naming `holder`; with `only_new` only if none exists
+        (a conditional create, `If-None-Match: *`): False when another holds it."""
+        from botocore.exceptions import ClientError
+
+        args: dict[str, Any] = {"IfNoneMatch": "*"} if only_new else {}
+        try:
+            with _errors(f"PUT lease {key}", passing=ClientError):
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.name(LEASES + key),
+                    Body=json.dumps({"holder": holder}).encode(),
+                    ContentType="application/json",
+                    **args,
+                )
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+                return False
+            raise StoreUnavailable(f"PUT lease {key}: {_why(exc)}") from None
+        return True
+
+    def lease(self, key: str) -> tuple[str, float] | None:
+        """Who holds the lease for `key` and for how long it has not been renewed, by the
+        store's own clock (its Date against the lease's Last-Modified: no clock skew)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with _errors(f"GET lease {key}", passing=ClientError):
+                answer = self.client.get_object(Bucket=self.bucket, Key=self.name(LEASES + key))
+                body = answer["Body"].read(4096)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise StoreUnavailable(f"GET lease {key}: {_why(exc)}") from None
+        headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+            holder = str(json.loads(body)["holder"])
+        except (KeyError, ValueError, TypeError):
+            return ("?", LEASE_TTL)  # unreadable: treat as expired
+        return holder, max(0.0, now - answer["LastModified"].timestamp())
+
+    def delete_lease(self, key: str) -> None:
+        with _errors(f"DELETE lease {key}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.name(LEASES + key))
+
     def keys(self, prefix: str) -> Iterator[str]:
         with _errors(f"LIST {prefix}"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -173,7 +227,9 @@ class Bucket:
             )
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield item["Key"][len(self.prefix) :]
+                    key = item["Key"][len(self.prefix) :]
+                    if not key.startswith(LEASES):
+                        yield key
 
 
 def _meta_pieces(meta: Meta) -> dict[str, str]:
@@ -232,10 +288,19 @@ def _errors(
 class ObjectStore:
     """`Store` over a shared bucket, the local `FilesystemStore` in front (see the module)."""
 
-    def __init__(self, local: FilesystemStore, bucket: Bucket, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        local: FilesystemStore,
+        bucket: Bucket,
+        clock: Any = time.monotonic,
+        lease_ttl: float = LEASE_TTL,
+    ) -> None:
         self.local = local
         self.bucket = bucket
         self.clock = clock
+        self.lease_ttl = lease_ttl
+        self.unit = f"{socket.gethostname()}:{os.getpid()}"  # named in the leases it holds
+        self._held: set[str] = set()
         self._failed_at: float | None = None
         self.remote_error: str | None = None
         self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
@@ -428,6 +493,60 @@ class ObjectStore:
     def evict(self, key: str) -> None:
         """Only this disk's copy (the store keeps the object for every unit)."""
         self.local.evict(key)
+
+    # -- one fetch for the fleet ------------------------------------------------------
+    def claim(self, key: str) -> str | None:
+        """None when this unit should fetch `key`: it now holds the lease (a conditional
+        create), or the store is away (each unit for itself). Otherwise the holder's
+        name: another unit is fetching it, wait for the object. A lease not renewed for
+        `lease_ttl` (its unit died) is taken over."""
+        if not self._usable():
+            return None
+        try:
+            if self._create(key):
+                return None
+            found = self.bucket.lease(key)
+            if found is None or found[1] >= self.lease_ttl:
+                if found is not None:
+                    log.info("object store: taking over %s from %s (lease expired)", key, found[0])
+                    self.bucket.delete_lease(key)
+                if self._create(key):
+                    return None
+                found = self.bucket.lease(key) or ("?", 0.0)
+            self._answered()
+            return found[0]
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return None
+
+    def _create(self, key: str) -> bool:
+        """The conditional create, then a look at who holds it once concurrent creates
+        have landed: Swift checks `If-None-Match` when a PUT starts, so two units asking
+        at the same instant may both succeed; the newer write wins, and both read it."""
+        if not self.bucket.create_lease(key, self.unit):
+            return False
+        time.sleep(LEASE_SETTLE)
+        found = self.bucket.lease(key)
+        if found is not None and found[0] != self.unit:
+            return False  # another unit's create landed after ours: it fetches
+        self._held.add(key)
+        return True
+
+    def renew(self, key: str) -> None:
+        if key in self._held and self._usable():
+            try:
+                self.bucket.create_lease(key, self.unit, only_new=False)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+
+    def release(self, key: str) -> None:
+        if key not in self._held:
+            return
+        self._held.discard(key)
+        try:
+            self.bucket.delete_lease(key)
+        except StoreUnavailable as exc:
+            self._failed(exc)  # it expires by itself
 
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
         self.local.keep_partial(temp, info)

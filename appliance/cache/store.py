@@ -179,6 +179,10 @@ class Store(Protocol):
     def update_meta(self, entry: Entry) -> None: ...
     def remove(self, key: str) -> None: ...  # gone (for every unit sharing the store)
     def evict(self, key: str) -> None: ...  # this disk's copy only (room for others)
+    # one upstream fetch for every unit sharing the store
+    def claim(self, key: str) -> str | None: ...  # None: fetch it; else who fetches it
+    def renew(self, key: str) -> None: ...
+    def release(self, key: str) -> None: ...
     # broken downloads kept for a Range request
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None: ...
     def resume_partial(
@@ -404,6 +408,17 @@ class FilesystemStore:
     def evict(self, key: str) -> None:
         """Make room: here the only copy, so the same as `remove`."""
         self.remove(key)
+
+    def claim(self, key: str) -> str | None:
+        """Nobody else shares this store: this process fetches (its own single flight
+        keeps it to one download)."""
+        return None
+
+    def renew(self, key: str) -> None:
+        return None
+
+    def release(self, key: str) -> None:
+        return None
 
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""

@@ -24,6 +24,6 @@ def open_store(cache: CacheConfig) -> Store:
     except ValueError as exc:
         raise ConfigError(f"cache.store.credentials_file: {exc}") from None
     bucket = Bucket(s3_client(s.endpoint, s.region, credentials), s.bucket, s.prefix)
-    store = ObjectStore(local, bucket)
+    store = ObjectStore(local, bucket, lease_ttl=s.lease)
     store.connect()
     return store

@@ -52,6 +52,7 @@ class StoreConfig:
     credentials_file: Path  # AWS-style: [default] aws_access_key_id / aws_secret_access_key
     region: str = "us-east-1"
     prefix: str = ""  # object names start with this ("" or ending in "/")
+    lease: float = duration(30.0)  # a unit's fetch lease, renewed while it downloads
     type: str = "s3"
 
 

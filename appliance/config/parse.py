@@ -145,7 +145,12 @@ def _parse_store(value: Any) -> StoreConfig | None:
         return None
     key = "cache.store"
     data = expect_mapping(value, key)
-    check_keys(data, ("type", "endpoint", "bucket", "region", "credentials_file", "prefix"), key)
+    check_keys(
+        data, ("type", "endpoint", "bucket", "region", "credentials_file", "prefix", "lease"), key
+    )
+    lease = parse_duration(data.get("lease", StoreConfig.lease), f"{key}.lease")
+    if lease < 6:
+        raise ConfigError(f"{key}.lease: at least 6s (it is renewed every 2 s), got {lease:g}s")
     choice(data, "type", key, "s3", ("s3",))
     endpoint = url(data, "endpoint", key)
     if endpoint is None:
@@ -164,6 +169,7 @@ def _parse_store(value: Any) -> StoreConfig | None:
         credentials_file=path(data, "credentials_file", key, None, "a credentials file"),
         region=text(data, "region", key, StoreConfig.region) or StoreConfig.region,
         prefix=prefix or "",
+        lease=lease,
     )
 
 

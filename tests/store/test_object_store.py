@@ -153,3 +153,21 @@ def test_a_bucket_it_may_not_read_is_an_error_that_names_it(swift: Any, tmp_path
     assert "create" not in (store.remote_problem() or "")
     fresh = object_store(swift, tmp_path / "d", bucket=f"new-{uuid.uuid4().hex[:12]}")
     assert fresh.remote_problem() is None  # a missing bucket is created
+
+
+def test_one_unit_holds_the_fetch_lease_until_it_releases_or_dies(
+    units: tuple[ObjectStore, ObjectStore],
+) -> None:
+    a, b = units
+    a.unit, b.unit = "unit-a", "unit-b"
+    assert a.claim("h/pool/z.deb") is None  # a fetches
+    assert b.claim("h/pool/z.deb") == "unit-a"  # b waits for a's object
+    a.renew("h/pool/z.deb")
+    a.release("h/pool/z.deb")
+    assert b.claim("h/pool/z.deb") is None  # released: b may fetch
+    a.lease_ttl = 6.0
+    assert a.claim("h/pool/z.deb") == "unit-b"
+    time.sleep(6.5)  # b stops renewing (as if killed): its lease runs out
+    assert a.claim("h/pool/z.deb") is None  # taken over
+    assert list(a.keys_under("h")) == []  # leases are never listed as entries
+    a.release("h/pool/z.deb")

@@ -46,7 +46,7 @@ from appliance.cache.store import (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 5.0  # seconds without asking a store that just failed
-LEASE_SETTLE = 0.3  # seconds for concurrent lease creates to land before the read-back
+LEASE_SETTLE = 0.1  # seconds for concurrent lease creates to land before the read-back
 LEASE_TTL = 30.0  # a fetch lease not renewed for this long is taken over (a dead unit)
 LEASES = (
     ".leases/"  # lease objects: `<prefix>.leases/<key>`, never a key (keys have no dot segments)

@@ -6,10 +6,11 @@ BIN       := $(VENV)/bin
 # promtool + prometheus, headless chromium, ip (network namespaces), strace (the fuzzer
 # watches which files the service opens), util-linux (unshare, mount of a small tmpfs),
 # systemd (systemd-analyze verify; systemd as PID 1 of private namespaces runs the unit),
-# memcached (the tests' OpenStack Swift keeps its auth tokens there)
+# memcached (the tests' OpenStack Swift keeps its auth tokens there), haproxy (in front of
+# several units in the fleet tests)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
              prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd \
-             memcached
+             memcached haproxy
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.components import swift_aio
-from tests.conftest import Appliance, StartAppliance, free_port_block, http_get
+from tests.components import haproxy, swift_aio
+from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
 from tests.upstream import Upstream
 
 POOL = "/debian/pool/main/h/hello_1.0_amd64.deb"
@@ -227,3 +227,49 @@ def test_a_unit_killed_mid_download_is_taken_over(
     assert not any(
         p.name.startswith(".") and ".part-" in p.name for p in (tmp_path / "unit-1").rglob("*")
     )  # nothing partial left behind
+
+
+def test_three_units_behind_haproxy(
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The layout the charm documents: HAProxy checking /healthz in front of three units
+    on one Swift. One upstream GET for 20 clients; a killed unit is taken out and its
+    clients served by the others; a drained unit is taken out; with Swift stopped the
+    fleet still serves, from disks and upstream."""
+    if not (haproxy.installed() and swift_aio.installed()):
+        pytest.fail("haproxy or swift missing: `make test` installs them")
+    data = os.urandom(4_000_000)
+    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
+    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    files = _files(upstream_root)
+    upstream.rate[BIG] = 4_000_000
+    own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
+    units = [_unit(start_appliance, upstream, tmp_path, own, "fleet", n) for n in range(3)]
+    names = {f"u{n}": u for n, u in enumerate(units)}
+    proxy = haproxy.start(
+        tmp_path / "haproxy", free_port(), {n: f"127.0.0.1:{u.port}" for n, u in names.items()}
+    )
+    try:
+        proxy.wait_for(dict.fromkeys(names, "UP"))
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(_timed_get, [proxy.url + BIG] * 20))
+        want = hashlib.sha256(data).hexdigest()
+        assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 20
+        assert upstream.count(BIG) == 1
+        names["u0"].proc.send_signal(signal.SIGKILL)  # a unit dies
+        proxy.wait_for({"u0": "DOWN", "u1": "UP", "u2": "UP"})
+        for _ in range(6):  # every request answered by the two left
+            assert http_get(proxy.url + BIG) == (200, data)
+        assert names["u1"].admin("drain", {"drain": True})[0] == 200  # taken out for work
+        proxy.wait_for({"u0": "DOWN", "u1": "DOWN", "u2": "UP"})
+        assert http_get(proxy.url + POOL) == (200, files[POOL])
+        own.stop()  # the store goes away: the fleet still serves
+        assert http_get(proxy.url + BIG) == (200, data)  # from u2's disk
+        assert http_get(proxy.url + INDEX) == (200, files[INDEX])  # upstream
+        assert upstream.count(BIG) == 1
+    finally:
+        proxy.stop()
+        own.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -36,6 +37,8 @@ _META = ".meta"
 _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
 SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
+LEASES = ".leases"  # lock files: one download per key among processes on one cache
+LEASE_STRIPES = 4096  # keys share lock files by hash: bounded files, rare false waits
 _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
 
@@ -235,6 +238,7 @@ class FilesystemStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._held: dict[str, list[int]] = {}  # key -> lock descriptors this process holds
 
     def path(self, key: str) -> Path:
         check_key(key)
@@ -410,15 +414,31 @@ class FilesystemStore:
         self.remove(key)
 
     def claim(self, key: str) -> str | None:
-        """Nobody else shares this store: this process fetches (its own single flight
-        keeps it to one download)."""
+        """None when this process should fetch `key`; else who holds it (another worker
+        or command on this cache directory): wait for the entry. An exclusive `flock` on
+        one of `LEASE_STRIPES` lock files; a process that dies lets go by itself."""
+        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4]) % LEASE_STRIPES
+        path = self.root / LEASES / f"{stripe:04d}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None  # no lock to take: fetch (at worst twice)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return "another process on this cache"
+        self._held.setdefault(key, []).append(fd)
         return None
 
     def renew(self, key: str) -> None:
-        return None
+        return None  # a lock lasts as long as its process
 
     def release(self, key: str) -> None:
-        return None
+        for fd in self._held.pop(key, []):
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor unlocks it
 
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""

@@ -318,7 +318,11 @@ class CacheEngine:
                     await self._io(self.store.release, key)  # it landed as we took over
                     await self._account(entry)
                     return Hit(entry, "HIT")
-                result = await self._refresh(key, urls, None, expect, resumable, keep, True)
+                try:
+                    result = await self._refresh(key, urls, None, expect, resumable, keep, True)
+                except BaseException:
+                    await asyncio.shield(self._io(self.store.release, key))
+                    raise
                 if not isinstance(result, Miss):  # a Miss releases when its download ends
                     await self._io(self.store.release, key)
                 return result

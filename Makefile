@@ -23,7 +23,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHARM_FILE   ?= build/archive-local_amd64.charm
 CHARM_PYTHON ?= 3.12
 
-.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability venv debs-test debs-bench clean
+.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability bench-fleet venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -141,7 +141,8 @@ lint: venv
 
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
-bench: bench-apt bench-sync bench-seed bench-observability
+FLEET_ROUNDS ?= 3
+bench: bench-apt bench-sync bench-seed bench-observability bench-fleet
 
 bench-apt: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
@@ -154,6 +155,12 @@ bench-seed: venv debs-test debs-bench components
 
 bench-observability: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/observability_bench.sh
+
+# several units on one object store (a real Swift): hits from the store vs local disk,
+# upstream fetches for the fleet, time to first byte of the waiting units
+bench-fleet: venv debs-test components
+	mkdir -p bench/results
+	$(BIN)/python bench/fleet_bench.py --rounds $(FLEET_ROUNDS) --out bench/results/fleet-$$(date +%Y%m%d-%H%M%S).json
 
 charm: venv
 	$(BIN)/python charm/pack.py --python $(CHARM_PYTHON) $(CHARM_FILE)

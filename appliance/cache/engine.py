@@ -691,7 +691,9 @@ class CacheEngine:
     async def _run_download(self, download: Download, resp: aiohttp.ClientResponse) -> None:
         renewing = asyncio.create_task(self._renew(download.key)) if download.shared else None
         try:
-            await download.run(resp, self.store)  # verified, committed (and uploaded)
+            await download.run(resp, self.store)  # verified and committed: clients done
+            if download.shared and download.entry is not None:
+                await self._io(self.store.share, download.entry)  # then the other units'
         finally:
             self.flights.ended(download)
             self.hot.drop(download.key)

@@ -455,23 +455,25 @@ class ObjectStore:
         return self.local.open_temp(temp)
 
     def commit(self, temp: TempFile, meta: Meta) -> Entry:
-        """Commit locally (checked), then upload a shared entry; a store that fails is
-        logged and the entry stays local (the store is a cache)."""
-        entry = self.local.commit(temp, meta)
-        if not meta.shared:
-            return entry
+        """Commit locally (checked); `share` uploads it once its clients have it."""
+        return self.local.commit(temp, meta)
+
+    def share(self, entry: Entry) -> None:
+        """Upload a shared entry for the other units; a store that fails is logged and
+        the entry stays local (the store is a cache), uploaded when the store is back."""
+        if not entry.meta.shared:
+            return
         if not self._usable():
             self._pending.add(entry.key)
-            return entry
+            return
         try:
             self.bucket.upload(entry.key, entry.path, entry.meta)
         except StoreUnavailable as exc:
             self._pending.add(entry.key)
             self._failed(exc)
-            return entry
+            return
         self.counts["uploads"] += 1
         self._answered()
-        return entry
 
     def discard(self, temp: TempFile) -> None:
         self.local.discard(temp)

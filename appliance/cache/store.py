@@ -178,6 +178,7 @@ class Store(Protocol):
     def create_temp(self, key: str) -> TempFile: ...
     def open_temp(self, temp: TempFile) -> BinaryIO: ...
     def commit(self, temp: TempFile, meta: Meta) -> Entry: ...
+    def share(self, entry: Entry) -> None: ...  # a shared entry, for the other units too
     def discard(self, temp: TempFile) -> None: ...
     def update_meta(self, entry: Entry) -> None: ...
     def remove(self, key: str) -> None: ...  # gone (for every unit sharing the store)
@@ -316,6 +317,10 @@ class FilesystemStore:
                 meta_tmp.unlink(missing_ok=True)
             raise unstorable(temp.key, exc) from None
         return Entry(temp.key, path, meta)
+
+    def share(self, entry: Entry) -> None:
+        """No other units here: nothing to do."""
+        return None
 
     def discard(self, temp: TempFile) -> None:
         discard_temp(temp)

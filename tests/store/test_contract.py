@@ -46,7 +46,9 @@ def _meta(data: bytes, **kw: object) -> Meta:
 def _put(store: Store, key: str, data: bytes, **kw: object):  # type: ignore[no-untyped-def]
     temp = store.create_temp(key)
     temp.write(data)
-    return store.commit(temp, _meta(data, **kw))
+    entry = store.commit(temp, _meta(data, **kw))
+    store.share(entry)  # as the engine does once a download's clients have it
+    return entry
 
 
 def _visible(store: Store) -> list[str]:

@@ -34,7 +34,9 @@ def _commit(store: ObjectStore, key: str, data: bytes, shared: bool = True) -> A
         sha256=hashlib.sha256(data).hexdigest(),
         shared=shared,
     )
-    return store.commit(temp, meta)
+    entry = store.commit(temp, meta)
+    store.share(entry)
+    return entry
 
 
 @pytest.fixture
@@ -167,7 +169,7 @@ def test_one_unit_holds_the_fetch_lease_until_it_releases_or_dies(
     assert b.claim("h/pool/z.deb") is None  # released: b may fetch
     a.lease_ttl = 6.0
     assert a.claim("h/pool/z.deb") == "unit-b"
-    time.sleep(6.5)  # b stops renewing (as if killed): its lease runs out
+    time.sleep(7.5)  # b stops renewing (as if killed): its lease runs out (to the second)
     assert a.claim("h/pool/z.deb") is None  # taken over
     assert list(a.keys_under("h")) == []  # leases are never listed as entries
     a.release("h/pool/z.deb")

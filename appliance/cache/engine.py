@@ -296,8 +296,9 @@ class CacheEngine:
 
     async def _account(self, entry: Entry) -> None:
         """A hit: fresh in the LRU; one copied in from a shared store starts counting
-        against this disk's cap."""
-        if entry.meta.keep or entry.key in self.lru:
+        against this disk's cap (kept ones too: the store keeps their copy)."""
+        kept_here = entry.meta.keep and not await self._io(self.store.elsewhere, entry.key)
+        if entry.key in self.lru or kept_here:
             self.lru.touch(entry.key)
         else:
             self.lru.add(entry.key, entry.meta.size)
@@ -690,10 +691,11 @@ class CacheEngine:
 
     async def _run_download(self, download: Download, resp: aiohttp.ClientResponse) -> None:
         renewing = asyncio.create_task(self._renew(download.key)) if download.shared else None
+        in_store = False  # a copy in a shared store: this disk's may go even if kept
         try:
             await download.run(resp, self.store)  # verified and committed: clients done
             if download.shared and download.entry is not None:
-                await self._io(self.store.share, download.entry)  # then the other units'
+                in_store = await self._io(self.store.share, download.entry)  # other units'
         finally:
             self.flights.ended(download)
             self.hot.drop(download.key)
@@ -706,7 +708,7 @@ class CacheEngine:
         if download.state is State.DONE and not download.stored:
             self.passed["disk-full"] += 1
         if download.state is State.DONE and download.entry is not None:
-            if not download.entry.meta.keep:
+            if not download.entry.meta.keep or in_store:
                 self.lru.add(download.key, download.entry.meta.size)
             for rules in self.rules:
                 try:

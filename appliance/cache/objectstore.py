@@ -306,6 +306,7 @@ class ObjectStore:
         self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
         self._locks: dict[str, threading.Lock] = {}
         self._pending: set[str] = set()  # shared entries not uploaded yet (store away)
+        self._in_store: set[str] = set()  # keys this process uploaded or copied in
         self._guard = threading.Lock()
 
     # -- the store's health ----------------------------------------------------------
@@ -345,6 +346,7 @@ class ObjectStore:
                     self._failed(exc)
                     return
                 self.counts["uploads"] += 1
+                self._in_store.add(key)
             self._pending.discard(key)
 
     def remote_problem(self) -> str | None:
@@ -417,6 +419,7 @@ class ObjectStore:
             log.warning("object store: %s not copied to local disk: %s", key, exc)
             return None
         self.counts["hits"] += 1
+        self._in_store.add(key)
         return entry
 
     def held(self, key: str) -> Entry | None:
@@ -458,22 +461,30 @@ class ObjectStore:
         """Commit locally (checked); `share` uploads it once its clients have it."""
         return self.local.commit(temp, meta)
 
-    def share(self, entry: Entry) -> None:
-        """Upload a shared entry for the other units; a store that fails is logged and
+    def share(self, entry: Entry) -> bool:
+        """Upload a shared entry for the other units; True once the store holds it (then
+        this disk's copy may be evicted, kept or not). A store that fails is logged and
         the entry stays local (the store is a cache), uploaded when the store is back."""
         if not entry.meta.shared:
-            return
+            return False
         if not self._usable():
             self._pending.add(entry.key)
-            return
+            return False
         try:
             self.bucket.upload(entry.key, entry.path, entry.meta)
         except StoreUnavailable as exc:
             self._pending.add(entry.key)
             self._failed(exc)
-            return
+            return False
         self.counts["uploads"] += 1
+        self._in_store.add(entry.key)
         self._answered()
+        return True
+
+    def elsewhere(self, key: str) -> bool:
+        """The store is known to hold `key` (uploaded or copied in by this process): this
+        disk's copy may be evicted even when kept."""
+        return key in self._in_store
 
     def discard(self, temp: TempFile) -> None:
         self.local.discard(temp)
@@ -485,6 +496,7 @@ class ObjectStore:
         """Gone for every unit: this disk's copy and the store's object."""
         self.local.remove(key)
         self._pending.discard(key)
+        self._in_store.discard(key)
         if self._usable():
             try:
                 self.bucket.delete(key)

@@ -178,7 +178,8 @@ class Store(Protocol):
     def create_temp(self, key: str) -> TempFile: ...
     def open_temp(self, temp: TempFile) -> BinaryIO: ...
     def commit(self, temp: TempFile, meta: Meta) -> Entry: ...
-    def share(self, entry: Entry) -> None: ...  # a shared entry, for the other units too
+    def share(self, entry: Entry) -> bool: ...  # for the other units too; True: in the store
+    def elsewhere(self, key: str) -> bool: ...  # a copy is known to be in a shared store
     def discard(self, temp: TempFile) -> None: ...
     def update_meta(self, entry: Entry) -> None: ...
     def remove(self, key: str) -> None: ...  # gone (for every unit sharing the store)
@@ -318,9 +319,12 @@ class FilesystemStore:
             raise unstorable(temp.key, exc) from None
         return Entry(temp.key, path, meta)
 
-    def share(self, entry: Entry) -> None:
-        """No other units here: nothing to do."""
-        return None
+    def share(self, entry: Entry) -> bool:
+        """No other units here: nothing to do, and this disk holds the only copy."""
+        return False
+
+    def elsewhere(self, key: str) -> bool:
+        return False
 
     def discard(self, temp: TempFile) -> None:
         discard_temp(temp)

@@ -1,0 +1,76 @@
+"""Two engines on one Swift, in process: a kept (mirrored) file another unit fetched is
+copied in, counts against this disk's cap and may be evicted here, since the store keeps
+it; on a plain disk a kept file is never evicted."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from appliance.cache.download import Expect
+from appliance.cache.egress import EgressPolicy
+from appliance.cache.engine import CacheEngine
+from appliance.cache.fetcher import Fetcher
+from appliance.cache.store import FilesystemStore
+from tests.conftest import object_store
+from tests.inprocess.conftest import Clock, Origin
+
+
+async def test_kept_files_copied_from_the_store_may_leave_this_disk(
+    swift: Any, origin: Origin, tmp_path: Path, clock: Clock
+) -> None:
+    origin.files.update({f"/img/{n}.img": os.urandom(100_000) for n in "abc"})
+    prefix = f"{uuid.uuid4().hex}/"
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    a = CacheEngine(
+        object_store(swift, tmp_path / "a", prefix=prefix),
+        fetcher,
+        max_size=1 << 30,
+        ttl=300,
+        clock=clock,
+    )
+    b = CacheEngine(
+        object_store(swift, tmp_path / "b", prefix=prefix),
+        fetcher,
+        max_size=150_000,
+        ttl=300,
+        clock=clock,
+    )
+    plain = CacheEngine(
+        FilesystemStore(tmp_path / "p"), fetcher, max_size=150_000, ttl=300, clock=clock
+    )
+    try:
+        for eng in (a, b, plain):
+            await eng.start()
+        keys = {n: f"origin/img/{n}.img" for n in "abc"}
+        for n, key in keys.items():  # a mirrors them: kept, shared
+            entry = await a.ensure(
+                key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True
+            )
+            assert entry.meta.keep and entry.meta.shared
+        await a.idle()
+        fetched = sum(origin.count(f"/img/{n}.img") for n in "abc")
+        for n, key in keys.items():  # b takes them from the store, one after the other
+            entry = await b.ensure(
+                key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True
+            )
+            assert entry.meta.keep
+        await b.idle()
+        assert sum(origin.count(f"/img/{n}.img") for n in "abc") == fetched  # none upstream
+        on_b = [k for k in keys.values() if b.store.held(k) is not None]
+        assert on_b == [keys["c"]]  # 150 kB cap: the older copies left b's disk
+        assert b.figures().bytes <= 150_000 and b.evictions == 2
+        again = await b.ensure(
+            keys["a"], [origin.url("/img/a.img")], Expect(size=100_000), keep=True
+        )
+        assert b.store.read_bytes(again) == origin.files["/img/a.img"]  # back from the store
+        for n, key in keys.items():  # on a plain disk kept files stay, whatever the cap
+            await plain.ensure(key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True)
+        await plain.idle()
+        assert all(plain.store.held(k) is not None for k in keys.values())
+    finally:
+        for eng in (a, b, plain):
+            await eng.close()
+        await fetcher.close()

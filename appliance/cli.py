@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", help="run the apt proxy")
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides 'listen')")
     serve.add_argument("--cache-dir", help="cache directory (overrides 'cache.dir')")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the master
     serve.add_argument(
         "--remap",
         action="append",
@@ -192,8 +193,12 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
     except OSError as exc:
         print(f"archive-local: cache.dir {config.cache.dir}: {exc.strerror}", file=sys.stderr)
         return 1
+    if config.workers > 1 and args.worker_index is None:
+        from appliance.commands.workers import run_master
+
+        return run_master(config, sys.argv[1:])
     try:
-        asyncio.run(serve(config, args.config))
+        asyncio.run(serve(config, args.config, worker=args.worker_index))
     except OSError as exc:
         print(f"archive-local: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
         return 1

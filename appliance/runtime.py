@@ -112,6 +112,7 @@ class Appliance:
         self.jobs: status.Jobs = self.scheduler
         self.inventory = status.Inventory()
         self.server: Any = None  # the listening web.Server: its refused-connection count
+        self.workers: Any = None  # web.workers.Workers when `workers: N` runs several
         self.maintenance_lock = asyncio.Lock()  # one verify or expiry run at a time
         self.last_verify: dict[str, Any] | None = None
         self.last_expiry: dict[str, Any] | None = None
@@ -282,8 +283,11 @@ def _fingerprint(config: Config) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def serving(config: Config, config_path: Path | None = None) -> AsyncIterator[Appliance]:
-    """The running service, torn down in reverse order on exit."""
+async def serving(
+    config: Config, config_path: Path | None = None, primary: bool = True
+) -> AsyncIterator[Appliance]:
+    """The running service, torn down in reverse order on exit. Only the `primary` worker
+    runs the jobs (syncs, seeds, expiry) and advertises by mDNS."""
     async with contextlib.AsyncExitStack() as stack:
         base = await stack.enter_async_context(core(config))
         app = Appliance(base, config_path)
@@ -291,11 +295,14 @@ async def serving(config: Config, config_path: Path | None = None) -> AsyncItera
         cached = await app.engine.start()
         app.access_log.start()
         stack.push_async_callback(app.access_log.close)
-        app.scheduler.start()
-        stack.push_async_callback(app.scheduler.close)
-        for job in (app.rebuild_catalog(cached), app.expire_periodically()):
+        jobs = [app.rebuild_catalog(cached)]
+        if primary:
+            app.scheduler.start()
+            stack.push_async_callback(app.scheduler.close)
+            jobs.append(app.expire_periodically())
+        for job in jobs:
             stack.push_async_callback(_cancel, asyncio.create_task(job))
-        advertiser = await _advertise(config)
+        advertiser = await _advertise(config) if primary else None
         if advertiser is not None:
             stack.push_async_callback(advertiser.close)
         yield app

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from tests.conftest import StartAppliance
+from appliance.web.workers import merge_metrics
+from tests.conftest import StartAppliance, require
 from tests.test_shared_store import BIG, _timed_get
 from tests.upstream import Upstream
 
@@ -30,3 +37,91 @@ def test_processes_on_one_cache_fetch_a_file_once(
     assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 10
     assert upstream.count(BIG) == 1, [r.path for r in upstream.requests]
     assert not [p for p in cache.rglob("*") if ".part-" in p.name]
+
+
+def _over_unix(sock: Path, path: str) -> str:
+    """What one worker answers on its own socket (curl speaks HTTP over a Unix socket)."""
+    r = subprocess.run(
+        ["curl", "-sf", "--unix-socket", str(sock), f"http://worker{path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return r.stdout
+
+
+def _code(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_two_workers_share_the_port_and_answer_as_one(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    require("curl", "curl")
+    data = os.urandom(3_000_000)
+    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
+    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    upstream.rate[BIG] = 3_000_000
+    cache = tmp_path / "cache"
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]}, cache_dir=cache, extra={"workers": 2}
+    )
+    socks = [cache / ".state/workers/0.sock", cache / ".state/workers/1.sock"]
+    deadline = time.monotonic() + 20
+    while not all(s.exists() for s in socks):
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    assert [json.loads(_over_unix(s, "/api/status"))["worker"] for s in socks] == [0, 1]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:  # new connections: both workers
+        answers = list(pool.map(_timed_get, [app.url + BIG] * 10))
+    want = hashlib.sha256(data).hexdigest()
+    assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 10
+    assert upstream.count(BIG) == 1  # one fetch for both workers
+    for _ in range(40):
+        assert _timed_get(app.url + BIG)[0] == 200
+    counted = 'archive_local_requests_total{result="hit",service="apt"}'
+
+    def hits(text: str) -> float:
+        return sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith(counted)
+        )
+
+    own = [hits(_over_unix(s, "/metrics")) for s in socks]
+    assert all(n > 0 for n in own), own  # the kernel spread the connections
+    total = hits(urllib.request.urlopen(app.url + "/metrics", timeout=10).read().decode())
+    assert total == sum(own) >= 40  # /metrics adds the workers up
+    assert json.loads(urllib.request.urlopen(app.url + "/api/status").read())["workers"] == 2
+    assert app.admin("drain", {"drain": True})[0] == 200  # every worker drains
+    assert {_code(app.url + "/healthz") for _ in range(12)} == {503}
+    assert app.admin("drain", {"drain": False})[0] == 200
+    assert {_code(app.url + "/healthz") for _ in range(12)} == {200}
+    app.proc.send_signal(signal.SIGHUP)  # the master passes it on: both reload
+    deadline = time.monotonic() + 10
+    while app.log_text().count("configuration reloaded") < 2:
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    app.proc.send_signal(signal.SIGTERM)
+    assert app.proc.wait(40) == 0  # both drained and stopped cleanly
+    assert "worker 0 of 2" in app.log_text() and "worker 1 of 2" in app.log_text()
+
+
+def test_the_workers_metrics_add_up() -> None:
+    one = (
+        "# HELP archive_local_requests_total R\n# TYPE archive_local_requests_total counter\n"
+        'archive_local_requests_total{service="apt"} 3.0\n'
+        "# HELP archive_local_downloads_in_flight D\n"
+        "# TYPE archive_local_downloads_in_flight gauge\n"
+        "archive_local_downloads_in_flight 1.0\n"
+        "# HELP archive_local_cache_size_bytes C\n# TYPE archive_local_cache_size_bytes gauge\n"
+        "archive_local_cache_size_bytes 100.0\n"
+    )
+    two = one.replace(" 3.0", " 4.0").replace("flight 1.0", "flight 2.0").replace(" 100.0", " 90.0")
+    merged = merge_metrics([one, two]).decode()
+    assert 'archive_local_requests_total{service="apt"} 7.0' in merged  # counters add up
+    assert "archive_local_downloads_in_flight 3.0" in merged  # so do downloads in progress
+    assert "archive_local_cache_size_bytes 100.0" in merged  # one cache, seen by both

@@ -16,6 +16,7 @@ from appliance.config import Config
 from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Handler
 from appliance.web.server import Server, listening_socket
+from appliance.web.workers import Workers, socket_path
 
 log = logging.getLogger("appliance")
 
@@ -31,9 +32,18 @@ def raise_file_limit() -> None:
             log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
-async def serve(config: Config, config_path: Path | None = None) -> None:
+async def serve(config: Config, config_path: Path | None = None, worker: int | None = None) -> None:
+    """Serve until SIGTERM. `worker`: this process's index among `config.workers` (the
+    master started it): the port is shared (SO_REUSEPORT), a Unix socket reaches it, and
+    only worker 0 runs the jobs."""
     raise_file_limit()
-    async with runtime.serving(config, config_path) as app:
+    siblings = None
+    if worker is not None:
+        siblings = Workers(
+            worker, [socket_path(config.cache.dir, i) for i in range(config.workers)]
+        )
+    async with runtime.serving(config, config_path, primary=worker in (None, 0)) as app:
+        app.workers = siblings
         server = Server(
             Handler(app).handle,
             connections_per_client=config.limits.connections_per_client,
@@ -46,18 +56,33 @@ async def serve(config: Config, config_path: Path | None = None) -> None:
         runner = web.ServerRunner(server, shutdown_timeout=config.limits.drain_timeout)
         await runner.setup()
         try:
-            sock = listening_socket(config.listen)
+            shared = siblings is not None
+            sock = listening_socket(config.listen, reuse_port=shared)
             site: web.BaseSite = (
                 web.SockSite(runner, sock)
                 if sock is not None
-                else web.TCPSite(runner, config.listen.host, config.listen.port, backlog=1024)
+                else web.TCPSite(
+                    runner,
+                    config.listen.host,
+                    config.listen.port,
+                    backlog=1024,
+                    reuse_port=shared or None,
+                )
             )
             await site.start()
+            if siblings is not None:
+                own = siblings.sockets[siblings.index]
+                own.parent.mkdir(parents=True, exist_ok=True)
+                own.unlink(missing_ok=True)
+                inner = web.UnixSite(runner, str(own))
+                await inner.start()
+                own.chmod(0o600)
             log.info(
-                "archive-local %s serving on %s (cache %s)",
+                "archive-local %s serving on %s (cache %s)%s",
                 __version__,
                 config.listen,
                 config.cache.dir,
+                f" as worker {worker} of {config.workers}" if worker is not None else "",
             )
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()

@@ -221,4 +221,5 @@ class Config:
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     limits: LimitsConfig = LimitsConfig()
+    workers: int = 1  # processes sharing the port and the cache ("auto": one per core)
     source: str = field(default="<embedded default>", compare=False)

@@ -7,6 +7,7 @@ own from inline YAML. Every error names the offending key.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -68,6 +69,7 @@ SECTIONS = (
     "admin",
     "discovery",
     "limits",
+    "workers",
 )
 _SECRET_KEYS = ("token", "password", "secret", "secret_key", "application_credential_secret")
 _KEYSTONE_KEYS = (
@@ -490,8 +492,17 @@ def parse(data: Any, source: str = "<config>") -> Config:
         admin=_parse_admin(data.get("admin") or {}),
         discovery=_parse_discovery(data.get("discovery") or {}),
         limits=_parse_limits(data.get("limits") or {}),
+        workers=_parse_workers(data.get("workers", 1)),
         source=source,
     )
+
+
+def _parse_workers(value: Any) -> int:
+    if value == "auto":
+        return max(1, os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+        raise ConfigError(f"workers: a number of processes from 1 to 64, or auto, got {value!r}")
+    return value
 
 
 def default_data() -> dict[str, Any]:
@@ -537,7 +548,7 @@ def with_overrides(
     return config
 
 
-RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics")
+RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics", "workers")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:

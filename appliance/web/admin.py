@@ -22,6 +22,7 @@ from aiohttp import web
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden
 from appliance.config import AdminConfig
+from appliance.web.workers import is_internal
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Admin:
         return any(address in net for net in self.networks)
 
     def check(self, request: web.BaseRequest) -> None:
-        if not self.allowed(request.remote):
+        if not (self.allowed(request.remote) or is_internal(request)):  # a sibling worker
             raise web.HTTPForbidden(text=f"admin API: not allowed from {request.remote}\n")
         if self.token is None:
             raise web.HTTPServiceUnavailable(text=f"admin API disabled: {self.problem}\n")

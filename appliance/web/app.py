@@ -8,6 +8,7 @@ reads, through `Parts`; `runtime.serving` builds it, `cli.py` runs it.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -26,6 +27,14 @@ from appliance.web import status
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
 from appliance.web.tunnel import tunnel
+from appliance.web.workers import (
+    TO_ALL,
+    TO_PRIMARY,
+    Workers,
+    is_internal,
+    merge_metrics,
+    merge_status,
+)
 
 # Request limits: a slow or hostile client cannot hold much. aiohttp's keep-alive
 # timer also bounds how long a client may take to send its request headers.
@@ -50,6 +59,8 @@ class Parts(status.Source, Actions, Protocol):
     admin: Admin
     inventory: status.Inventory
 
+    workers: Workers | None  # the sibling processes of `workers: N`, else None
+
     async def well_known(self, host_header: str | None) -> dict[str, Any]: ...
     async def health(self) -> tuple[int, dict[str, Any]]: ...
 
@@ -66,16 +77,19 @@ class Handler:
         if method == "CONNECT":
             return await self._connect(request)
         target = request.raw_path
+        siblings = parts.workers if parts.workers and not is_internal(request) else None
         if target.startswith("/api/admin/"):
-            return await parts.admin.handle(request, parts)  # POST only, its own checks
+            if siblings is None:
+                return await parts.admin.handle(request, parts)  # POST only, its own checks
+            return await self._admin_for_all(request, siblings)
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         if target == "/":
-            return await self._index(request)
+            return await self._index(request, siblings)
         if target.startswith("/api/"):
-            return await self._api(request)
+            return await self._api(request, siblings)
         if target == "/metrics":
-            return self._metrics()
+            return await self._metrics(siblings)
         if target == "/healthz":
             code, doc = await parts.health()
             return web.json_response(doc, status=code, headers={"Cache-Control": "no-store"})
@@ -112,27 +126,56 @@ class Handler:
             raise web.HTTPForbidden(text=f"forbidden: CONNECT to {request.raw_path}\n")
         return await tunnel(request, host, int(port), self.parts.egress)
 
-    async def _api(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _api(self, request: web.BaseRequest, siblings: Workers | None) -> web.StreamResponse:
         target = request.raw_path
         if target.split("?")[0] == "/api/status":
-            return web.json_response(await status.snapshot(self.parts, self.parts.inventory))
+            return web.json_response(await self._snapshot(siblings))
         raise web.HTTPNotFound(text="not found\n")
 
-    def _metrics(self) -> web.Response:
+    async def _snapshot(self, siblings: Workers | None) -> dict[str, Any]:
+        """The status document: this worker's, or (a client asking) every worker's."""
+        doc = await status.snapshot(self.parts, self.parts.inventory)
+        if self.parts.workers is not None:
+            doc["worker"] = self.parts.workers.index
+        if siblings is None:
+            return doc
+        others = [json.loads(b) for b in await siblings.gather("/api/status")]
+        return merge_status(doc, others, siblings.index)
+
+    async def _metrics(self, siblings: Workers | None) -> web.Response:
         if not self.parts.config.metrics:
             raise web.HTTPNotFound(text="metrics are disabled (metrics.enabled)\n")
+        body = self.parts.metrics.exposition()
+        if siblings is not None:
+            others = await siblings.gather("/metrics")
+            body = merge_metrics([body.decode(), *(o.decode() for o in others)])
         return web.Response(
-            body=self.parts.metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
-    async def _index(self, request: web.BaseRequest) -> web.Response:
+    async def _admin_for_all(
+        self, request: web.BaseRequest, siblings: Workers
+    ) -> web.StreamResponse:
+        """An admin call for the whole service: checked here, then applied by every
+        worker (drain, reload) or by the primary (the jobs), else by this one."""
+        parts = self.parts
+        parts.admin.check(request)
+        body = await request.read()  # kept: admin.handle reads it again
+        action = request.raw_path.removeprefix("/api/admin/").strip("/")
+        if action in TO_PRIMARY and not siblings.primary:
+            return await siblings.forward(0, request, body)
+        response = await parts.admin.handle(request, parts)
+        if action in TO_ALL and response.status < 300:
+            await siblings.broadcast(request, body)
+        return response
+
+    async def _index(self, request: web.BaseRequest, siblings: Workers | None) -> web.Response:
         parts = self.parts
         if request.headers.get("X-Status-Fragment"):  # the page's own refresh
-            snap = await status.snapshot(parts, parts.inventory)
+            snap = await self._snapshot(siblings)
             return web.Response(text=status.render_main(snap), content_type="text/html")
         if "text/html" in request.headers.get("Accept", ""):  # a browser: the status page
-            snap = await status.snapshot(parts, parts.inventory)
+            snap = await self._snapshot(siblings)
             return web.Response(text=status.render_page(snap), content_type="text/html")
         remaps = parts.config.apt.remaps
         port = parts.config.listen.port

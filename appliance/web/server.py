@@ -85,13 +85,18 @@ class Server(web.Server):
         super().connection_lost(handler, exc)
 
 
-def listening_socket(listen: Listen, backlog: int = 1024) -> socket.socket | None:
-    """A dual-stack socket for `[::]` (IPv4 clients too); None: let aiohttp bind."""
+def listening_socket(
+    listen: Listen, backlog: int = 1024, reuse_port: bool = False
+) -> socket.socket | None:
+    """A dual-stack socket for `[::]` (IPv4 clients too); None: let aiohttp bind.
+    `reuse_port`: several worker processes bind the same port."""
     if listen.host != "::":
         return None
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::", listen.port))
         sock.listen(backlog)

@@ -37,7 +37,7 @@ _META = ".meta"
 _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
 SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
-LEASES = ".leases"  # lock files: one download per key among processes on one cache
+LEASES = ".state/leases"  # lock files: one download per key among processes on one cache
 LEASE_STRIPES = 4096  # keys share lock files by hash: bounded files, rare false waits
 _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 

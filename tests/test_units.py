@@ -235,3 +235,11 @@ def test_cache_store_is_parsed_checked_and_printed_back() -> None:
             config.parse(_with_store(bad), "test")
     plain = config.parse(config.default_data(), "d")
     assert config.restart_needed(plain, parsed) == ["cache.store"]  # a reload cannot switch it
+
+
+def test_the_appliances_own_pages_are_not_counted_as_apt_traffic() -> None:
+    from appliance.web.accesslog import service_of
+
+    for path in ("/", "/healthz", "/metrics", "/api/status", "/.well-known/archive-local"):
+        assert service_of(path) is None, path  # a load balancer's checks are no apt hits
+    assert service_of("/debian/pool/main/h/hello.deb") == "apt"

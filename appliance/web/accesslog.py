@@ -41,7 +41,9 @@ def service_of(path: str) -> str | None:
         return "images"
     if path.startswith(("/streams/", "/keys/")):
         return "feed"
-    if path in ("/", "/favicon.ico") or path.startswith(("/api/", "/metrics", "/.well-known/")):
+    if path in ("/", "/favicon.ico", "/healthz") or path.startswith(
+        ("/api/", "/metrics", "/.well-known/")
+    ):
         return None
     return "apt"
 

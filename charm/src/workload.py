@@ -44,6 +44,7 @@ OPTION_OF = {
     "images.sync_interval": "sync-interval",
     "seed.targets": "seed-targets",
     "cache.store": "object-store",
+    "workers": "workers",
     "discovery.mdns": "mdns",
     "admin.allow": "admin-allow",
 }
@@ -208,6 +209,8 @@ def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict
         data["apt"]["remaps"] = remaps
     if (store := _object_store(options)) is not None:
         data["cache"]["store"] = store
+    workers = str(options.get("workers") or "1").strip()
+    data["workers"] = int(workers) if workers.isdigit() else workers  # "auto", or refused
     return data
 
 

@@ -141,6 +141,7 @@ def test_an_unchanged_config_changes_nothing(machine: Machine) -> None:
 
 
 def test_a_reloadable_change_reloads_and_a_port_change_restarts(machine: Machine) -> None:
+    """(`workers` and `object-store` restart too: see their tests.)"""
     state = ctx().run(ctx().on.install(), testing.State(config=DEFAULTS))
     machine.calls.clear()
     state = ctx().run(
@@ -165,6 +166,7 @@ def test_a_reloadable_change_reloads_and_a_port_change_restarts(machine: Machine
         ("remaps", "debian", "remaps: line 1: expected NAME URL"),
         ("admin-allow", "not-a-net", "admin-allow: admin.allow[0]: not a network"),
         ("sync-interval", "often", "sync-interval: images.sync_interval"),
+        ("workers", "many", "workers: workers: a number of processes"),
     ],
 )
 def test_an_invalid_option_blocks_with_the_validators_message_and_changes_nothing(
@@ -198,6 +200,7 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
         "admin-allow": "10.0.0.0/8",
         "region": "RegionTwo",
         "object-store": STORE,
+        "workers": "auto",
     }
     keystone = workload.Keystone.from_relation(KEYSTONE_DATA)
     for options in (DEFAULTS, everything):
@@ -210,6 +213,7 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
     assert target.keystone["auth_url"] == "https://10.5.0.10:5000/v3" and target.password
     parsed = workload.validate(workload.render(everything))
     assert parsed.cache.store is not None and parsed.cache.store.prefix == "fleet/"
+    assert parsed.workers >= 1 and workload.validate(workload.render(DEFAULTS)).workers == 1
     assert parsed.apt.remaps["ubuntu"][1] == "http://mirror.example/ubuntu"
     assert parsed.images.feeds[0].name == "ubuntu" and parsed.seed.targets[0].type == "glance"
     assert parsed.discovery.mdns is False and parsed.apt.index_ttl == 60

@@ -315,8 +315,10 @@ class CacheEngine:
         while True:
             holder = await self._io(self.store.claim, key)
             if holder is None:
-                if waited and (entry := await self._io(self.store.lookup, key)) is not None:
-                    await self._io(self.store.release, key)  # it landed as we took over
+                # it may have landed between our look and our lease (its holder uploaded
+                # and let go meanwhile): look again before asking upstream
+                if (entry := await self._io(self.store.lookup, key)) is not None:
+                    await self._io(self.store.release, key)
                     await self._account(entry)
                     return Hit(entry, "HIT")
                 try:

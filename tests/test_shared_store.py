@@ -153,6 +153,14 @@ def test_without_the_store_units_serve_and_catch_up(
 BIG = "/debian/pool/main/b/big_1.0_amd64.deb"
 
 
+def upstream_file(root: Path, path: str, size: int) -> bytes:
+    """A file of `size` random bytes that the upstream serves at `path`."""
+    data = os.urandom(size)
+    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / path.lstrip("/")).write_bytes(data)
+    return data
+
+
 def _timed_get(url: str) -> tuple[int, str, float, float]:
     """Status, sha256 of the body, seconds to the first byte and to the last."""
     started = time.monotonic()
@@ -173,9 +181,7 @@ def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
     upstream_root: Path,
     tmp_path: Path,
 ) -> None:
-    data = os.urandom(4_000_000)
-    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
-    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    data = upstream_file(upstream_root, BIG, 4_000_000)
     upstream.rate[BIG] = 4_000_000  # about a second: every client asks while it is fetched
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
     units = [_unit(start_appliance, upstream, tmp_path, swift, bucket, n) for n in range(3)]
@@ -200,9 +206,7 @@ def test_a_unit_killed_mid_download_is_taken_over(
     upstream_root: Path,
     tmp_path: Path,
 ) -> None:
-    data = os.urandom(4_000_000)
-    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
-    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    data = upstream_file(upstream_root, BIG, 4_000_000)
     upstream.rate[BIG] = 1_000_000  # 4 s: long enough to kill the fetching unit in the middle
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
     a, b, c = (
@@ -241,9 +245,7 @@ def test_three_units_behind_haproxy(
     fleet still serves, from disks and upstream."""
     if not (haproxy.installed() and swift_aio.installed()):
         pytest.fail("haproxy or swift missing: `make test` installs them")
-    data = os.urandom(4_000_000)
-    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
-    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    data = upstream_file(upstream_root, BIG, 4_000_000)
     files = _files(upstream_root)
     upstream.rate[BIG] = 4_000_000
     own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -16,16 +15,14 @@ from pathlib import Path
 
 from appliance.web.workers import merge_metrics
 from tests.conftest import StartAppliance, require
-from tests.test_shared_store import BIG, _timed_get
+from tests.test_shared_store import BIG, _timed_get, upstream_file
 from tests.upstream import Upstream
 
 
 def test_processes_on_one_cache_fetch_a_file_once(
     start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
 ) -> None:
-    data = os.urandom(3_000_000)
-    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
-    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    data = upstream_file(upstream_root, BIG, 3_000_000)
     upstream.rate[BIG] = 3_000_000  # about a second
     cache = tmp_path / "cache"
     a, b = (
@@ -63,9 +60,7 @@ def test_two_workers_share_the_port_and_answer_as_one(
     start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
 ) -> None:
     require("curl", "curl")
-    data = os.urandom(3_000_000)
-    (upstream_root / BIG.lstrip("/")).parent.mkdir(parents=True)
-    (upstream_root / BIG.lstrip("/")).write_bytes(data)
+    data = upstream_file(upstream_root, BIG, 3_000_000)
     upstream.rate[BIG] = 3_000_000
     cache = tmp_path / "cache"
     app = start_appliance(

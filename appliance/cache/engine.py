@@ -297,7 +297,7 @@ class CacheEngine:
     async def _account(self, entry: Entry) -> None:
         """A hit: fresh in the LRU; one copied in from a shared store starts counting
         against this disk's cap (kept ones too: the store keeps their copy)."""
-        kept_here = entry.meta.keep and not await self._io(self.store.elsewhere, entry.key)
+        kept_here = entry.meta.keep and not self.store.elsewhere(entry.key)  # no I/O
         if entry.key in self.lru or kept_here:
             self.lru.touch(entry.key)
         else:

@@ -140,7 +140,7 @@ class Handler:
         if siblings is None:
             return doc
         others = [json.loads(b) for b in await siblings.gather("/api/status")]
-        return merge_status(doc, others, siblings.index)
+        return merge_status(doc, others)
 
     async def _metrics(self, siblings: Workers | None) -> web.Response:
         if not self.parts.config.metrics:

@@ -144,16 +144,11 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def merge_status(
-    own: dict[str, Any], others: Sequence[dict[str, Any]], primary: int
-) -> dict[str, Any]:
+def merge_status(own: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """`/api/status` for the whole service: the primary's document (jobs, images, cache)
     with every worker's traffic added up and their downloads listed."""
     docs = [own, *others]
-    base = dict(docs[0] if primary == 0 else own)
-    for doc in docs:
-        if doc.get("worker") == 0:
-            base = dict(doc)
+    base = dict(next((d for d in docs if d.get("worker") == 0), own))
     requests: dict[str, dict[str, int]] = {}
     for doc in docs:
         for service, counts in doc.get("requests", {}).items():

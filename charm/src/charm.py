@@ -143,7 +143,6 @@ class ArchiveLocalCharm(ops.CharmBase):
     def _store_credentials(self, options: dict[str, Any]) -> bool:
         """Write the object store's credentials file from `object-store-credentials` (a
         Juju secret with `access-key` and `secret-key`); True when it changed."""
-        options.pop("object-store-credentials", None)
         if not str(options.get("object-store") or "").strip():
             return self.workload.set_store_credentials(None, None)
         secret_id = self.config.get("object-store-credentials")
@@ -187,13 +186,17 @@ class ArchiveLocalCharm(ops.CharmBase):
         token = self.model.get_secret(id=secret_id).get_content(refresh=True)["token"]
         return self.workload.set_token(token)
 
-    def _url(self, relation: ops.Relation) -> str | None:
+    def _address(self, relation: ops.Relation) -> str | None:
+        """This unit's address on `relation` (IPv6 in brackets, for URLs)."""
         binding = self.model.get_binding(relation)
         address = binding.network.ingress_address if binding else None
         if address is None:
             return None
-        host = f"[{address}]" if address.version == 6 else str(address)
-        return f"http://{host}:{self.port}"
+        return f"[{address}]" if address.version == 6 else str(address)
+
+    def _url(self, relation: ops.Relation) -> str | None:
+        host = self._address(relation)
+        return None if host is None else f"http://{host}:{self.port}"
 
     def _publish_cos(self) -> None:
         """The cos-agent provider side, written here (its wire format: one unit-data key
@@ -230,15 +233,14 @@ class ArchiveLocalCharm(ops.CharmBase):
         `website` the host and port (its health check is GET /healthz), the peers `url`."""
         for name in ("apt-proxy", "website", "cluster"):
             for relation in self.model.relations[name]:
-                url = self._url(relation)
-                if url is None:
+                host = self._address(relation)
+                if host is None:
                     continue
                 data = relation.data[self.unit]
                 if name == "website":
-                    host = url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-                    data.update({"hostname": host, "port": str(self.port)})
+                    data.update({"hostname": host.strip("[]"), "port": str(self.port)})
                 else:
-                    data["url"] = url
+                    data["url"] = f"http://{host}:{self.port}"
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
         """The most severe of what reconcile found and what the service says (ops keeps

@@ -321,17 +321,7 @@ class Workload:
 
     def _write_secret(self, target: Path, text: str) -> bool:
         """Like `_write`, readable by the service's user only."""
-        path = self.path(target)
-        if path.exists() and path.read_text() == text:
-            return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        self.run(["chown", f"{USER}:{USER}", str(tmp)])
-        os.replace(tmp, path)
-        return True
+        return self._write(target, text, secret=True)
 
     # -- configure and run -----------------------------------------------------------
     def set_store_credentials(self, access_key: str | None, secret_key: str | None) -> bool:
@@ -393,14 +383,19 @@ class Workload:
         except config.ConfigError:
             return None
 
-    def _write(self, target: Path, text: str) -> bool:
-        """Atomically, only when different; True when the file changed."""
+    def _write(self, target: Path, text: str, secret: bool = False) -> bool:
+        """Atomically, only when different; True when the file changed. A `secret` is
+        created 0600 and given to the service's user before it takes the file's place."""
         path = self.path(target)
         if path.exists() and path.read_text() == text:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if secret:
+            self.run(["chown", f"{USER}:{USER}", str(tmp)])
         os.replace(tmp, path)
         return True
 

@@ -34,18 +34,24 @@ name = gold
 default = yes
 """
 
-BACKEND_CONF = """\
+# what every server shares: loopback, one process, this instance's folders
+DEFAULT_CONF = """\
 [DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = {port}
 workers = 0
 user = {user}
 swift_dir = {etc}
+recon_cache_path = {run}
+log_level = WARNING
+"""
+
+BACKEND_CONF = (
+    DEFAULT_CONF
+    + """\
 devices = {srv}
 mount_check = false
 fallocate_reserve = 0
-recon_cache_path = {run}
-log_level = WARNING
 
 [pipeline:main]
 pipeline = healthcheck {name}-server
@@ -56,16 +62,11 @@ use = egg:swift#{name}
 [filter:healthcheck]
 use = egg:swift#healthcheck
 """
+)
 
-PROXY_CONF = """\
-[DEFAULT]
-bind_ip = 127.0.0.1
-bind_port = {port}
-workers = 0
-user = {user}
-swift_dir = {etc}
-recon_cache_path = {run}
-log_level = WARNING
+PROXY_CONF = (
+    DEFAULT_CONF
+    + """\
 
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api
@@ -105,6 +106,7 @@ use = egg:swift#slo
 [filter:dlo]
 use = egg:swift#dlo
 """
+)
 
 
 def installed() -> bool:

@@ -69,17 +69,22 @@ class Core:
 
 @contextlib.asynccontextmanager
 async def core(
-    config: Config, *, extra_urls: Iterable[str] = (), own_port_allowed: bool = False
+    config: Config,
+    *,
+    extra_urls: Iterable[str] = (),
+    own_port_allowed: bool = False,
+    worker: int | None = None,
 ) -> AsyncIterator[Core]:
     """The engine on the configured store, fetching only from configured hosts (and
-    `extra_urls`: an ad hoc feed). `own_port_allowed`: `query` reads this appliance."""
+    `extra_urls`: an ad hoc feed). `own_port_allowed`: `query` reads this appliance.
+    `worker`: this process's index among `workers: N`."""
     own = () if own_port_allowed else (config.listen.port,)
     egress = EgressPolicy(configured_hosts(config, extra_urls).__contains__, own_ports=own)
     async with contextlib.AsyncExitStack() as stack:
         fetcher = Fetcher.from_config(config.upstream, egress)
         stack.push_async_callback(fetcher.close)
         engine = CacheEngine(
-            open_store(config.cache),
+            open_store(config.cache, worker),
             fetcher,
             max_size=config.cache.max_size,
             ttl=config.apt.index_ttl,
@@ -113,6 +118,7 @@ class Appliance:
         self.inventory = status.Inventory()
         self.server: Any = None  # the listening web.Server: its refused-connection count
         self.workers: Any = None  # web.workers.Workers when `workers: N` runs several
+        self.peer_streams: Any = None  # web.peers.PeerStreams: the others' downloads
         self.maintenance_lock = asyncio.Lock()  # one verify or expiry run at a time
         self.last_verify: dict[str, Any] | None = None
         self.last_expiry: dict[str, Any] | None = None
@@ -284,12 +290,14 @@ def _fingerprint(config: Config) -> str | None:
 
 @contextlib.asynccontextmanager
 async def serving(
-    config: Config, config_path: Path | None = None, primary: bool = True
+    config: Config, config_path: Path | None = None, worker: int | None = None
 ) -> AsyncIterator[Appliance]:
-    """The running service, torn down in reverse order on exit. Only the `primary` worker
-    runs the jobs (syncs, seeds, expiry) and advertises by mDNS."""
+    """The running service, torn down in reverse order on exit. `worker`: this process's
+    index among `workers: N`; only the primary (the only process, or worker 0) runs the
+    jobs (syncs, seeds, expiry) and advertises by mDNS."""
+    primary = worker in (None, 0)
     async with contextlib.AsyncExitStack() as stack:
-        base = await stack.enter_async_context(core(config))
+        base = await stack.enter_async_context(core(config, worker=worker))
         app = Appliance(base, config_path)
         stack.push_async_callback(asyncio.to_thread, app.catalog.close)
         cached = await app.engine.start()

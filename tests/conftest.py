@@ -169,8 +169,9 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         env: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
         host: str = "127.0.0.1",
+        port: int | None = None,
     ) -> Appliance:
-        port = free_port()
+        port = port or free_port()
         cache_dir = cache_dir or tmp_path / f"cache-{len(started)}"
         config = {
             "listen": f"{host}:{port}",

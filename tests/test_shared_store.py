@@ -45,7 +45,10 @@ def _unit(
     bucket: str,
     n: int,
     lease: str = "30s",
+    ports: list[int] | None = None,
 ) -> Appliance:
+    """Unit `n` of a fleet on `bucket`; with `ports` (every unit's), the units know each
+    other (`peer_url`, `peers`) and stream a download from the one that fetches it."""
     cache = tmp_path / f"unit-{n}"
     store = {
         "type": "s3",
@@ -56,10 +59,14 @@ def _unit(
         "prefix": "fleet/",
         "lease": lease,
     }
+    if ports:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        store |= {"peer_url": urls[n], "peers": urls[:n] + urls[n + 1 :]}
     return start(
         {"debian": [f"{upstream.url}/debian"]},
         cache_dir=cache,
         extra={"cache": {"dir": str(cache), "max_size": "1GiB", "store": store}},
+        port=ports[n] if ports else None,
     )
 
 
@@ -182,9 +189,12 @@ def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
     tmp_path: Path,
 ) -> None:
     data = upstream_file(upstream_root, BIG, 4_000_000)
-    upstream.rate[BIG] = 4_000_000  # about a second: every client asks while it is fetched
+    upstream.rate[BIG] = 2_000_000  # 2 s: every client asks while it is fetched
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
-    units = [_unit(start_appliance, upstream, tmp_path, swift, bucket, n) for n in range(3)]
+    ports = [free_port() for _ in range(3)]
+    units = [
+        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, ports=ports) for n in range(3)
+    ]
     urls = [units[i % 3].url + BIG for i in range(20)]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(_timed_get, urls))
@@ -192,11 +202,19 @@ def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
     assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 20
     assert upstream.count(BIG) == 1, "\n".join(u.log_text()[-1500:] for u in units)
     holders = [u for u in units if u.status()["cache"]["shared_store"]["uploads"]]
-    assert len(holders) == 1  # one unit fetched and uploaded; the others copied it
-    leases = swift.client().list_objects_v2(Bucket=bucket, Prefix="fleet/.leases/")
-    assert leases.get("KeyCount", 0) == 0  # released
+    assert len(holders) == 1  # one unit fetched and uploaded
+    waiting = [u for u in units if u not in holders]
+    # their clients streamed the holder's download: each answer one peer stream
+    assert sum(u.status()["cache"]["from_peers"] for u in waiting) >= 13
     ttfb = sorted(round(t, 2) for _, _, t, _ in answers)
     print(f"fleet single flight: TTFB min {ttfb[0]} median {ttfb[10]} max {ttfb[-1]} s")
+    # waiting for the object would give no byte before the download's end (2 s)
+    assert ttfb[-1] < 1.5, ttfb
+    leases = swift.client().list_objects_v2(Bucket=bucket, Prefix="fleet/.leases/")
+    assert leases.get("KeyCount", 0) == 0  # released
+    for unit in waiting:  # copied in from the store now, no upstream request
+        assert _timed_get(unit.url + BIG)[:2] == (200, want)
+    assert upstream.count(BIG) == 1
 
 
 def test_a_unit_killed_mid_download_is_taken_over(
@@ -209,8 +227,9 @@ def test_a_unit_killed_mid_download_is_taken_over(
     data = upstream_file(upstream_root, BIG, 4_000_000)
     upstream.rate[BIG] = 1_000_000  # 4 s: long enough to kill the fetching unit in the middle
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
+    ports = [free_port() for _ in range(3)]
     a, b, c = (
-        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, lease="6s") for n in range(3)
+        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, "6s", ports) for n in range(3)
     )
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = pool.submit(_timed_get, a.url + BIG)  # a takes the lease and fetches
@@ -224,6 +243,10 @@ def test_a_unit_killed_mid_download_is_taken_over(
         )
     want = hashlib.sha256(data).hexdigest()
     assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 3
+    # they streamed from a before it died (first byte before the kill), then got the rest
+    # from the unit that took the lease over, checked against what they had been sent
+    assert all(ttfb < 1.0 for _, _, ttfb, _ in answers), answers
+    assert b.status()["cache"]["from_peers"] + c.status()["cache"]["from_peers"] == 3
     assert upstream.count(BIG) == 2  # the dead unit's fetch, and the one that took over
     s3 = swift.client()
     head = s3.head_object(Bucket=bucket, Key=f"fleet/127.0.0.1:{upstream.port}{BIG}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import http.client
 import json
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -14,7 +16,9 @@ import urllib.request
 from pathlib import Path
 
 from appliance.web.workers import merge_metrics
-from tests.conftest import StartAppliance, require
+import pytest
+
+from tests.conftest import Appliance, StartAppliance, require
 from tests.test_shared_store import BIG, _timed_get, upstream_file
 from tests.upstream import Upstream
 
@@ -103,6 +107,70 @@ def test_two_workers_share_the_port_and_answer_as_one(
     app.proc.send_signal(signal.SIGTERM)
     assert app.proc.wait(40) == 0  # both drained and stopped cleanly
     assert "worker 0 of 2" in app.log_text() and "worker 1 of 2" in app.log_text()
+
+
+class _OverUnix(http.client.HTTPConnection):
+    """HTTP to one worker's own socket."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("worker", timeout=20)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.socket_path))
+        self.sock = sock
+
+
+def _sockets(app: Appliance, n: int) -> list[Path]:
+    socks = [app.cache_dir / f".state/workers/{i}.sock" for i in range(n)]
+    deadline = time.monotonic() + 20
+    while not all(s.exists() for s in socks):
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    return socks
+
+
+def test_a_waiting_worker_streams_the_download_of_the_one_that_fetches(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    data = upstream_file(upstream_root, BIG, 3_000_000)
+    upstream.stall_after[BIG] = 1_000_000  # then silence: the download cannot complete
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]},
+        cache_dir=tmp_path / "cache",
+        extra={"workers": 2, "upstream": {"read_timeout": 4}},
+    )
+    socks = _sockets(app, 2)
+    fetching = _OverUnix(socks[0])
+    fetching.request("GET", BIG)
+    r0 = fetching.getresponse()
+    assert r0.status == 200 and r0.read(1000) == data[:1000]
+    waiting = _OverUnix(socks[1])
+    waiting.request("GET", BIG)
+    r1 = waiting.getresponse()
+    assert (r1.status, r1.headers["X-Cache"], r1.headers["X-Archive-Local-From"]) == (
+        200,
+        "MISS",
+        "worker-0",
+    )
+    assert r1.headers["Content-Length"] == str(len(data))
+    # while the upstream is silent, worker 1's client has what worker 0 received
+    assert r1.read(900_000) == data[:900_000]
+    del upstream.stall_after[BIG]  # the next request for it will be answered in full
+    # worker 0's transfer never completes: its client sees a cut, never a complete file
+    with pytest.raises(http.client.IncompleteRead):
+        r0.read()
+    # worker 1's client gets the rest from worker 1's own fetch, after its start was
+    # checked against the bytes already sent
+    assert r1.read() == data[900_000:]
+    assert upstream.count(BIG) == 2
+    assert not [p for p in app.cache_dir.rglob("*") if ".part-" in p.name]
+    metrics = urllib.request.urlopen(app.url + "/metrics", timeout=10).read().decode()
+    assert "archive_local_peer_streams_total 1.0" in metrics
+    assert _timed_get(app.url + BIG)[:2] == (200, hashlib.sha256(data).hexdigest())
+    assert upstream.count(BIG) == 2  # kept by worker 1: a hit
 
 
 def test_the_workers_metrics_add_up() -> None:

@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
@@ -94,7 +94,37 @@ class PassThrough:
             self.response.close()
 
 
+class FromPeer(PassThrough):
+    """Another worker's or unit's download of a file it holds the fleet lease for,
+    streamed from it as it arrives (its last byte only once that download is verified
+    there); this process stores nothing, the holder does (`holder` names it)."""
+
+    status = "MISS"
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        expect: Expect,
+        holder: str,
+        resume: Callable[[], Awaitable[Entry]] | None = None,
+    ) -> None:
+        super().__init__(response, expect, "peer")
+        self.holder = holder
+        # if the peer breaks off (it died, its upstream failed): the verified file got
+        # another way (the lease taken over, or the next holder's), to send the rest from
+        self.resume = resume
+
+
 Result = Hit | Miss | PassThrough | UpstreamFailure
+
+
+class Peers(Protocol):
+    """How to reach the worker or unit that holds a fleet lease (`Store.claim` names it)."""
+
+    async def open(self, holder: str, key: str) -> aiohttp.ClientResponse | None:
+        """Its download of `key` in progress (200, with a length), or None: not one we
+        can reach, or it is not downloading `key` (any more)."""
+        ...
 
 
 class Rules(Protocol):
@@ -119,6 +149,7 @@ class Figures:
     not_stored: dict[str, int]  # pass-through answers by reason
     downloads: list[dict[str, object]]
     shared_store: dict[str, object] | None = None  # a store shared by several units
+    from_peers: int = 0  # answers streamed from another worker's or unit's download
 
 
 class FetchError(Exception):
@@ -208,6 +239,8 @@ class CacheEngine:
         self.passed: Counter[str] = Counter()  # pass-through answers by reason
         self._noted: dict[str, float] = {}
         self.integrity_failures = 0  # downloads rejected for wrong size or digest
+        self.peers: Peers | None = None  # the lease holders' downloads, to stream from
+        self.from_peers = 0
 
     def apply(self, config: Config) -> None:
         """Take the cache settings of a new configuration (reload)."""
@@ -226,6 +259,7 @@ class CacheEngine:
             not_stored=dict(self.passed),
             downloads=self.in_flight(),
             shared_store=self.store.shared_status(),
+            from_peers=self.from_peers,
         )
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
@@ -269,7 +303,10 @@ class CacheEngine:
         expect: Expect = NO_EXPECTATION,
         resumable: bool = False,
         keep: bool = False,
+        from_peer: bool = True,
     ) -> Result:
+        """`from_peer`: a caller that can relay a stream (a client) may get `FromPeer`;
+        others (mirroring) wait for the holder's file instead."""
         if freshness is Freshness.MANAGED:  # written by sync/publish, maybe another process
             entry = await self._io(self.store.lookup, key)
             return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
@@ -285,11 +322,13 @@ class CacheEngine:
                 if self.flights.phase(key) is not None:
                     continue  # someone started while we looked at the disk: join them
                 if freshness is Freshness.IMMUTABLE and entry is None:
-                    work = self._fleet_refresh(key, urls, expect, resumable, keep)
+                    work = self._fleet_refresh(key, urls, expect, resumable, keep, from_peer)
                 else:
                     work = self._refresh(key, urls, entry, expect, resumable, keep)
                 task = self.flights.ask(key, work)
             result = await asyncio.shield(task)
+            if isinstance(result, FromPeer) and not from_peer:
+                continue  # left for a client sharing the flight; ours waits for the file
             if isinstance(result, PassThrough) and not result.claim():
                 continue  # another caller reads that body: ask upstream again
             return result
@@ -305,12 +344,19 @@ class CacheEngine:
             await self._evict()
 
     async def _fleet_refresh(
-        self, key: str, urls: Sequence[str], expect: Expect, resumable: bool, keep: bool
+        self,
+        key: str,
+        urls: Sequence[str],
+        expect: Expect,
+        resumable: bool,
+        keep: bool,
+        from_peer: bool = True,
     ) -> Result:
-        """A file this unit does not have, immutable: fetched once for every unit sharing
-        the store. The unit that gets the store's lease fetches it; the others wait for
-        its object (this unit's callers all wait on this one task) and take over the
-        lease if its holder stops renewing it. Without a shared store: fetched here."""
+        """A file this process does not have, immutable: fetched once for every worker
+        and unit sharing the store. The one that gets the lease fetches it; the others
+        stream its download from it (`Peers`, when it can be reached) or wait for its
+        file (this process's callers all wait on this one task), and take over the lease
+        if its holder stops renewing it. Without a shared store: fetched here."""
         waited = False
         while True:
             holder = await self._io(self.store.claim, key)
@@ -329,6 +375,14 @@ class CacheEngine:
                 if not isinstance(result, Miss):  # a Miss releases when its download ends
                     await self._io(self.store.release, key)
                 return result
+            if from_peer and self.peers is not None:
+                response = await self.peers.open(holder, key)
+                if response is not None:
+                    self.from_peers += 1
+                    log.info("cache: %s is being fetched by %s; streaming it", key, holder)
+                    return FromPeer(
+                        response, expect, holder, lambda: self.ensure(key, urls, expect)
+                    )
             if not waited:
                 log.info("cache: %s is being fetched by %s; waiting for it", key, holder)
                 waited = True
@@ -347,7 +401,7 @@ class CacheEngine:
         """
         for _attempt in range(2):
             result = await self.get(
-                key, urls, Freshness.IMMUTABLE, expect, resumable=True, keep=keep
+                key, urls, Freshness.IMMUTABLE, expect, resumable=True, keep=keep, from_peer=False
             )
             if isinstance(result, UpstreamFailure):
                 raise FetchError(result.reason)
@@ -365,6 +419,15 @@ class CacheEngine:
             log.warning("cache: %s does not match its expected digest; fetching again", key)
             await self.evict(key)
         raise FetchError(f"{key}: still does not match after a fresh download")
+
+    async def flight(self, key: str, wait: float = 5.0) -> Download | None:
+        """This process's download of `key`, for a worker or unit waiting on its lease
+        (a request still out for it is waited for, at most `wait` seconds)."""
+        download = self.flights.joinable(key)
+        if download is None and (task := self.flights.request(key)) is not None:
+            await asyncio.wait([task], timeout=wait)
+            download = self.flights.joinable(key)
+        return download
 
     def downloading_key(self, key: str) -> bool:
         """True while `key` is being fetched (maintenance leaves it alone)."""

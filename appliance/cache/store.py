@@ -241,6 +241,9 @@ class FilesystemStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._held: dict[str, list[int]] = {}  # key -> lock descriptors this process holds
+        # what `claim` tells the others of this process (a worker names itself `worker-N`,
+        # which its siblings can reach to stream the download it holds the lock for)
+        self.holder = f"process {os.getpid()}"
 
     def path(self, key: str) -> Path:
         check_key(key)
@@ -436,8 +439,15 @@ class FilesystemStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            try:  # who wrote the file last: the holder, unless it has only just locked
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
             os.close(fd)
-            return "another process on this cache"
+            return holder or "another process on this cache"
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self.holder.encode(), 0)
         self._held.setdefault(key, []).append(fd)
         return None
 

@@ -11,11 +11,17 @@ from appliance.config import CacheConfig, ConfigError
 log = logging.getLogger(__name__)
 
 
-def open_store(cache: CacheConfig) -> Store:
+def open_store(cache: CacheConfig, worker: int | None = None) -> Store:
     """The directory tree at `cache.dir`, alone or (with `cache.store`) as the read cache
     in front of a shared object store. An unreachable store is not fatal: the unit starts
-    and serves from its disk and upstream until the store answers."""
+    and serves from its disk and upstream until the store answers.
+
+    `worker`: this process's index among `workers: N`; its fetch locks name it, so a
+    sibling waiting for one of its downloads can stream it. The store's leases name the
+    unit's `peer_url`, for the same reason across units."""
     local = FilesystemStore(cache.dir)
+    if worker is not None:
+        local.holder = f"worker-{worker}"
     if cache.store is None:
         return local
     s = cache.store
@@ -25,5 +31,7 @@ def open_store(cache: CacheConfig) -> Store:
         raise ConfigError(f"cache.store.credentials_file: {exc}") from None
     bucket = Bucket(s3_client(s.endpoint, s.region, credentials), s.bucket, s.prefix)
     store = ObjectStore(local, bucket, lease_ttl=s.lease)
+    if s.peer_url:
+        store.unit += f"@{s.peer_url}"
     store.connect()
     return store

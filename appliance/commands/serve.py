@@ -15,6 +15,7 @@ from appliance import __version__, runtime
 from appliance.config import Config
 from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Handler
+from appliance.web.peers import PeerStreams
 from appliance.web.server import Server, listening_socket
 from appliance.web.workers import Workers, socket_path
 
@@ -42,8 +43,12 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
         siblings = Workers(
             worker, [socket_path(config.cache.dir, i) for i in range(config.workers)]
         )
-    async with runtime.serving(config, config_path, primary=worker in (None, 0)) as app:
+    async with runtime.serving(config, config_path, worker) as app:
         app.workers = siblings
+        if siblings is not None or config.cache.store is not None:
+            timeout = config.upstream.read_timeout
+            streams = PeerStreams(siblings, lambda: _peers(app.config), timeout)
+            app.peer_streams = app.engine.peers = streams
         server = Server(
             Handler(app).handle,
             connections_per_client=config.limits.connections_per_client,
@@ -107,6 +112,12 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
             )
         finally:
             await runner.cleanup()
+            if app.peer_streams is not None:
+                await app.peer_streams.close()
+
+
+def _peers(config: Config) -> tuple[str, ...]:
+    return config.cache.store.peers if config.cache.store is not None else ()
 
 
 async def _reload(app: runtime.Appliance) -> None:

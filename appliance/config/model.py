@@ -54,6 +54,10 @@ class StoreConfig:
     prefix: str = ""  # object names start with this ("" or ending in "/")
     lease: float = duration(30.0)  # a unit's fetch lease, renewed while it downloads
     type: str = "s3"
+    # how the other units reach this one (named in its leases), and theirs: a unit waiting
+    # for another's download streams it from that unit, only from a URL listed in `peers`
+    peer_url: str | None = None
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

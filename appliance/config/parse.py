@@ -14,6 +14,7 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -148,7 +149,19 @@ def _parse_store(value: Any) -> StoreConfig | None:
     key = "cache.store"
     data = expect_mapping(value, key)
     check_keys(
-        data, ("type", "endpoint", "bucket", "region", "credentials_file", "prefix", "lease"), key
+        data,
+        (
+            "type",
+            "endpoint",
+            "bucket",
+            "region",
+            "credentials_file",
+            "prefix",
+            "lease",
+            "peer_url",
+            "peers",
+        ),
+        key,
     )
     lease = parse_duration(data.get("lease", StoreConfig.lease), f"{key}.lease")
     if lease < 6:
@@ -161,6 +174,9 @@ def _parse_store(value: Any) -> StoreConfig | None:
     if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
         raise ConfigError(f"{key}.bucket: a bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
     prefix = text(data, "prefix", key, "") if data.get("prefix") else ""
+    peers = data.get("peers") or []
+    if not isinstance(peers, list):
+        raise ConfigError(f"{key}.peers: a list of the other units' URLs, got {peers!r}")
     if prefix and (prefix.startswith("/") or ".." in prefix.split("/")):
         raise ConfigError(f"{key}.prefix: a relative name such as units/, got {prefix!r}")
     if prefix and not prefix.endswith("/"):
@@ -172,7 +188,20 @@ def _parse_store(value: Any) -> StoreConfig | None:
         region=text(data, "region", key, StoreConfig.region) or StoreConfig.region,
         prefix=prefix or "",
         lease=lease,
+        peer_url=_peer_url(data.get("peer_url"), f"{key}.peer_url"),
+        peers=tuple(_peer_url(u, f"{key}.peers[{i}]") for i, u in enumerate(peers)),
     )
+
+
+def _peer_url(value: Any, key: str) -> Any:
+    """A unit's base URL, `http://host:port` (normalised without a trailing slash)."""
+    if value is None:
+        return None
+    found = url({"u": value}, "u", key)
+    parts = urlsplit(found or "")
+    if parts.scheme != "http" or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"{key}: expected a unit's http://host:port, got {value!r}")
+    return str(found).rstrip("/")
 
 
 def _parse_cache(data: Mapping[str, Any]) -> CacheConfig:
@@ -557,7 +586,13 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     for name in RESTART_FIELDS:
         a, b = getattr(old, name), getattr(new, name)
         if name == "cache":
-            out += [f"cache.{f}" for f in ("dir", "store") if getattr(a, f) != getattr(b, f)]
+            out += [f"cache.{f}" for f in ("dir", "store") if _fixed(a, f) != _fixed(b, f)]
         elif a != b:
             out.append(name)
     return out
+
+
+def _fixed(cache: CacheConfig, name: str) -> Any:
+    """What of `cache.<name>` a reload cannot change (the store's peers it can)."""
+    value = getattr(cache, name)
+    return replace(value, peers=()) if name == "store" and value is not None else value

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from appliance import __version__
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
+from appliance.cache.download import NO_EXPECTATION
 from appliance.cache.egress import EgressPolicy
-from appliance.cache.engine import CacheEngine
+from appliance.cache.engine import CacheEngine, FromPeer, Miss
 from appliance.cache.fetcher import UpstreamFailure
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
@@ -26,6 +28,7 @@ from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import status
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
+from appliance.web.peers import FLIGHT, PeerStreams
 from appliance.web.tunnel import tunnel
 from appliance.web.workers import (
     TO_ALL,
@@ -60,6 +63,7 @@ class Parts(status.Source, Actions, Protocol):
     inventory: status.Inventory
 
     workers: Workers | None  # the sibling processes of `workers: N`, else None
+    peer_streams: PeerStreams | None  # how this process reaches the others' downloads
 
     async def well_known(self, host_header: str | None) -> dict[str, Any]: ...
     async def health(self) -> tuple[int, dict[str, Any]]: ...
@@ -95,6 +99,8 @@ class Handler:
             return web.json_response(doc, status=code, headers={"Cache-Control": "no-store"})
         if target == "/favicon.ico":  # browsers on the status page ask for it
             return web.Response(status=204)
+        if target.startswith(FLIGHT):
+            return await self._flight(request, unquote(target.removeprefix(FLIGHT)), siblings)
         if target == WELL_KNOWN:
             doc = await parts.well_known(request.headers.get("Host"))
             return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
@@ -116,6 +122,25 @@ class Handler:
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
         return await deliver(request, engine, result)
+
+    async def _flight(
+        self, request: web.BaseRequest, key: str, siblings: Workers | None
+    ) -> web.StreamResponse:
+        """A download in progress here, for a worker or unit waiting on our lease (never
+        a new fetch: only what this unit is downloading anyway). A unit of several workers
+        asks its siblings when the download is not this one's."""
+        engine = self.parts.engine
+        download = await engine.flight(key)
+        if download is not None:
+            return await deliver(request, engine, Miss(download))
+        streams = self.parts.peer_streams
+        if siblings is not None and streams is not None:
+            for i in siblings.others:
+                holder = f"worker-{i}"
+                if (response := await streams.open(holder, key)) is not None:
+                    relayed = FromPeer(response, NO_EXPECTATION, holder)
+                    return await deliver(request, engine, relayed)
+        raise web.HTTPNotFound(text="not downloading that file\n")
 
     async def _connect(self, request: web.BaseRequest) -> web.StreamResponse:
         host, _, port = request.raw_path.rpartition(":")

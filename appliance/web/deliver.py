@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from email.utils import formatdate
 from typing import BinaryIO
 
@@ -21,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from appliance.cache.download import Download, State
-from appliance.cache.engine import CacheEngine, Hit, Miss, PassThrough
+from appliance.cache.engine import CacheEngine, FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.fetcher import body_chunks
 from appliance.web.ranges import Plan, plan
 
@@ -43,6 +44,8 @@ async def deliver(
 ) -> web.StreamResponse:
     if isinstance(result, Miss):
         return await _deliver_download(request, engine, result.download)
+    if isinstance(result, FromPeer):
+        return await _deliver_from_peer(request, engine, result)
     if isinstance(result, PassThrough):
         return await _deliver_passthrough(request, engine, result)
     return await _deliver_entry(request, engine, result)
@@ -92,7 +95,7 @@ async def _deliver_passthrough(
         upstream.headers.get("ETag"),
         upstream.headers.get("Last-Modified"),
         upstream.headers.get("Content-Type"),
-        "PASS",
+        p.status,
     )
     del headers["Accept-Ranges"]
     headers["X-Archive-Local-Not-Stored"] = p.reason
@@ -130,6 +133,99 @@ async def _deliver_passthrough(
     upstream.release()
     await resp.write_eof()
     return resp
+
+
+async def _deliver_from_peer(
+    request: web.BaseRequest, engine: CacheEngine, p: FromPeer
+) -> web.StreamResponse:
+    """Relay the holder's download as it arrives (it sends its last byte only once the
+    file is verified there). If the holder breaks off, the rest comes from the file got
+    another way (`p.resume`: the lease taken over, or the next holder's), once its first
+    bytes are shown to be the ones already sent; else the client's transfer is cut."""
+    peer = p.response
+    length = peer.content_length
+    headers = _headers(
+        peer.headers.get("ETag"),
+        peer.headers.get("Last-Modified"),
+        peer.headers.get("Content-Type"),
+        p.status,
+    )
+    del headers["Accept-Ranges"]
+    headers["X-Archive-Local-From"] = p.holder
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.content_length = length
+    sent, digest = 0, hashlib.sha256()
+    try:
+        await resp.prepare(request)
+        if request.method == "HEAD" or length is None:
+            peer.close()
+            await resp.write_eof()
+            return resp
+        chunks = body_chunks(peer, engine.fetcher.limits).__aiter__()
+        broke: Exception | None = None
+        while sent < length:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                broke = _UpstreamBroke(f"{sent} of {length} bytes")
+                break
+            except Exception as exc:  # the peer's connection failed or timed out
+                broke = exc
+                break
+            chunk = chunk[: length - sent]
+            digest.update(chunk)
+            sent += len(chunk)
+            await resp.write(chunk)
+        if broke is None:
+            peer.release()
+        else:
+            peer.close()
+            log.warning(
+                "peer %s broke off %s at byte %d of %d (%s): getting the file another way",
+                p.holder,
+                request.path,
+                sent,
+                length,
+                broke,
+            )
+            await _send_rest(request, engine, p, sent, digest.hexdigest(), length)
+        await resp.write_eof()
+    except (ClientGone, ConnectionError, TimeoutError) as exc:
+        peer.close()
+        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
+    except _UpstreamBroke as exc:
+        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+    return resp
+
+
+async def _send_rest(
+    request: web.BaseRequest, engine: CacheEngine, p: FromPeer, sent: int, digest: str, length: int
+) -> None:
+    """Bytes `sent`.. of the file from another source, if it starts with what was sent."""
+    if p.resume is None:
+        raise _UpstreamBroke("the peer broke off")
+    try:
+        entry = await p.resume()
+    except FetchError as exc:
+        raise _UpstreamBroke(str(exc)) from None
+    async with engine.lease(entry) as file:
+        if file is None or entry.meta.size != length:
+            raise _UpstreamBroke(f"the file got again is not the one announced ({length} bytes)")
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, _prefix_sha256, file, sent) != digest:
+            raise _UpstreamBroke("the file got again does not start with the bytes sent")
+        await _copy(request, file, sent, length, None)
+
+
+def _prefix_sha256(file: BinaryIO, size: int) -> str:
+    digest, pos = hashlib.sha256(), 0
+    while pos < size:
+        block = os.pread(file.fileno(), min(1 << 20, size - pos), pos)
+        if not block:
+            break
+        digest.update(block)
+        pos += len(block)
+    return digest.hexdigest()
 
 
 async def _relay(

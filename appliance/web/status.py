@@ -138,6 +138,7 @@ async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
             "entries": cache.entries,
             "max_bytes": cache.max_bytes,
             "evictions": cache.evictions,
+            "from_peers": cache.from_peers,
             "shared_store": cache.shared_store,
         },
         "images": await inventory.get(source),
@@ -176,7 +177,12 @@ def scrape(source: Source) -> Iterator[Metric]:
     downloads.add_metric([], len(flights))
     waiting = gauge("download_clients", "Clients streaming a download in progress")
     waiting.add_metric([], sum(int(f["clients"]) for f in flights))  # type: ignore[call-overload]
-    yield from (size, entries, limit, evictions, downloads, waiting)
+    peers = counter(
+        "peer_streams",
+        "Answers streamed from the download of the worker or unit holding the fetch lease",
+    )
+    peers.add_metric([], cache.from_peers)
+    yield from (size, entries, limit, evictions, downloads, waiting, peers)
     if (shared := cache.shared_store) is not None:
         up = gauge("shared_store_up", "1 while the shared object store answers, else 0")
         up.add_metric([], 1 if shared["up"] else 0)

@@ -80,7 +80,9 @@ class ArchiveLocalCharm(ops.CharmBase):
             token_changed = self._share_token()
             if self._store_credentials(options):
                 token_changed = True  # the service reads the file again on reload
-            done = self.workload.apply(options, keystone, upgraded, token_changed)
+            done = self.workload.apply(
+                options, keystone, upgraded, token_changed, fleet=self._fleet()
+            )
         except InvalidConfig as exc:  # the running configuration stays as it was
             self._statuses.append(ops.BlockedStatus(str(exc)))
             return
@@ -185,6 +187,15 @@ class ArchiveLocalCharm(ops.CharmBase):
             return False  # the leader has not shared one yet: this unit's own serves
         token = self.model.get_secret(id=secret_id).get_content(refresh=True)["token"]
         return self.workload.set_token(token)
+
+    def _fleet(self) -> tuple[str, list[str]] | None:
+        """This unit's URL and the other units' (their `url` on the peer relation)."""
+        relation = self.model.get_relation("cluster")
+        own = self._url(relation) if relation is not None else None
+        if relation is None or own is None:
+            return None
+        others = [relation.data[u].get("url") for u in relation.units]
+        return own, [u for u in others if u]
 
     def _address(self, relation: ops.Relation) -> str | None:
         """This unit's address on `relation` (IPv6 in brackets, for URLs)."""

@@ -183,8 +183,14 @@ def _object_store(options: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"type": "s3", **value, "credentials_file": str(STORE_CREDENTIALS)}
 
 
-def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict[str, Any]:
-    """The appliance's configuration document for these charm options."""
+def render(
+    options: Mapping[str, Any],
+    keystone: Keystone | None = None,
+    fleet: tuple[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The appliance's configuration document for these charm options. `fleet`: this
+    unit's URL and the other units' (the `cluster` relation): with an object store, a
+    unit streams a download another unit holds the lease for from that unit."""
     data: dict[str, Any] = {
         "listen": f"[::]:{options.get('port', 3142)}",
         "cache": {"dir": str(CACHE), "max_size": options.get("cache-size", "50GiB")},
@@ -208,6 +214,8 @@ def render(options: Mapping[str, Any], keystone: Keystone | None = None) -> dict
     if remaps:
         data["apt"]["remaps"] = remaps
     if (store := _object_store(options)) is not None:
+        if fleet is not None:
+            store |= {"peer_url": fleet[0], "peers": sorted(fleet[1])}
         data["cache"]["store"] = store
     workers = str(options.get("workers") or "1").strip()
     data["workers"] = int(workers) if workers.isdigit() else workers  # "auto", or refused
@@ -342,11 +350,12 @@ class Workload:
         keystone: Keystone | None = None,
         upgraded: bool = False,
         token_changed: bool = False,
+        fleet: tuple[str, list[str]] | None = None,
     ) -> Applied:
         """Render, validate, write what changed, then reload or restart as needed: a new
         package (`upgraded`) restarts, a new admin token reloads. An invalid configuration
         raises InvalidConfig and changes nothing."""
-        data = render(options, keystone)
+        data = render(options, keystone, fleet)
         new = validate(data)
         text = "# written by the archive-local charm: change the charm's config instead\n"
         text += yaml.safe_dump(data, sort_keys=False)

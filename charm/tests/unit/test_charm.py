@@ -619,6 +619,34 @@ def test_units_share_one_object_store_with_credentials_from_a_secret(machine: Ma
     assert machine.systemctl() == [["restart", "archive-local"]]
 
 
+def test_units_on_one_store_know_each_other_and_a_new_one_reloads(machine: Machine) -> None:
+    secret = testing.Secret(tracked_content={"access-key": "fleet:unit", "secret-key": "s3cr3t"})
+    options = {**DEFAULTS, "object-store": STORE, "object-store-credentials": secret.id}
+    cluster = testing.PeerRelation("cluster", peers_data={1: {"url": "http://192.0.2.1:3142"}})
+    state = testing.State(config=options, secrets={secret}, relations={cluster})
+    out = ctx().run(ctx().on.install(), state)
+    store = _config(machine)["cache"]["store"]
+    assert (store["peer_url"], store["peers"]) == (
+        "http://192.0.2.0:3142",
+        ["http://192.0.2.1:3142"],
+    )
+    assert workload.validate(_config(machine)).cache.store.peers == ("http://192.0.2.1:3142",)
+    machine.calls.clear()
+    grown = dataclasses.replace(
+        out.get_relation(cluster.id),
+        peers_data={1: {"url": "http://192.0.2.1:3142"}, 2: {"url": "http://192.0.2.2:3142"}},
+    )
+    ctx().run(
+        ctx().on.relation_changed(grown, remote_unit=2),
+        dataclasses.replace(out, relations={grown}),
+    )
+    assert _config(machine)["cache"]["store"]["peers"] == [
+        "http://192.0.2.1:3142",
+        "http://192.0.2.2:3142",
+    ]
+    assert machine.systemctl() == [["reload", "archive-local"]]  # the store stays: no restart
+
+
 @pytest.mark.parametrize(
     ("store", "credentials", "message"),
     [

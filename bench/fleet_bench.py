@@ -6,7 +6,9 @@ Measures, medians of ROUNDS:
   whose disk is empty, and hit on local disk;
 - a 64 MiB file: the same four ways, time to first byte and to the last;
 - 20 clients on 3 units asking for one uncached 16 MiB file at once: upstream fetches,
-  time to first byte for the clients of the unit that fetches and of the others.
+  time to first byte for the clients of the unit that fetches and of the others, with
+  the units knowing each other (`peer_url`/`peers`: the others stream the holder's
+  download) and without (the others wait for the object).
 
 Usage: python bench/fleet_bench.py [--rounds 3] [--out results.json]
 """
@@ -25,6 +27,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,8 +53,10 @@ def get(url: str) -> tuple[float, float, int]:
 
 
 class Unit:
-    def __init__(self, work: Path, name: str, upstream: Upstream, store: dict | None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, work: Path, name: str, upstream: Upstream, store: dict | None, port: int = 0
+    ) -> None:
+        self.port = port or free_port()
         cache = work / name
         config = {
             "listen": f"127.0.0.1:{self.port}",
@@ -94,6 +99,20 @@ def many(base: str, paths: list[str], threads: int = 4) -> float:
     return time.monotonic() - started
 
 
+def fleet_round(upstream: Upstream, units: list[Unit], path: str, label: str, note: Any) -> None:
+    """20 clients on the units at once for one uncached file."""
+    before = upstream.count(path)
+    urls = [units[i % 3].url + path for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(get, urls))
+    note(f"fleet, {label}: upstream fetches", upstream.count(path) - before)
+    ttfbs = sorted(a[0] for a in answers)
+    note(f"fleet, {label}: ttfb fastest", ttfbs[0])
+    note(f"fleet, {label}: ttfb median", statistics.median(ttfbs))
+    note(f"fleet, {label}: ttfb slowest", ttfbs[-1])
+    note(f"fleet, {label}: last byte slowest", max(a[1] for a in answers))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -129,10 +148,22 @@ def main() -> None:
             }
             big = f"/debian/pool/main/b/big{r}.deb"
             fleet = f"/debian/pool/main/f/fleet{r}.deb"
-            for p, size in ((big, 64 << 20), (fleet, 16 << 20)):
+            waiting = f"/debian/pool/main/f/fleet{r}w.deb"
+            for p, size in ((big, 64 << 20), (fleet, 16 << 20), (waiting, 16 << 20)):
                 (root / p.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
                 (root / p.lstrip("/")).write_bytes(os.urandom(size))
-            units = [Unit(work / f"r{r}", f"u{i}", upstream, store) for i in range(3)]
+            ports = [free_port() for _ in range(3)]
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            units = [
+                Unit(
+                    work / f"r{r}",
+                    f"u{i}",
+                    upstream,
+                    {**store, "peer_url": urls[i], "peers": urls[:i] + urls[i + 1 :]},
+                    ports[i],
+                )
+                for i in range(3)
+            ]
             plain = Unit(work / f"r{r}", "plain", upstream, None)
             try:
                 note("small: miss with store", many(units[0].url, small))
@@ -148,17 +179,16 @@ def main() -> None:
                     ttfb, total, _ = get(unit.url + big)
                     note(f"64 MiB: {label}: ttfb", ttfb)
                     note(f"64 MiB: {label}: total", total)
-                before = upstream.count(fleet)
-                urls = [units[i % 3].url + fleet for i in range(20)]
-                with concurrent.futures.ThreadPoolExecutor(20) as pool:
-                    answers = list(pool.map(get, urls))
-                note("fleet: upstream fetches", upstream.count(fleet) - before)
-                ttfbs = sorted(a[0] for a in answers)
-                note("fleet: ttfb fastest", ttfbs[0])
-                note("fleet: ttfb median", statistics.median(ttfbs))
-                note("fleet: ttfb slowest", ttfbs[-1])
+                fleet_round(upstream, units, fleet, "streamed", note)
             finally:
                 for u in (*units, plain):
+                    u.stop()
+            # the same without peers: the units that do not fetch wait for the object
+            units = [Unit(work / f"r{r}w", f"u{i}", upstream, store) for i in range(3)]
+            try:
+                fleet_round(upstream, units, waiting, "waiting", note)
+            finally:
+                for u in units:
                     u.stop()
     finally:
         swift.stop()

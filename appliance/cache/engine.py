@@ -330,6 +330,10 @@ class CacheEngine:
             if isinstance(result, FromPeer) and not from_peer:
                 continue  # left for a client sharing the flight; ours waits for the file
             if isinstance(result, PassThrough) and not result.claim():
+                if isinstance(result, FromPeer):  # another caller relays that stream:
+                    mine = await self._from_peer(result.holder, key, result)  # ours, at once
+                    if mine is not None:
+                        return mine
                 continue  # another caller reads that body: ask upstream again
             return result
 
@@ -375,14 +379,13 @@ class CacheEngine:
                 if not isinstance(result, Miss):  # a Miss releases when its download ends
                     await self._io(self.store.release, key)
                 return result
-            if from_peer and self.peers is not None:
-                response = await self.peers.open(holder, key)
-                if response is not None:
-                    self.from_peers += 1
-                    log.info("cache: %s is being fetched by %s; streaming it", key, holder)
-                    return FromPeer(
-                        response, expect, holder, lambda: self.ensure(key, urls, expect)
-                    )
+            if from_peer and (
+                found := await self._from_peer(
+                    holder, key, expect, lambda: self.ensure(key, urls, expect)
+                )
+            ):
+                log.info("cache: %s is being fetched by %s; streaming it", key, holder)
+                return found
             if not waited:
                 log.info("cache: %s is being fetched by %s; waiting for it", key, holder)
                 waited = True
@@ -390,6 +393,24 @@ class CacheEngine:
             if (entry := await self._io(self.store.lookup, key)) is not None:
                 await self._account(entry)
                 return Hit(entry, "HIT")
+
+    async def _from_peer(
+        self,
+        holder: str,
+        key: str,
+        like: FromPeer | Expect,
+        resume: Callable[[], Awaitable[Entry]] | None = None,
+    ) -> FromPeer | None:
+        """The holder's download of `key` as a stream for one caller (`like`: an answer
+        to copy the expectation and fallback from), or None if it cannot be had."""
+        if self.peers is None or (response := await self.peers.open(holder, key)) is None:
+            return None
+        self.from_peers += 1
+        if isinstance(like, FromPeer):
+            mine = FromPeer(response, like.expect, holder, like.resume)
+            mine.claim()
+            return mine
+        return FromPeer(response, like, holder, resume)
 
     async def ensure(
         self, key: str, urls: Sequence[str], expect: Expect, keep: bool = False

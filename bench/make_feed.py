@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.feed import build_feed  # noqa: E402
+from tests.feed import build_feed
 
 if __name__ == "__main__":
     out, item_mb = Path(sys.argv[1]), int(sys.argv[2])

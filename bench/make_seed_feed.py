@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.feed import build_feed  # noqa: E402
+from tests.feed import build_feed
 
 
 def big_qcow2(size: int) -> bytes:

@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from appliance.web.workers import merge_metrics
 import pytest
 
+from appliance.web.workers import merge_metrics
 from tests.conftest import Appliance, StartAppliance, require
 from tests.test_shared_store import BIG, _timed_get, upstream_file
 from tests.upstream import Upstream

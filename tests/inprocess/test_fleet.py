@@ -1,6 +1,7 @@
 """Two engines on one Swift, in process: a kept (mirrored) file another unit fetched is
 copied in, counts against this disk's cap and may be evicted here, since the store keeps
-it; on a plain disk a kept file is never evicted."""
+it; on a plain disk a kept file is never evicted. And who a waiting process may stream
+another's download from."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.store import FilesystemStore
+from appliance.web.peers import PeerStreams
+from appliance.web.workers import Workers
 from tests.conftest import object_store
 from tests.inprocess.conftest import Clock, Origin
 
@@ -74,3 +77,34 @@ async def test_kept_files_copied_from_the_store_may_leave_this_disk(
         for eng in (a, b, plain):
             await eng.close()
         await fetcher.close()
+
+
+def test_a_fetch_lock_names_its_holder(tmp_path: Path) -> None:
+    """A worker that finds a file's lock held learns which worker holds it (to stream
+    that worker's download); once it is let go, the next one gets it."""
+    first, second = FilesystemStore(tmp_path), FilesystemStore(tmp_path)
+    first.holder, second.holder = "worker-0", "worker-1"
+    key = "deb.example/pool/a.deb"
+    assert first.claim(key) is None
+    assert second.claim(key) == "worker-0"
+    first.release(key)
+    assert second.claim(key) is None
+    assert first.claim(key) == "worker-1"
+    second.release(key)
+
+
+async def test_only_listed_peers_and_sibling_workers_are_streamed_from(tmp_path: Path) -> None:
+    """A lease is an object anybody with the bucket's credentials can write: the URL it
+    names is connected to only when the operator listed it in `cache.store.peers`."""
+    listed = ["http://127.0.0.1:3142"]
+    siblings = Workers(0, [tmp_path / "0.sock", tmp_path / "1.sock"])
+    streams = PeerStreams(siblings, lambda: listed, read_timeout=5)
+    assert streams._where("host:1@http://127.0.0.1:3142") == ("units", "http://127.0.0.1:3142")
+    assert streams._where("host:1@http://169.254.169.254") is None
+    assert streams._where("host:1@http://127.0.0.1:3142/evil") is None
+    assert streams._where("worker-1") == ("worker-1", "http://worker")
+    assert streams._where("worker-0") is None  # itself
+    assert streams._where("worker-7") is None  # no such sibling
+    assert streams._where("another process on this cache") is None
+    assert await streams.open("host:1@http://169.254.169.254", "a/b.deb") is None
+    await streams.close()

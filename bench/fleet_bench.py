@@ -66,6 +66,7 @@ class Unit:
             "images": {"gnupg_home": str(work / f"gnupg-{name}")},
             "discovery": {"mdns": False},
             "logging": {"access_log": "off"},
+            "workers": 1,
         }
         work.mkdir(parents=True, exist_ok=True)
         path = work / f"{name}.yaml"

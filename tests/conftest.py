@@ -179,6 +179,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
             "apt": {"index_ttl": index_ttl, "remaps": remaps, "allow": allow or []},
             "admin": {"token_file": str(cache_dir.parent / f"admin-token-{port}")},
             "discovery": {"mdns": False},  # tests that want mDNS run it in a namespace
+            "workers": 1,  # one process to look at; tests of several say so
         }
         # the appliance's own key stays under the test's directory too
         config["images"] = {"gnupg_home": str(cache_dir.parent / f"gnupg-{port}"), **(images or {})}

@@ -173,6 +173,42 @@ def test_a_waiting_worker_streams_the_download_of_the_one_that_fetches(
     assert upstream.count(BIG) == 2  # kept by worker 1: a hit
 
 
+def test_workers_keep_the_cache_under_one_size_cap(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """Each worker is told what the others add and evict, so `cache.max_size` bounds the
+    directory, not each worker's share of it."""
+    files = {
+        f"/debian/pool/main/f/f{i}.deb": upstream_file(
+            upstream_root, f"/debian/pool/main/f/f{i}.deb", 1_000_000
+        )
+        for i in range(8)
+    }
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]},
+        cache_dir=tmp_path / "cache",
+        max_size="3MiB",
+        extra={"workers": 2},
+    )
+    socks = _sockets(app, 2)
+    for n, (path, data) in enumerate(files.items()):
+        conn = _OverUnix(socks[n % 2])  # the workers take turns
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, data)
+        conn.close()
+        time.sleep(0.2)  # the other worker hears of it before the next one is added
+    stored = [
+        p
+        for p in (app.cache_dir / f"127.0.0.1:{upstream.port}").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    assert sum(p.stat().st_size for p in stored) <= 3 * 2**20, stored
+    assert len(stored) == 3  # the newest, whichever worker fetched them
+    sizes = [json.loads(_over_unix(s, "/api/status"))["cache"]["bytes"] for s in socks]
+    assert sizes == [3_000_000, 3_000_000]  # both count the whole directory
+
+
 def test_the_workers_metrics_add_up() -> None:
     one = (
         "# HELP archive_local_requests_total R\n# TYPE archive_local_requests_total counter\n"

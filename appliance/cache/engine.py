@@ -240,6 +240,9 @@ class CacheEngine:
         self._noted: dict[str, float] = {}
         self.integrity_failures = 0  # downloads rejected for wrong size or digest
         self.peers: Peers | None = None  # the lease holders' downloads, to stream from
+        # processes sharing this cache directory (workers) are told what enters and leaves
+        # the size cap here, so each counts the whole directory: ("add"|"drop", key, size)
+        self.tell: Callable[[str, str, int], None] | None = None
         self.from_peers = 0
 
     def apply(self, config: Config) -> None:
@@ -345,7 +348,22 @@ class CacheEngine:
             self.lru.touch(entry.key)
         else:
             self.lru.add(entry.key, entry.meta.size)
+            self._told("add", entry.key, entry.meta.size)
             await self._evict()
+
+    def _told(self, op: str, key: str, size: int = 0) -> None:
+        if self.tell is not None:
+            self.tell(op, key, size)
+
+    def learned(self, op: str, key: str, size: int = 0) -> None:
+        """What a sibling process told of the directory both cache in (`tell`): a file
+        entered its size cap (a new file, or new content: forget what we memoised) or left
+        it. The sibling that added it evicts for it, so this never evicts."""
+        self.hot.drop(key)
+        if op == "add":
+            self.lru.add(key, size)
+        elif op == "drop":
+            self.lru.discard(key)
 
     async def _fleet_refresh(
         self,
@@ -483,6 +501,7 @@ class CacheEngine:
             await self._io(self.store.update_meta, entry)
             self.lru.discard(entry.key)
             self.hot.drop(entry.key)
+            self._told("drop", entry.key)
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> Entry:
         """Store bytes the appliance produced or verified itself (kept, never evicted).
@@ -513,6 +532,7 @@ class CacheEngine:
         entry = await self._io(self._write_kept, key, chunks, expected, content_type)
         self.hot.drop(key)
         self.lru.discard(key)
+        self._told("drop", key)
         return entry
 
     def _write_kept(
@@ -554,6 +574,7 @@ class CacheEngine:
     async def _drop(self, key: str, how: Callable[[str], None]) -> None:
         self.hot.drop(key)
         self.lru.discard(key)
+        self._told("drop", key)
         await self._io(how, key)
         self.hot.drop(key)
 
@@ -796,6 +817,9 @@ class CacheEngine:
         if download.state is State.DONE and download.entry is not None:
             if not download.entry.meta.keep or in_store:
                 self.lru.add(download.key, download.entry.meta.size)
+                self._told("add", download.key, download.entry.meta.size)
+            else:
+                self._told("drop", download.key)  # kept: outside the cap, new content
             for rules in self.rules:
                 try:
                     rules.committed(download.entry)
@@ -815,6 +839,7 @@ class CacheEngine:
             log.info("cache full: evicting %s", key)
             self.evictions += 1
             self.hot.drop(key)
+            self._told("drop", key)
             try:
                 await self._io(self.store.evict, key)
             except OSError as exc:

@@ -45,6 +45,8 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
         )
     async with runtime.serving(config, config_path, worker) as app:
         app.workers = siblings
+        if siblings is not None:
+            app.engine.tell = siblings.tell  # every worker counts the whole directory
         if siblings is not None or config.cache.store is not None:
             timeout = config.upstream.read_timeout
             streams = PeerStreams(siblings, lambda: _peers(app.config), timeout)
@@ -114,6 +116,8 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
             await runner.cleanup()
             if app.peer_streams is not None:
                 await app.peer_streams.close()
+            if siblings is not None:
+                await siblings.close()
 
 
 def _peers(config: Config) -> tuple[str, ...]:

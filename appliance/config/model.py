@@ -225,5 +225,6 @@ class Config:
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     limits: LimitsConfig = LimitsConfig()
-    workers: int = 1  # processes sharing the port and the cache ("auto": one per core)
+    # processes sharing the port and the cache; by default ("auto") one per core
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     source: str = field(default="<embedded default>", compare=False)

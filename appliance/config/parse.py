@@ -521,7 +521,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         admin=_parse_admin(data.get("admin") or {}),
         discovery=_parse_discovery(data.get("discovery") or {}),
         limits=_parse_limits(data.get("limits") or {}),
-        workers=_parse_workers(data.get("workers", 1)),
+        workers=_parse_workers(data.get("workers", "auto")),
         source=source,
     )
 

@@ -31,6 +31,7 @@ from appliance.web.deliver import deliver
 from appliance.web.peers import FLIGHT, PeerStreams
 from appliance.web.tunnel import tunnel
 from appliance.web.workers import (
+    CACHE_EVENTS,
     TO_ALL,
     TO_PRIMARY,
     Workers,
@@ -86,6 +87,8 @@ class Handler:
             if siblings is None:
                 return await parts.admin.handle(request, parts)  # POST only, its own checks
             return await self._admin_for_all(request, siblings)
+        if target == CACHE_EVENTS and method == "POST" and is_internal(request):
+            return await self._cache_events(request)
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         if target == "/":
@@ -122,6 +125,16 @@ class Handler:
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
         return await deliver(request, engine, result)
+
+    async def _cache_events(self, request: web.BaseRequest) -> web.Response:
+        """A sibling worker's changes to the cache both count (see `Workers.tell`)."""
+        try:
+            events = json.loads(await request.read())
+            for e in events:
+                self.parts.engine.learned(str(e["op"]), str(e["key"]), int(e["size"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise web.HTTPBadRequest(text=f"bad cache events: {exc}\n") from None
+        return web.Response(status=204)
 
     async def _flight(
         self, request: web.BaseRequest, key: str, siblings: Workers | None

@@ -13,6 +13,8 @@ A request that arrives on a Unix socket is a worker's own and is never passed on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,8 @@ SUMMED_GAUGES = {"archive_local_downloads_in_flight", "archive_local_download_cl
 TO_ALL = ("drain", "reload")  # admin actions every worker applies
 TO_PRIMARY = ("sync", "seed", "expire")  # jobs: the primary runs them
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+CACHE_EVENTS = "/.archive-local/cache-events"  # POST, from a sibling: what entered/left the cap
+TELL_DELAY = 0.05  # seconds cache events wait to go out together
 
 
 def socket_path(cache_dir: Path, index: int) -> Path:
@@ -46,6 +50,8 @@ class Workers:
     def __init__(self, index: int, sockets: Sequence[Path]) -> None:
         self.index = index
         self.sockets = list(sockets)
+        self._told: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def primary(self) -> bool:
@@ -67,6 +73,32 @@ class Workers:
             ) as r,
         ):
             return r.status, dict(r.headers), await r.read()
+
+    def tell(self, op: str, key: str, size: int) -> None:
+        """Pass a change of the cache's size cap on to the siblings (`CacheEngine.tell`):
+        batched, sent within `TELL_DELAY`, in order; a sibling that is away misses it."""
+        self._told.append({"op": op, "key": key, "size": size})
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(TELL_DELAY)
+        while self._told:
+            batch, self._told = self._told, []
+            body = json.dumps(batch).encode()
+            headers = {"Content-Type": "application/json"}
+            answers = await asyncio.gather(
+                *(self.ask(i, "POST", CACHE_EVENTS, headers, body) for i in self.others),
+                return_exceptions=True,
+            )
+            for i, answer in zip(self.others, answers, strict=True):
+                if isinstance(answer, BaseException) or answer[0] != 204:
+                    log.warning("worker %d did not take %d cache events: %s", i, len(batch), answer)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flusher, TELL_DELAY * 20)
 
     async def gather(self, path: str, headers: dict[str, str] | None = None) -> list[bytes]:
         """GET `path` from every other worker (those that do not answer are left out)."""

@@ -7,7 +7,7 @@ REMAP_PREFIX=/debian
 prepare() {
   mkdir -p "$WORKDIR/cache"
   # the admin token and the appliance's key stay in the run's directory, not /var/lib
-  printf 'admin: {token_file: %s/admin-token}\nimages: {gnupg_home: %s/gnupg}\ndiscovery: {mdns: false}\n' \
+  printf 'admin: {token_file: %s/admin-token}\nimages: {gnupg_home: %s/gnupg}\ndiscovery: {mdns: false}\nworkers: 1\n' \
     "$WORKDIR" "$WORKDIR" >"$WORKDIR/config.yaml"
 }
 

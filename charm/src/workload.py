@@ -217,7 +217,7 @@ def render(
         if fleet is not None:
             store |= {"peer_url": fleet[0], "peers": sorted(fleet[1])}
         data["cache"]["store"] = store
-    workers = str(options.get("workers") or "1").strip()
+    workers = str(options.get("workers") or "auto").strip()
     data["workers"] = int(workers) if workers.isdigit() else workers  # "auto", or refused
     return data
 

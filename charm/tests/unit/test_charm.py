@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -213,7 +214,8 @@ def test_every_option_renders_what_the_appliance_accepts() -> None:
     assert target.keystone["auth_url"] == "https://10.5.0.10:5000/v3" and target.password
     parsed = workload.validate(workload.render(everything))
     assert parsed.cache.store is not None and parsed.cache.store.prefix == "fleet/"
-    assert parsed.workers >= 1 and workload.validate(workload.render(DEFAULTS)).workers == 1
+    cores = max(1, os.cpu_count() or 1)  # the default, auto: one per core
+    assert parsed.workers >= 1 and workload.validate(workload.render(DEFAULTS)).workers == cores
     assert parsed.apt.remaps["ubuntu"][1] == "http://mirror.example/ubuntu"
     assert parsed.images.feeds[0].name == "ubuntu" and parsed.seed.targets[0].type == "glance"
     assert parsed.discovery.mdns is False and parsed.apt.index_ttl == 60

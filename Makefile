@@ -10,7 +10,7 @@ BIN       := $(VENV)/bin
 # several units in the fleet tests)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
              prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd \
-             memcached haproxy
+             memcached haproxy lxd-client
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0

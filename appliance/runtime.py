@@ -46,6 +46,7 @@ from appliance.streams.serve import ImageRoutes
 from appliance.web import status
 from appliance.web.accesslog import AccessLog
 from appliance.web.admin import Admin
+from appliance.web.tls import PEM_PATH, Certificates, TlsError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Appliance:
         self.server: Any = None  # the listening web.Server: its refused-connection count
         self.workers: Any = None  # web.workers.Workers when `workers: N` runs several
         self.peer_streams: Any = None  # web.peers.PeerStreams: the others' downloads
+        self.tls: Certificates | None = None  # the HTTPS listener's, when `tls` is set
         self.maintenance_lock = asyncio.Lock()  # one verify or expiry run at a time
         self.last_verify: dict[str, Any] | None = None
         self.last_expiry: dict[str, Any] | None = None
@@ -207,8 +209,15 @@ class Appliance:
         self.inventory.invalidate()
         self._feeds = (-FEEDS_TTL, [])
         self._fingerprint_at = -1
+        done: dict[str, Any] = {"reloaded": str(self.config_path), "restart_needed_for": restart}
+        if self.tls is not None and new.tls is not None:
+            try:  # an operator's renewed certificate: new handshakes get it
+                await asyncio.to_thread(self.tls.load, new)
+            except TlsError as exc:
+                log.warning("reload: %s (the certificate in use stays)", exc)
+                done["tls_error"] = str(exc)
         log.info("configuration reloaded from %s", self.config_path)
-        return {"reloaded": str(self.config_path), "restart_needed_for": restart}
+        return done
 
     def drain(self, on: bool) -> dict[str, Any]:
         """Turn draining on or off (admin API); transfers in progress are not touched."""
@@ -236,7 +245,7 @@ class Appliance:
         return (200 if state == "serving" else 503), doc
 
     # -- the well-known document -----------------------------------------------------
-    async def well_known(self, host_header: str | None) -> dict[str, Any]:
+    async def well_known(self, host_header: str | None, secure: bool = False) -> dict[str, Any]:
         """Built from values read in threads and remembered: a request never runs gpg
         or walks the store on the event loop."""
         # read until the key exists (a sync or `keys` makes it): gpg runs only when the
@@ -252,7 +261,19 @@ class Appliance:
             self._feeds = (time.monotonic(), feeds)
         config = self.config
         base = wellknown.base_url(host_header, config.discovery.name, config.listen.port)
-        return wellknown.document(base, self.router.remap_names, feeds, self._fingerprint)
+        tls = None
+        if self.tls is not None and config.tls is not None:
+            name = config.discovery.name
+            https = wellknown.url_on("https", host_header, name, config.tls.listen.port)
+            if secure:  # asked over HTTPS: the plain port's URLs on the same host
+                base = wellknown.url_on("http", host_header, name, config.listen.port)
+            tls = {
+                "url": f"{https}/",
+                "certificate": f"{base}{PEM_PATH}",
+                "sha256_fingerprint": self.tls.fingerprint,
+                "lxd_remote": f"lxc remote add archive-local {https} --protocol simplestreams",
+            }
+        return wellknown.document(base, self.router.remap_names, feeds, self._fingerprint, tls)
 
     # -- background work ---------------------------------------------------------------
     async def rebuild_catalog(self, cached: list[str]) -> None:
@@ -300,6 +321,11 @@ async def serving(
         base = await stack.enter_async_context(core(config, worker=worker))
         app = Appliance(base, config_path)
         stack.push_async_callback(asyncio.to_thread, app.catalog.close)
+        if config.tls is not None:
+            try:
+                app.tls = await asyncio.to_thread(Certificates, config)
+            except TlsError as exc:
+                raise configuration.ConfigError(str(exc)) from None
         cached = await app.engine.start()
         app.access_log.start()
         stack.push_async_callback(app.access_log.close)

@@ -65,8 +65,12 @@ def build_feed(
     key: ThrowawayKey | None = None,
     make_image: Callable[[int], bytes] = os.urandom,
     files: dict[str, bytes] | None = None,
+    lxd: bool = False,
 ) -> Feed:
-    """`make_image(size)` makes disk images; `files` keeps the bytes of an earlier build."""
+    """`make_image(size)` makes disk images; `files` keeps the bytes of an earlier build.
+    `lxd`: every version also has LXD's items, as the official feed does: `lxd.tar.xz`
+    (with `combined_squashfs_sha256`, the image's fingerprint) and `squashfs`, and every
+    product `aliases`."""
     root = base / "feed"
     (root / "streams/v1").mkdir(parents=True, exist_ok=True)
     key = key or ThrowawayKey(base)
@@ -78,10 +82,10 @@ def build_feed(
             versions = {}
             for serial in serials:
                 items = {}
-                for ftype, suffix, size in (
-                    ("disk1.img", "disk1.img", item_size),
-                    ("manifest", "manifest", 2000),
-                ):
+                kinds = [("disk1.img", "disk1.img", item_size), ("manifest", "manifest", 2000)]
+                if lxd:
+                    kinds += [("lxd.tar.xz", "lxd.tar.xz", 3000), ("squashfs", "squashfs", 200_000)]
+                for ftype, suffix, size in kinds:
                     path = (
                         f"server/releases/{release}/release-{serial}/"
                         f"ubuntu-{version}-server-cloudimg-{arch}.{suffix}"
@@ -99,6 +103,11 @@ def build_feed(
                         "sha256": hashlib.sha256(data).hexdigest(),
                         "md5": hashlib.md5(data).hexdigest(),
                     }
+                if lxd:
+                    meta = feed.files[items["lxd.tar.xz"]["path"]]
+                    root_fs = feed.files[items["squashfs"]["path"]]
+                    combined = hashlib.sha256(meta + root_fs).hexdigest()
+                    items["lxd.tar.xz"]["combined_squashfs_sha256"] = combined
                 versions[serial] = {
                     "label": "release",
                     "pubname": f"ubuntu-{release}-{version}-{arch}-server-{serial}",
@@ -113,6 +122,8 @@ def build_feed(
                 "supported": True,
                 "versions": versions,
             }
+            if lxd:
+                products[pname]["aliases"] = f"{version},{release}"
     doc = {
         "content_id": CONTENT_ID,
         "datatype": "image-downloads",

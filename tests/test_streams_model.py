@@ -173,3 +173,29 @@ def test_unarmor_clearsigned_undoes_dash_escaping() -> None:
         b"-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----\n"
     )
     assert unarmor_clearsigned(msg) == b'{"a": 1}\n-- x'
+
+
+def test_an_alias_stays_with_one_product_per_architecture() -> None:
+    """LXD resolves an alias to one image per arch: across the feeds the curated feed
+    merges, the first product keeps a shared alias, the others lose only that one."""
+    from appliance.streams.curated import unclash_aliases
+
+    merged = {
+        "a:released": {
+            "products": {
+                "a:24.04:amd64": {"arch": "amd64", "aliases": "24.04,noble,lts"},
+                "a:24.04:arm64": {"arch": "arm64", "aliases": "24.04,noble,lts"},
+            }
+        },
+        "b:daily": {
+            "products": {
+                "b:24.04:amd64": {"arch": "amd64", "aliases": "noble,daily/noble"},
+                "b:lts:amd64": {"arch": "amd64", "aliases": "lts"},
+            }
+        },
+    }
+    unclash_aliases(merged)
+    assert merged["a:released"]["products"]["a:24.04:amd64"]["aliases"] == "24.04,noble,lts"
+    assert merged["a:released"]["products"]["a:24.04:arm64"]["aliases"] == "24.04,noble,lts"
+    assert merged["b:daily"]["products"]["b:24.04:amd64"]["aliases"] == "daily/noble"
+    assert "aliases" not in merged["b:daily"]["products"]["b:lts:amd64"]

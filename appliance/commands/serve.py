@@ -77,6 +77,23 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
                 )
             )
             await site.start()
+            if config.tls is not None and app.tls is not None:
+                tls = config.tls.listen
+                tls_sock = listening_socket(tls, reuse_port=shared)
+                secure: web.BaseSite = (
+                    web.SockSite(runner, tls_sock, ssl_context=app.tls.context)
+                    if tls_sock is not None
+                    else web.TCPSite(
+                        runner,
+                        tls.host,
+                        tls.port,
+                        backlog=1024,
+                        reuse_port=shared or None,
+                        ssl_context=app.tls.context,
+                    )
+                )
+                await secure.start()
+                log.info("HTTPS on %s (certificate sha256 %s)", tls, app.tls.fingerprint)
             if siblings is not None:
                 own = siblings.sockets[siblings.index]
                 own.parent.mkdir(parents=True, exist_ok=True)

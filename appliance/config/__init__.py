@@ -31,6 +31,7 @@ from appliance.config.model import (
     Secret,
     SeedConfig,
     TargetConfig,
+    TlsConfig,
     UpstreamConfig,
 )
 from appliance.config.parse import default_data, load, parse, restart_needed, with_overrides
@@ -54,6 +55,7 @@ __all__ = [
     "Secret",
     "SeedConfig",
     "TargetConfig",
+    "TlsConfig",
     "UpstreamConfig",
     "default_data",
     "dump",

@@ -204,6 +204,18 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The optional HTTPS listener (the same routes as the plain port, without the forward
+    proxy): LXD and Incus read simplestreams only over HTTPS. Without `cert`/`key` the
+    appliance makes a self-signed certificate once and keeps it with its state."""
+
+    listen: Listen
+    cert: Path | None = None  # PEM, the chain after the certificate; reloaded on `reload`
+    key: Path | None = None
+    names: tuple[str, ...] = ()  # more names/addresses for the self-signed subjectAltName
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """What one client may hold (a NAT gateway in front of many instances counts as one)."""
 
@@ -225,6 +237,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     limits: LimitsConfig = LimitsConfig()
+    tls: TlsConfig | None = None
     # processes sharing the port and the cache; by default ("auto") one per core
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     source: str = field(default="<embedded default>", compare=False)

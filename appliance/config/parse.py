@@ -55,6 +55,7 @@ from appliance.config.model import (
     SeedConfig,
     StoreConfig,
     TargetConfig,
+    TlsConfig,
     UpstreamConfig,
 )
 
@@ -71,6 +72,7 @@ SECTIONS = (
     "discovery",
     "limits",
     "workers",
+    "tls",
 )
 _SECRET_KEYS = ("token", "password", "secret", "secret_key", "application_credential_secret")
 _KEYSTONE_KEYS = (
@@ -522,7 +524,32 @@ def parse(data: Any, source: str = "<config>") -> Config:
         discovery=_parse_discovery(data.get("discovery") or {}),
         limits=_parse_limits(data.get("limits") or {}),
         workers=_parse_workers(data.get("workers", "auto")),
+        tls=_parse_tls(data.get("tls")),
         source=source,
+    )
+
+
+_SAN = re.compile(r"[A-Za-z0-9*]([A-Za-z0-9.-]{0,252})|[0-9A-Fa-f:.]+")
+
+
+def _parse_tls(value: Any) -> TlsConfig | None:
+    if value is None:
+        return None
+    data = expect_mapping(value, "tls")
+    check_keys(data, ("listen", "cert", "key", "names"), "tls")
+    if "listen" not in data:
+        raise ConfigError("tls.listen: required (HOST:PORT, such as 0.0.0.0:8443)")
+    cert = path(data, "cert", "tls", None, "a PEM certificate (chain)") if "cert" in data else None
+    key = path(data, "key", "tls", None, "a PEM private key") if "key" in data else None
+    if (cert is None) != (key is None):
+        raise ConfigError("tls: give cert and key together (or neither: a self-signed one)")
+    names = data.get("names") or []
+    if not isinstance(names, list) or not all(
+        isinstance(n, str) and _SAN.fullmatch(n) for n in names
+    ):
+        raise ConfigError(f"tls.names: a list of host names or addresses, got {names!r}")
+    return TlsConfig(
+        listen=parse_listen(data["listen"], "tls.listen"), cert=cert, key=key, names=tuple(names)
     )
 
 
@@ -577,7 +604,7 @@ def with_overrides(
     return config
 
 
-RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics", "workers")
+RESTART_FIELDS = ("listen", "cache", "upstream", "logging", "metrics", "workers", "tls")
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:
@@ -587,6 +614,9 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         a, b = getattr(old, name), getattr(new, name)
         if name == "cache":
             out += [f"cache.{f}" for f in ("dir", "store") if _fixed(a, f) != _fixed(b, f)]
+        elif name == "tls":  # a new certificate is taken on reload; a new port is not
+            if (a and a.listen) != (b and b.listen):
+                out.append("tls.listen")
         elif a != b:
             out.append(name)
     return out

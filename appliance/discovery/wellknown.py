@@ -22,11 +22,22 @@ def base_url(host_header: str | None, name: str, port: int) -> str:
     return f"http://{host or f'{name}:{port}'}"
 
 
+def url_on(scheme: str, host_header: str | None, name: str, port: int) -> str:
+    """A listener's base URL on the host the client asked for (whatever port it used)."""
+    m = _HOST.match(host_header or "")
+    return f"{scheme}://{m.group(1) if m else name}:{port}"
+
+
 def document(
-    base: str, remaps: Iterable[str], feeds: Iterable[str], fingerprint: str | None
+    base: str,
+    remaps: Iterable[str],
+    feeds: Iterable[str],
+    fingerprint: str | None,
+    tls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The document, from what the appliance serves (no I/O here)."""
-    return {
+    """The document, from what the appliance serves (no I/O here). `tls`: the HTTPS
+    listener's URL and its certificate's sha256 (for LXD's `lxc remote add`)."""
+    doc: dict[str, Any] = {
         "service": "archive-local",
         "version": __version__,
         "apt_proxy": f"{base}/",
@@ -41,3 +52,6 @@ def document(
         },
         "status": f"{base}/api/status",
     }
+    if tls is not None:
+        doc["tls"] = tls
+    return doc

@@ -4,7 +4,9 @@ Built from every synced feed's verified snapshot: each products document keeps i
 upstream `content_id` and properties (so LXD, Juju and MAAS recognise the images), but
 lists only items that were mirrored (kept on disk), with `path` rewritten to
 `images/NAME/<upstream path>`. Unlike the reference mirror, no client ever sees a
-path that would 404.
+path that would 404. For LXD: an image is listed only with its root file (so `lxc image
+list` shows what launches without upstream), and an alias stays with one product per
+architecture (LXD resolves an alias to one image).
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from appliance.cache.engine import CacheEngine
 from appliance.cache.store import Store
 from appliance.streams import layout
 from appliance.streams.gpg import Signer
-from appliance.streams.model import PRODUCTS_FORMAT, condense, image_ids_clouds, timestamp
+from appliance.streams.model import (
+    LXD_COMBINED,
+    PRODUCTS_FORMAT,
+    condense,
+    image_ids_clouds,
+    timestamp,
+)
 
 log = logging.getLogger(__name__)
 
 KEY_PATHS = layout.KEY_PATHS
-STICKY = frozenset({"path", "size", "sha256", "md5", "sha512", "ftype"})
+# never hoisted by `condense`: LXD reads these where they belong, not inherited
+STICKY = frozenset(
+    {"path", "size", "sha256", "md5", "sha512", "ftype", "aliases", "arch", "os", "release"}
+    | set(LXD_COMBINED.values())
+)
 
 
 def _dump(doc: dict[str, Any]) -> bytes:
@@ -41,6 +53,7 @@ def collect(store: Store) -> dict[str, dict[str, Any]]:
             continue
         for doc in layout.snapshot_products(store, name, info["index"]):
             _merge(merged, _on_disk(doc, name, info, store))
+    unclash_aliases(merged)
     for doc in layout.stored_image_ids(store):
         if doc.get("products"):
             merged[doc["content_id"]] = doc
@@ -65,11 +78,44 @@ def _on_disk(
                     del items[iname]
                     continue
                 item["path"] = f"images/{feed}/{item['path']}"
+            _drop_incomplete_lxd(items)
             if not items:
                 del product["versions"][vname]
         if not product.get("versions"):
             del out["products"][pname]
     return out
+
+
+def _drop_incomplete_lxd(items: dict[str, Any]) -> None:
+    """An LXD metadata item whose root file is not here lists an image nobody can
+    launch from this appliance: it goes (its combined hash names the root file)."""
+    types = {item.get("ftype") for item in items.values()}
+    for name in [n for n, item in items.items() if item.get("ftype") == "lxd.tar.xz"]:
+        roots = [f for f, field_name in LXD_COMBINED.items() if field_name in items[name]]
+        if roots and not types.intersection(roots):
+            del items[name]
+
+
+def unclash_aliases(merged: dict[str, dict[str, Any]]) -> None:
+    """LXD resolves an alias to one image per architecture: where products of several
+    feeds name the same alias for the same arch, the first (by content id and product
+    name) keeps it and the others drop it."""
+    taken: set[tuple[str, str]] = set()
+    for _content_id, doc in sorted(merged.items()):
+        for _pname, product in sorted(doc.get("products", {}).items()):
+            aliases = product.get("aliases")
+            if not isinstance(aliases, str):
+                continue
+            arch = str(product.get("arch", ""))
+            kept = []
+            for alias in (a.strip() for a in aliases.split(",")):
+                if alias and (alias, arch) not in taken:
+                    taken.add((alias, arch))
+                    kept.append(alias)
+            if kept:
+                product["aliases"] = ",".join(kept)
+            else:
+                del product["aliases"]
 
 
 def _merge(merged: dict[str, dict[str, Any]], doc: dict[str, Any]) -> None:

@@ -18,6 +18,14 @@ from appliance.cache.keys import BadPath, split_path
 
 INDEX_FORMAT = "index:1.0"
 PRODUCTS_FORMAT = "products:1.0"
+# LXD: an image is a metadata tarball (`lxd.tar.xz`) plus one root file; the metadata item
+# carries the sha256 of both together (the image's fingerprint), named after the root type
+LXD_COMBINED = {
+    "squashfs": "combined_squashfs_sha256",
+    "disk-kvm.img": "combined_disk-kvm-img_sha256",
+    "root.tar.xz": "combined_rootxz_sha256",
+    "uefi1.img": "combined_uefi1-img_sha256",
+}
 CHECKSUMS = ("sha512", "sha256", "md5")  # strongest first
 LEVELS = ("products", "versions", "items")
 NAME_FIELDS = ("product_name", "version_name", "item_name")

@@ -11,6 +11,11 @@ build directory are their items:
           disk1.img: {file: noble-server-amd64.img}          # ftype from the name
           root.tar.xz: {file: noble-amd64-root.tar.xz, ftype: root.tar.xz}
 
+An LXD image (what distrobuilder writes: `lxd.tar.xz` and `rootfs.squashfs`) is two
+items of one product, `lxd.tar.xz: {file: lxd.tar.xz}` and `squashfs: {file:
+rootfs.squashfs}`, with `arch` and `aliases` among its properties; publish adds the
+combined sha256 LXD checks (`combined_squashfs_sha256`, the image's fingerprint).
+
 Each run adds one version (`--version`, default today's `YYYYMMDD`, then `.1`, `.2`...)
 to every product; earlier versions and their `updated` stamps stay. Items are copied
 into the store (kept, never evicted) and served at `/images/NAME/`, the documents are
@@ -35,7 +40,13 @@ from appliance.streams import layout
 from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import Signer
 from appliance.streams.layout import FEED_DESCRIPTOR, local_key, snapshot_key
-from appliance.streams.model import FormatError, safe_path, timestamp, validate_products
+from appliance.streams.model import (
+    LXD_COMBINED,
+    FormatError,
+    safe_path,
+    timestamp,
+    validate_products,
+)
 
 INDEX = "streams/v1/index.sjson"
 FTYPES = (
@@ -123,12 +134,14 @@ class Publisher:
             if version in product["versions"]:
                 raise PublishError(f"{pname}: version {version} is already published")
             items = {}
+            sources: dict[str, Path] = {}
             for iname, ispec in pspec["items"].items():
                 source = (build_dir / ispec["file"]).resolve()
                 if not source.is_file() or not source.is_relative_to(build_dir.resolve()):
                     raise PublishError(f"{ispec['file']}: not a file in {build_dir}")
                 path = safe_path(f"{pname.replace(':', '/')}/{version}/{source.name}", pname)
                 size, sha256, md5 = await asyncio.to_thread(_digests, source)
+                sources[iname] = source
                 items[iname] = {
                     "ftype": ispec.get("ftype", _ftype(source.name)),
                     "path": path,
@@ -146,6 +159,7 @@ class Publisher:
                         "sha256": sha256,
                     }
                 )
+            await _combine(items, sources)
             product["versions"][version] = {"updated": now, "items": items}
         doc["updated"] = now
         try:
@@ -200,6 +214,28 @@ class Publisher:
         descriptor = layout.descriptor_bytes(f"local:{self.feed}", INDEX, local=True)
         await self.engine.put(snapshot_key(self.feed, FEED_DESCRIPTOR), descriptor)
         await layout.write_documents(self.engine, lambda path: snapshot_key(self.feed, path), files)
+
+
+async def _combine(items: dict[str, dict[str, Any]], sources: dict[str, Path]) -> None:
+    """Give each `lxd.tar.xz` item the combined sha256 with the root files beside it."""
+    for meta_name, meta in items.items():
+        if meta["ftype"] != "lxd.tar.xz":
+            continue
+        for root_name, root in items.items():
+            field_name = LXD_COMBINED.get(root["ftype"])
+            if field_name is not None:
+                meta[field_name] = await asyncio.to_thread(
+                    _sha256_of, sources[meta_name], sources[root_name]
+                )
+
+
+def _sha256_of(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _next_version(doc: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from appliance.web import status
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
 from appliance.web.peers import FLIGHT, PeerStreams
+from appliance.web.tls import PEM_PATH, Certificates
 from appliance.web.tunnel import tunnel
 from appliance.web.workers import (
     CACHE_EVENTS,
@@ -65,9 +66,15 @@ class Parts(status.Source, Actions, Protocol):
 
     workers: Workers | None  # the sibling processes of `workers: N`, else None
     peer_streams: PeerStreams | None  # how this process reaches the others' downloads
+    tls: Certificates | None  # the HTTPS listener's certificate, when `tls` is set
 
-    async def well_known(self, host_header: str | None) -> dict[str, Any]: ...
+    async def well_known(self, host_header: str | None, secure: bool) -> dict[str, Any]: ...
     async def health(self) -> tuple[int, dict[str, Any]]: ...
+
+
+def _secure(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
 class Handler:
@@ -79,9 +86,13 @@ class Handler:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         parts = self.parts
         method = request.method
+        target = request.raw_path
+        if (method == "CONNECT" or not target.startswith("/")) and _secure(request):
+            raise web.HTTPBadRequest(
+                text="the forward proxy and CONNECT are on the plain port, not HTTPS\n"
+            )
         if method == "CONNECT":
             return await self._connect(request)
-        target = request.raw_path
         siblings = parts.workers if parts.workers and not is_internal(request) else None
         if target.startswith("/api/admin/"):
             if siblings is None:
@@ -102,10 +113,18 @@ class Handler:
             return web.json_response(doc, status=code, headers={"Cache-Control": "no-store"})
         if target == "/favicon.ico":  # browsers on the status page ask for it
             return web.Response(status=204)
+        if target == PEM_PATH:
+            if parts.tls is None:
+                raise web.HTTPNotFound(text="not found: HTTPS is not configured (tls)\n")
+            return web.Response(
+                body=parts.tls.pem,
+                content_type="application/x-pem-file",
+                headers={"Cache-Control": "max-age=60"},
+            )
         if target.startswith(FLIGHT):
             return await self._flight(request, unquote(target.removeprefix(FLIGHT)), siblings)
         if target == WELL_KNOWN:
-            doc = await parts.well_known(request.headers.get("Host"))
+            doc = await parts.well_known(request.headers.get("Host"), _secure(request))
             return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
         try:
             if target.startswith("/images/"):

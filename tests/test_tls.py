@@ -1,0 +1,153 @@
+"""The HTTPS listener: a self-signed certificate with a subjectAltName, made once and
+published; an operator's certificate, replaced and taken on reload; the forward proxy and
+CONNECT only on the plain port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from appliance.web.tls import make_self_signed
+from tests.conftest import StartAppliance, free_port, http_get, require
+
+
+def _get(url: str, cafile: Path) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(cafile))
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _served_fingerprint(port: int) -> str:
+    """sha256 of the certificate a new handshake gets (whatever it is: not verified)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return hashlib.sha256(der).hexdigest()
+
+
+def _wait_for_workers(cache: Path, n: int) -> None:
+    """Until every worker listens (each makes its socket once it serves both ports)."""
+    deadline = time.monotonic() + 20
+    while not all((cache / f".state/workers/{i}.sock").exists() for i in range(n)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def _openssl(*args: str, data: bytes) -> str:
+    return subprocess.run(
+        ["openssl", *args], input=data, capture_output=True, check=True
+    ).stdout.decode()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_self_signed_certificate_with_names_made_once_and_published(
+    start_appliance: StartAppliance, tmp_path: Path, workers: int
+) -> None:
+    require("openssl", "openssl")
+    port = free_port()
+    cache = tmp_path / "cache"
+    extra = {"tls": {"listen": f"127.0.0.1:{port}"}, "workers": workers}
+    app = start_appliance({}, cache_dir=cache, extra=extra)
+    if workers > 1:  # both workers made or took the same one (a lock around making it)
+        _wait_for_workers(app.cache_dir, workers)
+    code, pem = http_get(app.url + "/keys/archive-local-tls.pem")
+    assert code == 200 and pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    san = _openssl("x509", "-noout", "-ext", "subjectAltName", data=pem)
+    for name in ("DNS:archive.local", "DNS:localhost", "IP Address:127.0.0.1"):
+        assert name in san, san
+    (tmp_path / "cert.pem").write_bytes(pem)
+    # a client that pins it reaches the same routes over HTTPS, by name or address
+    assert _get(f"https://127.0.0.1:{port}/healthz", tmp_path / "cert.pem")[0] == 200
+    assert _get(f"https://localhost:{port}/healthz", tmp_path / "cert.pem")[0] == 200
+    doc = json.loads(http_get(app.url + "/.well-known/archive-local")[1])
+    fingerprint = _openssl("x509", "-noout", "-fingerprint", "-sha256", data=pem)
+    want = fingerprint.split("=", 1)[1].strip().replace(":", "").lower()
+    assert doc["tls"]["sha256_fingerprint"] == want == _served_fingerprint(port)
+    assert {_served_fingerprint(port) for _ in range(8)} == {want}  # whichever worker
+    assert doc["tls"]["url"] == f"https://127.0.0.1:{port}/"
+    over_tls = json.loads(
+        _get(f"https://127.0.0.1:{port}/.well-known/archive-local", tmp_path / "cert.pem")[1]
+    )
+    assert over_tls["apt_proxy"] == f"http://127.0.0.1:{app.port}/"  # the proxy: plain port
+    # the forward proxy and CONNECT are refused over HTTPS
+    for args in (
+        ["--request-target", "http://deb.example/x"],
+        ["-X", "CONNECT", "--request-target", "deb.example:443"],
+    ):
+        r = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cacert",
+                str(tmp_path / "cert.pem"),
+                *args,
+                f"https://127.0.0.1:{port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.stdout == "400", (args, r)
+    key = cache / ".state/tls/key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    app.stop()  # kept with the state: the next start serves the same certificate
+    again = start_appliance({}, cache_dir=cache, extra=extra)
+    if workers > 1:
+        _wait_for_workers(again.cache_dir, workers)
+    assert http_get(again.url + "/keys/archive-local-tls.pem")[1] == pem
+    assert _served_fingerprint(port) == want
+
+
+def test_a_replaced_operator_certificate_is_taken_on_reload(
+    start_appliance: StartAppliance, tmp_path: Path
+) -> None:
+    port = free_port()
+    cert, key = tmp_path / "op-cert.pem", tmp_path / "op-key.pem"
+    first, first_key = make_self_signed(["cache.example", "127.0.0.1"])
+    cert.write_bytes(first)
+    key.write_bytes(first_key)
+    app = start_appliance(
+        {},
+        extra={"tls": {"listen": f"127.0.0.1:{port}", "cert": str(cert), "key": str(key)}},
+    )
+    before = _served_fingerprint(port)
+    assert http_get(app.url + "/keys/archive-local-tls.pem")[1] == first
+    second, second_key = make_self_signed(["cache.example", "127.0.0.1"])
+    key.write_bytes(second_key)
+    cert.write_bytes(second)
+    app.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while _served_fingerprint(port) == before:
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    assert http_get(app.url + "/keys/archive-local-tls.pem")[1] == second
+    doc = json.loads(http_get(app.url + "/.well-known/archive-local")[1])
+    assert doc["tls"]["sha256_fingerprint"] == _served_fingerprint(port)
+    # a broken replacement: the certificate in use stays, and the reload says why
+    cert.write_bytes(b"not a certificate")
+    code, body = app.admin("reload")
+    assert code == 200 and "tls_error" in json.loads(body), body
+    assert _served_fingerprint(port) == doc["tls"]["sha256_fingerprint"]

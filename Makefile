@@ -15,7 +15,7 @@ TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qe
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
 MOTO_VERSION := 5.2.5
-BENCH_DEBS := wrk nginx-light apt-cacher-ng curl apt-utils gnupg time bc
+BENCH_DEBS := wrk nginx-light apt-cacher-ng squid curl apt-utils gnupg time bc
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # the Juju charm, packed without charmcraft (charm/pack.py): reproducible, wheels for the

@@ -35,7 +35,7 @@ from appliance.cache.engine import CacheEngine, Figures
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase
 from appliance.cache.store import Store
-from appliance.cache.stores import open_store
+from appliance.cache.stores import open_store, sweep
 from appliance.config import Config
 from appliance.discovery import wellknown
 from appliance.jobs.scheduler import Scheduler
@@ -326,7 +326,7 @@ async def serving(
                 app.tls = await asyncio.to_thread(Certificates, config)
             except TlsError as exc:
                 raise configuration.ConfigError(str(exc)) from None
-        cached = await app.engine.start()
+        cached = await app.engine.start(sweep=worker is None)
         app.access_log.start()
         stack.push_async_callback(app.access_log.close)
         jobs = [app.rebuild_catalog(cached)]
@@ -365,3 +365,9 @@ async def _advertise(config: Config) -> Any:
         await advertiser.close()
         return None
     return advertiser
+
+
+def sweep_cache(config: Config) -> int:
+    """The start-up sweep of this unit's disk, for the master of several workers (they
+    only index it); the entries found."""
+    return sweep(config.cache)

@@ -7,6 +7,7 @@ import concurrent.futures
 import hashlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -207,6 +208,55 @@ def test_workers_keep_the_cache_under_one_size_cap(
     assert len(stored) == 3  # the newest, whichever worker fetched them
     sizes = [json.loads(_over_unix(s, "/api/status"))["cache"]["bytes"] for s in socks]
     assert sizes == [3_000_000, 3_000_000]  # both count the whole directory
+
+
+def _worker_pid(master: int, index: int) -> int | None:
+    """The pid of `serve --worker-index INDEX` under the master, if it runs."""
+    for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-index" in argv and argv[argv.index(b"--worker-index") + 1] == b"%d" % index:
+            return int(child)
+    return None
+
+
+def test_a_dead_worker_is_started_again_alone_and_sweeps_nothing(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """Worker 1 killed while worker 0 downloads: the master starts worker 1 again, worker 0
+    goes on, and the new worker's start (an index, no sweep) leaves worker 0's temp file
+    alone, so the download is committed."""
+    data = upstream_file(upstream_root, BIG, 3_000_000)
+    upstream.rate[BIG] = 600_000  # 5 s: the new worker starts while it downloads
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]}, cache_dir=tmp_path / "cache", extra={"workers": 2}
+    )
+    socks = _sockets(app, 2)
+    conn = _OverUnix(socks[0])
+    conn.request("GET", BIG)
+    r = conn.getresponse()
+    assert r.read(1000) == data[:1000]
+    old = _worker_pid(app.proc.pid, 1)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _worker_pid(app.proc.pid, 1) in (None, old):
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    while "worker 1 of 2" not in app.log_text().split("started it again")[-1]:
+        assert time.monotonic() < deadline, app.log_text()  # serving again
+        time.sleep(0.1)
+    assert json.loads(_over_unix(socks[1], "/api/status"))["worker"] == 1
+    assert r.read() == data[1000:]  # worker 0 went on
+    assert app.proc.poll() is None
+    time.sleep(0.5)  # its commit
+    stored = app.cache_dir / f"127.0.0.1:{upstream.port}" / BIG.lstrip("/")
+    assert stored.read_bytes() == data
+    assert _timed_get(app.url + BIG)[:2] == (200, hashlib.sha256(data).hexdigest())
+    assert upstream.count(BIG) == 1
+    assert "worker 1 exited (-9): started it again" in app.log_text()
 
 
 def test_the_workers_metrics_add_up() -> None:

@@ -176,9 +176,9 @@ def _content_range(value: str | None) -> tuple[int, int | None]:
 # --- the blocking work, named: each runs in the executor -------------------------------
 
 
-def _swept(store: Store) -> list[tuple[str, int, float, bool]]:
+def _swept(store: Store, sweep: bool = True) -> list[tuple[str, int, float, bool]]:
     """The start-up sweep's survivors, least recently used first."""
-    return sorted(store.scan(), key=lambda e: e[2])
+    return sorted(store.scan(sweep), key=lambda e: e[2])
 
 
 def _keys_under(store: Store, prefix: str) -> list[str]:
@@ -268,13 +268,14 @@ class CacheEngine:
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
-    async def start(self) -> list[str]:
+    async def start(self, sweep: bool = True) -> list[str]:
         """Sweep leftovers of an earlier run and index what is on disk; the keys found.
 
         Callers that need to know what is cached (the apt index table) use the list
-        instead of walking the store a second time.
+        instead of walking the store a second time. `sweep=False`: index only (a worker,
+        whose siblings may be writing; the master swept before starting them).
         """
-        entries = await self._io(_swept, self.store)
+        entries = await self._io(_swept, self.store, sweep)
         for key, size, _last_use, keep in entries:
             if not keep:
                 self.lru.add(key, size)

@@ -571,8 +571,8 @@ class ObjectStore:
         return self.local.resume_partial(key, algorithms)
 
     # -- housekeeping ----------------------------------------------------------------
-    def scan(self) -> Iterator[tuple[str, int, float, bool]]:
-        return self.local.scan()
+    def scan(self, sweep: bool = True) -> Iterator[tuple[str, int, float, bool]]:
+        return self.local.scan(sweep)
 
     def free_bytes(self) -> int | None:
         return self.local.free_bytes()

@@ -194,7 +194,8 @@ class Store(Protocol):
         self, key: str, algorithms: Iterable[str] = ()
     ) -> tuple[TempFile, dict[str, object]] | None: ...
     # housekeeping
-    def scan(self) -> Iterator[tuple[str, int, float, bool]]: ...
+    # sweep=False: only list (a worker starting beside siblings that are writing)
+    def scan(self, sweep: bool = True) -> Iterator[tuple[str, int, float, bool]]: ...
     def free_bytes(self) -> int | None: ...
     def problem(self) -> str | None: ...  # this disk cannot take entries: unhealthy
     def shared_status(self) -> dict[str, Any] | None: ...  # a shared store: up, counts
@@ -537,26 +538,28 @@ class FilesystemStore:
         with tempfile.TemporaryDirectory(dir=base, prefix=prefix) as tmp:
             yield Path(tmp)
 
-    def scan(self) -> Iterator[tuple[str, int, float, bool]]:
+    def scan(self, sweep: bool = True) -> Iterator[tuple[str, int, float, bool]]:
         """Sweep leftovers (temp files, orphans, scratch) and yield (key, size, last use, keep).
 
         Never stops on a name it does not understand: such a file is left alone and
         logged; only what this module itself writes (temp files, sidecars without
-        their file, staging folders) is removed.
+        their file, staging folders) is removed. `sweep=False` removes nothing: other
+        processes on this directory may be writing those temp files right now.
         """
         if not self.root.is_dir():
             return
-        shutil.rmtree(self.root / SCRATCH, ignore_errors=True)
+        if sweep:
+            shutil.rmtree(self.root / SCRATCH, ignore_errors=True)
         for dirpath, dirs, files in os.walk(self.root):
             d = Path(dirpath)
-            for name in [n for n in dirs if n.startswith(_STAGING)]:  # older versions' staging
+            for name in [n for n in dirs if sweep and n.startswith(_STAGING)]:  # old staging
                 log.info("startup sweep: removing staging folder %s", d / name)
                 shutil.rmtree(d / name, ignore_errors=True)
             dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
             names = set(files)
             for name in files:
                 try:
-                    found = self._sweep_one(d, name, names)
+                    found = self._sweep_one(d, name, names, sweep)
                 except (OSError, InvalidKey, UnicodeError) as exc:
                     log.warning("startup sweep: leaving %s alone (%s)", d / name, exc)
                     continue
@@ -564,9 +567,24 @@ class FilesystemStore:
                     yield found
 
     def _sweep_one(
-        self, d: Path, name: str, names: set[str]
+        self, d: Path, name: str, names: set[str], sweep: bool = True
     ) -> tuple[str, int, float, bool] | None:
         full = d / name
+        if not sweep:  # list what is whole, touch nothing
+            if _PART in name or name.startswith(".") or name.endswith(_RESUME):
+                return None
+            key = str(full.relative_to(self.root))
+            check_key(key)
+            entry = self.lookup(key)
+            if entry is None:
+                return None
+            st = full.stat()
+            return (
+                key,
+                entry.meta.size,
+                max(st.st_atime, st.st_mtime, entry.meta.checked),
+                entry.meta.keep,
+            )
         if _PART in name:
             log.info("startup sweep: removing partial download %s", full)
             full.unlink(missing_ok=True)

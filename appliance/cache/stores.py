@@ -35,3 +35,9 @@ def open_store(cache: CacheConfig, worker: int | None = None) -> Store:
         store.unit += f"@{s.peer_url}"
     store.connect()
     return store
+
+
+def sweep(cache: CacheConfig) -> int:
+    """The start-up sweep of this unit's disk (what a crashed run left), before worker
+    processes start: they only index it, since a sibling may be writing. Entries found."""
+    return sum(1 for _entry in FilesystemStore(cache.dir).scan())

@@ -1,10 +1,13 @@
 """`archive-local serve` with `workers: N`: a master that starts N worker processes (the
 same command with `--worker-index I`) and passes the signals on: SIGTERM/SIGINT drain and
-stop them all, SIGHUP reloads them all. If one worker dies the others are stopped and the
-master exits 1 (systemd's Restart= starts the service again). Exit status 0 when every
-worker stopped cleanly.
+stop them all, SIGHUP reloads them all. A worker that dies is started again alone (its
+siblings keep serving); one that keeps dying (`RESTARTS` times within `RESTART_WINDOW`)
+stops the service: the others are stopped and the master exits 1, for systemd's
+Restart=. Exit status 0 when every worker stopped cleanly.
 
-Before starting them it makes what they would otherwise race to create: the admin token.
+Before starting them it does what they would otherwise race for: the admin token, and the
+start-up sweep of the cache directory (the workers only index it: a sibling, or a worker
+started again beside running ones, may be writing the temp files a sweep removes).
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import time
 from collections.abc import Sequence
 
 from appliance.config import Config
+from appliance.runtime import sweep_cache
 from appliance.web.admin import AdminUnavailable, load_token
 
 log = logging.getLogger("appliance")
+
+RESTARTS = 3  # a worker dying this often within RESTART_WINDOW seconds stops the service
+RESTART_WINDOW = 60.0
 
 
 def run_master(config: Config, argv: Sequence[str]) -> int:
@@ -27,14 +34,22 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
         load_token(config.admin.token_file)
     except (OSError, AdminUnavailable) as exc:
         log.warning("admin API: %s (each worker says so too)", exc)
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "appliance", *argv, "--worker-index", str(i)])
-        for i in range(config.workers)
-    ]
+    try:
+        log.info("cache: %d files after the start-up sweep", sweep_cache(config))
+    except OSError as exc:  # each worker reports the disk's problem on its own
+        log.warning("cache: start-up sweep failed: %s", exc)
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appliance", *argv, "--worker-index", str(i)]
+        )
+
+    workers = [spawn(i) for i in range(config.workers)]
     log.info(
         "serving with %d workers (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers)
     )
     stopping = False
+    deaths: list[list[float]] = [[] for _ in workers]
 
     def pass_on(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -50,19 +65,34 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
         codes = [w.poll() for w in workers]
         if all(c is not None for c in codes):
             break
-        if not stopping and any(c is not None for c in codes):
-            dead = [i for i, c in enumerate(codes) if c is not None]
-            log.error("worker %s exited (%s): stopping the others", dead, [codes[i] for i in dead])
-            stopping = True
-            for w in workers:
-                if w.poll() is None:
-                    w.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + config.limits.drain_timeout + 10
-            while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
-            return 1
+        for i, code in enumerate(codes):
+            if stopping or code is None:
+                continue
+            now = time.monotonic()
+            deaths[i] = [t for t in deaths[i] if now - t < RESTART_WINDOW] + [now]
+            if len(deaths[i]) >= RESTARTS:
+                log.error(
+                    "worker %d exited (%s) %d times in %.0f s: stopping the others",
+                    i,
+                    code,
+                    len(deaths[i]),
+                    RESTART_WINDOW,
+                )
+                return _stop_all(workers, config)
+            workers[i] = spawn(i)
+            log.error("worker %d exited (%s): started it again (pid %d)", i, code, workers[i].pid)
         time.sleep(0.2)
     return 0 if all(w.returncode == 0 for w in workers) and stopping else 1
+
+
+def _stop_all(workers: list[subprocess.Popen[bytes]], config: Config) -> int:
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + config.limits.drain_timeout + 10
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for w in workers:
+        if w.poll() is None:
+            w.kill()
+    return 1

@@ -166,6 +166,23 @@ def test_scan_lists_entries_and_sweeps_what_was_left_behind(store: Store) -> Non
     assert _visible(store) == ["h/pool/e.deb"]
 
 
+def test_scan_without_sweeping_lists_and_removes_nothing(store: Store) -> None:
+    """What a worker does at start beside siblings: their temp files and scratch stay."""
+    _put(store, "h/pool/e.deb", b"e")
+    temp = store.create_temp("h/pool/f.deb")
+    temp.write(b"a sibling is writing this")
+    staging = store.scratch()  # a sibling's, in use
+    work = staging.__enter__()
+    (work / "disk.raw").write_bytes(b"staged")
+    found = list(store.scan(sweep=False))
+    assert [(k, size) for k, size, _use, _keep in found] == [("h/pool/e.deb", 1)]
+    assert (work / "disk.raw").exists()
+    temp.write(b", still")
+    store.commit(temp, _meta(b"a sibling is writing this, still"))  # it still commits
+    assert sorted(_visible(store)) == ["h/pool/e.deb", "h/pool/f.deb"]
+    staging.__exit__(None, None, None)
+
+
 def test_free_bytes_is_a_number_or_unknown(store: Store) -> None:
     _put(store, "h/x", b"x")
     free = store.free_bytes()

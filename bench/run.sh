@@ -11,6 +11,6 @@ harness=${APT_BENCH:-$here/../../shared/bench/apt_bench.sh}
 : "${ARCHIVE_LOCAL_BIN:?set ARCHIVE_LOCAL_BIN to the archive-local console script}"
 export ARCHIVE_LOCAL_BIN
 mkdir -p "$here/results"
-profiles=${BENCH_PROFILES:-"nginx-direct apt-cacher-ng $here/profiles/squid-deb-proxy.sh $here/profiles/archive-local.sh $here/profiles/archive-local-workers.sh $here/profiles/archive-local-remap.sh"}
+profiles=${BENCH_PROFILES:-"nginx-direct apt-cacher-ng $here/profiles/archive-local.sh $here/profiles/archive-local-workers.sh $here/profiles/archive-local-remap.sh"}
 # shellcheck disable=SC2086
 exec "$harness" --out "$here/results" "$@" $profiles

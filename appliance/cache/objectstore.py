@@ -306,17 +306,54 @@ class ObjectStore:
         self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
         self._locks: dict[str, threading.Lock] = {}
         self._pending: set[str] = set()  # shared entries not uploaded yet (store away)
+        # ... also written down, so that a restart during an outage still uploads them:
+        # one journal per process of the unit (a worker's successor takes it over)
+        name = local.holder if local.holder.startswith("worker-") else "main"
+        self._journal = local.root / ".state" / f"pending-uploads-{name}"
         self._in_store: set[str] = set()  # keys this process uploaded or copied in
         self._guard = threading.Lock()
 
     # -- the store's health ----------------------------------------------------------
     def connect(self) -> None:
-        """Make sure the bucket exists; a store that does not answer is noted, not fatal."""
+        """Make sure the bucket exists; a store that does not answer is noted, not fatal.
+        Entries an earlier run could not upload (its journal) are uploaded now, or once
+        the store answers."""
+        self._pending |= {k for k in self._read_journal() if self.local.held(k) is not None}
         try:
             self.bucket.ensure()
             self._answered()
         except StoreUnavailable as exc:
             self._failed(exc)
+            return
+        if self._pending:
+            log.info(
+                "object store: uploading %d entries an earlier run could not", len(self._pending)
+            )
+            self._upload_pending()
+
+    def _read_journal(self) -> set[str]:
+        try:
+            return {line for line in self._journal.read_text().splitlines() if line}
+        except OSError:
+            return set()
+
+    def _write_journal(self) -> None:
+        """The pending keys, replaced atomically (a small file: the outage's new files)."""
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            if not self._pending:
+                self._journal.unlink(missing_ok=True)
+                return
+            tmp = self._journal.with_name(self._journal.name + ".tmp")
+            tmp.write_text("".join(f"{k}\n" for k in sorted(self._pending)))
+            os.replace(tmp, self._journal)
+        except OSError as exc:
+            log.warning("object store: cannot write %s: %s", self._journal, exc)
+
+    def _pend(self, key: str) -> None:
+        if key not in self._pending:
+            self._pending.add(key)
+            self._write_journal()
 
     def _usable(self) -> bool:
         return self._failed_at is None or self.clock() - self._failed_at >= RETRY_AFTER
@@ -336,7 +373,7 @@ class ObjectStore:
 
     def _upload_pending(self) -> None:
         """Shared entries committed while the store was away: uploaded now, so that the
-        unit's disk is not their only copy (kept across this process's life only)."""
+        unit's disk is not their only copy (the journal keeps them across restarts)."""
         for key in sorted(self._pending):
             entry = self.local.held(key)
             if entry is not None:
@@ -348,6 +385,7 @@ class ObjectStore:
                 self.counts["uploads"] += 1
                 self._in_store.add(key)
             self._pending.discard(key)
+        self._write_journal()
 
     def remote_problem(self) -> str | None:
         """Why the shared store is not used now (None: it is)."""
@@ -468,12 +506,12 @@ class ObjectStore:
         if not entry.meta.shared:
             return False
         if not self._usable():
-            self._pending.add(entry.key)
+            self._pend(entry.key)
             return False
         try:
             self.bucket.upload(entry.key, entry.path, entry.meta)
         except StoreUnavailable as exc:
-            self._pending.add(entry.key)
+            self._pend(entry.key)
             self._failed(exc)
             return False
         self.counts["uploads"] += 1
@@ -495,7 +533,9 @@ class ObjectStore:
     def remove(self, key: str) -> None:
         """Gone for every unit: this disk's copy and the store's object."""
         self.local.remove(key)
-        self._pending.discard(key)
+        if key in self._pending:
+            self._pending.discard(key)
+            self._write_journal()
         self._in_store.discard(key)
         if self._usable():
             try:

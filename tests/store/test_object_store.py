@@ -141,6 +141,31 @@ def test_without_the_store_a_unit_uses_its_disk_and_catches_up_later(
         own.stop()
 
 
+def test_uploads_pending_at_a_restart_are_made_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit restarted during an outage still uploads what it committed meanwhile: the
+    pending keys are written down (`.state/pending-uploads-main`)."""
+    if not swift_aio.installed():
+        pytest.fail("swift missing: `make test` builds .components/swift")
+    own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
+    try:
+        a = object_store(own, tmp_path / "a")
+        own.stop()
+        _commit(a, "h/pool/during.deb", b"during")
+        journal = tmp_path / "a/.state/pending-uploads-main"
+        assert journal.read_text() == "h/pool/during.deb\n"
+        own.start()
+        again = object_store(own, tmp_path / "a")  # the next run on the same disk
+        assert not journal.exists()
+        b = object_store(own, tmp_path / "b")
+        entry = b.lookup("h/pool/during.deb")  # copied from the store
+        assert entry is not None and b.read_bytes(entry) == b"during"
+        assert again.shared_status()["pending_uploads"] == 0
+    finally:
+        own.stop()
+
+
 def test_a_bucket_it_may_not_read_is_an_error_that_names_it(swift: Any, tmp_path: Path) -> None:
     swift.client().create_bucket(Bucket="someone-elses")
     from appliance.cache.objectstore import Bucket, Credentials, s3_client

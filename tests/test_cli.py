@@ -48,6 +48,6 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             "--listen",
             f"127.0.0.1:{port}",
             "--cache-dir",
-            str(tmp_path),
+            str(tmp_path / "cache"),
         )
     assert r.returncode == 1 and "cannot listen on" in r.stderr

@@ -91,13 +91,7 @@ async def _deliver_passthrough(
 ) -> web.StreamResponse:
     """Relay upstream's answer as it comes; Range and conditions are not applied (200)."""
     upstream = p.response
-    headers = _headers(
-        upstream.headers.get("ETag"),
-        upstream.headers.get("Last-Modified"),
-        upstream.headers.get("Content-Type"),
-        p.status,
-    )
-    del headers["Accept-Ranges"]
+    headers = _relayed_headers(p)
     headers["X-Archive-Local-Not-Stored"] = p.reason
     if p.encoding:
         headers["Content-Encoding"] = p.encoding
@@ -144,13 +138,7 @@ async def _deliver_from_peer(
     bytes are shown to be the ones already sent; else the client's transfer is cut."""
     peer = p.response
     length = peer.content_length
-    headers = _headers(
-        peer.headers.get("ETag"),
-        peer.headers.get("Last-Modified"),
-        peer.headers.get("Content-Type"),
-        p.status,
-    )
-    del headers["Accept-Ranges"]
+    headers = _relayed_headers(p)
     headers["X-Archive-Local-From"] = p.holder
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_length = length
@@ -256,6 +244,14 @@ async def _relay(
         raise _UpstreamBroke(f"{expect.algorithm} mismatch")
     if held:
         await resp.write(held)
+
+
+def _relayed_headers(p: PassThrough) -> dict[str, str]:
+    """Headers for a body relayed as it comes (no Range on it)."""
+    got = p.response.headers
+    headers = _headers(got.get("ETag"), got.get("Last-Modified"), got.get("Content-Type"), p.status)
+    del headers["Accept-Ranges"]
+    return headers
 
 
 def _headers(

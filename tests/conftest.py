@@ -428,8 +428,15 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
-def object_store(swift: Any, local: Path, bucket: str = "cache", prefix: str = "") -> Any:
-    """An `ObjectStore` on `swift` with `local` as its disk, as open_store would build it."""
+FLEET_KEY = b"the-fleet-secret-of-the-tests"  # what the charm shares between units
+
+
+def object_store(
+    swift: Any, local: Path, bucket: str = "cache", prefix: str = "", fleet_key: bool = True
+) -> Any:
+    """An `ObjectStore` on `swift` with `local` as its disk, as open_store would build it
+    (with the fleet's key the charm gives every unit, unless `fleet_key` is False)."""
+    from appliance.cache.fleetkey import FleetKey
     from appliance.cache.objectstore import Bucket, Credentials, ObjectStore, s3_client
     from appliance.cache.store import FilesystemStore
     from tests.components import swift_aio
@@ -438,6 +445,7 @@ def object_store(swift: Any, local: Path, bucket: str = "cache", prefix: str = "
     store = ObjectStore(
         FilesystemStore(local),
         Bucket(s3_client(swift.endpoint, swift_aio.REGION, creds), bucket, prefix),
+        fleet_key=FleetKey(FLEET_KEY) if fleet_key else None,
     )
     store.connect()
     assert store.remote_problem() is None, store.remote_problem()

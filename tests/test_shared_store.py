@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from tests.components import haproxy, swift_aio
-from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
+from tests.conftest import (
+    FLEET_KEY,
+    Appliance,
+    StartAppliance,
+    free_port,
+    free_port_block,
+    http_get,
+)
 from tests.upstream import Upstream
 
 POOL = "/debian/pool/main/h/hello_1.0_amd64.deb"
@@ -46,9 +53,12 @@ def _unit(
     n: int,
     lease: str = "30s",
     ports: list[int] | None = None,
+    fleet_key: bool = True,
 ) -> Appliance:
     """Unit `n` of a fleet on `bucket`; with `ports` (every unit's), the units know each
-    other (`peer_url`, `peers`) and stream a download from the one that fetches it."""
+    other (`peer_url`, `peers`) and stream a download from the one that fetches it. With
+    `fleet_key` the units share a key, as the charm gives them, and copy in each other's
+    objects; without it only what a unit can check against upstream itself."""
     cache = tmp_path / f"unit-{n}"
     store = {
         "type": "s3",
@@ -59,6 +69,11 @@ def _unit(
         "prefix": "fleet/",
         "lease": lease,
     }
+    if fleet_key:
+        key_file = tmp_path / "fleet-key"
+        key_file.write_bytes(FLEET_KEY)
+        key_file.chmod(0o600)
+        store["fleet_key_file"] = str(key_file)
     if ports:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         store |= {"peer_url": urls[n], "peers": urls[:n] + urls[n + 1 :]}

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import aiohttp
 
 from appliance.cache.fetcher import TransferLimits, body_chunks, close_delimited
-from appliance.cache.store import Entry, Meta, Store, TempFile
+from appliance.cache.store import Entry, Meta, Store, TempFile, header_value
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,10 @@ class Download:
             self.total = expect.size
         self.close_delimited = close_delimited(response)
         self._length_known = response.content_length is not None
-        self.etag = response.headers.get("ETag")
-        self.last_modified = response.headers.get("Last-Modified")
-        self.content_type = response.headers.get("Content-Type")
+        # labels for clients, kept only when they can be sent on as they are
+        self.etag = header_value(response.headers.get("ETag"))
+        self.last_modified = header_value(response.headers.get("Last-Modified"))
+        self.content_type = header_value(response.headers.get("Content-Type"))
         self.written = offset
         self.state = State.RUNNING
         self.entry: Entry | None = None

@@ -31,6 +31,7 @@ import aiohttp
 from appliance.cache import policy
 from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
 from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, content_encoding
+from appliance.cache.fleet import Fleet, Peers
 from appliance.cache.flights import Flights
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
@@ -116,15 +117,6 @@ class FromPeer(PassThrough):
 
 
 Result = Hit | Miss | PassThrough | UpstreamFailure
-
-
-class Peers(Protocol):
-    """How to reach the worker or unit that holds a fleet lease (`Store.claim` names it)."""
-
-    async def open(self, holder: str, key: str) -> aiohttp.ClientResponse | None:
-        """Its download of `key` in progress (200, with a length), or None: not one we
-        can reach, or it is not downloading `key` (any more)."""
-        ...
 
 
 class Rules(Protocol):
@@ -239,11 +231,21 @@ class CacheEngine:
         self.passed: Counter[str] = Counter()  # pass-through answers by reason
         self._noted: dict[str, float] = {}
         self.integrity_failures = 0  # downloads rejected for wrong size or digest
-        self.peers: Peers | None = None  # the lease holders' downloads, to stream from
+        # the unit's boundary: the shared store's leases and objects, the peers' streams
+        self.fleet = Fleet(store, lease_ttl=getattr(store, "lease_ttl", 30.0))
         # processes sharing this cache directory (workers) are told what enters and leaves
         # the size cap here, so each counts the whole directory: ("add"|"drop", key, size)
         self.tell: Callable[[str, str, int], None] | None = None
         self.from_peers = 0
+
+    @property
+    def peers(self) -> Peers | None:
+        """The lease holders' downloads, to stream from (set by the web side)."""
+        return self.fleet.peers
+
+    @peers.setter
+    def peers(self, peers: Peers | None) -> None:
+        self.fleet.peers = peers
 
     def apply(self, config: Config) -> None:
         """Take the cache settings of a new configuration (reload)."""
@@ -298,6 +300,7 @@ class CacheEngine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.fleet.close()
 
     async def get(
         self,
@@ -380,24 +383,19 @@ class CacheEngine:
         stream its download from it (`Peers`, when it can be reached) or wait for its
         file (this process's callers all wait on this one task), and take over the lease
         if its holder stops renewing it. Without a shared store: fetched here."""
-        waited = False
+        expect = await self._expectation(key, expect)  # what a copy or a peer must be
+        fleet = self.fleet
+        waited_since: float | None = None
         while True:
-            holder = await self._io(self.store.claim, key)
+            holder = await fleet.claim(key)
             if holder is None:
                 # it may have landed between our look and our lease (its holder uploaded
                 # and let go meanwhile): look again before asking upstream
-                if (entry := await self._io(self.store.lookup, key)) is not None:
-                    await self._io(self.store.release, key)
+                if (entry := await fleet.adopt(key, expect)) is not None:
+                    await fleet.release(key)
                     await self._account(entry)
                     return Hit(entry, "HIT")
-                try:
-                    result = await self._refresh(key, urls, None, expect, resumable, keep, True)
-                except BaseException:
-                    await asyncio.shield(self._io(self.store.release, key))
-                    raise
-                if not isinstance(result, Miss):  # a Miss releases when its download ends
-                    await self._io(self.store.release, key)
-                return result
+                return await self._fetch_leased(key, urls, expect, resumable, keep)
             if from_peer and (
                 found := await self._from_peer(
                     holder, key, expect, lambda: self.ensure(key, urls, expect)
@@ -405,13 +403,33 @@ class CacheEngine:
             ):
                 log.info("cache: %s is being fetched by %s; streaming it", key, holder)
                 return found
-            if not waited:
+            now = time.monotonic()
+            if waited_since is None:
                 log.info("cache: %s is being fetched by %s; waiting for it", key, holder)
-                waited = True
+                waited_since = now
+            elif now - waited_since > fleet.wait_limit:
+                # a holder that keeps its lease this long without a file: maybe a bucket
+                # writer rewriting it; the client is served from upstream all the same
+                fleet.refusals.refuse("lease", "expired", key, f": held by {holder}")
+                return await self._refresh(key, urls, None, expect, resumable, keep)
             await asyncio.sleep(FLEET_POLL)
-            if (entry := await self._io(self.store.lookup, key)) is not None:
+            if (entry := await fleet.adopt(key, expect)) is not None:
                 await self._account(entry)
                 return Hit(entry, "HIT")
+
+    async def _fetch_leased(
+        self, key: str, urls: Sequence[str], expect: Expect, resumable: bool, keep: bool
+    ) -> Result:
+        """Fetch `key` upstream under the fleet's lease (a Miss releases it when its
+        download ends; anything else at once)."""
+        try:
+            result = await self._refresh(key, urls, None, expect, resumable, keep, True)
+        except BaseException:
+            await asyncio.shield(self.fleet.release(key))
+            raise
+        if not isinstance(result, Miss):
+            await self.fleet.release(key)
+        return result
 
     async def _from_peer(
         self,
@@ -422,7 +440,8 @@ class CacheEngine:
     ) -> FromPeer | None:
         """The holder's download of `key` as a stream for one caller (`like`: an answer
         to copy the expectation and fallback from), or None if it cannot be had."""
-        if self.peers is None or (response := await self.peers.open(holder, key)) is None:
+        expect = like.expect if isinstance(like, FromPeer) else like
+        if (response := await self.fleet.open_peer(holder, key, expect)) is None:
             return None
         self.from_peers += 1
         if isinstance(like, FromPeer):
@@ -803,14 +822,14 @@ class CacheEngine:
         try:
             await download.run(resp, self.store)  # verified and committed: clients done
             if download.shared and download.entry is not None:
-                in_store = await self._io(self.store.share, download.entry)  # other units'
+                in_store = await self.fleet.share(download.entry)  # other units'
         finally:
             self.flights.ended(download)
             self.hot.drop(download.key)
             if renewing is not None:
                 renewing.cancel()
                 with contextlib.suppress(OSError, asyncio.CancelledError):
-                    await self._io(self.store.release, download.key)
+                    await self.fleet.release(download.key)
         if download.integrity_error:
             self.rejected(download.url, time.monotonic() - download.started)
         if download.state is State.DONE and not download.stored:
@@ -833,7 +852,7 @@ class CacheEngine:
         while True:
             await asyncio.sleep(LEASE_RENEW)
             with contextlib.suppress(OSError):
-                await self._io(self.store.renew, key)
+                await self.fleet.renew(key)
 
     async def _evict(self, room: int = 0) -> None:
         for key in self.lru.victims(room):

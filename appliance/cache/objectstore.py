@@ -21,6 +21,7 @@ import base64
 import configparser
 import contextlib
 import email.utils
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from appliance.cache.download import Expect
+from appliance.cache.fleetkey import FleetKey
 from appliance.cache.store import (
     Entry,
     FilesystemStore,
@@ -42,6 +45,7 @@ from appliance.cache.store import (
     Unstorable,
     check_key,
 )
+from appliance.config import redact
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,13 @@ class StoreUnavailable(OSError):
     """The object store did not answer, or answered with an error."""
 
 
+class BadObject(ValueError):
+    """An object whose metadata no unit wrote (a bucket writer's, or damaged)."""
+
+
+RECORD = "al-record"  # the fleet's HMAC over an object (`FleetKey.record`)
+
+
 @dataclass(frozen=True)
 class Credentials:
     access_key: str
@@ -74,12 +85,15 @@ def read_credentials(path: Path) -> Credentials:
     """An AWS-style credentials file (`[default]`, `aws_access_key_id`,
     `aws_secret_access_key`), as boto users keep them; EC2-style `access_key`/`secret_key`
     keys are read too. The error names the file, never a value."""
-    parser = configparser.ConfigParser()
+    # no interpolation: a secret key is any string, `%` included
+    parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path) as fh:
             parser.read_file(fh)
-    except (OSError, configparser.Error) as exc:
-        raise ValueError(f"{path}: cannot read the store's credentials ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the store's credentials ({exc.strerror})") from None
+    except configparser.Error as exc:  # its message may quote a line: a secret
+        raise ValueError(f"{path}: not an INI file of credentials ({type(exc).__name__})") from None
     section = parser["default"] if parser.has_section("default") else None
     if section is None and parser.sections():
         section = parser[parser.sections()[0]]
@@ -112,51 +126,60 @@ class Bucket:
             self.client.head_bucket(Bucket=self.bucket)
             return
         except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status != 404:
+            if _status(exc) != 404:
                 raise StoreUnavailable(f"bucket {self.bucket}: {_why(exc)}") from None
         except BotoCoreError as exc:
             raise StoreUnavailable(f"bucket {self.bucket}: {exc}") from None
         with _errors(f"create bucket {self.bucket}"):
             self.client.create_bucket(Bucket=self.bucket)
 
-    def head(self, key: str) -> Meta | None:
+    def head(self, key: str) -> tuple[Meta, str | None] | None:
+        """The object's metadata, checked like any metadata entering (`Meta.from_dict`),
+        and its fleet record if it has one; None: no such object; `BadObject`: one whose
+        metadata is not what a unit writes."""
         from botocore.exceptions import ClientError
 
         try:
             with _errors(f"HEAD {key}", passing=ClientError):
                 answer = self.client.head_object(Bucket=self.bucket, Key=self.name(key))
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _status(exc) == 404:
                 return None
             raise StoreUnavailable(f"HEAD {key}: {_why(exc)}") from None
+        metadata = answer.get("Metadata")
         try:
-            meta = _meta_from(answer["Metadata"])
-        except (KeyError, ValueError, TypeError):
-            log.warning("object store: %s has no readable metadata; ignored", key)
-            return None
+            meta = _meta_from(metadata if isinstance(metadata, dict) else {})
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadObject(f"unreadable metadata ({exc})") from None
         if meta.size != answer.get("ContentLength"):
-            log.warning("object store: %s is not the size its metadata says; ignored", key)
-            return None
-        return meta
+            raise BadObject(f"{answer.get('ContentLength')} bytes, its metadata says {meta.size}")
+        record = metadata.get(RECORD) if isinstance(metadata, dict) else None
+        return meta, record if isinstance(record, str) else None
 
-    def download(self, key: str, temp: TempFile) -> None:
-        """The object's bytes into `temp` (hashed as they arrive)."""
+    def download(self, key: str, temp: TempFile, limit: int | None = None) -> None:
+        """The object's bytes into `temp` (hashed as they arrive), at most `limit` + 1
+        (a longer body is refused by the size check, without filling the disk)."""
         with _errors(f"GET {key}"):
             body = self.client.get_object(Bucket=self.bucket, Key=self.name(key))["Body"]
             try:
                 while chunk := body.read(CHUNK):
                     temp.write(chunk)
+                    if limit is not None and temp.size > limit:
+                        break
             finally:
                 body.close()
 
-    def upload(self, key: str, path: Path, meta: Meta) -> None:
+    def upload(self, key: str, path: Path, meta: Meta, record: str | None = None) -> None:
         """One object from a committed file: a single PUT, or a multipart upload above
-        `MULTIPART_ABOVE` (visible only once complete; aborted on failure)."""
+        `MULTIPART_ABOVE` (visible only once complete; aborted on failure). `record`: the
+        fleet's HMAC over it (`FleetKey.record`), when the units share a key."""
         from boto3.s3.transfer import TransferConfig
 
+        metadata = {**_meta_pieces(meta), "sha256": meta.sha256 or "", "size": str(meta.size)}
+        if record is not None:
+            metadata[RECORD] = record
         extra = {
-            "Metadata": {**_meta_pieces(meta), "sha256": meta.sha256 or "", "size": str(meta.size)},
+            "Metadata": metadata,
             "ContentType": meta.content_type or "application/octet-stream",
         }
         config = TransferConfig(
@@ -190,7 +213,7 @@ class Bucket:
                     **args,
                 )
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+            if _status(exc) == 412:
                 return False
             raise StoreUnavailable(f"PUT lease {key}: {_why(exc)}") from None
         return True
@@ -205,15 +228,17 @@ class Bucket:
                 answer = self.client.get_object(Bucket=self.bucket, Key=self.name(LEASES + key))
                 body = answer["Body"].read(4096)
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            if _status(exc) == 404:
                 return None
             raise StoreUnavailable(f"GET lease {key}: {_why(exc)}") from None
         headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
         try:
             now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
-            holder = str(json.loads(body)["holder"])
+            holder = json.loads(body)["holder"]
         except (KeyError, ValueError, TypeError):
             return ("?", LEASE_TTL)  # unreadable: treat as expired
+        if not isinstance(holder, str) or len(holder) > 300 or not holder.isprintable():
+            return ("?", LEASE_TTL)  # not what a unit writes: expired
         return holder, max(0.0, now - answer["LastModified"].timestamp())
 
     def delete_lease(self, key: str) -> None:
@@ -262,9 +287,24 @@ def _meta_from(metadata: dict[str, str]) -> Meta:
     return Meta.from_dict(json.loads(base64.urlsafe_b64decode("".join(pieces))))
 
 
+def _status(exc: Exception) -> int | None:
+    """The HTTP status of a botocore error (its `response` may be None or odd)."""
+    response = getattr(exc, "response", None)
+    meta = response.get("ResponseMetadata") if isinstance(response, dict) else None
+    status = meta.get("HTTPStatusCode") if isinstance(meta, dict) else None
+    return status if isinstance(status, int) else None
+
+
 def _why(exc: Exception) -> str:
-    error = getattr(exc, "response", {}).get("Error", {})
-    return f"{error.get('Code', '')} {error.get('Message', '')}".strip() or str(exc)
+    """What went wrong, in one line without credentials. botocore's errors carry a
+    `response` that may be None (a read timeout) or not a mapping."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    if isinstance(error, dict):
+        text = f"{error.get('Code', '')} {error.get('Message', '')}".strip()
+    else:
+        text = ""
+    return redact(text or str(exc) or type(exc).__name__)
 
 
 @contextlib.contextmanager
@@ -294,11 +334,14 @@ class ObjectStore:
         bucket: Bucket,
         clock: Any = time.monotonic,
         lease_ttl: float = LEASE_TTL,
+        fleet_key: FleetKey | None = None,
     ) -> None:
         self.local = local
         self.bucket = bucket
         self.clock = clock
         self.lease_ttl = lease_ttl
+        self.fleet_key = fleet_key
+        self.refusals = local.refusals  # one count per unit, whichever side refused
         self.unit = f"{socket.gethostname()}:{os.getpid()}"  # named in the leases it holds
         self._held: set[str] = set()
         self._failed_at: float | None = None
@@ -358,10 +401,26 @@ class ObjectStore:
     def _usable(self) -> bool:
         return self._failed_at is None or self.clock() - self._failed_at >= RETRY_AFTER
 
-    def _failed(self, exc: Exception) -> None:
+    def available(self) -> bool:
+        """Worth asking now (no I/O): not failed in the last `RETRY_AFTER` seconds."""
+        return self._usable()
+
+    def trip(self, why: str) -> None:
+        """The store did not answer in time (the caller gave up on it): not asked again
+        for `RETRY_AFTER` seconds; hits and misses go on without it."""
+        self._failed(why)
+
+    def _record(self, entry: Entry) -> str | None:
+        meta = entry.meta
+        if self.fleet_key is None or meta.sha256 is None:
+            return None
+        return self.fleet_key.record(self.bucket.name(entry.key), meta.size, meta.sha256, meta.keep)
+
+    def _failed(self, exc: Exception | str) -> None:
+        why = redact(str(exc))
         if self.remote_error is None:
-            log.warning("object store unavailable (%s): serving from local disk and upstream", exc)
-        self._failed_at, self.remote_error = self.clock(), str(exc)
+            log.warning("object store unavailable (%s): serving from local disk and upstream", why)
+        self._failed_at, self.remote_error = self.clock(), why
         self.counts["errors"] += 1
 
     def _answered(self) -> None:
@@ -378,7 +437,7 @@ class ObjectStore:
             entry = self.local.held(key)
             if entry is not None:
                 try:
-                    self.bucket.upload(entry.key, entry.path, entry.meta)
+                    self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
                 except StoreUnavailable as exc:
                     self._failed(exc)
                     return
@@ -415,45 +474,109 @@ class ObjectStore:
 
     # -- reading ---------------------------------------------------------------------
     def lookup(self, key: str) -> Entry | None:
+        """This disk's entry: what this unit wrote or checked itself. Never the bucket's:
+        what a unit keeps for itself (the curated feed, its key, snapshots, volatile
+        indexes) is not taken from where anyone with the credentials can write."""
+        return self.local.lookup(key)
+
+    def adopt(self, key: str, expect: Expect) -> Entry | None:
+        """This disk's entry, or the store's object copied in when it can be tied to
+        upstream: its bytes match `expect` (a digest from a signed index or feed), or its
+        fleet record verifies (`FleetKey`). Anything else is refused and counted."""
         entry = self.local.lookup(key)
         if entry is not None or not self._usable():
             return entry
+        found = self.inspect(key)
+        return None if found is None else self.copy_in(key, expect, found)
+
+    def inspect(self, key: str) -> tuple[Meta, str | None] | None:
+        """The store's object for `key` (its checked metadata and record), or None: none,
+        one refused, or the store away. The quick half of `adopt` (one HEAD): callers
+        that must not wait on a hung store give it a deadline."""
+        try:
+            found = self.bucket.head(key)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return None
+        except BadObject as exc:
+            self._answered()
+            self.refusals.refuse("bucket", "metadata", key, f": {exc}")
+            return None
+        self._answered()
+        if found is None:
+            self.counts["misses"] += 1
+        return found
+
+    def copy_in(self, key: str, expect: Expect, found: tuple[Meta, str | None]) -> Entry | None:
+        """The object `inspect` found, copied to this disk if it can be tied to upstream."""
         with self._one_at_a_time(key):
             entry = self.local.lookup(key)  # another request copied it meanwhile
             if entry is not None:
                 return entry
-            return self._copy_from_store(key)
+            return self._copy_from_store(key, expect, found)
 
-    def _copy_from_store(self, key: str) -> Entry | None:
-        try:
-            meta = self.bucket.head(key)
-        except StoreUnavailable as exc:
-            self._failed(exc)
+    def _copy_from_store(
+        self, key: str, expect: Expect, found: tuple[Meta, str | None]
+    ) -> Entry | None:
+        meta, record = found
+        name = self.bucket.name(key)
+        vouched = self.fleet_key is not None and self.fleet_key.verifies(
+            record, name, meta.size, meta.sha256 or "", meta.keep
+        )
+        checkable = expect.algorithm is not None and bool(expect.digest)
+        if not vouched and not checkable:
+            reason = "record" if record is not None and self.fleet_key is not None else None
+            self.refusals.refuse("bucket", reason or "unverifiable", key)
             return None
-        self._answered()
-        if meta is None:
-            self.counts["misses"] += 1
+        if expect.size is not None and meta.size != expect.size:
+            self.refusals.refuse("bucket", "size", key, f": {meta.size}, not {expect.size}")
             return None
         try:
             temp = self.local.create_temp(key)
         except Unstorable as exc:
             log.warning("object store: %s not copied to local disk: %s", key, exc)
             return None
+        if checkable and expect.algorithm not in temp.digests:
+            temp.digests[str(expect.algorithm)] = hashlib.new(str(expect.algorithm))
         try:
-            self.bucket.download(key, temp)
-            entry = self.local.commit(temp, meta)  # checks the size and sha256 it states
-        except Mismatch:
-            self.counts["corrupt"] += 1
-            log.warning("object store: %s is not the bytes its metadata names: removed", key)
-            with contextlib.suppress(StoreUnavailable):
-                self.bucket.delete(key)
-            return None
+            self.bucket.download(key, temp, limit=meta.size)
         except StoreUnavailable as exc:
             self.local.discard(temp)
             self._failed(exc)
             return None
         except OSError as exc:  # the local disk: full, or gone
             self.local.discard(temp)
+            log.warning("object store: %s not copied to local disk: %s", key, exc)
+            return None
+        got = temp.hexdigests()
+        if checkable and got[str(expect.algorithm)] != str(expect.digest).lower():
+            self.local.discard(temp)
+            self.refusals.refuse("bucket", "digest", key, f": not the {expect.source or 'index'}'s")
+            return None
+        if vouched and got["sha256"] != meta.sha256:  # the unit's record, other bytes
+            self.local.discard(temp)
+            self.counts["corrupt"] += 1
+            self.refusals.refuse("bucket", "digest", key, ": not the bytes its record names")
+            with contextlib.suppress(StoreUnavailable):
+                self.bucket.delete(key)
+            return None
+        now = time.time()
+        adopted = Meta(
+            url=meta.url,
+            size=temp.size,
+            fetched=min(meta.fetched, now),
+            checked=now,
+            etag=meta.etag,
+            last_modified=meta.last_modified,
+            content_type=meta.content_type,
+            sha256=got.pop("sha256"),
+            digests={k: v for k, v in got.items() if k in ("md5", "sha1", "sha512")} or None,
+            keep=meta.keep and vouched,  # only the fleet's own record says kept
+            shared=True,
+        )
+        try:
+            entry = self.local.commit(temp, adopted)
+        except (Mismatch, OSError) as exc:  # the local disk: full, or gone
             log.warning("object store: %s not copied to local disk: %s", key, exc)
             return None
         self.counts["hits"] += 1
@@ -509,7 +632,7 @@ class ObjectStore:
             self._pend(entry.key)
             return False
         try:
-            self.bucket.upload(entry.key, entry.path, entry.meta)
+            self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
         except StoreUnavailable as exc:
             self._pend(entry.key)
             self._failed(exc)
@@ -587,20 +710,35 @@ class ObjectStore:
         return True
 
     def renew(self, key: str) -> None:
-        if key in self._held and self._usable():
-            try:
-                self.bucket.create_lease(key, self.unit, only_new=False)
-            except StoreUnavailable as exc:
-                self._failed(exc)
+        """Renew the lease while it is still ours: one taken over meanwhile (this unit
+        was too slow to renew) is left to its new holder, never written back."""
+        if key not in self._held or not self._usable():
+            return
+        try:
+            if not self._still_mine(key):
+                return
+            self.bucket.create_lease(key, self.unit, only_new=False)
+        except StoreUnavailable as exc:
+            self._failed(exc)
 
     def release(self, key: str) -> None:
         if key not in self._held:
             return
-        self._held.discard(key)
         try:
-            self.bucket.delete_lease(key)
+            if self._still_mine(key):
+                self.bucket.delete_lease(key)
         except StoreUnavailable as exc:
             self._failed(exc)  # it expires by itself
+        self._held.discard(key)
+
+    def _still_mine(self, key: str) -> bool:
+        found = self.bucket.lease(key)
+        if found is not None and found[0] == self.unit:
+            return True
+        self._held.discard(key)
+        holder = found[0] if found is not None else "nobody"
+        self.refusals.refuse("lease", "stolen", key, f": now held by {holder}")
+        return False
 
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
         self.local.keep_partial(temp, info)

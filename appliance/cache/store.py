@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from appliance.cache.refusals import Refusals
+
 log = logging.getLogger(__name__)
 
 _PART = ".part-"
@@ -44,6 +46,67 @@ _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
 class InvalidKey(ValueError):
     """A key that does not name a file inside the store."""
+
+
+class BadMeta(ValueError):
+    """Metadata that is not what this store writes: refused, never served from."""
+
+
+URL_LIMIT = 8192
+HEADER_LIMIT = 1024  # an ETag, a date, a media type: far shorter in practice
+EXTRA_LIMIT = 4096
+_HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def header_value(value: object, limit: int = HEADER_LIMIT) -> str | None:
+    """`value` if it can be sent as a header value as it is (printable ASCII, bounded),
+    else None: what labels a file never breaks the response that serves it."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    if not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
+def _text(value: object, name: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise BadMeta(f"metadata {name} is not a short line of text")
+    return value
+
+
+def _time(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise BadMeta(f"metadata {name} is not a time")
+    if not 0 <= value < 2**40:
+        raise BadMeta(f"metadata {name} is not a time")
+    return float(value)
+
+
+def _hex(value: object, name: str, length: int = 64) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != length or value.strip("0123456789abcdef"):
+        raise BadMeta(f"metadata {name} is not a lowercase hex digest")
+    return value
+
+
+def _digests(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > len(_HEX_LENGTHS):
+        raise BadMeta("metadata digests is not a mapping of digests")
+    out = {}
+    for name, digest in value.items():
+        if name not in _HEX_LENGTHS:
+            raise BadMeta(f"metadata digests: unknown algorithm {name!r:.40}")
+        out[name] = _hex(digest, f"digests.{name}", _HEX_LENGTHS[name])
+    return out or None  # type: ignore[return-value]
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadMeta(f"metadata {name} is not true or false")
+    return value
 
 
 @dataclass
@@ -68,16 +131,36 @@ class Meta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Meta:
-        """Tolerant of fields it does not know, so a metadata change between versions
-        never makes entries (kept images among them) look invalid and get swept."""
+        """The one way metadata enters from outside this process (a sidecar on disk, an
+        object's metadata in a shared store): every field checked for type, characters
+        and size, `BadMeta` otherwise. What only labels the bytes for clients (ETag,
+        Last-Modified, Content-Type) is dropped when unusable; what checks them (size,
+        digests) or decides their fate (keep, shared) makes the whole record refused.
+        Fields a newer (or older) version wrote are kept as they are, so a metadata
+        change between versions never makes entries look invalid and get swept."""
         if not isinstance(data, dict):
-            raise TypeError("metadata is not an object")
+            raise BadMeta("metadata is not an object")
         known = {f.name for f in fields(cls)} - {"extra"}
         extra = {k: v for k, v in data.items() if k not in known}
-        meta = cls(**{k: v for k, v in data.items() if k in known}, extra=extra)
-        if not isinstance(meta.size, int) or isinstance(meta.size, bool) or meta.size < 0:
-            raise TypeError("metadata size is not a size")
-        return meta
+        if len(json.dumps(extra)) > EXTRA_LIMIT:
+            raise BadMeta("metadata has too many unknown fields")
+        size = data.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**53:
+            raise BadMeta("metadata size is not a size")
+        return cls(
+            url=_text(data.get("url"), "url", URL_LIMIT),
+            size=size,
+            fetched=_time(data.get("fetched"), "fetched"),
+            checked=_time(data.get("checked"), "checked"),
+            etag=header_value(data.get("etag")),
+            last_modified=header_value(data.get("last_modified")),
+            content_type=header_value(data.get("content_type")),
+            sha256=_hex(data.get("sha256"), "sha256"),
+            digests=_digests(data.get("digests")),
+            keep=_flag(data.get("keep", False), "keep"),
+            shared=_flag(data.get("shared", False), "shared"),
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -166,9 +249,13 @@ class Store(Protocol):
     """Everything the appliance does with stored bytes. Keys are `check_key`-valid paths;
     nothing outside `cache/` sees where or how the bytes are kept. All methods block."""
 
+    refusals: Refusals  # what crossing the unit's boundary was refused
+
     # reading
-    def lookup(self, key: str) -> Entry | None: ...  # from a shared store too, if any
-    def held(self, key: str) -> Entry | None: ...  # this disk's copy only, never fetched
+    def lookup(self, key: str) -> Entry | None: ...  # this disk's copy only
+    def held(self, key: str) -> Entry | None: ...  # the same (kept for callers' clarity)
+    # a shared store's object, copied in only if tied to upstream (`expect`, a record)
+    def adopt(self, key: str, expect: Any) -> Entry | None: ...
     def open_read(self, entry: Entry) -> BinaryIO: ...
     def read_bytes(self, entry: Entry) -> bytes: ...
     def local_file(self, entry: Entry) -> AbstractContextManager[Path]: ...
@@ -185,6 +272,8 @@ class Store(Protocol):
     def remove(self, key: str) -> None: ...  # gone (for every unit sharing the store)
     def evict(self, key: str) -> None: ...  # this disk's copy only (room for others)
     # one upstream fetch for every unit sharing the store
+    def available(self) -> bool: ...  # a shared store worth asking now (no I/O)
+    def trip(self, why: str) -> None: ...  # it did not answer in time: leave it a while
     def claim(self, key: str) -> str | None: ...  # None: fetch it; else who fetches it
     def renew(self, key: str) -> None: ...
     def release(self, key: str) -> None: ...
@@ -245,6 +334,7 @@ class FilesystemStore:
         # what `claim` tells the others of this process (a worker names itself `worker-N`,
         # which its siblings can reach to stream the download it holds the lock for)
         self.holder = f"process {os.getpid()}"
+        self.refusals = Refusals()
 
     def path(self, key: str) -> Path:
         check_key(key)
@@ -271,6 +361,16 @@ class FilesystemStore:
     def held(self, key: str) -> Entry | None:
         """This disk's entry (here: the same as `lookup`)."""
         return self.lookup(key)
+
+    def adopt(self, key: str, expect: object = None) -> Entry | None:
+        """This disk's entry (a sibling worker's download is this unit's own)."""
+        return self.lookup(key)
+
+    def available(self) -> bool:
+        return True
+
+    def trip(self, why: str) -> None:
+        return None
 
     def create_temp(self, key: str) -> TempFile:
         """A temp file beside the entry; `Unstorable` when the key cannot become a file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from appliance.cache.fleetkey import FleetKey
 from appliance.cache.objectstore import Bucket, ObjectStore, read_credentials, s3_client
 from appliance.cache.store import FilesystemStore, Store
 from appliance.config import CacheConfig, ConfigError
@@ -29,8 +30,14 @@ def open_store(cache: CacheConfig, worker: int | None = None) -> Store:
         credentials = read_credentials(s.credentials_file)
     except ValueError as exc:
         raise ConfigError(f"cache.store.credentials_file: {exc}") from None
+    fleet_key = None
+    if s.fleet_key_file is not None:
+        try:
+            fleet_key = FleetKey.read(s.fleet_key_file)
+        except ValueError as exc:
+            raise ConfigError(f"cache.store.fleet_key_file: {exc}") from None
     bucket = Bucket(s3_client(s.endpoint, s.region, credentials), s.bucket, s.prefix)
-    store = ObjectStore(local, bucket, lease_ttl=s.lease)
+    store = ObjectStore(local, bucket, lease_ttl=s.lease, fleet_key=fleet_key)
     if s.peer_url:
         store.unit += f"@{s.peer_url}"
     store.connect()

@@ -11,6 +11,7 @@ from appliance.config.fields import (
     parse_listen,
     parse_size,
     parse_upstream,
+    redact,
     valid_name,
 )
 from appliance.config.model import (
@@ -65,6 +66,7 @@ __all__ = [
     "parse_listen",
     "parse_size",
     "parse_upstream",
+    "redact",
     "restart_needed",
     "to_data",
     "valid_name",

@@ -75,9 +75,9 @@ def parse_upstream(value: Any, key: str) -> str:
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {value!r}")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {value!r}")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"{key}: no query, fragment or credentials allowed in {value!r}")
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {redact(value)!r}")
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{key}: no query, fragment or credentials allowed in {redact(value)!r}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
@@ -140,13 +140,33 @@ def secret(data: Mapping[str, Any], stem: str, key: str) -> Secret | None:
 
 
 def url(data: Mapping[str, Any], name: str, key: str) -> str | None:
+    """An http(s) URL without credentials in it: a URL is shown on the status page and in
+    problem messages, credentials live in files named by the configuration."""
     value = data.get(name)
     if value is None:
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+    except ValueError:
+        parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{key}.{name}: expected an http(s) URL, got {value!r}")
+        shown = redact(value) if isinstance(value, str) else value
+        raise ConfigError(f"{key}.{name}: expected an http(s) URL, got {shown!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{key}.{name}: no credentials in the URL ({redact(value)}): "
+            "put them in the file the configuration names"
+        )
     return value
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the userinfo of every URL in it replaced: problem messages and errors
+    name URLs, never the credentials someone put in one."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 def flag(data: Mapping[str, Any], name: str, key: str, default: bool) -> bool:

@@ -50,6 +50,9 @@ class StoreConfig:
     endpoint: str
     bucket: str
     credentials_file: Path  # AWS-style: [default] aws_access_key_id / aws_secret_access_key
+    # a secret the units share (not the bucket's credential): their HMAC on each object lets
+    # another unit copy in what it cannot check against upstream itself (see security.md)
+    fleet_key_file: Path | None = None
     region: str = "us-east-1"
     prefix: str = ""  # object names start with this ("" or ending in "/")
     lease: float = duration(30.0)  # a unit's fetch lease, renewed while it downloads

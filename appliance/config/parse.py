@@ -158,6 +158,7 @@ def _parse_store(value: Any) -> StoreConfig | None:
             "bucket",
             "region",
             "credentials_file",
+            "fleet_key_file",
             "prefix",
             "lease",
             "peer_url",
@@ -187,6 +188,11 @@ def _parse_store(value: Any) -> StoreConfig | None:
         endpoint=endpoint,
         bucket=bucket,
         credentials_file=path(data, "credentials_file", key, None, "a credentials file"),
+        fleet_key_file=(
+            path(data, "fleet_key_file", key, None, "a file holding the fleet's key")
+            if data.get("fleet_key_file") is not None
+            else None
+        ),
         region=text(data, "region", key, StoreConfig.region) or StoreConfig.region,
         prefix=prefix or "",
         lease=lease,

@@ -21,9 +21,10 @@ from typing import BinaryIO
 import aiohttp
 from aiohttp import web
 
-from appliance.cache.download import Download, State
+from appliance.cache.download import Download, Expect, State
 from appliance.cache.engine import CacheEngine, FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.fetcher import body_chunks
+from appliance.cache.store import header_value
 from appliance.web.ranges import Plan, plan
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,16 @@ async def _deliver_from_peer(
     headers["X-Archive-Local-From"] = p.holder
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_length = length
-    sent, digest = 0, hashlib.sha256()
+    received, sent, digest = 0, 0, hashlib.sha256()  # digest: of the bytes sent
+    check = _Check(p.expect)  # a peer is trusted no more than an upstream
+
+    async def send(data: bytes | memoryview) -> None:
+        nonlocal sent
+        if data:
+            digest.update(data)
+            sent += len(data)
+            await resp.write(data)
+
     try:
         await resp.prepare(request)
         if request.method == "HEAD" or length is None:
@@ -151,20 +161,25 @@ async def _deliver_from_peer(
             return resp
         chunks = body_chunks(peer, engine.fetcher.limits).__aiter__()
         broke: Exception | None = None
-        while sent < length:
+        while received < length:
             try:
                 chunk = await anext(chunks)
             except StopAsyncIteration:
-                broke = _UpstreamBroke(f"{sent} of {length} bytes")
+                broke = _UpstreamBroke(f"{received} of {length} bytes")
                 break
             except Exception as exc:  # the peer's connection failed or timed out
                 broke = exc
                 break
-            chunk = chunk[: length - sent]
-            digest.update(chunk)
-            sent += len(chunk)
-            await resp.write(chunk)
+            chunk = chunk[: length - received]
+            received += len(chunk)
+            await send(check.take(chunk))
         if broke is None:
+            try:
+                await send(check.finish())
+            except _UpstreamBroke as exc:
+                peer.close()
+                engine.fleet.refusals.refuse("peer", "digest", request.path, f": {exc}")
+                raise
             peer.release()
         else:
             peer.close()
@@ -220,36 +235,59 @@ async def _relay(
     upstream: aiohttp.ClientResponse, resp: web.StreamResponse, p: PassThrough, engine: CacheEngine
 ) -> None:
     """Copy the body; with an expectation, the last byte only once it checks out."""
-    expect = p.expect
-    digest = hashlib.new(expect.algorithm) if expect.algorithm else None
-    held = b""  # the last byte received, sent only after verification
-    size = 0
+    check = _Check(p.expect)
     async for chunk in body_chunks(upstream, engine.fetcher.limits):
-        size += len(chunk)
-        if expect.size is not None and size > expect.size:
+        if out := check.take(chunk):
+            await resp.write(out)
+    if out := check.finish():
+        await resp.write(out)
+
+
+class _Check:
+    """A relayed body against what it must be (an upstream's or a peer's): with an
+    expectation the last byte is held back until size and digest match, so a wrong
+    body never reaches a client as a complete one."""
+
+    def __init__(self, expect: Expect) -> None:
+        self.expect = expect
+        self.digest = hashlib.new(expect.algorithm) if expect.algorithm else None
+        self.size = 0
+        self.held = b""
+
+    def take(self, chunk: bytes) -> bytes | memoryview:
+        """What of `chunk` may be sent now."""
+        expect = self.expect
+        self.size += len(chunk)
+        if expect.size is not None and self.size > expect.size:
             raise _UpstreamBroke(f"body longer than the expected {expect.size} bytes")
-        if digest is not None:
-            digest.update(chunk)
-        if not expect.known:
-            await resp.write(chunk)
-            continue
-        if held:
-            await resp.write(held)
-        held = chunk[-1:]
-        if len(chunk) > 1:
-            await resp.write(memoryview(chunk)[:-1])
-    if expect.size is not None and size != expect.size:
-        raise _UpstreamBroke(f"size {size}, expected {expect.size}")
-    if digest is not None and digest.hexdigest() != (expect.digest or "").lower():
-        raise _UpstreamBroke(f"{expect.algorithm} mismatch")
-    if held:
-        await resp.write(held)
+        if self.digest is not None:
+            self.digest.update(chunk)
+        if not expect.known or not chunk:
+            return chunk
+        out = self.held + chunk[:-1] if self.held else memoryview(chunk)[:-1]
+        self.held = chunk[-1:]
+        return out
+
+    def finish(self) -> bytes:
+        """The held byte, once the whole body checks out."""
+        expect = self.expect
+        if expect.size is not None and self.size != expect.size:
+            raise _UpstreamBroke(f"size {self.size}, expected {expect.size}")
+        if self.digest is not None and self.digest.hexdigest() != (expect.digest or "").lower():
+            raise _UpstreamBroke(f"{expect.algorithm} mismatch")
+        return self.held
 
 
 def _relayed_headers(p: PassThrough) -> dict[str, str]:
-    """Headers for a body relayed as it comes (no Range on it)."""
+    """Headers for a body relayed as it comes (no Range on it); an upstream's or a peer's
+    values only where they can be sent as they are."""
     got = p.response.headers
-    headers = _headers(got.get("ETag"), got.get("Last-Modified"), got.get("Content-Type"), p.status)
+    headers = _headers(
+        header_value(got.get("ETag")),
+        header_value(got.get("Last-Modified")),
+        header_value(got.get("Content-Type")),
+        p.status,
+    )
     del headers["Accept-Ranges"]
     return headers
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from appliance.cache import objectstore
+from appliance.cache.download import NO_EXPECTATION as ANY  # vouched for by the fleet key
 from appliance.cache.objectstore import ObjectStore
 from appliance.cache.store import Meta
 from tests.components import swift_aio
@@ -60,17 +61,17 @@ def test_what_one_unit_commits_the_others_take_from_the_store(
     assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert list(b.keys_under("h/pool")) == ["h/pool/main/x.deb"]  # listed before it is here
     assert b.held("h/pool/main/x.deb") is None
-    entry = b.lookup("h/pool/main/x.deb")  # copied from the store, checked, kept locally
+    entry = b.adopt("h/pool/main/x.deb", ANY)  # copied from the store, checked, kept locally
     assert entry is not None and b.read_bytes(entry) == data and entry.meta.etag == '"v1"'
     assert entry.path.is_relative_to(tmp_path / "b") and b.counts["hits"] == 1
-    assert b.lookup("h/dists/bookworm/InRelease") is None  # volatile: each unit its own
+    assert b.adopt("h/dists/bookworm/InRelease", ANY) is None  # volatile: each unit its own
     assert b.counts["misses"] == 1
     b.evict("h/pool/main/x.deb")  # this disk's copy only
     assert b.held("h/pool/main/x.deb") is None
-    assert b.lookup("h/pool/main/x.deb") is not None and b.counts["hits"] == 2
+    assert b.adopt("h/pool/main/x.deb", ANY) is not None and b.counts["hits"] == 2
     a.remove("h/pool/main/x.deb")  # gone for everyone
     b.evict("h/pool/main/x.deb")
-    assert b.lookup("h/pool/main/x.deb") is None and a.lookup("h/pool/main/x.deb") is None
+    assert b.adopt("h/pool/main/x.deb", ANY) is None and a.adopt("h/pool/main/x.deb", ANY) is None
 
 
 def test_a_corrupt_object_is_refused_and_removed(
@@ -85,7 +86,7 @@ def test_a_corrupt_object_is_refused_and_removed(
     rotten = bytearray(data)
     rotten[5000] ^= 1
     s3.put_object(Bucket="cache", Key=name, Body=bytes(rotten), Metadata=metadata)
-    assert b.lookup("h/pool/y.deb") is None  # the sha256 it names is not its bytes
+    assert b.adopt("h/pool/y.deb", ANY) is None  # the sha256 it names is not its bytes
     assert b.counts["corrupt"] == 1 and b.held("h/pool/y.deb") is None
     with pytest.raises(s3.exceptions.ClientError):
         s3.head_object(Bucket="cache", Key=name)  # removed: the next unit fetches upstream
@@ -101,7 +102,7 @@ def test_large_entries_go_up_in_parts_and_come_back_whole(
     _commit(a, "h/images/disk.img", data)
     head = swift.client().head_object(Bucket="cache", Key=a.bucket.name("h/images/disk.img"))
     assert head["ETag"].endswith('-3"')  # three parts, one object
-    entry = b.lookup("h/images/disk.img")
+    entry = b.adopt("h/images/disk.img", ANY)
     assert entry is not None and hashlib.sha256(b.read_bytes(entry)).digest() == (
         hashlib.sha256(data).digest()
     )
@@ -124,19 +125,19 @@ def test_without_the_store_a_unit_uses_its_disk_and_catches_up_later(
         after = _commit(a, "h/pool/during.deb", b"during")  # committed locally all the same
         assert a.held("h/pool/during.deb") is not None and after.meta.size == 6
         assert "PUT h/pool/during.deb" in (a.remote_problem() or "")
-        assert b.lookup("h/pool/before.deb") is None  # not on b's disk, the store is away
+        assert b.adopt("h/pool/before.deb", ANY) is None  # not on b's disk, the store is away
         assert b.remote_problem() is not None
         assert time.monotonic() - started < 15
         quick = time.monotonic()
-        assert b.lookup("h/pool/other.deb") is None  # not asked again for a while
+        assert b.adopt("h/pool/other.deb", ANY) is None  # not asked again for a while
         assert time.monotonic() - quick < 0.1
         own.start()
         now[0] += objectstore.RETRY_AFTER
-        assert b.lookup("h/pool/before.deb") is not None and b.remote_problem() is None
-        assert b.lookup("h/pool/during.deb") is None  # a has not uploaded it yet
-        assert a.lookup("h/pool/nothing.deb") is None and a.remote_problem() is None
+        assert b.adopt("h/pool/before.deb", ANY) is not None and b.remote_problem() is None
+        assert b.adopt("h/pool/during.deb", ANY) is None  # a has not uploaded it yet
+        assert a.adopt("h/pool/nothing.deb", ANY) is None and a.remote_problem() is None
         b.evict("h/pool/during.deb")
-        assert b.lookup("h/pool/during.deb") is not None  # a uploaded it once back
+        assert b.adopt("h/pool/during.deb", ANY) is not None  # a uploaded it once back
     finally:
         own.stop()
 
@@ -159,7 +160,7 @@ def test_uploads_pending_at_a_restart_are_made_by_the_next_run(
         again = object_store(own, tmp_path / "a")  # the next run on the same disk
         assert not journal.exists()
         b = object_store(own, tmp_path / "b")
-        entry = b.lookup("h/pool/during.deb")  # copied from the store
+        entry = b.adopt("h/pool/during.deb", ANY)  # copied from the store
         assert entry is not None and b.read_bytes(entry) == b"during"
         assert again.shared_status()["pending_uploads"] == 0
     finally:

@@ -1,0 +1,122 @@
+"""The unit's boundary, as the engine sees it: the shared store's leases and objects, and
+the peers (sibling workers, other units) whose downloads it streams.
+
+Everything that crosses it is checked here or below (`ObjectStore.copy_in`): an object is
+copied in only when tied to upstream (a digest from a signed index or feed, or the fleet's
+HMAC record), a peer's stream must announce the expected size (its bytes are checked by
+the relay, last byte held back), a lease is renewed and released only while still ours.
+
+The store's calls run on threads of their own, never the ones local disk I/O uses, and the
+quick ones (leases, a HEAD) under a deadline: a store that hangs is left alone for a while
+(`Store.trip`) after its first missed deadline, and hits never wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+
+from appliance.cache.download import Expect
+from appliance.cache.store import Entry, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEADLINE = 3.0  # seconds a lease call or a HEAD may take before the store is left alone
+THREADS = 16  # the store's own threads: a hung store holds these, never the disk's
+
+
+class Peers(Protocol):
+    """How to reach the worker or unit that holds a fleet lease (`Store.claim` names it)."""
+
+    async def open(self, holder: str, key: str) -> aiohttp.ClientResponse | None:
+        """Its download of `key` in progress (200, with a length), or None: not one we
+        can reach, or it is not downloading `key` (any more)."""
+        ...
+
+
+class Fleet:
+    def __init__(self, store: Store, lease_ttl: float = 30.0, deadline: float = DEADLINE):
+        self.store = store
+        self.refusals = store.refusals
+        self.remote = store.shared_status() is not None
+        self.deadline = deadline
+        # how long a waiting unit waits on another's lease before it fetches for itself:
+        # a lease rewritten by a bucket writer must not hold a client for ever
+        self.wait_limit = 2 * lease_ttl
+        self.peers: Peers | None = None
+        self._pool = ThreadPoolExecutor(THREADS, "store") if self.remote else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _local(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _remote(
+        self, what: str, default: T, fn: Callable[..., T], *args: Any, deadline: bool = True
+    ) -> T:
+        """`fn` on the store's threads; past the deadline the store is tripped and
+        `default` returned (the thread finishes or fails on its own)."""
+        if self._pool is None:
+            return await self._local(fn, *args)
+        if not self.store.available():
+            return default
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.wait_for(future, self.deadline if deadline else None)
+        except TimeoutError:
+            self.store.trip(f"{what}: no answer within {self.deadline:g} s")
+            return default
+
+    async def claim(self, key: str) -> str | None:
+        """None: fetch `key` (we hold the lease, or the store is away); else the holder."""
+        return await self._remote(f"lease {key}", None, self.store.claim, key)
+
+    async def release(self, key: str) -> None:
+        await self._remote(f"release {key}", None, self.store.release, key)
+
+    async def renew(self, key: str) -> None:
+        await self._remote(f"renew {key}", None, self.store.renew, key)
+
+    async def share(self, entry: Entry) -> bool:
+        """Upload for the other units (no deadline: a big file takes its time; the
+        client's bytes are sent already). A store that is away: noted as pending."""
+        if self._pool is not None and not self.store.available():
+            return await self._local(self.store.share, entry)  # pending, no I/O on it
+        return await self._remote(f"upload {entry.key}", False, self.store.share, entry)
+
+    async def adopt(self, key: str, expect: Expect) -> Entry | None:
+        """This disk's entry, or the store's object when it can be tied to upstream."""
+        if self._pool is None:
+            return await self._local(self.store.adopt, key, expect)
+        entry = await self._local(self.store.lookup, key)
+        if entry is not None or not self.store.available():
+            return entry
+        inspect = self.store.inspect  # type: ignore[attr-defined]
+        found = await self._remote(f"HEAD {key}", None, inspect, key)
+        if found is None:
+            return None
+        copy_in = self.store.copy_in  # type: ignore[attr-defined]
+        return await self._remote(f"GET {key}", None, copy_in, key, expect, found, deadline=False)
+
+    async def open_peer(
+        self, holder: str, key: str, expect: Expect
+    ) -> aiohttp.ClientResponse | None:
+        """The holder's download of `key`, if it announces what the file must be; the
+        relay checks the bytes (`deliver`), holding the last one back until they match."""
+        if self.peers is None or (response := await self.peers.open(holder, key)) is None:
+            return None
+        if expect.size is not None and response.content_length != expect.size:
+            response.close()
+            self.refusals.refuse(
+                "peer", "size", key, f": {holder} announced {response.content_length} bytes"
+            )
+            return None
+        return response

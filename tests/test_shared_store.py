@@ -54,6 +54,8 @@ def _unit(
     lease: str = "30s",
     ports: list[int] | None = None,
     fleet_key: bool = True,
+    workers: int | str = 1,
+    peers: list[str] | None = None,
 ) -> Appliance:
     """Unit `n` of a fleet on `bucket`; with `ports` (every unit's), the units know each
     other (`peer_url`, `peers`) and stream a download from the one that fetches it. With
@@ -77,10 +79,15 @@ def _unit(
     if ports:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         store |= {"peer_url": urls[n], "peers": urls[:n] + urls[n + 1 :]}
+    if peers:
+        store["peers"] = [*store.get("peers", []), *peers]
     return start(
         {"debian": [f"{upstream.url}/debian"]},
         cache_dir=cache,
-        extra={"cache": {"dir": str(cache), "max_size": "1GiB", "store": store}},
+        extra={
+            "cache": {"dir": str(cache), "max_size": "1GiB", "store": store},
+            "workers": workers,
+        },
         port=ports[n] if ports else None,
     )
 

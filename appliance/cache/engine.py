@@ -142,6 +142,7 @@ class Figures:
     downloads: list[dict[str, object]]
     shared_store: dict[str, object] | None = None  # a store shared by several units
     from_peers: int = 0  # answers streamed from another worker's or unit's download
+    refused: dict[str, int] | None = None  # `source/reason` -> what crossing was refused
 
 
 class FetchError(Exception):
@@ -265,6 +266,7 @@ class CacheEngine:
             downloads=self.in_flight(),
             shared_store=self.store.shared_status(),
             from_peers=self.from_peers,
+            refused=self.fleet.refusals.as_dict(),
         )
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:

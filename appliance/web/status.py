@@ -19,6 +19,7 @@ from prometheus_client.core import Metric
 
 from appliance import __version__
 from appliance.cache.engine import Figures
+from appliance.cache.refusals import REASONS, SOURCES
 from appliance.cache.store import Store
 from appliance.metrics import SERVICES, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
@@ -155,6 +156,7 @@ async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
         },
         "integrity": {
             "rejected_downloads": cache.rejected,
+            "fleet_refused": cache.refused or {},
             "not_stored": cache.not_stored,
             **source.integrity(),
         },
@@ -219,6 +221,18 @@ def scrape(source: Source) -> Iterator[Metric]:
     indexed = gauge("apt_index_files", "Files listed by the cached apt indexes")
     indexed.add_metric([], extra["apt_indexes"]["files"])
     yield from (rejected, passed, refused, indexed)
+    fleet = counter(
+        "fleet_refused",
+        "What crossing the unit's boundary was refused: bucket objects it cannot tie to "
+        "upstream, peers' streams that are not the file, leases no longer its own",
+        ["source", "reason"],
+    )
+    counts = cache.refused or {}
+    for source in SOURCES:
+        for reason in REASONS:
+            if (n := counts.get(f"{source}/{reason}")) is not None or source == "bucket":
+                fleet.add_metric([source, reason], n or 0)
+    yield fleet
     for kind, stats, label in (
         ("sync", jobs.sync_stats, "feed"),
         ("seed", jobs.seed_stats, "target"),

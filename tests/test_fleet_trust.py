@@ -1,0 +1,308 @@
+"""The trust model at the fleet's boundary, end to end: real appliance processes under the
+default `workers: auto`, a real Swift (S3 API), an attacker holding the bucket's
+credentials, a lying peer. A client gets upstream's bytes or an error, never other bytes;
+every refusal is counted (`archive_local_fleet_refused_total`) and nothing is a 500."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Appliance, StartAppliance, free_port, http_get
+from tests.test_shared_store import _unit, upstream_file
+from tests.upstream import Upstream
+
+PREFIX = "fleet/"  # the units' object names start with it (see _unit)
+POOL = "/debian/pool/main/h/hello_1.0_amd64.deb"
+
+
+def _refused(app: Appliance) -> dict[tuple[str, str], float]:
+    """archive_local_fleet_refused_total by (source, reason), summed over the workers."""
+    with urllib.request.urlopen(app.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("archive_local_fleet_refused_total{"):
+            labels, value = line.rsplit(" ", 1)
+            parts = dict(p.split("=", 1) for p in labels[labels.index("{") + 1 : -1].split(","))
+            key = (parts["source"].strip('"'), parts["reason"].strip('"'))
+            out[key] = out.get(key, 0) + float(value)
+    return {k: v for k, v in out.items() if v}
+
+
+def _pieces(fields: dict[str, Any]) -> dict[str, str]:
+    encoded = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode()
+    return {f"al-meta-{i // 240}": encoded[i : i + 240] for i in range(0, len(encoded), 240)}
+
+
+def _plant(s3: Any, bucket: str, key: str, body: bytes, **fields: Any) -> None:
+    """An object whose metadata is consistent with its bytes, as a unit would write it."""
+    now = time.time()
+    meta = {
+        "url": f"http://{key}",
+        "size": len(body),
+        "fetched": now,
+        "checked": now,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "shared": True,
+        **fields,
+    }
+    s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body, Metadata=_pieces(meta))
+
+
+def _no_tracebacks(*apps: Appliance) -> None:
+    for app in apps:
+        assert "Traceback" not in app.log_text(), app.log_text()[-3000:]
+
+
+def _status(url: str) -> tuple[int, bytes]:
+    try:
+        return http_get(url)
+    except (OSError, http.client.HTTPException) as exc:  # a cut transfer
+        return 0, getattr(exc, "partial", b"")
+
+
+def test_planted_objects_are_never_served(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Never-shared keys (the curated feed, the unit's key, a feed snapshot) and a forged
+    pool file: a unit with an empty disk serves none of the planted bytes."""
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    s3 = swift.client()
+    s3.create_bucket(Bucket=bucket)
+    planted = b"planted by a bucket writer " * 1000
+    never_shared = {
+        "/streams/v1/index.json": "_feed/streams/v1/index.json",
+        "/streams/v1/rogue.squashfs": "_feed/streams/v1/rogue.squashfs",
+        "/keys/archive-local.gpg": "_feed/keys/archive-local.gpg",
+        "/images/ubuntu/streams/v1/index.json": "_images/ubuntu/streams/v1/index.json",
+    }
+    for key in never_shared.values():
+        _plant(s3, bucket, key, planted, keep=True)
+    real = upstream_file(upstream_root, POOL, 200_000)
+    host = upstream.url.split("://", 1)[1]
+    _plant(s3, bucket, f"{host}/debian{POOL.removeprefix('/debian')}", planted)  # no record
+    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, workers="auto")
+    for path in never_shared:
+        status, body = _status(unit.url + path)
+        assert body != planted, path
+        assert status != 200 or path.startswith("/keys/"), (path, status)  # its own key
+    assert http_get(unit.url + POOL) == (200, real)  # from upstream, not the bucket
+    assert upstream.count(POOL) == 1
+    assert _refused(unit) == {("bucket", "unverifiable"): 1}
+    _no_tracebacks(unit)
+
+
+def test_a_forged_object_is_not_served_to_another_unit(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    """Unit 0 fetches a pool file and uploads it with the fleet's record; a bucket writer
+    replaces the bytes, keeping (or rewriting consistently) the metadata: unit 1's client
+    gets upstream's bytes, never the forged ones."""
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    real = upstream_file(upstream_root, POOL, 300_000)
+    units = [
+        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, workers="auto")
+        for n in range(2)
+    ]
+    assert http_get(units[0].url + POOL) == (200, real)
+    s3 = swift.client()
+    host = upstream.url.split("://", 1)[1]
+    name = f"{PREFIX}{host}{POOL}"
+    deadline = time.monotonic() + 20
+    while True:  # uploaded once its client had it
+        try:
+            genuine = s3.head_object(Bucket=bucket, Key=name)["Metadata"]
+            break
+        except s3.exceptions.ClientError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    forged = os.urandom(300_000)
+    s3.put_object(Bucket=bucket, Key=name, Body=forged, Metadata=genuine)  # its record
+    assert http_get(units[1].url + POOL) == (200, real)
+    _plant(s3, bucket, f"{host}{POOL}", forged)  # consistent metadata, no record
+    for worker_try in range(4):  # each worker of unit 1 asked (its disk has it now)
+        assert http_get(units[1].url + POOL) == (200, real), worker_try
+    refused = _refused(units[1])
+    assert refused.get(("bucket", "digest"), 0) >= 1, refused
+    _no_tracebacks(*units)
+
+
+def test_labels_rewritten_by_a_bucket_writer_never_break_an_answer(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    """The record covers the bytes, not the labels: CR/LF in the content type, a number as
+    ETag are dropped; the client gets the file, 200, never a 500."""
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    real = upstream_file(upstream_root, POOL, 100_000)
+    units = [
+        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, workers="auto")
+        for n in range(2)
+    ]
+    assert http_get(units[0].url + POOL) == (200, real)
+    s3 = swift.client()
+    name = f"{PREFIX}{upstream.url.split('://', 1)[1]}{POOL}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            genuine = s3.head_object(Bucket=bucket, Key=name)["Metadata"]
+            break
+        except s3.exceptions.ClientError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    pieces = "".join(v for k, v in sorted(genuine.items()) if k.startswith("al-meta-"))
+    meta = json.loads(base64.urlsafe_b64decode(pieces))
+    meta.update(content_type="text/html\r\nSet-Cookie: a=b", etag=12345)
+    others = {k: v for k, v in genuine.items() if not k.startswith("al-meta-")}
+    s3.put_object(Bucket=bucket, Key=name, Body=real, Metadata={**others, **_pieces(meta)})
+    with urllib.request.urlopen(units[1].url + POOL, timeout=30) as r:
+        assert r.status == 200 and r.read() == real
+        assert r.headers["Content-Type"] == "application/octet-stream"
+        assert "Set-Cookie" not in r.headers
+    assert upstream.count(POOL) == 1  # unit 1 took the vouched bytes
+    _no_tracebacks(*units)
+
+
+class _LyingPeer:
+    """A unit listed in `cache.store.peers` that answers a flight with other bytes."""
+
+    def __init__(self, body: bytes, length: int | None = None) -> None:
+        self.body, self.length, self.asked = body, length, 0
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                peer.asked += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(peer.length or len(peer.body)))
+                self.end_headers()
+                self.wfile.write(peer.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lying_peer() -> Iterator[_LyingPeer]:
+    peer = _LyingPeer(b"")
+    yield peer
+    peer.close()
+
+
+def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+    lying_peer: _LyingPeer,
+) -> None:
+    """A bucket writer names a listed peer as the holder of a by-hash index's lease; the
+    peer sends other bytes of the right length: the client never gets a whole answer (the
+    last byte is held back, then the transfer is cut), and the refusal is counted. A peer
+    that announces another length is not streamed from at all."""
+    content = b"Package: hello\nVersion: 1.0\n" * 4000
+    digest = hashlib.sha256(content).hexdigest()
+    path = f"/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{digest}"
+    (upstream_root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (upstream_root / path.lstrip("/")).write_bytes(content)
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    unit = _unit(
+        start_appliance,
+        upstream,
+        tmp_path,
+        swift,
+        bucket,
+        0,
+        workers="auto",
+        peers=[lying_peer.url],
+    )
+    s3 = swift.client()
+    lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{path}"
+    s3.put_object(
+        Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
+    )
+    lying_peer.body = os.urandom(len(content))
+    status, body = _status(unit.url + path)
+    assert lying_peer.asked == 1
+    assert body != content and hashlib.sha256(body).hexdigest() != digest
+    assert status != 200 or len(body) < len(content), (status, len(body))
+    assert _refused(unit).get(("peer", "digest")) == 1
+    # announcing another length: refused at once, the unit waits and then fetches itself
+    lying_peer.length = len(content) + 10
+    lying_peer.body = b"x" * (len(content) + 10)
+    s3.put_object(
+        Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
+    )
+    s3.delete_object(Bucket=bucket, Key=lease)  # and the lease let go: fetched upstream
+    assert http_get(unit.url + path) == (200, content)
+    _no_tracebacks(unit)
+
+
+def test_a_lease_rewritten_for_ever_blocks_no_client(
+    swift: Any,
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+) -> None:
+    """A bucket writer keeps rewriting a file's lease (every 2 s, `lease: 6s`): the client
+    is served from upstream after twice the lease's time, not never."""
+    real = upstream_file(upstream_root, POOL, 50_000)
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, lease="6s", workers="auto")
+    s3 = swift.client()
+    lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{POOL}"
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            s3.put_object(Bucket=bucket, Key=lease, Body=b'{"holder": "squatter"}')
+            stop.wait(2)
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert http_get(unit.url + POOL) == (200, real)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        writer.join()
+    assert 10 < took < 20, took
+    assert _refused(unit).get(("lease", "expired")) == 1
+    _no_tracebacks(unit)

@@ -154,3 +154,22 @@ def test_connect_refused_elsewhere(
     app = start_appliance({"debian": [f"{upstream.url}/debian"]}, allow=["127.0.0.1"])
     req = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
     assert status(raw(app.port, req)) == 403
+
+
+def test_transfer_encoding_in_http_1_0_is_refused_and_the_connection_closed(
+    app: Appliance,
+) -> None:
+    """RFC 9112 §6.1: faulty framing. A request behind it on the same connection (what a
+    smuggler would hide there) is never answered."""
+    smuggled = (
+        b"GET /debian/pool/ok.deb HTTP/1.0\r\nHost: archive.local\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /debian/pool/ok.deb HTTP/1.1\r\nHost: archive.local\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = raw(app.port, smuggled, timeout=10)
+    assert time.monotonic() - started < 5  # closed by the server, not by our timeout
+    assert status(answer) == 400 and b" 200 OK" not in answer, answer
+    assert b"\r\nok" not in answer
+    ok = b"GET /debian/pool/ok.deb HTTP/1.0\r\nHost: archive.local\r\n\r\n"
+    assert status(raw(app.port, ok)) == 200  # HTTP/1.0 without it: served

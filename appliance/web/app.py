@@ -12,7 +12,7 @@ import json
 from typing import Any, Protocol
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from appliance import __version__
 from appliance.apt.paths import BadPath
@@ -84,6 +84,12 @@ class Handler:
         self.parts = parts
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.version < HttpVersion11 and "Transfer-Encoding" in request.headers:
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing
+            # (a smuggling vector behind proxies that read it otherwise): refuse, close
+            refused = web.Response(status=400, text="Transfer-Encoding in HTTP/1.0\n")
+            refused.force_close()
+            return refused
         parts = self.parts
         method = request.method
         target = request.raw_path

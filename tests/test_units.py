@@ -243,3 +243,60 @@ def test_the_appliances_own_pages_are_not_counted_as_apt_traffic() -> None:
     for path in ("/", "/healthz", "/metrics", "/api/status", "/.well-known/archive-local"):
         assert service_of(path) is None, path  # a load balancer's checks are no apt hits
     assert service_of("/debian/pool/main/h/hello.deb") == "apt"
+
+
+def test_no_credentials_in_any_url_and_none_shown_in_the_error() -> None:
+    store = {
+        "endpoint": "http://AKIAEXAMPLE:s3cr3t@127.0.0.1:8080",
+        "bucket": "archive-fleet",
+        "credentials_file": "/etc/archive-local/store-credentials",
+    }
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(_with_store(store), "test")
+    assert "cache.store.endpoint: no credentials" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value) and "AKIAEXAMPLE" not in str(caught.value)
+    data = config.default_data()
+    data["apt"]["remaps"] = {"debian": ["http://user:pw@deb.example/debian"]}
+    with pytest.raises(config.ConfigError, match="credentials") as caught:
+        config.parse(data, "test")
+    assert "pw@" not in str(caught.value)
+
+
+def test_urls_in_problem_messages_lose_their_credentials() -> None:
+    from appliance.config import redact
+
+    said = 'Could not connect to the endpoint URL: "http://key:se%2Fcret@swift.example:8080/b"'
+    assert redact(said) == 'Could not connect to the endpoint URL: "http://***@swift.example:8080/b"'
+    assert redact("https://u@h/x and http://h2/y") == "https://***@h/x and http://h2/y"
+
+
+def test_a_fleet_key_file_is_parsed_and_printed_back(tmp_path: Path) -> None:
+    store = {
+        "endpoint": "http://127.0.0.1:8080",
+        "bucket": "archive-fleet",
+        "credentials_file": "/etc/archive-local/store-credentials",
+        "fleet_key_file": "/etc/archive-local/fleet-key",
+    }
+    parsed = config.parse(_with_store(store), "test")
+    assert parsed.cache.store is not None
+    assert parsed.cache.store.fleet_key_file == Path("/etc/archive-local/fleet-key")
+    assert config.parse(config.to_data(parsed), "printed").cache.store == parsed.cache.store
+    from appliance.cache.fleetkey import FleetKey
+
+    short = tmp_path / "short"
+    short.write_text("tiny\n")
+    with pytest.raises(ValueError, match=re.escape(f"{short}: a fleet key needs")):
+        FleetKey.read(short)
+
+
+def test_a_secret_key_may_hold_any_character_and_errors_never_show_it(tmp_path: Path) -> None:
+    """configparser's interpolation made `%` in a secret a traceback at `serve`."""
+    from appliance.cache.objectstore import read_credentials
+
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = AKIA1\naws_secret_access_key = a%b%(c)s\n")
+    assert read_credentials(creds).secret_key == "a%b%(c)s"
+    creds.write_text("aws_secret_access_key = hunter2-no-section\n")
+    with pytest.raises(ValueError) as caught:
+        read_credentials(creds)
+    assert str(creds) in str(caught.value) and "hunter2" not in str(caught.value)

@@ -6,13 +6,16 @@ every refusal is counted (`archive_local_fleet_refused_total`) and nothing is a 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import http.client
 import http.server
 import json
 import os
+import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Appliance, StartAppliance, free_port, http_get
+from tests.components import swift_aio
+from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
 from tests.test_shared_store import _unit, upstream_file
 from tests.upstream import Upstream
 
@@ -306,3 +310,71 @@ def test_a_lease_rewritten_for_ever_blocks_no_client(
     assert 10 < took < 20, took
     assert _refused(unit).get(("lease", "expired")) == 1
     _no_tracebacks(unit)
+
+
+def _timed(url: str) -> tuple[int, bytes, float]:
+    started = time.monotonic()
+    status, body = _status(url)
+    return status, body, time.monotonic() - started
+
+
+def _health(app: Appliance) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{app.url}/healthz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_hung_store_stalls_neither_hits_nor_misses(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """Swift's proxy stopped (SIGSTOP) with 12 misses in flight: hits keep their latency,
+    new misses go upstream within `upstream.read_timeout` + 1 s, /healthz says so, and the
+    store is used again after SIGCONT."""
+    if not swift_aio.installed():
+        pytest.fail("swift missing: `make test` builds .components/swift")
+    own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
+    proxy = own.processes[-1]
+    try:
+        hot = upstream_file(upstream_root, "/debian/pool/main/h/hot_1.0_amd64.deb", 100_000)
+        slow = {f"/debian/pool/main/s/slow{i}_1.0_amd64.deb": b"" for i in range(12)}
+        for path in slow:
+            slow[path] = upstream_file(upstream_root, path, 300_000)
+            upstream.rate[path] = 100_000  # 3 s each
+        unit = _unit(start_appliance, upstream, tmp_path, own, "fleet", 0, workers="auto")
+        assert http_get(unit.url + "/debian/pool/main/h/hot_1.0_amd64.deb") == (200, hot)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            flying = {p: pool.submit(_timed, unit.url + p) for p in slow}
+            time.sleep(0.5)
+            os.kill(proxy.pid, signal.SIGSTOP)
+            hits = [_timed(unit.url + "/debian/pool/main/h/hot_1.0_amd64.deb") for _ in range(100)]
+            misses = []
+            for i in range(3):
+                path = f"/debian/pool/main/n/new{i}_1.0_amd64.deb"
+                data = upstream_file(upstream_root, path, 50_000)
+                status, body, took = _timed(unit.url + path)
+                misses.append(took)
+                assert (status, body) == (200, data)
+            answers = {p: f.result() for p, f in flying.items()}
+        assert all(h[:2] == (200, hot) for h in hits)
+        latencies = sorted(h[2] for h in hits)
+        assert latencies[98] < 0.05, latencies[-5:]  # p99
+        assert max(misses) < 60 + 1, misses  # upstream.read_timeout (default 60 s) + 1 s
+        assert max(misses) < 8, misses  # in fact: the store's deadline (3 s) and the fetch
+        assert {p: a[:2] for p, a in answers.items()} == {p: (200, d) for p, d in slow.items()}
+        code, health = _health(unit)
+        assert code == 200 and health["shared_store"].startswith("unavailable: "), health
+    finally:
+        os.kill(proxy.pid, signal.SIGCONT)
+    try:
+        deadline = time.monotonic() + 60
+        i = 0
+        while _health(unit)[1]["shared_store"] != "up":  # a miss asks the store again
+            assert time.monotonic() < deadline, unit.log_text()[-3000:]
+            http_get(unit.url + f"/debian/pool/main/n/nothing{i}.deb")
+            i += 1
+            time.sleep(0.5)
+        _no_tracebacks(unit)
+    finally:
+        own.stop()

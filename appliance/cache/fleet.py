@@ -14,6 +14,7 @@ quick ones (leases, a HEAD) under a deadline: a store that hangs is left alone f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,24 +61,46 @@ class Fleet:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def _remote(
-        self, what: str, default: T, fn: Callable[..., T], *args: Any, deadline: bool = True
+        self,
+        what: str,
+        default: T,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline: bool = True,
+        late: Callable[[T], None] | None = None,
     ) -> T:
         """`fn` on the store's threads; past the deadline the store is tripped and
-        `default` returned (the thread finishes or fails on its own)."""
+        `default` returned (a call still queued is cancelled; one running finishes or
+        fails on its own, and `late` gets what it returns then)."""
         if self._pool is None:
             return await self._local(fn, *args)
         if not self.store.available():
             return default
-        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        work = self._pool.submit(fn, *args)
         try:
-            return await asyncio.wait_for(future, self.deadline if deadline else None)
+            return await asyncio.wait_for(
+                asyncio.wrap_future(work), self.deadline if deadline else None
+            )
         except TimeoutError:
             self.store.trip(f"{what}: no answer within {self.deadline:g} s")
+            if late is not None:
+                work.add_done_callback(
+                    lambda done: late(done.result())
+                    if not done.cancelled() and done.exception() is None
+                    else None
+                )
             return default
 
     async def claim(self, key: str) -> str | None:
-        """None: fetch `key` (we hold the lease, or the store is away); else the holder."""
-        return await self._remote(f"lease {key}", None, self.store.claim, key)
+        """None: fetch `key` (we hold the lease, or the store is away); else the holder.
+        A lease got after we stopped waiting for it is let go at once (we fetch without)."""
+
+        def let_go(holder: str | None) -> None:
+            if holder is None and self._pool is not None:
+                with contextlib.suppress(RuntimeError):  # shut down meanwhile
+                    self._pool.submit(self.store.release, key)
+
+        return await self._remote(f"lease {key}", None, self.store.claim, key, late=let_go)
 
     async def release(self, key: str) -> None:
         await self._remote(f"release {key}", None, self.store.release, key)

@@ -274,3 +274,47 @@ def test_the_workers_metrics_add_up() -> None:
     assert 'archive_local_requests_total{service="apt"} 7.0' in merged  # counters add up
     assert "archive_local_downloads_in_flight 3.0" in merged  # so do downloads in progress
     assert "archive_local_cache_size_bytes 100.0" in merged  # one cache, seen by both
+
+
+def test_many_clients_of_one_download_do_not_hold_up_the_next_file(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """110 clients of worker 1 stream worker 0's download of one file (a connection each
+    between the workers); a client of worker 1 asking for another file worker 0 fetches
+    is not queued behind them (aiohttp's default pool holds 100 connections)."""
+    data = upstream_file(upstream_root, BIG, 2_000_000)
+    upstream.rate[BIG] = 200_000  # 10 s
+    small = "/debian/pool/main/s/small_1.0_amd64.deb"
+    second = upstream_file(upstream_root, small, 200_000)
+    upstream.rate[small] = 200_000  # 1 s
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]}, cache_dir=tmp_path / "cache", extra={"workers": 2}
+    )
+    socks = _sockets(app, 2)
+    first = _OverUnix(socks[0])
+    first.request("GET", BIG)
+    r0 = first.getresponse()
+    assert r0.read(1000) == data[:1000]
+
+    def client(_n: int) -> bytes:
+        conn = _OverUnix(socks[1])
+        conn.request("GET", BIG)
+        return conn.getresponse().read()
+
+    with concurrent.futures.ThreadPoolExecutor(110) as pool:
+        crowd = [pool.submit(client, n) for n in range(110)]
+        time.sleep(2)  # all of them streaming from worker 0
+        holder = _OverUnix(socks[0])
+        holder.request("GET", small)
+        h = holder.getresponse()
+        started = time.monotonic()
+        asker = _OverUnix(socks[1])
+        asker.request("GET", small)
+        a = asker.getresponse()
+        assert (a.status, a.headers["X-Archive-Local-From"]) == (200, "worker-0")
+        assert a.read() == second
+        took = time.monotonic() - started
+        assert h.read() == second
+        assert all(f.result() == data for f in crowd)
+    assert took < 4, took  # the small file's own second, not the crowd's ten
+    assert r0.read() == data[1000:]

@@ -63,7 +63,9 @@ class PeerStreams:
         if session is None or session.closed:
             if name.startswith("worker-") and self.workers is not None:
                 path = self.workers.sockets[int(name.removeprefix("worker-"))]
-                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(path))
+                # no pool limit: each waiting client streams on its own connection, and
+                # 100 of them (aiohttp's default) must not hold up the next file's
+                connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=str(path), limit=0)
             else:
                 connector = aiohttp.TCPConnector(limit=0)
             # no proxy from the environment, no decoding: the peer's bytes as they are

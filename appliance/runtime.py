@@ -35,7 +35,7 @@ from appliance.cache.engine import CacheEngine, Figures
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase
 from appliance.cache.store import Store
-from appliance.cache.stores import open_store, sweep
+from appliance.cache.stores import open_store, sweep, sweep_dead
 from appliance.config import Config
 from appliance.discovery import wellknown
 from appliance.jobs.scheduler import Scheduler
@@ -365,6 +365,11 @@ async def _advertise(config: Config) -> Any:
         await advertiser.close()
         return None
     return advertiser
+
+
+def sweep_dead_worker(config: Config, pid: int) -> int:
+    """The temp files a dead worker left (the master, when it starts it again)."""
+    return sweep_dead(config.cache, pid)
 
 
 def sweep_cache(config: Config) -> int:

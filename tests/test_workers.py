@@ -318,3 +318,42 @@ def test_many_clients_of_one_download_do_not_hold_up_the_next_file(
         assert all(f.result() == data for f in crowd)
     assert took < 4, took  # the small file's own second, not the crowd's ten
     assert r0.read() == data[1000:]
+
+
+def test_a_killed_workers_temp_file_is_removed_and_its_siblings_kept(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """Worker 0 killed mid-download: the master starts it again and removes the temp file
+    it left (outside any size cap, else there until the next start); worker 1's download
+    beside it goes on and is committed."""
+    data = upstream_file(upstream_root, BIG, 3_000_000)
+    other = "/debian/pool/main/o/other_1.0_amd64.deb"
+    beside = upstream_file(upstream_root, other, 3_000_000)
+    upstream.rate[BIG] = upstream.rate[other] = 500_000  # 6 s each
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]}, cache_dir=tmp_path / "cache", extra={"workers": 2}
+    )
+    socks = _sockets(app, 2)
+    doomed, going_on = _OverUnix(socks[0]), _OverUnix(socks[1])
+    doomed.request("GET", BIG)
+    going_on.request("GET", other)
+    r0, r1 = doomed.getresponse(), going_on.getresponse()
+    assert r0.read(1000) == data[:1000] and r1.read(1000) == beside[:1000]
+    victim = _worker_pid(app.proc.pid, 0)
+    assert victim is not None
+    temps = [p for p in app.cache_dir.rglob("*") if ".part-" in p.name]
+    assert len(temps) == 2 and any(f".part-{victim}-" in p.name for p in temps), temps
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        r0.read()
+    deadline = time.monotonic() + 20
+    while "removed 1 temp files worker 0" not in app.log_text():
+        assert time.monotonic() < deadline, app.log_text()
+        time.sleep(0.1)
+    left = [p for p in app.cache_dir.rglob("*") if ".part-" in p.name]
+    assert [p for p in left if f".part-{victim}-" in p.name] == []
+    assert r1.read() == beside[1000:]  # worker 1 went on, its temp file untouched
+    time.sleep(0.5)  # its commit
+    stored = app.cache_dir / f"127.0.0.1:{upstream.port}" / other.lstrip("/")
+    assert stored.read_bytes() == beside
+    assert not [p for p in app.cache_dir.rglob("*") if ".part-" in p.name]

@@ -85,9 +85,11 @@ class Fleet:
             self.store.trip(f"{what}: no answer within {self.deadline:g} s")
             if late is not None:
                 work.add_done_callback(
-                    lambda done: late(done.result())
-                    if not done.cancelled() and done.exception() is None
-                    else None
+                    lambda done: (
+                        late(done.result())
+                        if not done.cancelled() and done.exception() is None
+                        else None
+                    )
                 )
             return default
 

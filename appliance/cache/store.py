@@ -291,6 +291,12 @@ class Store(Protocol):
     def scratch(self, prefix: str = "work-") -> AbstractContextManager[Path]: ...
 
 
+def _temp_suffix() -> str:
+    """`.part-PID-RANDOM`: a temp file names its process, so that what a killed worker
+    left is found and removed while its siblings' files are left alone (`sweep_dead`)."""
+    return f"{_PART}{os.getpid()}-{secrets.token_hex(6)}"
+
+
 def check_written(temp: TempFile, meta: Meta) -> None:
     """Refuse (and discard) a commit whose metadata is not the written bytes': every
     backend calls this first, so no entry exists whose size or sha256 was not checked."""
@@ -379,7 +385,7 @@ class FilesystemStore:
             if path.is_dir():  # `dists/x` asked for after `dists/x/InRelease` was stored
                 raise OSError(errno.EISDIR, "a directory has this name")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}{_PART}{secrets.token_hex(6)}")
+            tmp = path.with_name(f".{path.name}{_temp_suffix()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise unstorable(key, exc) from None
@@ -444,7 +450,7 @@ class FilesystemStore:
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
         """Park a broken download's bytes (fsynced) with what is needed to resume it."""
         part, info_path = self._resume_paths(temp.key)
-        tmp = info_path.with_name(f"{info_path.name}{_PART}{secrets.token_hex(6)}")
+        tmp = info_path.with_name(f"{info_path.name}{_temp_suffix()}")
         try:
             try:
                 os.fsync(temp.fd)
@@ -470,7 +476,7 @@ class FilesystemStore:
             written = min(int(info["written"]), part.stat().st_size)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        tmp = part.with_name(f".{self.path(key).name}{_PART}{secrets.token_hex(6)}")
+        tmp = part.with_name(f".{self.path(key).name}{_temp_suffix()}")
         try:
             os.replace(part, tmp)  # claimed: nobody else resumes the same bytes
         except OSError:
@@ -506,7 +512,7 @@ class FilesystemStore:
     @staticmethod
     def _write_temp_meta(target: Path, meta: Meta) -> Path:
         """The sidecar's new content, fsynced under a temp name (removed if that fails)."""
-        tmp = target.with_name(f"{target.name}{_PART}{secrets.token_hex(6)}")
+        tmp = target.with_name(f"{target.name}{_temp_suffix()}")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(json.dumps(meta.to_dict(), separators=(",", ":")).encode())
@@ -665,6 +671,20 @@ class FilesystemStore:
                     continue
                 if found is not None:
                     yield found
+
+    def sweep_dead(self, pid: int) -> int:
+        """Remove the temp files of process `pid`, which died (a worker killed mid-download:
+        nothing else would remove them before the next start); the count removed."""
+        mark = f"{_PART}{pid}-"
+        removed = 0
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [n for n in dirs if n not in (".state", SCRATCH)]
+            for name in files:
+                if mark in name:
+                    with contextlib.suppress(OSError):
+                        (Path(dirpath) / name).unlink()
+                        removed += 1
+        return removed
 
     def _sweep_one(
         self, d: Path, name: str, names: set[str], sweep: bool = True

@@ -48,3 +48,8 @@ def sweep(cache: CacheConfig) -> int:
     """The start-up sweep of this unit's disk (what a crashed run left), before worker
     processes start: they only index it, since a sibling may be writing. Entries found."""
     return sum(1 for _entry in FilesystemStore(cache.dir).scan())
+
+
+def sweep_dead(cache: CacheConfig, pid: int) -> int:
+    """What a dead worker left on this unit's disk (its temp files): removed."""
+    return FilesystemStore(cache.dir).sweep_dead(pid)

@@ -16,11 +16,12 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
 from appliance.config import Config
-from appliance.runtime import sweep_cache
+from appliance.runtime import sweep_cache, sweep_dead_worker
 from appliance.web.admin import AdminUnavailable, load_token
 
 log = logging.getLogger("appliance")
@@ -79,10 +80,23 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
                     RESTART_WINDOW,
                 )
                 return _stop_all(workers, config)
+            dead = workers[i].pid
             workers[i] = spawn(i)
             log.error("worker %d exited (%s): started it again (pid %d)", i, code, workers[i].pid)
+            threading.Thread(target=_sweep_after, args=(config, i, dead), daemon=True).start()
         time.sleep(0.2)
     return 0 if all(w.returncode == 0 for w in workers) and stopping else 1
+
+
+def _sweep_after(config: Config, index: int, pid: int) -> None:
+    """Remove the temp files a killed worker left (its siblings' are left alone: each
+    names its process), beside the serving workers, off the master's loop."""
+    try:
+        removed = sweep_dead_worker(config, pid)
+    except OSError as exc:
+        log.warning("cache: cannot sweep after worker %d: %s", index, exc)
+        return
+    log.info("cache: removed %d temp files worker %d (pid %d) left", removed, index, pid)
 
 
 def _stop_all(workers: list[subprocess.Popen[bytes]], config: Config) -> int:

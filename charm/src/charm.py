@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import lzma
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ def bundled(charm_dir: Path) -> tuple[Path, str]:
 
 
 TOKEN_KEY = "admin-token"  # the peer relation's app data: the secret holding the admin token
+FLEET_KEY = "fleet-key"  # ... and the secret holding the key the units sign shared objects with
 ENDPOINT_KEYS = ("service", "region", "public_url", "internal_url", "admin_url")
 RELATIONS = ("apt-proxy", "website", "cos-agent", "identity-service", "cluster")
 
@@ -80,6 +82,7 @@ class ArchiveLocalCharm(ops.CharmBase):
             token_changed = self._share_token()
             if self._store_credentials(options):
                 token_changed = True  # the service reads the file again on reload
+            self._share_fleet_key(options)
             done = self.workload.apply(
                 options, keystone, upgraded, token_changed, fleet=self._fleet()
             )
@@ -187,6 +190,28 @@ class ArchiveLocalCharm(ops.CharmBase):
             return False  # the leader has not shared one yet: this unit's own serves
         token = self.model.get_secret(id=secret_id).get_content(refresh=True)["token"]
         return self.workload.set_token(token)
+
+    def _share_fleet_key(self, options: dict[str, Any]) -> None:
+        """With an object store, the leader makes the fleet's key (an application secret
+        named in the peer data, never the bucket's credential) and every unit writes it
+        to its key file: a unit copies in another's object only when its HMAC record made
+        with that key verifies (or the unit can check the bytes itself)."""
+        relation = self.model.get_relation("cluster")
+        if relation is None or not str(options.get("object-store") or "").strip():
+            self.workload.set_fleet_key(None)
+            return
+        data = relation.data[self.app]
+        if self.unit.is_leader() and not data.get(FLEET_KEY):
+            secret = self.app.add_secret(
+                {"key": secrets.token_hex(32)},
+                label=FLEET_KEY,
+                description="archive-local: the key units sign shared objects with",
+            )
+            data[FLEET_KEY] = secret.id or ""
+        secret_id = data.get(FLEET_KEY)
+        if secret_id:
+            key = self.model.get_secret(id=secret_id).get_content(refresh=True)["key"]
+            self.workload.set_fleet_key(key)
 
     def _fleet(self) -> tuple[str, list[str]] | None:
         """This unit's URL and the other units' (their `url` on the peer relation)."""

@@ -30,6 +30,7 @@ CACHE = Path("/var/cache/archive-local")
 TOKEN = STATE / "admin-token"
 KEYSTONE_PASSWORD = Path("/etc/archive-local/keystone-password")
 STORE_CREDENTIALS = Path("/etc/archive-local/store-credentials")
+FLEET_KEY = Path("/etc/archive-local/fleet-key")  # the units' shared HMAC key (not the bucket's)
 SERVICE = "archive-local"
 USER = "archive-local"
 
@@ -187,6 +188,7 @@ def render(
     options: Mapping[str, Any],
     keystone: Keystone | None = None,
     fleet: tuple[str, list[str]] | None = None,
+    fleet_key: bool = False,
 ) -> dict[str, Any]:
     """The appliance's configuration document for these charm options. `fleet`: this
     unit's URL and the other units' (the `cluster` relation): with an object store, a
@@ -216,6 +218,8 @@ def render(
     if (store := _object_store(options)) is not None:
         if fleet is not None:
             store |= {"peer_url": fleet[0], "peers": sorted(fleet[1])}
+        if fleet_key:
+            store["fleet_key_file"] = str(FLEET_KEY)
         data["cache"]["store"] = store
     workers = str(options.get("workers") or "auto").strip()
     data["workers"] = int(workers) if workers.isdigit() else workers  # "auto", or refused
@@ -344,6 +348,15 @@ class Workload:
         )
         return self._write_secret(STORE_CREDENTIALS, text)
 
+    def set_fleet_key(self, key: str | None) -> bool:
+        """The fleet's key file (the leader's secret) or none; True when it changed."""
+        if key is None:
+            path = self.path(FLEET_KEY)
+            existed = path.exists()
+            path.unlink(missing_ok=True)
+            return existed
+        return self._write_secret(FLEET_KEY, key + "\n")
+
     def apply(
         self,
         options: Mapping[str, Any],
@@ -355,7 +368,7 @@ class Workload:
         """Render, validate, write what changed, then reload or restart as needed: a new
         package (`upgraded`) restarts, a new admin token reloads. An invalid configuration
         raises InvalidConfig and changes nothing."""
-        data = render(options, keystone, fleet)
+        data = render(options, keystone, fleet, fleet_key=self.path(FLEET_KEY).exists())
         new = validate(data)
         text = "# written by the archive-local charm: change the charm's config instead\n"
         text += yaml.safe_dump(data, sort_keys=False)

@@ -674,3 +674,42 @@ def test_a_bad_object_store_option_blocks_and_changes_nothing(
     assert isinstance(out.unit_status, testing.BlockedStatus)
     assert out.unit_status.message.startswith(message), out.unit_status.message
     assert _config(machine) == before and machine.systemctl() == []
+
+
+def test_units_on_one_store_sign_what_they_share_with_the_leaders_key(machine: Machine) -> None:
+    """Not the bucket's credential: a key of the application's, made by the leader, that
+    every unit writes to its key file (0600) and names in `cache.store.fleet_key_file`."""
+    creds = testing.Secret(tracked_content={"access-key": "fleet:unit", "secret-key": "s3cr3t"})
+    options = {**DEFAULTS, "object-store": STORE, "object-store-credentials": creds.id}
+    cluster = testing.PeerRelation("cluster", peers_data={1: {"url": "http://192.0.2.1:3142"}})
+    out = ctx().run(
+        ctx().on.install(),
+        testing.State(config=options, secrets={creds}, relations={cluster}, leader=True),
+    )
+    key_file = machine.root / "etc/archive-local/fleet-key"
+    key = key_file.read_text().strip()
+    assert len(key) == 64 and key_file.stat().st_mode & 0o777 == 0o600
+    data = out.get_relation(cluster.id).local_app_data
+    [secret] = [s for s in out.secrets if s.id == data["fleet-key"]]
+    assert secret.tracked_content == {"key": key} and secret.owner == "app"
+    store = _config(machine)["cache"]["store"]
+    assert store["fleet_key_file"] == "/etc/archive-local/fleet-key"
+    assert workload.validate(_config(machine)).cache.store.fleet_key_file is not None
+    assert key not in (machine.root / "etc/archive-local/config.yaml").read_text()
+    again = ctx().run(ctx().on.leader_elected(), out)  # the same leader: the same key
+    assert key_file.read_text().strip() == key
+    assert len([s for s in again.secrets if s.label == "fleet-key"]) == 1
+
+    key_file.unlink()  # a follower: takes the leader's
+    peers = testing.PeerRelation(
+        "cluster",
+        local_app_data={"fleet-key": secret.id},
+        peers_data={1: {"url": "http://192.0.2.1:3142"}},
+    )
+    follower = testing.State(config=options, secrets={creds, secret}, relations={peers})
+    ctx().run(ctx().on.relation_changed(peers, remote_unit=1), follower)
+    assert key_file.read_text().strip() == key
+    ctx().run(  # no object store: no key
+        ctx().on.config_changed(), dataclasses.replace(follower, config=DEFAULTS)
+    )
+    assert not key_file.exists() and "store" not in _config(machine)["cache"]

@@ -160,7 +160,8 @@ bench-observability: venv debs-bench
 # upstream fetches for the fleet, time to first byte of the waiting units
 bench-fleet: venv debs-test components
 	mkdir -p bench/results
-	$(BIN)/python bench/fleet_bench.py --rounds $(FLEET_ROUNDS) --out bench/results/fleet-$$(date +%Y%m%d-%H%M%S).json
+	$(BIN)/python bench/fleet_bench.py --rounds $(FLEET_ROUNDS) $(FLEET_ARGS) \
+	    --out bench/results/fleet-$$(date +%Y%m%d-%H%M%S).json
 
 charm: venv
 	$(BIN)/python charm/pack.py --python $(CHARM_PYTHON) $(CHARM_FILE)

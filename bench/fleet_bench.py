@@ -10,7 +10,11 @@ Measures, medians of ROUNDS:
   the units knowing each other (`peer_url`/`peers`: the others stream the holder's
   download) and without (the others wait for the object).
 
-Usage: python bench/fleet_bench.py [--rounds 3] [--out results.json]
+Usage: python bench/fleet_bench.py [--rounds 3] [--out results.json] [--python PY]
+       [--no-fleet-key]
+`--python`: the interpreter whose `appliance` runs the units (another build's venv, to
+compare); `--no-fleet-key`: no `cache.store.fleet_key_file` (builds before it; without one a
+unit copies in only what an index vouches for, so the copies here would go upstream).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ def get(url: str) -> tuple[float, float, int]:
     return ttfb, time.monotonic() - started, n
 
 
+PYTHON = sys.executable  # the units' interpreter (--python)
+
+
 class Unit:
     def __init__(
         self, work: Path, name: str, upstream: Upstream, store: dict | None, port: int = 0
@@ -72,7 +79,7 @@ class Unit:
         path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(path), "serve"],
+            [PYTHON, "-m", "appliance", "--config", str(path), "serve"],
             stdout=open(work / f"{name}.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -118,7 +125,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--no-fleet-key", dest="fleet_key", action="store_false")
     args = ap.parse_args()
+    global PYTHON
+    PYTHON = args.python
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     root = work / "upstream"
     small = [f"/debian/pool/main/s/small{i:02d}.deb" for i in range(40)]
@@ -132,6 +143,8 @@ def main() -> None:
         f"[default]\naws_access_key_id = {swift_aio.ACCESS_KEY}\n"
         f"aws_secret_access_key = {swift_aio.SECRET_KEY}\n"
     )
+    key = work / "fleet-key"
+    key.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
     results: dict[str, list[float]] = {}
 
     def note(name: str, value: float) -> None:
@@ -146,6 +159,7 @@ def main() -> None:
                 "bucket": bucket,
                 "region": swift_aio.REGION,
                 "credentials_file": str(creds),
+                **({"fleet_key_file": str(key)} if args.fleet_key else {}),
             }
             big = f"/debian/pool/main/b/big{r}.deb"
             fleet = f"/debian/pool/main/f/fleet{r}.deb"

@@ -272,3 +272,22 @@ def test_a_lease_taken_over_is_neither_renewed_nor_released_by_its_old_holder(
     b.release(POOL)
     assert c.claim(POOL) is None
     c.release(POOL)
+
+
+def test_verify_checks_kept_entries_against_the_index_too(tmp_path: Path) -> None:
+    """`keep` is no reason to trust bytes: an entry marked kept whose bytes are not what
+    the cached index lists is reported by `verify`."""
+    from appliance.cache.store import FilesystemStore
+    from appliance.cache.verify import check_entry
+
+    store = FilesystemStore(tmp_path)
+    data, other = os.urandom(1000), os.urandom(1000)
+    temp = store.create_temp(POOL)
+    temp.write(other)
+    now = time.time()
+    meta = Meta(f"http://{POOL}", 1000, now, now, sha256=hashlib.sha256(other).hexdigest())
+    meta.keep = True
+    entry = store.commit(temp, meta)
+    index = Expect(1000, "sha256", hashlib.sha256(data).hexdigest(), "Packages")
+    assert check_entry(store, entry, index) == "sha256 differs from the index (Packages)"
+    assert check_entry(store, entry, None) is None  # itself: consistent

@@ -223,7 +223,10 @@ def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
     want = hashlib.sha256(data).hexdigest()
     assert [(code, digest) for code, digest, _, _ in answers] == [(200, want)] * 20
     assert upstream.count(BIG) == 1, "\n".join(u.log_text()[-1500:] for u in units)
-    holders = [u for u in units if u.status()["cache"]["shared_store"]["uploads"]]
+    deadline = time.monotonic() + 15  # the upload follows the clients' last byte
+    while not (holders := [u for u in units if u.status()["cache"]["shared_store"]["uploads"]]):
+        assert time.monotonic() < deadline, "\n".join(u.log_text()[-1500:] for u in units)
+        time.sleep(0.2)
     assert len(holders) == 1  # one unit fetched and uploaded
     waiting = [u for u in units if u not in holders]
     # their clients streamed the holder's download: one peer stream per answer, no more

@@ -28,7 +28,7 @@ from appliance.cache.store import Entry, Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEADLINE = 3.0  # seconds a lease call or a HEAD may take before the store is left alone
+DEADLINE = 5.0  # seconds a lease call or a HEAD may take before the store is left alone
 THREADS = 16  # the store's own threads: a hung store holds these, never the disk's
 
 

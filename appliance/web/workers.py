@@ -192,6 +192,12 @@ def merge_status(own: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[
         k: sum(d.get("bytes", {}).get(k, 0) for d in docs) for k in ("cache", "upstream")
     }
     base["downloads"] = [x for d in docs for x in d.get("downloads", [])]
+    refused: dict[str, int] = {}  # each worker refuses on its own: the unit's are the sum
+    for doc in docs:
+        for reason, n in doc.get("integrity", {}).get("fleet_refused", {}).items():
+            refused[reason] = refused.get(reason, 0) + n
+    if "integrity" in base:
+        base["integrity"] = {**base["integrity"], "fleet_refused": refused}
     hits = sum(requests.get(s, {}).get("hit", 0) for s in ("apt", "images"))
     misses = sum(requests.get(s, {}).get("miss", 0) for s in ("apt", "images"))
     base["hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None

@@ -5,7 +5,9 @@ CONNECT only on the plain port."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -19,6 +21,7 @@ import pytest
 
 from appliance.web.tls import make_self_signed
 from tests.conftest import StartAppliance, free_port, http_get, require
+from tests.upstream import Upstream
 
 
 def _get(url: str, cafile: Path) -> tuple[int, bytes]:
@@ -151,3 +154,89 @@ def test_a_replaced_operator_certificate_is_taken_on_reload(
     code, body = app.admin("reload")
     assert code == 200 and "tls_error" in json.loads(body), body
     assert _served_fingerprint(port) == doc["tls"]["sha256_fingerprint"]
+
+
+def _rsa_certificate(tmp_path: Path) -> bytes:
+    """A self-signed RSA certificate (its key is thrown away)."""
+    require("openssl", "openssl")
+    out = tmp_path / "rsa-cert.pem"
+    args = ["-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cache.example"]
+    args += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "rsa-key.pem")]
+    subprocess.run(["openssl", "req", "-x509", *args, "-out", str(out)], check=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("wrong", ["another EC certificate", "an RSA certificate"])
+def test_a_certificate_that_is_not_the_keys_is_refused_on_reload(
+    start_appliance: StartAppliance, tmp_path: Path, wrong: str
+) -> None:
+    port = free_port()
+    cert, key = tmp_path / "op-cert.pem", tmp_path / "op-key.pem"
+    first, first_key = make_self_signed(["cache.example", "127.0.0.1"])
+    cert.write_bytes(first)
+    key.write_bytes(first_key)
+    (tmp_path / "first.pem").write_bytes(first)
+    app = start_appliance(
+        {},
+        extra={"tls": {"listen": f"127.0.0.1:{port}", "cert": str(cert), "key": str(key)}},
+    )
+    served = _served_fingerprint(port)
+    # a new certificate beside the old (EC) key: the operator forgot to replace the key
+    if wrong == "an RSA certificate":
+        cert.write_bytes(_rsa_certificate(tmp_path))
+    else:
+        cert.write_bytes(make_self_signed(["cache.example"])[0])
+    code, body = app.admin("reload")
+    assert code == 200 and "tls_error" in json.loads(body), body
+    # every new handshake still gets the certificate in use, and it is the one published
+    assert {_served_fingerprint(port) for _ in range(4)} == {served}
+    assert _get(f"https://127.0.0.1:{port}/healthz", tmp_path / "first.pem")[0] == 200
+    assert http_get(app.url + "/keys/archive-local-tls.pem")[1] == first
+    doc = json.loads(http_get(app.url + "/.well-known/archive-local")[1])
+    assert doc["tls"]["sha256_fingerprint"] == served
+    # a good pair is then taken, presented and published
+    second, second_key = make_self_signed(["cache.example", "127.0.0.1"])
+    key.write_bytes(second_key)
+    cert.write_bytes(second)
+    code, body = app.admin("reload")
+    assert code == 200 and "tls_error" not in json.loads(body), body
+    now = _served_fingerprint(port)
+    assert now != served
+    assert http_get(app.url + "/keys/archive-local-tls.pem")[1] == second
+    doc = json.loads(http_get(app.url + "/.well-known/archive-local")[1])
+    assert doc["tls"]["sha256_fingerprint"] == now
+
+
+def test_over_https_a_connection_is_kept_alive_files_are_sent_and_sigterm_drains(
+    upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
+) -> None:
+    data = os.urandom(32 * 1024 * 1024)  # more than the socket buffers: the last hit waits
+    (upstream_root / "debian/pool").mkdir(parents=True)
+    (upstream_root / "debian/pool/f.deb").write_bytes(data)
+    port = free_port()
+    extra = {"tls": {"listen": f"127.0.0.1:{port}"}, "limits": {"drain_timeout": "20s"}}
+    app = start_appliance({"debian": [f"{upstream.url}/debian"]}, extra=extra)
+    _served_fingerprint(port)  # listening
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+    sockets = []
+    for _ in range(3):  # a miss, then hits from the file (asyncio's sendfile falls back to writes)
+        conn.request("GET", "/debian/pool/f.deb")
+        with conn.getresponse() as r:
+            assert r.status == 200 and r.read() == data
+        sockets.append(conn.sock)
+    assert len(set(map(id, sockets))) == 1  # one connection, kept alive
+    conn.request("GET", "/debian/pool/f.deb")
+    r = conn.getresponse()
+    first = r.read(65536)
+    app.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(OSError):  # no longer listening
+        socket.create_connection(("127.0.0.1", port), 1).close()
+    assert first + r.read() == data  # the transfer in flight finishes
+    conn.close()
+    assert app.proc.wait(30) == 0
+    assert "draining 1 connections" in app.log_text()
+    assert upstream.count("f.deb") == 1

@@ -266,7 +266,9 @@ def test_urls_in_problem_messages_lose_their_credentials() -> None:
     from appliance.config import redact
 
     said = 'Could not connect to the endpoint URL: "http://key:se%2Fcret@swift.example:8080/b"'
-    assert redact(said) == 'Could not connect to the endpoint URL: "http://***@swift.example:8080/b"'
+    assert (
+        redact(said) == 'Could not connect to the endpoint URL: "http://***@swift.example:8080/b"'
+    )
     assert redact("https://u@h/x and http://h2/y") == "https://***@h/x and http://h2/y"
 
 

@@ -16,7 +16,7 @@ from appliance.config import Config
 from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Handler
 from appliance.web.peers import PeerStreams
-from appliance.web.server import Server, listening_socket
+from appliance.web.server import Server, TlsListener, TlsSite, listening_socket
 from appliance.web.workers import Workers, socket_path
 
 log = logging.getLogger("appliance")
@@ -80,18 +80,9 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
             if config.tls is not None and app.tls is not None:
                 tls = config.tls.listen
                 tls_sock = listening_socket(tls, reuse_port=shared)
-                secure: web.BaseSite = (
-                    web.SockSite(runner, tls_sock, ssl_context=app.tls.context)
-                    if tls_sock is not None
-                    else web.TCPSite(
-                        runner,
-                        tls.host,
-                        tls.port,
-                        backlog=1024,
-                        reuse_port=shared or None,
-                        ssl_context=app.tls.context,
-                    )
-                )
+                certificates = app.tls  # read at each accept: a reload's certificate is used
+                listener = TlsListener(server, lambda: certificates.context)
+                secure = TlsSite(runner, listener, tls, tls_sock, reuse_port=shared)
                 await secure.start()
                 log.info("HTTPS on %s (certificate sha256 %s)", tls, app.tls.fingerprint)
             if siblings is not None:

@@ -4,14 +4,20 @@
   (the 503 is written straight to the socket, before any request is read);
 - a malformed request is one INFO line, not an ERROR with a traceback: clients and
   scanners send garbage, and a log of tracebacks hides the real errors;
-- `[::]` listens on IPv6 *and* IPv4 (asyncio would set IPV6_V6ONLY).
+- `[::]` listens on IPv6 *and* IPv4 (asyncio would set IPV6_V6ONLY);
+- the HTTPS port counts an address at the TCP accept, not after the TLS handshake, and
+  bounds handshakes in time and number: a client that opens thousands and never finishes
+  them would otherwise hold a socket and a 256 KiB buffer for each, for a minute.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import ssl
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +27,10 @@ from aiohttp.web_protocol import RequestHandler
 from appliance.config import Listen
 
 log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0  # s: asyncio's default is 60
+HANDSHAKES = 256  # TLS handshakes under way at once, every address together
+HANDSHAKES_PER_CLIENT = 32  # of those, from one address: 32 read buffers are 8 MiB
 
 _TOO_MANY_BODY = b"too many connections from your address; retry later\n"
 _TOO_MANY = (
@@ -34,6 +44,7 @@ class _Handler(RequestHandler):
     """aiohttp's per-connection protocol, logging bad requests as what they are."""
 
     peer: str | None = None
+    counted = False  # its address's connection count is held (and given back on close)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -42,6 +53,11 @@ class _Handler(RequestHandler):
             log.info("bad request from %s: %s %s", self.peer, exc.code, reason)
             return
         super().log_exception(*args, **kw)
+
+
+def _address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "?"
 
 
 class Server(web.Server):
@@ -53,36 +69,202 @@ class Server(web.Server):
         self.per_client: Counter[str] = Counter()
         self.refused = 0
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> _Handler:
         return _Handler(self, loop=self._loop, **self._kwargs)
 
-    def connection_made(self, handler: RequestHandler, transport: Any) -> None:
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
-        handler.peer = address  # type: ignore[attr-defined]
+    def admit(self, address: str) -> bool:
+        """Count one more connection from `address`; False (nothing counted) at the cap."""
+        if self.per_client[address] >= self.cap:
+            self.refuse(address, f"{self.cap} connections open (limits.connections_per_client)")
+            return False
         self.per_client[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.per_client[address] -= 1
+        if self.per_client[address] <= 0:
+            del self.per_client[address]
+
+    def refuse(self, address: str, why: str) -> None:
+        """Count a connection turned away; a WARNING for the first of each thousand."""
+        self.refused += 1
+        if self.refused % 1000 == 1:
+            log.warning("%s: %s: turning new ones away (%d so far)", address, why, self.refused)
+
+    def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
-        if self.per_client[address] > self.cap:
-            self.refused += 1
-            if self.refused % 1000 == 1:
-                log.warning(
-                    "%s has more than %d connections open: turning new ones away "
-                    "(limits.connections_per_client; %d so far)",
-                    address,
-                    self.cap,
-                    self.refused,
-                )
-            transport.write(_TOO_MANY)
-            transport.close()
+        assert isinstance(handler, _Handler)
+        if handler.counted:  # at the TCP accept, by the TLS port's gate
+            return
+        handler.peer = _address(transport)
+        if self.admit(handler.peer):
+            handler.counted = True
+            return
+        # closed on the next turn of the loop: aiohttp's handler task must have started
+        # (it asserts its connection is not lost yet, an ERROR per refused connection)
+        handler.close()
+        transport.write(_TOO_MANY)
+        self._loop.call_soon(transport.close)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        address = getattr(handler, "peer", None)
-        if address is not None:
-            handler.peer = None  # type: ignore[attr-defined]
-            self.per_client[address] -= 1
-            if self.per_client[address] <= 0:
-                del self.per_client[address]
+        if isinstance(handler, _Handler) and handler.counted and handler.peer is not None:
+            handler.counted = False
+            self.release(handler.peer)
         super().connection_lost(handler, exc)
+
+
+class _Gate(asyncio.Protocol):
+    """A TLS port's connection until its handshake is done. Its address is counted from
+    the TCP accept (a handshake that never ends holds a socket and asyncio's 256 KiB TLS
+    read buffer), the handshake is cut off after HANDSHAKE_TIMEOUT, then the TLS transport
+    goes to aiohttp's handler with the count."""
+
+    def __init__(self, listener: TlsListener) -> None:
+        self.listener = listener
+        self.address = "?"
+        self.early = bytearray()  # request bytes decrypted before the handler took over
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.counted = False  # holds one of server.per_client[address]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for the TLS layer start_tls puts in
+        self.transport = transport
+        self.address = _address(transport)
+        if not self.listener.enter(self):
+            transport.abort()
+            return
+        self.counted = True
+        self.task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._leave(handed=False)
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        handed = False
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,
+                self,
+                self.listener.context(),
+                server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+            if tls is None:  # the client went away as the handshake ended
+                return
+            handler = self.listener.server()
+            handler.peer, handler.counted = self.address, True
+            handed = True
+            tls.set_protocol(handler)
+            handler.connection_made(tls)
+            if self.early:
+                handler.data_received(bytes(self.early))
+        except OSError as exc:  # a failed handshake (ssl.SSLError), a timeout, a reset
+            log.debug("TLS handshake with %s: %s", self.address, exc)
+            # its traceback holds start_tls's frame, which holds the exception: a cycle
+            # keeping the 256 KiB buffer until a full garbage collection, long after
+            exc.__traceback__ = None
+        finally:
+            self._leave(handed)
+
+    def _leave(self, handed: bool) -> None:
+        """Out of the handshake (once, whichever path comes first); the address's count
+        goes with the handler or back to the server."""
+        self.listener.leave(self)
+        if self.counted:
+            self.counted = False
+            if not handed:
+                self.listener.server.release(self.address)
+
+
+class TlsListener:
+    """The protocol factory of the TLS port. At most HANDSHAKES connections are in a TLS
+    handshake at once, HANDSHAKES_PER_CLIENT of them from one address: beyond that a new
+    TCP connection is closed at once. `context` is read at each accept: a reload's new
+    certificate serves the next handshake."""
+
+    def __init__(self, server: Server, context: Callable[[], ssl.SSLContext]) -> None:
+        self.server = server
+        self.context = context
+        self.gates: set[_Gate] = set()  # in their handshake
+        self.per_client: Counter[str] = Counter()  # of those, by address
+
+    def __call__(self) -> _Gate:
+        return _Gate(self)
+
+    def enter(self, gate: _Gate) -> bool:
+        address = gate.address
+        if len(self.gates) >= HANDSHAKES:
+            self.server.refuse(address, f"{HANDSHAKES} TLS handshakes under way, all addresses")
+            return False
+        if self.per_client[address] >= HANDSHAKES_PER_CLIENT:
+            self.server.refuse(address, f"{HANDSHAKES_PER_CLIENT} TLS handshakes under way")
+            return False
+        if not self.server.admit(address):
+            return False
+        self.gates.add(gate)
+        self.per_client[address] += 1
+        return True
+
+    def leave(self, gate: _Gate) -> None:
+        if gate in self.gates:
+            self.gates.discard(gate)
+            self.per_client[gate.address] -= 1
+            if self.per_client[gate.address] <= 0:
+                del self.per_client[gate.address]
+
+    def close(self) -> None:
+        """Cut the connections still in their handshake (the service stops)."""
+        for gate in list(self.gates):
+            if gate.transport is not None:
+                gate.transport.abort()
+
+
+class TlsSite(web.BaseSite):
+    """The HTTPS port as an aiohttp site (runner.cleanup stops it first), accepting plain
+    TCP through a TlsListener."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        listener: TlsListener,
+        listen: Listen,
+        sock: socket.socket | None,
+        reuse_port: bool,
+    ) -> None:
+        super().__init__(runner, backlog=1024)
+        self.listener = listener
+        self.listen = listen
+        self.sock = sock
+        self.reuse_port = reuse_port or None
+
+    @property
+    def name(self) -> str:
+        return f"https://{self.listen}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            self._server = await loop.create_server(
+                self.listener, sock=self.sock, backlog=self._backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                self.listener,
+                self.listen.host,
+                self.listen.port,
+                backlog=self._backlog,
+                reuse_port=self.reuse_port,
+            )
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.listener.close()
 
 
 def listening_socket(

@@ -215,7 +215,8 @@ def scrape(source: Source) -> Iterator[Metric]:
     for reason in ("disk-full", "conflict", "store-error", "unverifiable", "encoded"):
         passed.add_metric([reason], cache.not_stored.get(reason, 0))
     refused = counter(
-        "connections_refused", "Connections turned away (limits.connections_per_client)"
+        "connections_refused",
+        "Connections turned away (limits.connections_per_client, TLS handshake caps)",
     )
     refused.add_metric([], extra["connections_refused"])
     indexed = gauge("apt_index_files", "Files listed by the cached apt indexes")

@@ -8,8 +8,9 @@ discovery name), the host name, the listen addresses, loopback and `tls.names`. 
 a new one only when those names grow. Clients pin it (`/keys/archive-local-tls.pem`, its
 sha256 in `/.well-known/archive-local`): the cloud-init module installs it from there.
 
-An operator's certificate is read again on `reload`; the one SSL context serves every
-new handshake with it, without a restart.
+An operator's certificate is read again on `reload` into a new SSL context, checked (the
+key is the certificate's), and only then serves new handshakes and is published; one that
+cannot be used changes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -169,12 +171,30 @@ def ensure_self_signed(state: Path, names: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _context(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """A new server context with the pair, and its leaf certificate. The key must be the
+    leaf's: OpenSSL takes a key of another type beside the certificate without a word,
+    and a context that failed half-way must never serve (so never the one in use)."""
+    pair = cert_path.read_bytes(), key_path.read_bytes()
+    leaf = x509.load_pem_x509_certificate(pair[0])
+    key = serialization.load_pem_private_key(pair[1], password=None)
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ValueError("the key is not the certificate's (its public key differs)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(cert_path, key_path)
+    if (cert_path.read_bytes(), key_path.read_bytes()) != pair:  # OpenSSL read them again
+        raise ValueError("the files changed while being read: reload again")
+    return context, leaf
+
+
 class Certificates:
     """The TLS listener's context and what clients are told of its certificate."""
 
+    context: ssl.SSLContext  # for new handshakes: replaced whole by a reload
+
     def __init__(self, config: Config) -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.set_alpn_protocols(["http/1.1"])
         self.pem = b""
         self.fingerprint = ""
         self.load(config)
@@ -182,7 +202,7 @@ class Certificates:
     def load(self, config: Config) -> None:
         """Take the configured certificate (or the self-signed one); on a reload, new
         handshakes use it. A certificate that cannot be used raises TlsError and the
-        one in use stays."""
+        one in use stays, served and published."""
         tls = config.tls
         assert tls is not None
         if tls.cert is not None and tls.key is not None:
@@ -190,13 +210,12 @@ class Certificates:
         else:
             cert_path, key_path = ensure_self_signed(config.cache.dir / STATE, wanted_names(config))
         try:
-            chain = cert_path.read_bytes()
-            leaf = x509.load_pem_x509_certificate(chain)
-            self.context.load_cert_chain(cert_path, key_path)
-        except (OSError, ValueError, ssl.SSLError) as exc:
+            context, leaf = _context(cert_path, key_path)
+        except (OSError, ValueError, TypeError, UnsupportedAlgorithm, ssl.SSLError) as exc:
             raise TlsError(f"tls: cannot use {cert_path} with {key_path}: {exc}") from None
         if not names_of(leaf):
             log.warning("tls: %s has no subjectAltName: LXD and Go clients refuse it", cert_path)
+        self.context = context  # then what clients are told: the one they will be served
         self.pem = leaf.public_bytes(serialization.Encoding.PEM)
         self.fingerprint = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
         log.info("tls: serving %s (sha256 %s)", cert_path, self.fingerprint)

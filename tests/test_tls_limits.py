@@ -10,6 +10,7 @@ address meets the same count (each worker counts its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import socket
@@ -18,6 +19,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Appliance, StartAppliance, free_port
 
@@ -219,3 +222,62 @@ def test_a_request_sent_with_the_last_handshake_flight_is_answered(
                 incoming.write(data)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert "Traceback" not in app.log_text()
+
+
+async def test_idle_handshakes_cannot_shut_out_the_clients_that_finish_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every handshake slot taken by connections that send nothing (from several hosts,
+    each under its own cap): a client that completes its handshake is still served, the
+    oldest idle one cut to make room. In process, with the global cap made small (8) so
+    that one address (127.0.0.1) can fill it under its own cap of 32."""
+    from aiohttp import web
+
+    from appliance.config import Listen
+    from appliance.web import server as listening
+    from appliance.web.tls import make_self_signed
+
+    monkeypatch.setattr(listening, "HANDSHAKES", 8)
+    cert, key = make_self_signed(["localhost"])
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def hello(_request: web.BaseRequest) -> web.Response:
+        return web.Response(text="hello\n")
+
+    server = listening.Server(hello, connections_per_client=256)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    listener = listening.TlsListener(server, lambda: context)
+    port = free_port()
+    site = listening.TlsSite(runner, listener, Listen("127.0.0.1", port), None, False)
+    await site.start()
+    idle = []
+    try:
+        for _ in range(8):
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+        for _ in range(50):  # accepted
+            if len(listener.gates) == 8:
+                break
+            await asyncio.sleep(0.02)
+        assert len(listener.gates) == 8
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_unverified(), server_hostname="localhost"
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello\n")
+        writer.close()
+        assert len(listener.gates) <= 8 and server.refused >= 1
+        assert await asyncio.wait_for(idle[0][0].read(), 5) == b""  # the oldest was cut
+    finally:
+        for _reader, w in idle:
+            w.close()
+        await runner.cleanup()
+    for _ in range(100):  # the aborted handshakes' ends run on the next turns of the loop
+        if not listener.gates and not server.per_client:
+            break
+        await asyncio.sleep(0.02)
+    assert listener.gates == {} and not server.per_client  # every count given back

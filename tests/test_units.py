@@ -270,6 +270,11 @@ def test_urls_in_problem_messages_lose_their_credentials() -> None:
         redact(said) == 'Could not connect to the endpoint URL: "http://***@swift.example:8080/b"'
     )
     assert redact("https://u@h/x and http://h2/y") == "https://***@h/x and http://h2/y"
+    assert redact("http://user:p@ss@host/x") == "http://***@host/x"  # an @ in the password
+    data = config.default_data()
+    data["apt"]["remaps"] = {"debian": ["http://[::1"]}
+    with pytest.raises(config.ConfigError, match="not a URL"):
+        config.parse(data, "test")
 
 
 def test_a_fleet_key_file_is_parsed_and_printed_back(tmp_path: Path) -> None:

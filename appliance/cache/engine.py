@@ -393,7 +393,12 @@ class CacheEngine:
             if holder is None:
                 # it may have landed between our look and our lease (its holder uploaded
                 # and let go meanwhile): look again before asking upstream
-                if (entry := await fleet.adopt(key, expect)) is not None:
+                try:
+                    entry = await fleet.adopt(key, expect)
+                except BaseException:
+                    await asyncio.shield(fleet.release(key))
+                    raise
+                if entry is not None:
                     await fleet.release(key)
                     await self._account(entry)
                     return Hit(entry, "HIT")
@@ -409,7 +414,7 @@ class CacheEngine:
             if waited_since is None:
                 log.info("cache: %s is being fetched by %s; waiting for it", key, holder)
                 waited_since = now
-            elif now - waited_since > fleet.wait_limit:
+            elif now - waited_since > fleet.wait_limit(expect):
                 # a holder that keeps its lease this long without a file: maybe a bucket
                 # writer rewriting it; the client is served from upstream all the same
                 fleet.refusals.refuse("lease", "expired", key, f": held by {holder}")

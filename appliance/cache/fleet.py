@@ -28,6 +28,7 @@ from appliance.cache.store import Entry, Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+WAIT_RATE = 1 << 20  # bytes/s: a holder slower than this is not waited for (see wait_limit)
 DEADLINE = 5.0  # seconds a lease call or a HEAD may take before the store is left alone
 THREADS = 16  # the store's own threads: a hung store holds these, never the disk's
 
@@ -47,11 +48,15 @@ class Fleet:
         self.refusals = store.refusals
         self.remote = store.shared_status() is not None
         self.deadline = deadline
-        # how long a waiting unit waits on another's lease before it fetches for itself:
-        # a lease rewritten by a bucket writer must not hold a client for ever
-        self.wait_limit = 2 * lease_ttl
+        self.lease_ttl = lease_ttl
         self.peers: Peers | None = None
         self._pool = ThreadPoolExecutor(THREADS, "store") if self.remote else None
+
+    def wait_limit(self, expect: Expect) -> float:
+        """How long a caller waits on another's lease before it fetches for itself: a
+        lease rewritten for ever by a bucket writer must not hold a client for ever, and
+        a holder downloading a big file at a fair rate must not be fetched beside."""
+        return max(2 * self.lease_ttl, (expect.size or 0) / WAIT_RATE)
 
     def close(self) -> None:
         if self._pool is not None:

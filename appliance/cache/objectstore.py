@@ -149,8 +149,8 @@ class Bucket:
         metadata = answer.get("Metadata")
         try:
             meta = _meta_from(metadata if isinstance(metadata, dict) else {})
-        except (KeyError, ValueError, TypeError) as exc:
-            raise BadObject(f"unreadable metadata ({exc})") from None
+        except (KeyError, ValueError, TypeError) as exc:  # BadMeta, base64's binascii.Error
+            raise BadObject(f"unreadable metadata ({str(exc)[:200]})") from None
         if meta.size != answer.get("ContentLength"):
             raise BadObject(f"{answer.get('ContentLength')} bytes, its metadata says {meta.size}")
         record = metadata.get(RECORD) if isinstance(metadata, dict) else None
@@ -284,7 +284,7 @@ def _meta_from(metadata: dict[str, str]) -> Meta:
         pieces.append(piece)
     if not pieces:
         raise KeyError("al-meta-0")
-    return Meta.from_dict(json.loads(base64.urlsafe_b64decode("".join(pieces))))
+    return Meta.from_json(base64.urlsafe_b64decode("".join(pieces)))
 
 
 def _status(exc: Exception) -> int | None:
@@ -683,6 +683,9 @@ class ObjectStore:
             if self._create(key):
                 return None
             found = self.bucket.lease(key)
+            if self._ours(key, found):
+                self._answered()
+                return None
             if found is None or found[1] >= self.lease_ttl:
                 if found is not None:
                     log.info("object store: taking over %s from %s (lease expired)", key, found[0])
@@ -706,6 +709,14 @@ class ObjectStore:
         found = self.bucket.lease(key)
         if found is not None and found[0] != self.unit:
             return False  # another unit's create landed after ours: it fetches
+        self._held.add(key)
+        return True
+
+    def _ours(self, key: str, found: tuple[str, float] | None) -> bool:
+        """A lease naming this unit that no request of ours holds: one a claim got after
+        its caller stopped waiting. Taken, rather than waited on as if another's."""
+        if found is None or found[0] != self.unit:
+            return False
         self._held.add(key)
         return True
 

@@ -162,6 +162,17 @@ class Meta:
             extra=extra,
         )
 
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Meta:
+        """`from_dict` of a JSON document; `BadMeta` for anything that is not one a unit
+        wrote (too deeply nested for the parser included)."""
+        try:
+            return cls.from_dict(json.loads(raw))
+        except BadMeta:
+            raise
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise BadMeta(f"metadata is not a unit's JSON ({type(exc).__name__})") from None
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         return {**out.pop("extra"), **out}
@@ -353,7 +364,7 @@ class FilesystemStore:
     def lookup(self, key: str) -> Entry | None:
         path = self.path(key)
         try:
-            meta = Meta.from_dict(json.loads(self._meta_path(path).read_bytes()))
+            meta = Meta.from_json(self._meta_path(path).read_bytes())
             st = path.stat()
         except (OSError, ValueError, TypeError):
             return None

@@ -73,7 +73,10 @@ def parse_upstream(value: Any, key: str) -> str:
     """An http(s) base URL, normalised without a trailing slash."""
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {value!r}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # `http://[::1`
+        raise ConfigError(f"{key}: not a URL: {redact(value)!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {redact(value)!r}")
     if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
@@ -160,7 +163,7 @@ def url(data: Mapping[str, Any], name: str, key: str) -> str | None:
     return value
 
 
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")  # to the authority's last @
 
 
 def redact(text: str) -> str:

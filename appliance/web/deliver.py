@@ -140,7 +140,7 @@ async def _deliver_from_peer(
     peer = p.response
     length = peer.content_length
     headers = _relayed_headers(p)
-    headers["X-Archive-Local-From"] = p.holder
+    headers["X-Archive-Local-From"] = header_value(p.holder, 300) or "peer"  # bucket text
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_length = length
     received, sent, digest = 0, 0, hashlib.sha256()  # digest: of the bytes sent

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
@@ -181,41 +182,61 @@ class _Gate(asyncio.Protocol):
                 self.listener.server.release(self.address)
 
 
+def _network(address: str) -> str:
+    """Whom a handshake counts against: the address, or its /64 for IPv6 (one host may
+    hold a whole /64, and would otherwise have as many addresses as it likes)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class TlsListener:
-    """The protocol factory of the TLS port. At most HANDSHAKES connections are in a TLS
-    handshake at once, HANDSHAKES_PER_CLIENT of them from one address: beyond that a new
-    TCP connection is closed at once. `context` is read at each accept: a reload's new
-    certificate serves the next handshake."""
+    """The protocol factory of the TLS port. At most HANDSHAKES_PER_CLIENT connections
+    from one address (IPv6: one /64) are in a TLS handshake at once: beyond that a new TCP
+    connection is closed at once. At most HANDSHAKES from everyone: beyond that the oldest
+    handshake is cut to make room, so that idle connections from a few hosts cannot shut
+    out the clients that complete theirs in milliseconds. `context` is read at each
+    accept: a reload's new certificate serves the next handshake."""
 
     def __init__(self, server: Server, context: Callable[[], ssl.SSLContext]) -> None:
         self.server = server
         self.context = context
-        self.gates: set[_Gate] = set()  # in their handshake
-        self.per_client: Counter[str] = Counter()  # of those, by address
+        self.gates: dict[_Gate, None] = {}  # in their handshake, oldest first
+        self.per_client: Counter[str] = Counter()  # of those, by address (IPv6: /64)
 
     def __call__(self) -> _Gate:
         return _Gate(self)
 
     def enter(self, gate: _Gate) -> bool:
-        address = gate.address
-        if len(self.gates) >= HANDSHAKES:
-            self.server.refuse(address, f"{HANDSHAKES} TLS handshakes under way, all addresses")
-            return False
-        if self.per_client[address] >= HANDSHAKES_PER_CLIENT:
+        address, network = gate.address, _network(gate.address)
+        if self.per_client[network] >= HANDSHAKES_PER_CLIENT:
             self.server.refuse(address, f"{HANDSHAKES_PER_CLIENT} TLS handshakes under way")
             return False
         if not self.server.admit(address):
             return False
-        self.gates.add(gate)
-        self.per_client[address] += 1
+        while len(self.gates) >= HANDSHAKES:
+            oldest = next(iter(self.gates))
+            self.server.refuse(oldest.address, f"{HANDSHAKES} TLS handshakes under way: oldest cut")
+            self.leave(oldest)
+            if oldest.transport is not None:
+                oldest.transport.abort()
+        self.gates[gate] = None
+        self.per_client[network] += 1
         return True
 
     def leave(self, gate: _Gate) -> None:
         if gate in self.gates:
-            self.gates.discard(gate)
-            self.per_client[gate.address] -= 1
-            if self.per_client[gate.address] <= 0:
-                del self.per_client[gate.address]
+            del self.gates[gate]
+            network = _network(gate.address)
+            self.per_client[network] -= 1
+            if self.per_client[network] <= 0:
+                del self.per_client[network]
 
     def close(self) -> None:
         """Cut the connections still in their handshake (the service stops)."""

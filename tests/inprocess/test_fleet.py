@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from appliance.cache.download import Expect
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
@@ -108,3 +110,45 @@ async def test_only_listed_peers_and_sibling_workers_are_streamed_from(tmp_path:
     assert streams._where("another process on this cache") is None
     assert await streams.open("host:1@http://169.254.169.254", "a/b.deb") is None
     await streams.close()
+
+
+async def test_a_lookup_that_raises_under_the_lease_lets_it_go(
+    origin: Origin, tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the look into the store raises after the lease was taken (hostile
+    metadata once made it RecursionError), the lease is let go: the next caller, here
+    or on another process, is not made to wait on it."""
+    from appliance.cache.policy import Freshness
+
+    origin.files["/pool/x.deb"] = b"x" * 1000
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    engine = CacheEngine(
+        FilesystemStore(tmp_path / "c"), fetcher, max_size=1 << 30, ttl=300, clock=clock
+    )
+    await engine.start()
+
+    def boom(_key: str, _expect: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(engine.store, "adopt", boom)
+    try:
+        with pytest.raises(RecursionError):
+            await engine.get("origin/pool/x.deb", [origin.url("/pool/x.deb")], Freshness.IMMUTABLE)
+        other = FilesystemStore(tmp_path / "c")  # another process on the same disk
+        assert other.claim("origin/pool/x.deb") is None  # let go
+        other.release("origin/pool/x.deb")
+    finally:
+        await engine.close()
+        await fetcher.close()
+
+
+def test_a_lease_is_waited_on_as_long_as_its_file_may_fairly_take(tmp_path: Path) -> None:
+    """Twice the lease's time for a small or unknown file (a lease rewritten for ever by
+    a bucket writer); a big image another unit downloads at 1 MiB/s or more is waited for."""
+    from appliance.cache.download import NO_EXPECTATION
+    from appliance.cache.fleet import Fleet
+
+    fleet = Fleet(FilesystemStore(tmp_path), lease_ttl=30.0)
+    assert fleet.wait_limit(NO_EXPECTATION) == 60.0
+    assert fleet.wait_limit(Expect(size=10 << 20)) == 60.0
+    assert fleet.wait_limit(Expect(size=2 << 30)) == 2048.0

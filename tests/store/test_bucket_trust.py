@@ -291,3 +291,38 @@ def test_verify_checks_kept_entries_against_the_index_too(tmp_path: Path) -> Non
     index = Expect(1000, "sha256", hashlib.sha256(data).hexdigest(), "Packages")
     assert check_entry(store, entry, index) == "sha256 differs from the index (Packages)"
     assert check_entry(store, entry, None) is None  # itself: consistent
+
+
+def test_metadata_nested_past_the_parsers_depth_is_refused_not_raised(
+    fleet: tuple[ObjectStore, ObjectStore, Attacker],
+) -> None:
+    """JSON nested ~1000 deep fits Swift's 4 KiB of metadata; parsing or dumping it raised
+    RecursionError, which escaped as a 500 and left the fleet's lease held."""
+    _a, b, attacker = fleet
+    data = os.urandom(5000)
+    now = time.time()
+    fields = {"url": "u", "size": len(data), "fetched": now, "checked": now, "x": "DEEP"}
+    text = json.dumps(fields).replace('"DEEP"', "[" * 990 + "0" + "]" * 990)
+    encoded = base64.urlsafe_b64encode(text.encode()).decode()
+    pieces = {f"al-meta-{i // 240}": encoded[i : i + 240] for i in range(0, len(encoded), 240)}
+    attacker.put(POOL, data, pieces)
+    index_says = Expect(len(data), "sha256", hashlib.sha256(data).hexdigest())
+    entry = b.adopt(POOL, index_says)  # never raises
+    assert entry is None or b.read_bytes(entry) == data
+    assert set(_refused(b)) <= {"bucket/metadata"}
+
+
+def test_a_lease_naming_this_unit_is_its_own_not_another_s(
+    fleet: tuple[ObjectStore, ObjectStore, Attacker],
+) -> None:
+    """A claim that succeeded after its caller stopped waiting leaves a lease naming this
+    unit: the next request of the unit takes it instead of waiting on itself."""
+    a, b, _attacker = fleet
+    a.unit, b.unit = "unit-a", "unit-b"
+    assert a.claim(POOL) is None
+    a._held.clear()  # the request that made it gave up on it
+    assert a.claim(POOL) is None  # its own: fetched, not waited on
+    assert b.claim(POOL) == "unit-a"
+    a.release(POOL)
+    assert b.claim(POOL) is None
+    b.release(POOL)

@@ -82,6 +82,7 @@ class Unit:
             [PYTHON, "-m", "appliance", "--config", str(path), "serve"],
             stdout=open(work / f"{name}.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
+            cwd=work,  # never the source tree: `-m appliance` would import it from there
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 20

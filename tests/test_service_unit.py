@@ -1,6 +1,7 @@
 """A real service (issue 12): /healthz and the drain switch, SIGTERM that drains, the
-systemd unit checked by systemd-analyze and run by a real systemd in private namespaces
-after a real `make install`."""
+systemd unit checked by systemd-analyze (its `security` exposure included) and run by a
+real systemd in private namespaces after a real `make install`, with its sandbox in
+effect (system call filter, /proc, memory bound) while it serves."""
 
 from __future__ import annotations
 
@@ -20,12 +21,37 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.conftest import StartAppliance, require
+from tests.conftest import FILTERS, StartAppliance, require
+from tests.feed import build_feed
 from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP_OFFLINE = "--no-deps --no-index"
+# `systemd-analyze security`'s overall exposure of the unit (0 best, 10 worst): what is
+# left is the network, which the service is for (docs/security.md)
+EXPOSURE = 1.5
+HARDENING = (
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "ProtectProc=invisible",
+    "ProcSubset=pid",
+    "MemoryHigh=",
+    "MemoryMax=",
+)
+
+# its --threshold (in tenths) fails the command above EXPOSURE
+SECURITY = ("systemd-analyze", "security", "--no-pager", f"--threshold={round(EXPOSURE * 10)}")
+
+
+def _exposure(out: subprocess.CompletedProcess[str]) -> float:
+    """The overall exposure level `systemd-analyze security` gives the unit."""
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+    [line] = [x for x in out.stdout.splitlines() if "Overall exposure level" in x]
+    return float(line.split(":")[1].split()[0])
 
 
 def _health(url: str) -> tuple[int, dict]:
@@ -158,7 +184,7 @@ def test_make_install_writes_a_unit_systemd_analyze_accepts(tmp_path: Path) -> N
     unit = units / "archive-local.service"
     text = unit.read_text()
     assert f"ExecStart={prefix}/bin/archive-local serve --config {etc}/config.yaml" in text
-    for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes"):
+    for hardening in HARDENING:
         assert hardening in text
     assert (etc / "config.yaml").is_file()
     out = subprocess.run(
@@ -168,6 +194,8 @@ def test_make_install_writes_a_unit_systemd_analyze_accepts(tmp_path: Path) -> N
         timeout=60,
     )
     assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    security = [*SECURITY, "--offline=yes", str(unit)]
+    assert _exposure(subprocess.run(security, capture_output=True, text=True)) <= EXPOSURE
     # the installed console script is the package, not a copy of the tree
     version = subprocess.run(
         [str(prefix / "bin/python"), "-c", "import appliance, sys; print(appliance.__file__)"],
@@ -236,14 +264,156 @@ def _healthz(ns: SystemdNamespace, port: int, timeout: float = 20) -> str:
         time.sleep(0.3)
 
 
+def _show(ns: SystemdNamespace, unit: str, *props: str) -> dict[str, str]:
+    out = ns.run("systemctl", "show", unit, *(f"--property={p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def _status(ns: SystemdNamespace) -> dict:
+    return json.loads(ns.run("curl", "-sS", "http://127.0.0.1:3142/api/status").stdout)
+
+
+MDNS_LOOKUP = """
+import asyncio
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+async def main():
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo("_apt_proxy._tcp.local.", "archive._apt_proxy._tcp.local.")
+    found = await info.async_request(zc.zeroconf, 5000)
+    await zc.async_close()
+    print(info.port if found else None)
+asyncio.run(main())
+"""
+
+# run under the unit's own sandbox (its [Service] section): what the service runs that the
+# test does not otherwise (qemu-img, for `method: ebs` seeding; setting the open files
+# limit, as `serve` does when a drop-in's soft limit is lower: glibc's prlimit64 is not in
+# @resources), and a system call the filter refuses (setpriority)
+PROBE = """
+cd /tmp
+qemu-img create -q -f qcow2 probe.qcow2 16M && qemu-img convert -f qcow2 -O raw probe.qcow2 \
+  probe.raw && qemu-img info --output=json probe.raw | grep -q '"format": "raw"' && echo qemu-img
+/opt/archive-local/bin/python -c 'import resource as r; r.setrlimit(r.RLIMIT_NOFILE, (512, 512))' \
+  && echo setrlimit
+/opt/archive-local/bin/python -c 'import os; os.nice(1)' 2>&1 | grep -o 'Operation not permitted'
+"""
+
+
+def _probe_unit(ns: SystemdNamespace) -> str:
+    """PROBE's output, run once as a oneshot copy of the installed unit."""
+    unit = ns.run("cat", "/etc/systemd/system/archive-local.service").stdout
+    service, _install = unit.split("[Install]")
+    lines = [
+        line
+        for line in service.splitlines()
+        if not line.startswith(("Type=", "ExecStart=", "ExecReload=", "Restart="))
+    ]
+    ns.write("/run/probe.sh", PROBE)
+    lines += [
+        "Type=oneshot",
+        "ExecStart=/bin/sh /run/probe.sh",
+        "StandardOutput=file:/run/probe.out",
+        "StandardError=inherit",
+    ]
+    ns.write("/run/systemd/system/archive-local-probe.service", "\n".join(lines) + "\n")
+    ns.run("systemctl", "daemon-reload")
+    ns.run("systemctl", "start", "archive-local-probe", check=False, timeout=120)
+    return ns.run("cat", "/run/probe.out").stdout
+
+
+def _check_the_sandbox(ns: SystemdNamespace) -> None:
+    """The new hardening in effect on the running service, not only written in the unit:
+    every process filtered, /proc reduced to the service's own, the memory bound set in
+    the cgroup; `systemd-analyze security` of the loaded unit."""
+    show = _show(
+        ns,
+        "archive-local",
+        "MainPID",
+        "ControlGroup",
+        "ProtectProc",
+        "ProcSubset",
+        "SystemCallErrorNumber",
+        "MemoryHigh",
+        "MemoryMax",
+        "OOMPolicy",
+    )
+    assert show["ProtectProc"] == "invisible" and show["ProcSubset"] == "pid", show
+    assert show["SystemCallErrorNumber"] in ("1", "EPERM") and show["OOMPolicy"] == "continue", show
+    high, limit = int(show["MemoryHigh"]), int(show["MemoryMax"])
+    [total] = [
+        int(line.split()[1]) * 1024
+        for line in ns.run("cat", "/proc/meminfo").stdout.splitlines()
+        if line.startswith("MemTotal:")
+    ]
+    assert 0 < high < limit < total, show
+    cgroup, page = Path("/sys/fs/cgroup"), os.sysconf("SC_PAGESIZE")
+    if (cgroup / "cgroup.controllers").exists():  # unified: both bounds
+        applied = {
+            name: int(ns.run("cat", f"{cgroup}{show['ControlGroup']}/memory.{name}").stdout)
+            for name in ("high", "max")
+        }
+        assert applied == {"high": high // page * page, "max": limit // page * page}, applied
+    else:  # legacy: systemd applies MemoryMax as the memory controller's limit
+        path = f"{cgroup}/memory{show['ControlGroup']}/memory.limit_in_bytes"
+        assert int(ns.run("cat", path).stdout) == limit // page * page
+
+    # `workers: auto` still counts every core (ProcSubset=pid hides /proc/cpuinfo and stat)
+    workers = ns.run("pgrep", "-f", "--", "--worker-index", check=False).stdout.split()
+    cores = os.cpu_count() or 1
+    assert len(workers) == (cores if cores > 1 else 0), workers
+    for pid in [show["MainPID"], *workers]:
+        status = ns.run("cat", f"/proc/{pid}/status").stdout
+        assert "Seccomp:\t2" in status, status  # filtered
+    # what the service sees of /proc: its own processes (systemd's PID 1 is not one)
+    uid, gid = (ns.run("id", flag, "archive-local").stdout.strip() for flag in ("-u", "-g"))
+    seen = ns.run(
+        "nsenter", "-t", show["MainPID"], "-m", "-S", uid, "-G", gid, "ls", "/proc"
+    ).stdout.split()
+    assert "1" not in seen and show["MainPID"] in seen and "meminfo" not in seen, seen
+    assert _exposure(ns.run(*SECURITY, "archive-local", check=False)) <= EXPOSURE
+
+    if shutil.which("qemu-img"):
+        assert _probe_unit(ns).split() == ["qemu-img", "setrlimit", "Operation", "not", "permitted"]
+
+
+def _check_gpg_tls_mdns(ns: SystemdNamespace) -> None:
+    """What the service runs under the filter besides serving: the sync on start (gpg
+    verifies the feed; gpg and gpg-agent make the appliance's key, which signs the curated
+    feed), the HTTPS port's handshake, mDNS."""
+    deadline = time.monotonic() + 60
+    while (sync := _status(ns)["sync"])["last_run"] is None:
+        assert time.monotonic() < deadline, sync
+        time.sleep(0.3)
+    feed = sync["feeds"]["ex"]
+    assert feed["ok"] and {i["status"] for i in feed["items"]} == {"fetched"}, feed
+    assert len(feed["items"]) == 4, feed
+    index = ns.run("curl", "-sS", "http://127.0.0.1:3142/streams/v1/index.sjson").stdout
+    assert index.startswith("-----BEGIN PGP SIGNED MESSAGE-----"), index[:200]
+    https = ns.run(
+        "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:3143/healthz"
+    ).stdout
+    assert https == "200"
+    assert ns.run(sys.executable, "-c", MDNS_LOOKUP, timeout=30).stdout.strip() == "3142"
+
+
 def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path) -> None:
     """`make install` inside the namespaces (user, unit, daemon-reload, enable --now), then:
-    /healthz 200, a reload by SIGHUP (ExecReload) under a transfer that completes, and a
-    stop that lets a transfer finish and ends with exit status 0."""
+    /healthz 200, its sandbox in effect with every worker, a feed synced (gpg), HTTPS and
+    mDNS, a reload by SIGHUP (ExecReload) under a transfer that completes, and a stop that
+    lets a transfer finish and ends with exit status 0."""
     ns = systemd
     src = _source_copy(tmp_path / "src")
     files = tmp_path / "upstream/debian/pool"
     files.mkdir(parents=True)
+    require("gpg", "gnupg")
+    feed = build_feed(
+        tmp_path / "upstream/images", item_size=64 * 1024, serials=("20240101", "20240301")
+    )
+    feed.key.close()
+    ns.run("install", "-D", "-m", "0644", str(feed.key.keyring), "/etc/archive-local/ex.gpg")
+    ns.run("ip", "link", "set", "lo", "multicast", "on")  # for mDNS on loopback
+    ns.run("ip", "route", "add", "224.0.0.0/4", "dev", "lo")
     blobs = {name: os.urandom(3_000_000) for name in ("reload.deb", "stop.deb")}
     for name, data in blobs.items():
         (files / name).write_bytes(data)
@@ -257,11 +427,19 @@ def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path
         str(tmp_path / "upstream"),
         "1000000",
     )
+    images = {
+        "name": "ex",
+        "url": "http://127.0.0.1:8000/images/feed/",
+        "keyring": "/etc/archive-local/ex.gpg",
+        "filters": FILTERS,
+    }
     ns.write(
         "/etc/archive-local/config.yaml",
-        "listen: 127.0.0.1:3142\n"
+        "listen: 0.0.0.0:3142\n"  # not loopback alone: mDNS advertises
         "apt: {remaps: {debian: ['http://127.0.0.1:8000/debian']}}\n"
-        "discovery: {mdns: false}\n"
+        "discovery: {mdns: true, interfaces: ['127.0.0.1']}\n"
+        "tls: {listen: 127.0.0.1:3143}\n"
+        f"images: {{feeds: [{json.dumps(images)}]}}\n"
         "limits: {drain_timeout: 20s}\n",
     )
     _install_offline(ns, src)
@@ -276,6 +454,8 @@ def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path
         ns.run("systemctl", "show", "archive-local", "-p", "User", "--value").stdout.strip()
         == "archive-local"
     )
+    _check_the_sandbox(ns)
+    _check_gpg_tls_mdns(ns)
 
     reload_client = _curl(ns, "http://127.0.0.1:3142/debian/pool/reload.deb", "/run/reload.deb")
     time.sleep(0.8)

@@ -387,6 +387,9 @@ class CacheEngine:
         if its holder stops renewing it. Without a shared store: fetched here."""
         expect = await self._expectation(key, expect)  # what a copy or a peer must be
         fleet = self.fleet
+        if fleet.remote and (entry := await fleet.adopt(key, expect)) is not None:
+            await self._account(entry)  # another unit's, checked: no lease needed
+            return Hit(entry, "HIT")
         waited_since: float | None = None
         while True:
             holder = await fleet.claim(key)
@@ -418,7 +421,7 @@ class CacheEngine:
                 # a holder that keeps its lease this long without a file: maybe a bucket
                 # writer rewriting it; the client is served from upstream all the same
                 fleet.refusals.refuse("lease", "expired", key, f": held by {holder}")
-                return await self._refresh(key, urls, None, expect, resumable, keep)
+                return await self._refresh(key, urls, None, expect, resumable, keep, resolved=True)
             await asyncio.sleep(FLEET_POLL)
             if (entry := await fleet.adopt(key, expect)) is not None:
                 await self._account(entry)
@@ -430,7 +433,9 @@ class CacheEngine:
         """Fetch `key` upstream under the fleet's lease (a Miss releases it when its
         download ends; anything else at once)."""
         try:
-            result = await self._refresh(key, urls, None, expect, resumable, keep, True)
+            result = await self._refresh(
+                key, urls, None, expect, resumable, keep, shared=True, resolved=True
+            )
         except BaseException:
             await asyncio.shield(self.fleet.release(key))
             raise
@@ -675,10 +680,14 @@ class CacheEngine:
         resumable: bool = False,
         keep: bool = False,
         shared: bool = False,
+        resolved: bool = False,
     ) -> Result:
+        """Ask upstream (conditionally, with `entry`). `resolved`: `expect` already holds
+        what the indexes say (no second look-up)."""
         headers: dict[str, str] = {}
         partial = None
-        expect = await self._expectation(key, expect)
+        if not resolved:
+            expect = await self._expectation(key, expect)
         if entry is not None:
             if entry.meta.etag:
                 headers["If-None-Match"] = entry.meta.etag

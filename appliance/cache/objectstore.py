@@ -343,7 +343,8 @@ class ObjectStore:
         self.fleet_key = fleet_key
         self.refusals = local.refusals  # one count per unit, whichever side refused
         self.unit = f"{socket.gethostname()}:{os.getpid()}"  # named in the leases it holds
-        self._held: set[str] = set()
+        # leases this unit holds: when its last write of each started (monotonic seconds)
+        self._held: dict[str, float] = {}
         self._failed_at: float | None = None
         self.remote_error: str | None = None
         self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
@@ -703,13 +704,14 @@ class ObjectStore:
         """The conditional create, then a look at who holds it once concurrent creates
         have landed: Swift checks `If-None-Match` when a PUT starts, so two units asking
         at the same instant may both succeed; the newer write wins, and both read it."""
+        started = time.monotonic()
         if not self.bucket.create_lease(key, self.unit):
             return False
         time.sleep(LEASE_SETTLE)
         found = self.bucket.lease(key)
         if found is not None and found[0] != self.unit:
             return False  # another unit's create landed after ours: it fetches
-        self._held.add(key)
+        self._held[key] = started
         return True
 
     def _ours(self, key: str, found: tuple[str, float] | None) -> bool:
@@ -717,7 +719,7 @@ class ObjectStore:
         its caller stopped waiting. Taken, rather than waited on as if another's."""
         if found is None or found[0] != self.unit:
             return False
-        self._held.add(key)
+        self._held[key] = time.monotonic() - found[1]
         return True
 
     def renew(self, key: str) -> None:
@@ -726,9 +728,11 @@ class ObjectStore:
         if key not in self._held or not self._usable():
             return
         try:
-            if not self._still_mine(key):
+            if self._may_be_taken(key) and not self._still_mine(key):
                 return
+            started = time.monotonic()
             self.bucket.create_lease(key, self.unit, only_new=False)
+            self._held[key] = started
         except StoreUnavailable as exc:
             self._failed(exc)
 
@@ -736,17 +740,23 @@ class ObjectStore:
         if key not in self._held:
             return
         try:
-            if self._still_mine(key):
+            if not self._may_be_taken(key) or self._still_mine(key):
                 self.bucket.delete_lease(key)
         except StoreUnavailable as exc:
             self._failed(exc)  # it expires by itself
-        self._held.discard(key)
+        self._held.pop(key, None)
+
+    def _may_be_taken(self, key: str) -> bool:
+        """Whether another unit may have taken the lease over: not while our last write
+        of it started less than half its time ago (a takeover needs it older than the
+        whole), so the common case pays no read before a renewal or a release."""
+        return time.monotonic() - self._held.get(key, 0.0) >= self.lease_ttl / 2
 
     def _still_mine(self, key: str) -> bool:
         found = self.bucket.lease(key)
         if found is not None and found[0] == self.unit:
             return True
-        self._held.discard(key)
+        self._held.pop(key, None)
         holder = found[0] if found is not None else "nobody"
         self.refusals.refuse("lease", "stolen", key, f": now held by {holder}")
         return False

@@ -240,3 +240,31 @@ def test_over_https_a_connection_is_kept_alive_files_are_sent_and_sigterm_drains
     assert app.proc.wait(30) == 0
     assert "draining 1 connections" in app.log_text()
     assert upstream.count("f.deb") == 1
+
+
+def test_transfer_encoding_in_http_1_0_is_refused_over_https_too(
+    start_appliance: StartAppliance, tmp_path: Path
+) -> None:
+    """RFC 9112 §6.1 on the HTTPS port (the default `workers: auto`): 400, closed, nothing
+    pipelined behind it answered."""
+    port = free_port()
+    app = start_appliance({}, extra={"tls": {"listen": f"127.0.0.1:{port}"}, "workers": "auto"})
+    _wait_for_workers(app.cache_dir, os.cpu_count() or 1)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    smuggled = (
+        b"GET /healthz HTTP/1.0\r\nHost: archive.local\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: archive.local\r\n\r\n"
+    )
+    started = time.monotonic()
+    with (
+        socket.create_connection(("127.0.0.1", port), 10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(smuggled)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert time.monotonic() - started < 5  # closed by the server
+    assert answer.startswith(b"HTTP/1.0 400") and answer.count(b"HTTP/1.1 200") == 0, answer

@@ -26,7 +26,7 @@ import pytest
 
 from tests.components import swift_aio
 from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
-from tests.test_shared_store import _unit, upstream_file
+from tests.test_shared_store import _health, _unit, upstream_file
 from tests.upstream import Upstream
 
 PREFIX = "fleet/"  # the units' object names start with it (see _unit)
@@ -65,6 +65,29 @@ def _plant(s3: Any, bucket: str, key: str, body: bytes, **fields: Any) -> None:
         **fields,
     }
     s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body, Metadata=_pieces(meta))
+
+
+def _two_units_after_a_fetch(
+    swift: Any,
+    start: StartAppliance,
+    upstream: Upstream,
+    tmp_path: Path,
+    real: bytes,
+) -> tuple[list[Appliance], str, str, dict[str, str]]:
+    """Two units on a new bucket (`workers: auto`), unit 0 having fetched POOL and
+    uploaded it with the fleet's record: (units, bucket, object name, its metadata)."""
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    units = [_unit(start, upstream, tmp_path, swift, bucket, n, workers="auto") for n in range(2)]
+    assert http_get(units[0].url + POOL) == (200, real)
+    s3 = swift.client()
+    name = f"{PREFIX}{upstream.url.split('://', 1)[1]}{POOL}"
+    deadline = time.monotonic() + 20
+    while True:  # uploaded once its client had it
+        try:
+            return units, bucket, name, s3.head_object(Bucket=bucket, Key=name)["Metadata"]
+        except s3.exceptions.ClientError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
 
 
 def _no_tracebacks(*apps: Appliance) -> None:
@@ -125,24 +148,12 @@ def test_a_forged_object_is_not_served_to_another_unit(
     """Unit 0 fetches a pool file and uploads it with the fleet's record; a bucket writer
     replaces the bytes, keeping (or rewriting consistently) the metadata: unit 1's client
     gets upstream's bytes, never the forged ones."""
-    bucket = f"trust-{uuid.uuid4().hex[:12]}"
     real = upstream_file(upstream_root, POOL, 300_000)
-    units = [
-        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, workers="auto")
-        for n in range(2)
-    ]
-    assert http_get(units[0].url + POOL) == (200, real)
+    units, bucket, name, genuine = _two_units_after_a_fetch(
+        swift, start_appliance, upstream, tmp_path, real
+    )
     s3 = swift.client()
     host = upstream.url.split("://", 1)[1]
-    name = f"{PREFIX}{host}{POOL}"
-    deadline = time.monotonic() + 20
-    while True:  # uploaded once its client had it
-        try:
-            genuine = s3.head_object(Bucket=bucket, Key=name)["Metadata"]
-            break
-        except s3.exceptions.ClientError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
     forged = os.urandom(300_000)
     s3.put_object(Bucket=bucket, Key=name, Body=forged, Metadata=genuine)  # its record
     assert http_get(units[1].url + POOL) == (200, real)
@@ -165,23 +176,11 @@ def test_labels_rewritten_by_a_bucket_writer_never_break_an_answer(
 ) -> None:
     """The record covers the bytes, not the labels: CR/LF in the content type, a number as
     ETag are dropped; the client gets the file, 200, never a 500."""
-    bucket = f"trust-{uuid.uuid4().hex[:12]}"
     real = upstream_file(upstream_root, POOL, 100_000)
-    units = [
-        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, workers="auto")
-        for n in range(2)
-    ]
-    assert http_get(units[0].url + POOL) == (200, real)
+    units, bucket, name, genuine = _two_units_after_a_fetch(
+        swift, start_appliance, upstream, tmp_path, real
+    )
     s3 = swift.client()
-    name = f"{PREFIX}{upstream.url.split('://', 1)[1]}{POOL}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            genuine = s3.head_object(Bucket=bucket, Key=name)["Metadata"]
-            break
-        except s3.exceptions.ClientError:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
     pieces = "".join(v for k, v in sorted(genuine.items()) if k.startswith("al-meta-"))
     meta = json.loads(base64.urlsafe_b64decode(pieces))
     meta.update(content_type="text/html\r\nSet-Cookie: a=b", etag=12345)
@@ -319,14 +318,6 @@ def _timed(url: str) -> tuple[int, bytes, float]:
     started = time.monotonic()
     status, body = _status(url)
     return status, body, time.monotonic() - started
-
-
-def _health(app: Appliance) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(f"{app.url}/healthz", timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_a_hung_store_stalls_neither_hits_nor_misses(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -330,6 +331,22 @@ def test_a_hung_store_stalls_neither_hits_nor_misses(
         pytest.fail("swift missing: `make test` builds .components/swift")
     own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
     proxy = own.processes[-1]
+    try:  # whatever fails, Swift is stopped (and woken first)
+        _hung_store_round(start_appliance, upstream, upstream_root, tmp_path, own, proxy)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proxy.pid, signal.SIGCONT)
+        own.stop()
+
+
+def _hung_store_round(
+    start_appliance: StartAppliance,
+    upstream: Upstream,
+    upstream_root: Path,
+    tmp_path: Path,
+    own: Any,
+    proxy: Any,
+) -> None:
     try:
         hot = upstream_file(upstream_root, "/debian/pool/main/h/hot_1.0_amd64.deb", 100_000)
         slow = {f"/debian/pool/main/s/slow{i}_1.0_amd64.deb": b"" for i in range(12)}
@@ -372,14 +389,12 @@ def test_a_hung_store_stalls_neither_hits_nor_misses(
                 http_get(unit.url + f"/debian/pool/main/m/more{time.monotonic_ns()}.deb")
     finally:
         os.kill(proxy.pid, signal.SIGCONT)
-    try:
-        deadline = time.monotonic() + 60
-        i = 0
-        while _health(unit)[1]["shared_store"] != "up":  # a miss asks the store again
-            assert time.monotonic() < deadline, unit.log_text()[-3000:]
-            http_get(unit.url + f"/debian/pool/main/n/nothing{i}.deb")
-            i += 1
-            time.sleep(0.5)
-        _no_tracebacks(unit)
-    finally:
-        own.stop()
+    # recovery
+    deadline = time.monotonic() + 60
+    i = 0
+    while _health(unit)[1]["shared_store"] != "up":  # a miss asks the store again
+        assert time.monotonic() < deadline, unit.log_text()[-3000:]
+        http_get(unit.url + f"/debian/pool/main/n/nothing{i}.deb")
+        i += 1
+        time.sleep(0.5)
+    _no_tracebacks(unit)

@@ -27,6 +27,7 @@ import pytest
 
 from tests.components import swift_aio
 from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
+from tests.store.test_bucket_trust import consistent_metadata, meta_pieces
 from tests.test_shared_store import _health, _unit, upstream_file
 from tests.upstream import Upstream
 
@@ -48,24 +49,10 @@ def _refused(app: Appliance) -> dict[tuple[str, str], float]:
     return {k: v for k, v in out.items() if v}
 
 
-def _pieces(fields: dict[str, Any]) -> dict[str, str]:
-    encoded = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode()
-    return {f"al-meta-{i // 240}": encoded[i : i + 240] for i in range(0, len(encoded), 240)}
-
-
 def _plant(s3: Any, bucket: str, key: str, body: bytes, **fields: Any) -> None:
     """An object whose metadata is consistent with its bytes, as a unit would write it."""
-    now = time.time()
-    meta = {
-        "url": f"http://{key}",
-        "size": len(body),
-        "fetched": now,
-        "checked": now,
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "shared": True,
-        **fields,
-    }
-    s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body, Metadata=_pieces(meta))
+    metadata = consistent_metadata(key, body, **fields)
+    s3.put_object(Bucket=bucket, Key=PREFIX + key, Body=body, Metadata=metadata)
 
 
 def _two_units_after_a_fetch(
@@ -186,7 +173,9 @@ def test_labels_rewritten_by_a_bucket_writer_never_break_an_answer(
     meta = json.loads(base64.urlsafe_b64decode(pieces))
     meta.update(content_type="text/html\r\nSet-Cookie: a=b", etag=12345)
     others = {k: v for k, v in genuine.items() if not k.startswith("al-meta-")}
-    s3.put_object(Bucket=bucket, Key=name, Body=real, Metadata={**others, **_pieces(meta)})
+    s3.put_object(
+        Bucket=bucket, Key=name, Body=real, Metadata={**others, **meta_pieces(json.dumps(meta))}
+    )
     with urllib.request.urlopen(units[1].url + POOL, timeout=30) as r:
         assert r.status == 200 and r.read() == real
         assert r.headers["Content-Type"] == "application/octet-stream"

@@ -60,7 +60,12 @@ def _unit(
     """Unit `n` of a fleet on `bucket`; with `ports` (every unit's), the units know each
     other (`peer_url`, `peers`) and stream a download from the one that fetches it. With
     `fleet_key` the units share a key, as the charm gives them, and copy in each other's
-    objects; without it only what a unit can check against upstream itself."""
+    objects; without it only what a unit can check against upstream itself.
+
+    `workers` is 1 unless a test asks for the default (`auto`, as the trust tests do):
+    the fleet tests here count peer streams, uploads and store hits per unit, and a unit
+    of one process is what makes "one upstream GET, one peer stream per answer" exact
+    (with two workers a unit's own sibling may be the holder streamed from)."""
     cache = tmp_path / f"unit-{n}"
     store = {
         "type": "s3",

@@ -172,7 +172,8 @@ async def _deliver_from_peer(
                 break
             chunk = chunk[: length - received]
             received += len(chunk)
-            await send(check.take(chunk))
+            for piece in check.take(chunk):
+                await send(piece)
         if broke is None:
             try:
                 await send(check.finish())
@@ -237,8 +238,9 @@ async def _relay(
     """Copy the body; with an expectation, the last byte only once it checks out."""
     check = _Check(p.expect)
     async for chunk in body_chunks(upstream, engine.fetcher.limits):
-        if out := check.take(chunk):
-            await resp.write(out)
+        for piece in check.take(chunk):
+            if piece:
+                await resp.write(piece)
     if out := check.finish():
         await resp.write(out)
 
@@ -254,8 +256,9 @@ class _Check:
         self.size = 0
         self.held = b""
 
-    def take(self, chunk: bytes) -> bytes | memoryview:
-        """What of `chunk` may be sent now."""
+    def take(self, chunk: bytes) -> tuple[bytes | memoryview, ...]:
+        """What may be sent now, in pieces (the byte held so far, then `chunk` but its
+        last byte): no copy of the chunk."""
         expect = self.expect
         self.size += len(chunk)
         if expect.size is not None and self.size > expect.size:
@@ -263,10 +266,10 @@ class _Check:
         if self.digest is not None:
             self.digest.update(chunk)
         if not expect.known or not chunk:
-            return chunk
-        out = self.held + chunk[:-1] if self.held else memoryview(chunk)[:-1]
+            return (chunk,)
+        pieces = (self.held, memoryview(chunk)[:-1])
         self.held = chunk[-1:]
-        return out
+        return pieces
 
     def finish(self) -> bytes:
         """The held byte, once the whole body checks out."""

@@ -42,11 +42,25 @@ def _commit(store: ObjectStore, key: str, data: bytes, keep: bool = False) -> Me
     return meta
 
 
-def _pieces(fields: dict[str, Any]) -> dict[str, str]:
-    """Object metadata as a unit writes it (see objectstore._meta_pieces), any fields."""
-    encoded = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode()
-    pieces = [encoded[i : i + 240] for i in range(0, len(encoded), 240)]
-    return {f"al-meta-{i}": p for i, p in enumerate(pieces)}
+def meta_pieces(text: str) -> dict[str, str]:
+    """Object metadata as a unit writes it (see objectstore._meta_pieces), any JSON text."""
+    encoded = base64.urlsafe_b64encode(text.encode()).decode()
+    return {f"al-meta-{i // 240}": encoded[i : i + 240] for i in range(0, len(encoded), 240)}
+
+
+def consistent_metadata(key: str, body: bytes, **fields: Any) -> dict[str, str]:
+    """Metadata consistent with `body` (size, sha256), as a unit's, without its record."""
+    now = time.time()
+    meta = {
+        "url": f"http://{key}",
+        "size": len(body),
+        "fetched": now,
+        "checked": now,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "shared": True,
+        **fields,
+    }
+    return meta_pieces(json.dumps(meta))
 
 
 class Attacker:
@@ -67,17 +81,7 @@ class Attacker:
 
     def plant(self, key: str, body: bytes, **fields: Any) -> None:
         """An object with metadata consistent with `body` (size, sha256), as a unit's."""
-        now = time.time()
-        meta = {
-            "url": f"http://{key}",
-            "size": len(body),
-            "fetched": now,
-            "checked": now,
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "shared": True,
-            **fields,
-        }
-        self.put(key, body, _pieces(meta))
+        self.put(key, body, consistent_metadata(key, body, **fields))
 
 
 @pytest.fixture
@@ -206,7 +210,7 @@ def test_hostile_labels_are_dropped_and_never_break_an_answer(
     )
     meta.update(fields)
     kept = {k: v for k, v in genuine.items() if not k.startswith("al-meta-")}
-    attacker.put(POOL, data, {**kept, **_pieces(meta)})
+    attacker.put(POOL, data, {**kept, **meta_pieces(json.dumps(meta))})
     entry = b.adopt(POOL, NO_EXPECTATION)
     assert entry is not None and b.read_bytes(entry) == data
     for name in fields:
@@ -303,9 +307,7 @@ def test_metadata_nested_past_the_parsers_depth_is_refused_not_raised(
     now = time.time()
     fields = {"url": "u", "size": len(data), "fetched": now, "checked": now, "x": "DEEP"}
     text = json.dumps(fields).replace('"DEEP"', "[" * 990 + "0" + "]" * 990)
-    encoded = base64.urlsafe_b64encode(text.encode()).decode()
-    pieces = {f"al-meta-{i // 240}": encoded[i : i + 240] for i in range(0, len(encoded), 240)}
-    attacker.put(POOL, data, pieces)
+    attacker.put(POOL, data, meta_pieces(text))
     index_says = Expect(len(data), "sha256", hashlib.sha256(data).hexdigest())
     entry = b.adopt(POOL, index_says)  # never raises
     assert entry is None or b.read_bytes(entry) == data

@@ -448,5 +448,10 @@ def object_store(
         fleet_key=FleetKey(FLEET_KEY) if fleet_key else None,
     )
     store.connect()
+    deadline = time.monotonic() + 15
+    while "ServiceUnavailable" in (store.remote_problem() or ""):  # a Swift just started
+        assert time.monotonic() < deadline, store.remote_problem()  # (its 503 "slow down")
+        time.sleep(0.5)
+        store.connect()
     assert store.remote_problem() is None, store.remote_problem()
     return store

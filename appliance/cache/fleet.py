@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from appliance.cache.download import Expect
+from appliance.cache.objectstore import RETRY_AFTER
 from appliance.cache.store import Entry, Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Fleet:
         self.lease_ttl = lease_ttl
         self.peers: Peers | None = None
         self._pool = ThreadPoolExecutor(THREADS, "store") if self.remote else None
+        self._catching_up: asyncio.Task[None] | None = None
 
     def wait_limit(self, expect: Expect) -> float:
         """How long a caller waits on another's lease before it fetches for itself: a
@@ -59,6 +61,8 @@ class Fleet:
         return max(2 * self.lease_ttl, (expect.size or 0) / WAIT_RATE)
 
     def close(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -119,8 +123,25 @@ class Fleet:
         """Upload for the other units (no deadline: a big file takes its time; the
         client's bytes are sent already). A store that is away: noted as pending."""
         if self._pool is not None and not self.store.available():
-            return await self._local(self.store.share, entry)  # pending, no I/O on it
-        return await self._remote(f"upload {entry.key}", False, self.store.share, entry)
+            shared = await self._local(self.store.share, entry)  # pending, no I/O on it
+        else:
+            shared = await self._remote(f"upload {entry.key}", False, self.store.share, entry)
+        if not shared and self._pool is not None and entry.meta.shared:
+            self._catch_up_later()
+        return shared
+
+    def _catch_up_later(self) -> None:
+        """Upload what an outage left pending as soon as the store answers again, not
+        at the next request that happens to ask it (there may be none for hours)."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        catch_up = self.store.catch_up  # type: ignore[attr-defined]
+        while True:
+            await asyncio.sleep(RETRY_AFTER)
+            if await self._remote("upload pending entries", False, catch_up, deadline=False):
+                return
 
     async def adopt(self, key: str, expect: Expect) -> Entry | None:
         """This disk's entry, or the store's object when it can be tied to upstream."""

@@ -447,6 +447,24 @@ class ObjectStore:
             self._pending.discard(key)
         self._write_journal()
 
+    def catch_up(self) -> bool:
+        """Upload what waits (`share` during an outage) once the store may be asked
+        again, without waiting for the next request that asks it: True when nothing is
+        left to upload."""
+        if not self._pending:
+            return True
+        if not self._usable():
+            return False
+        try:
+            self.bucket.ensure()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return False
+        self._answered()
+        if self._pending:
+            self._upload_pending()
+        return not self._pending
+
     def remote_problem(self) -> str | None:
         """Why the shared store is not used now (None: it is)."""
         return self.remote_error

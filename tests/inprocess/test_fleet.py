@@ -5,6 +5,7 @@ another's download from."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -152,3 +153,32 @@ def test_a_lease_is_waited_on_as_long_as_its_file_may_fairly_take(tmp_path: Path
     assert fleet.wait_limit(NO_EXPECTATION) == 60.0
     assert fleet.wait_limit(Expect(size=10 << 20)) == 60.0
     assert fleet.wait_limit(Expect(size=2 << 30)) == 2048.0
+
+
+async def test_what_an_outage_left_pending_is_uploaded_once_the_store_answers(
+    swift: Any, origin: Origin, tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file fetched while the store was left alone (a missed deadline) reaches the
+    bucket when the store may be asked again, with no further request to ask it."""
+    from appliance.cache import fleet, objectstore
+
+    monkeypatch.setattr(fleet, "RETRY_AFTER", 0.2)
+    monkeypatch.setattr(objectstore, "RETRY_AFTER", 0.2)
+    origin.files["/img/late.img"] = os.urandom(50_000)
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    store = object_store(swift, tmp_path / "a", prefix=f"{uuid.uuid4().hex}/")
+    engine = CacheEngine(store, fetcher, max_size=1 << 30, ttl=300, clock=clock)
+    await engine.start()
+    try:
+        store.trip("test: a lease call missed its deadline")
+        key = "origin/img/late.img"
+        await engine.ensure(key, [origin.url("/img/late.img")], Expect(size=50_000), keep=True)
+        await engine.idle()
+        assert store.bucket.head(key) is None  # pending: the store was not asked
+        for _ in range(100):  # (the bucket read directly: asking the store would upload)
+            if store.bucket.head(key) is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert store.bucket.head(key) is not None and store.remote_problem() is None
+    finally:
+        await engine.close()

@@ -10,7 +10,9 @@ BIN       := $(VENV)/bin
 # several units in the fleet tests)
 TEST_DEBS := apt apt-utils dpkg-dev gnupg gpgv curl xz-utils openssl bsdutils qemu-utils \
              prometheus chromium iproute2 cloud-init dnsmasq-base strace util-linux systemd \
-             memcached haproxy lxd-client
+             memcached haproxy lxd-client python-apt-common
+# the distributions' mirror lists (data only): the default configuration reads them
+RUN_DEBS  := python-apt-common
 # real servers the tests start, each in its own venv: Glance (gunicorn) and moto (EC2/S3)
 COMPONENTS ?= .components
 GLANCE_VERSION := 33.0.0
@@ -48,6 +50,7 @@ endef
 components: $(COMPONENTS)/glance/.installed $(COMPONENTS)/moto/.installed \
             $(COMPONENTS)/swift/.installed \
             $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy \
+            $(COMPONENTS)/apt-cacher-ng/.installed \
             $(COMPONENTS)/cloud-init-trixie/.installed
 $(COMPONENTS)/glance/.installed: tests/components/glance-constraints.txt
 	$(PYTHON) -m venv $(COMPONENTS)/glance
@@ -76,6 +79,15 @@ $(COMPONENTS)/cloud-init-trixie/.installed:
 	dpkg-deb -x $(COMPONENTS)/debs-trixie/cloud-init_*.deb $(COMPONENTS)/cloud-init-trixie
 	@touch $@
 
+# apt-cacher-ng's mirror lists as its package ships them, unpacked, not installed (it would
+# run a proxy on port 3142): the mirror-list tests read them
+$(COMPONENTS)/apt-cacher-ng/.installed:
+	mkdir -p $(COMPONENTS)/debs
+	cd $(COMPONENTS)/debs && { apt-get download apt-cacher-ng 2>/dev/null || \
+	    { $(SUDO) apt-get update -q && apt-get download apt-cacher-ng; }; }
+	dpkg-deb -x $(COMPONENTS)/debs/apt-cacher-ng_*.deb $(COMPONENTS)/apt-cacher-ng
+	@touch $@
+
 # Debian's auto-apt-proxy, unpacked, not installed: installed it would hook the machine's apt
 $(COMPONENTS)/auto-apt-proxy/usr/bin/auto-apt-proxy:
 	mkdir -p $(COMPONENTS)/debs
@@ -93,6 +105,7 @@ debs-bench:
 	$(call apt_install,$(BENCH_DEBS))
 
 run: venv
+	$(call apt_install,$(RUN_DEBS))
 	$(BIN)/archive-local serve $(ARGS)
 
 # make install (root): the service on this machine. A venv under PREFIX with the package,

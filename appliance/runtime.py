@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import config as configuration
-from appliance.apt import expire
+from appliance.apt import expire, mirrors
 from appliance.apt.catalog import IndexCatalog
 from appliance.apt.routing import Router
 from appliance.cache import verify
@@ -62,10 +62,25 @@ class Core:
     egress: EgressPolicy
     fetcher: Fetcher
     engine: CacheEngine
+    mirrors: mirrors.Mirrors
 
     @property
     def store(self) -> Store:
         return self.engine.store
+
+
+def apt_mirrors(config: Config) -> mirrors.Mirrors:
+    """The official mirrors of the remaps' archives and the machine's own apt hosts."""
+    apt = config.apt
+    return mirrors.load(apt.remaps, apt.mirrors, apt.sources)
+
+
+def upstream_rule(
+    config: Config, official: mirrors.Mirrors, extra_urls: Iterable[str] = ()
+) -> Callable[[str], bool]:
+    """Whether the appliance may connect to a host[:port]: configured or an official mirror."""
+    hosts = configured_hosts(config, extra_urls)
+    return lambda target: target in hosts or official.accepts_host(target)
 
 
 @contextlib.asynccontextmanager
@@ -80,7 +95,8 @@ async def core(
     `extra_urls`: an ad hoc feed). `own_port_allowed`: `query` reads this appliance.
     `worker`: this process's index among `workers: N`."""
     own = () if own_port_allowed else (config.listen.port,)
-    egress = EgressPolicy(configured_hosts(config, extra_urls).__contains__, own_ports=own)
+    official = await asyncio.to_thread(apt_mirrors, config)
+    egress = EgressPolicy(upstream_rule(config, official, extra_urls), own_ports=own)
     async with contextlib.AsyncExitStack() as stack:
         fetcher = Fetcher.from_config(config.upstream, egress)
         stack.push_async_callback(fetcher.close)
@@ -92,7 +108,7 @@ async def core(
             min_free=config.cache.min_free,
         )
         stack.push_async_callback(engine.close)
-        yield Core(config, egress, fetcher, engine)
+        yield Core(config, egress, fetcher, engine, official)
 
 
 class Appliance:
@@ -110,7 +126,7 @@ class Appliance:
         self.metrics = Metrics(enabled=config.metrics)
         self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
         self.admin = Admin(config.admin)
-        self.router = Router(config.apt.remaps, config.apt.allow)
+        self.router = Router(config.apt.remaps, config.apt.allow, base.mirrors)
         self.catalog = IndexCatalog(config.cache.dir, self.store)  # what apt indexes list
         self.engine.rules.append(self.catalog)
         self.images = ImageRoutes(self.engine)
@@ -198,9 +214,10 @@ class Appliance:
         except configuration.ConfigError as exc:
             raise web.HTTPBadRequest(text=f"reload: {exc} (nothing changed)\n") from None
         restart = configuration.restart_needed(self.config, new)
+        official = await asyncio.to_thread(apt_mirrors, new)
         self.config = new
-        self.router = Router(new.apt.remaps, new.apt.allow)
-        self.egress.allow(configured_hosts(new))
+        self.router = Router(new.apt.remaps, new.apt.allow, official)
+        self.egress.allow(upstream_rule(new, official))
         self.engine.apply(new)
         if self.server is not None:
             self.server.cap = new.limits.connections_per_client

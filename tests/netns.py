@@ -239,3 +239,29 @@ def linked_namespaces(tag: str, subnet: int, resolv_b: str = "") -> Iterator[Lin
         for ns in (link.a, link.b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lone_namespace(tag: str) -> Iterator[str]:
+    """A network namespace with only its own loopback (`al-<tag>-<pid>`): servers in it
+    may take the well-known ports (80, 3142) of names the test resolves to 127.0.0.x."""
+    _need_namespaces()
+    ns = f"al-{tag}-{os.getpid() % 100000}"
+    try:
+        _ip("netns", "add", ns)
+        _ip("-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def with_hosts(ns: str, hosts: str) -> tuple[str, ...]:
+    """The prefix that runs a command in `ns` with `hosts` as its /etc/hosts (a private
+    mount namespace: the machine's file is not touched)."""
+    script = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return ("ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private") + (
+        "sh",
+        "-c",
+        script,
+        hosts,
+    )

@@ -1,8 +1,10 @@
 """Who may be proxied: remap names and allowed hosts -> cache keys and upstream URLs.
 
 Not an open proxy: a forward-proxy request is served only when it falls under a
-remap's upstream or an `apt.allow` entry; a path request only under a configured
-remap name. Everything else is `Forbidden` (403).
+remap's upstream, an official mirror of a remap's archive (`apt.mirrors`, see `mirrors`),
+a host of the machine's own apt sources or an `apt.allow` entry; a path request only
+under a configured remap name. Everything else is `Forbidden` (403), and the status line
+says why: apt shows it and nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from appliance.apt.mirrors import Mirrors
 from appliance.apt.paths import BadPath, encode_path, expectation, freshness, split_path
 from appliance.cache.keys import UpstreamBase, hostport
 from appliance.cache.route import Route
@@ -22,7 +25,8 @@ ROUTE_MEMO_TARGET = 1024  # longer targets are routed every time, never remember
 
 
 class Forbidden(PermissionError):
-    """A request for an upstream that is not configured; answered with 403."""
+    """A request for an upstream that is not configured; answered with 403 and the
+    message as the status line's reason (what apt prints)."""
 
 
 def _host_only(hostport: str) -> str:
@@ -32,10 +36,16 @@ def _host_only(hostport: str) -> str:
 
 
 class Router:
-    def __init__(self, remaps: Mapping[str, tuple[str, ...]], allow: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        remaps: Mapping[str, tuple[str, ...]],
+        allow: tuple[str, ...] = (),
+        mirrors: Mirrors | None = None,
+    ) -> None:
         self._remaps = {
             name: tuple(UpstreamBase.parse(u) for u in urls) for name, urls in remaps.items()
         }
+        self.mirrors = mirrors or Mirrors()
         self._allowed = {a.lower() for a in allow}
         self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
         self._allowed_hosts = {_host_only(hp) for hp in self._allowed}
@@ -45,6 +55,22 @@ class Router:
     @property
     def remap_names(self) -> list[str]:
         return sorted(self._remaps)
+
+    def accepted(self) -> list[str]:
+        """What proxy-form requests may name, for people (`GET /`): each remap's upstreams
+        and official mirrors, the machine's own apt hosts, `apt.allow`."""
+        lines = []
+        for name in self.remap_names:
+            lines.append(f"/{name}/: {', '.join(m.url(()) for m in self._remaps[name])}")
+            lines += [f"  and mirrors: {where}" for where in self.mirrors.sources.get(name, ())]
+        if self.mirrors.machine_hosts:
+            lines.append(
+                f"this machine's apt sources: {', '.join(sorted(self.mirrors.machine_hosts))}"
+            )
+        remap_hosts = {m.hostport for mirrors in self._remaps.values() for m in mirrors}
+        if allowed := sorted(self._allowed - remap_hosts):
+            lines.append(f"apt.allow: {', '.join(allowed)}")
+        return lines
 
     def route(self, target: str) -> Route:
         """A request target in either form; answers are memoised (they are pure)."""
@@ -65,7 +91,9 @@ class Router:
         """`/NAME/rest` (path-remap form)."""
         segments = split_path(raw_path)
         if not segments or segments[0] not in self._remaps:
-            raise Forbidden(f"no remap named {segments[0]!r}" if segments else "no remap given")
+            names = ", ".join(f"/{n}/" for n in self.remap_names) or "none"
+            what = f"No remap named {segments[0]}" if segments else "No remap given"
+            raise Forbidden(f"{what} (remaps: {names})")
         return self._remap_route(self._remaps[segments[0]], segments[1:], first=None)
 
     def route_url(self, url: str) -> Route:
@@ -85,8 +113,15 @@ class Router:
             for i, m in enumerate(mirrors):
                 if m.hostport == target and segments[: len(m.base)] == m.base:
                     return self._remap_route(mirrors, segments[len(m.base) :], first=i)
-        if target not in self._allowed:
-            raise Forbidden(f"{target} is not a configured upstream")
+        found = self.mirrors.match(target, segments)
+        if found is not None:  # an official mirror of a remap's archive: its entries
+            name, n = found
+            via = UpstreamBase("http", target, segments[:n])
+            return self._remap_route(self._remaps[name], segments[n:], first=None, via=via)
+        if target not in self._allowed and target not in self.mirrors.machine_hosts:
+            raise Forbidden(
+                f"Not a configured upstream: {target} (add it with --remap or apt.allow)"
+            )
         if not segments:
             raise BadPath("no file named")
         return Route(
@@ -98,16 +133,27 @@ class Router:
 
     def allow_connect(self, host: str, port: int) -> bool:
         """CONNECT (https tunnels) only to configured hosts, only on 443."""
-        return port in CONNECT_PORTS and hostport(host, None) in self._allowed_hosts
+        if port not in CONNECT_PORTS:
+            return False
+        target = hostport(host, None)
+        return target in self._allowed_hosts or self.mirrors.accepts_host(target)
 
     def _remap_route(
-        self, mirrors: tuple[UpstreamBase, ...], rest: tuple[str, ...], first: int | None
+        self,
+        mirrors: tuple[UpstreamBase, ...],
+        rest: tuple[str, ...],
+        first: int | None,
+        via: UpstreamBase | None = None,
     ) -> Route:
+        """The remap's entry; asked of `via` first (the mirror the client named: it may be
+        the only one its network reaches), then of the remap's upstreams in order."""
         if not rest:
             raise BadPath("no file named")
         order = list(mirrors)
         if first:
             order.insert(0, order.pop(first))
+        if via is not None:
+            order = [via, *(m for m in order if m != via)]
         canonical = mirrors[0]
         return Route(
             key="/".join((canonical.hostport, *canonical.base, *rest)),

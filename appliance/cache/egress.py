@@ -70,9 +70,9 @@ class EgressPolicy:
         self.allowed: Callable[[str], bool] = allowed or (lambda _hp: False)
         self.own_ports = frozenset(own_ports)
 
-    def allow(self, hosts: frozenset[str]) -> None:
+    def allow(self, allowed: Callable[[str], bool]) -> None:
         """The configured upstream hosts of a new configuration (reload)."""
-        self.allowed = hosts.__contains__
+        self.allowed = allowed
 
     def address_problem(self, ip: str, port: int) -> str | None:
         """Why a connection to ip:port is forbidden, or None."""

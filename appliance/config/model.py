@@ -78,6 +78,10 @@ class AptConfig:
     index_ttl: float
     remaps: Mapping[str, tuple[str, ...]]
     allow: tuple[str, ...] = ()
+    # remap -> official mirrors of its archive: `file:` mirror lists the distributions
+    # ship, URLs, `*` host patterns (proxy-form requests to them share the remap's entries)
+    mirrors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()  # apt sources files whose http hosts are accepted
 
 
 @dataclass(frozen=True)

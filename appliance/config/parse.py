@@ -247,8 +247,32 @@ def parse_remaps(value: Any) -> dict[str, tuple[str, ...]]:
     return remaps
 
 
+def parse_mirrors(value: Any) -> dict[str, tuple[str, ...]]:
+    """remap -> `file:/path` mirror lists, http(s) mirror URLs and `*` host patterns."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, specs in expect_mapping(value or {}, "apt.mirrors").items():
+        key = f"apt.mirrors.{name}"
+        if not isinstance(specs, list):
+            raise ConfigError(f"{key}: expected a list of file:/path or http:// entries")
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, str):
+                raise ConfigError(f"{key}[{i}]: expected file:/path or a URL, got {spec!r}")
+            if spec.startswith("file:"):
+                if not spec.startswith("file:/"):
+                    raise ConfigError(f"{key}[{i}]: a mirror list is file:/absolute/path")
+            else:
+                parse_upstream(spec.replace("*", "x"), f"{key}[{i}]")
+                if "*" in urlsplit(spec).path:
+                    raise ConfigError(f"{key}[{i}]: '*' belongs in the host, not the path")
+        out[str(name)] = tuple(specs)
+    return out
+
+
 def _parse_apt(data: Mapping[str, Any]) -> AptConfig:
-    check_keys(data, ("index_ttl", "remaps", "allow"), "apt")
+    check_keys(data, ("index_ttl", "remaps", "allow", "mirrors", "sources"), "apt")
+    sources = data.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
+        raise ConfigError(f"apt.sources: expected a list of files or directories, got {sources!r}")
     allow = data.get("allow", list(AptConfig.allow))
     if not isinstance(allow, list):
         raise ConfigError(f"apt.allow: expected a list of host[:port], got {allow!r}")
@@ -259,6 +283,8 @@ def _parse_apt(data: Mapping[str, Any]) -> AptConfig:
         index_ttl=seconds(data, "index_ttl", "apt", data.get("index_ttl"), positive=False),
         remaps=parse_remaps(data.get("remaps", {})),
         allow=tuple(item.lower() for item in allow),
+        mirrors=parse_mirrors(data.get("mirrors")),
+        sources=tuple(sources),
     )
 
 

@@ -72,6 +72,12 @@ class Parts(status.Source, Actions, Protocol):
     async def health(self) -> tuple[int, dict[str, Any]]: ...
 
 
+def status_reason(text: str) -> str:
+    """A status line's reason phrase from a message that may hold what a client sent:
+    printable ASCII only (no CR/LF to split the response), bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+
+
 def _secure(request: web.BaseRequest) -> bool:
     transport = request.transport
     return transport is not None and transport.get_extra_info("sslcontext") is not None
@@ -142,7 +148,9 @@ class Handler:
         except BadPath as exc:
             raise web.HTTPBadRequest(text=f"bad request: {exc}\n") from None
         except Forbidden as exc:
-            raise web.HTTPForbidden(text=f"forbidden: {exc}\n") from None
+            raise web.HTTPForbidden(
+                reason=status_reason(str(exc)), text=f"forbidden: {exc}\n"
+            ) from None
         except NotFound as exc:
             raise web.HTTPNotFound(text=f"not found: {exc}\n") from None
         engine = parts.engine
@@ -186,7 +194,8 @@ class Handler:
         if not host or not port.isdigit():
             raise web.HTTPBadRequest(text="CONNECT needs host:port\n")
         if not self.parts.router.allow_connect(host, int(port)):
-            raise web.HTTPForbidden(text=f"forbidden: CONNECT to {request.raw_path}\n")
+            why = f"CONNECT to {request.raw_path}: only to configured upstreams, on port 443"
+            raise web.HTTPForbidden(reason=status_reason(why), text=f"forbidden: {why}\n")
         return await tunnel(request, host, int(port), self.parts.egress)
 
     async def _api(self, request: web.BaseRequest, siblings: Workers | None) -> web.StreamResponse:
@@ -240,15 +249,16 @@ class Handler:
         if "text/html" in request.headers.get("Accept", ""):  # a browser: the status page
             snap = await self._snapshot(siblings)
             return web.Response(text=status.render_page(snap), content_type="text/html")
-        remaps = parts.config.apt.remaps
         port = parts.config.listen.port
-        names = "\n".join(f"  /{n}/ -> {', '.join(remaps[n])}" for n in parts.router.remap_names)
+        accepted = "\n".join(f"  {line}" for line in parts.router.accepted())
         # `406 Usage Information`, as apt-cacher-ng answers apt's own GET /: what
         # auto-apt-proxy probes for. Browsers got the status page above.
         return web.Response(
             status=406,
             reason="Usage Information",
-            text=f"archive-local {__version__}: apt cache\n\nremaps:\n{names}\n"
-            f'\nforward proxy: Acquire::http::Proxy "http://<this host>:{port}";\n'
-            "status page: open this address in a browser\n",
+            text=f"archive-local {__version__}: apt cache\n\n"
+            f'forward proxy: Acquire::http::Proxy "http://<this host>:{port}";\n'
+            f"path form: deb http://<this host>:{port}/<remap>/ <suite> <components>\n"
+            f"\naccepted upstreams (remaps, and the hosts proxy-form requests may name):\n"
+            f"{accepted}\n\nstatus page: open this address in a browser\n",
         )

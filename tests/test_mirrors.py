@@ -1,0 +1,172 @@
+"""Stock apt sources work out of the box: every official Debian and Ubuntu mirror a stock
+image names is accepted in proxy form by the embedded default configuration, and every
+mirror of one archive shares that archive's cache entries (no network: routing only)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from appliance import runtime
+from appliance.apt import mirrors
+from appliance.apt.routing import Forbidden, Router
+from appliance.config import ConfigError
+from appliance.config.parse import load, parse
+from tests.conftest import unavailable
+
+TEMPLATES = Path("/usr/share/python-apt/templates")
+REPO = Path(__file__).parents[1]
+ACNG_LISTS = REPO / ".components/apt-cacher-ng/usr/lib/apt-cacher-ng"
+# what stock images, cloud images and the distributions' installers write
+STOCK = {
+    "debian": [
+        "deb.debian.org",
+        "ftp.debian.org",
+        "ftp.fr.debian.org",
+        "ftp.us.debian.org",
+        "cdn-fastly.deb.debian.org",
+        "debian.map.fastlydns.net",
+    ],
+    "debian-security": ["security.debian.org", "deb.debian.org"],
+    "ubuntu": [
+        "archive.ubuntu.com",
+        "security.ubuntu.com",
+        "fr.archive.ubuntu.com",
+        "us-east-1.ec2.archive.ubuntu.com",
+        "nova.clouds.archive.ubuntu.com",
+        "azure.archive.ubuntu.com",
+    ],
+    "ubuntu-ports": ["ports.ubuntu.com", "de.ports.ubuntu.com"],
+}
+ARCHIVE = {"debian": "debian", "debian-security": "debian-security"}
+
+
+def _router(config_data: dict | None = None) -> Router:
+    """The router exactly as the service builds it (runtime.apt_mirrors)."""
+    config = load(None) if config_data is None else parse(config_data)
+    return Router(config.apt.remaps, config.apt.allow, runtime.apt_mirrors(config))
+
+
+def _canonical(router: Router, remap: str) -> str:
+    return router.route(f"/{remap}/dists/x/InRelease").key.removesuffix("/dists/x/InRelease")
+
+
+def _list_urls(path: Path) -> list[str]:
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+    return [u for u in text.split() if u.startswith(("http://", "https://"))]
+
+
+def _lists() -> dict[str, list[str]]:
+    """The python-apt lists (make test installs python-apt-common)."""
+    found = {}
+    for name, remap in (("Debian.mirrors", "debian"), ("Ubuntu.mirrors", "ubuntu")):
+        path = TEMPLATES / name
+        if not path.exists():
+            unavailable(f"{path} missing: apt-get install python-apt-common (make test does)")
+        found[remap] = _list_urls(path)
+    return found
+
+
+def _archive_of(url: str, remap: str) -> str:
+    """The archive a list entry serves: its list's, unless its path or host names a kin
+    archive (`ubuntu-ports` in Ubuntu's list, `debian-security` in Debian's)."""
+    host, _, path = url.split("://", 1)[1].lower().partition("/")
+    words = set(path.split("/")) | set(host.split("."))
+    kin = {"debian": "debian-security", "ubuntu": "ubuntu-ports"}[remap]
+    return kin if kin in words else remap
+
+
+def _check_list(router: Router, remap: str, urls: list[str]) -> int:
+    """Every entry is accepted and shares its archive's entries; the count checked."""
+    checked = 0
+    for url in urls:
+        request = "http://" + url.split("://", 1)[1].rstrip("/") + "/dists/stable/InRelease"
+        route = router.route(request)  # Forbidden fails the test
+        archive = _archive_of(url, remap)
+        assert route.key == f"{_canonical(router, archive)}/dists/stable/InRelease", url
+        assert route.urls[0] == request  # the mirror the client named is asked first
+        checked += 1
+    return checked
+
+
+def test_every_official_mirror_in_the_distributions_lists_is_accepted_by_default() -> None:
+    router = _router()
+    checked = sum(_check_list(router, remap, urls) for remap, urls in _lists().items())
+    assert checked > 800  # (Debian.mirrors and Ubuntu.mirrors: several hundred each)
+
+
+def test_apt_cacher_ng_lists_are_read_where_it_keeps_them() -> None:
+    """An operator moving from apt-cacher-ng: its lists (as its package ships them, here
+    unpacked by `make test`) are read in the place the default configuration names."""
+    lists = {"debian": "deb_mirrors.gz", "ubuntu": "ubuntu_mirrors"}
+    if not all((ACNG_LISTS / f).exists() for f in lists.values()):
+        unavailable(f"{ACNG_LISTS} missing: make test unpacks apt-cacher-ng's package there")
+    default = load(None)
+    named = {s for specs in default.apt.mirrors.values() for s in specs}
+    assert {f"file:/usr/lib/apt-cacher-ng/{f}" for f in lists.values()} <= named
+    data = {
+        "apt": {"mirrors": {r: [f"file:{ACNG_LISTS / f}"] for r, f in lists.items()}},
+    }
+    router = _router(data)
+    checked = sum(_check_list(router, r, _list_urls(ACNG_LISTS / f)) for r, f in lists.items())
+    assert checked > 700
+
+
+def test_stock_image_hosts_and_this_machines_own_sources_are_accepted() -> None:
+    router = _router()
+    for remap, hosts in STOCK.items():
+        canonical = _canonical(router, remap)
+        archive = ARCHIVE.get(remap, remap)
+        for host in hosts:
+            route = router.route(f"http://{host}/{archive}/pool/main/h/hello/hello_1_all.deb")
+            assert route.key == f"{canonical}/pool/main/h/hello/hello_1_all.deb", host
+    own = list(mirrors.source_uris(["/etc/apt/sources.list", "/etc/apt/sources.list.d"]))
+    assert own, "this machine has no apt sources"
+    for uri in own:
+        if uri.startswith("http://"):
+            router.route(uri.rstrip("/") + "/dists/stable/InRelease")  # not Forbidden
+
+
+def test_what_the_default_configuration_does_not_name_is_refused_with_the_reason() -> None:
+    router = _router()
+    with pytest.raises(Forbidden, match=r"Not a configured upstream: deb\.example\.org \(add"):
+        router.route("http://deb.example.org/debian/pool/a.deb")
+    # an official domain outside an archive's path is not an archive
+    with pytest.raises(Forbidden):
+        router.route("http://people.debian.org/~someone/x.deb")
+    with pytest.raises(Forbidden, match=r"No remap named nope \(remaps: /debian/"):
+        router.route("/nope/pool/a.deb")
+
+
+def test_a_list_that_mixes_archives_keeps_each_archive_apart(tmp_path: Path) -> None:
+    """Ubuntu's lists hold ports mirrors beside the archive's: an InRelease of one is not
+    the other's, so each goes to the remap its path or host names."""
+    listed = tmp_path / "Ubuntu.mirrors"
+    listed.write_text(
+        "#LOC:XX\nhttp://m.example/ubuntu/\nhttp://m.example/ubuntu-ports/\n"
+        "http://ubuntu-ports.example/\nftp://old.example/ubuntu/\nmirror://x/mirrors.txt\n"
+    )
+    router = _router(
+        {"apt": {"mirrors": {"ubuntu": [f"file:{listed}"], "ubuntu-ports": []}, "sources": []}}
+    )
+    ports = _canonical(router, "ubuntu-ports")
+    archive = _canonical(router, "ubuntu")
+    assert router.route("http://m.example/ubuntu/dists/n/InRelease").key.startswith(archive)
+    assert router.route("http://m.example/ubuntu-ports/dists/n/InRelease").key.startswith(ports)
+    assert router.route("http://ubuntu-ports.example/dists/n/InRelease").key.startswith(ports)
+    with pytest.raises(Forbidden):
+        router.route("http://old.example/ubuntu/dists/n/InRelease")  # ftp:// is not http
+
+
+def test_mirror_entries_are_checked_when_the_configuration_is_read() -> None:
+    for bad, where in (
+        ({"debian": "file:/x"}, "apt.mirrors.debian"),
+        ({"debian": ["file:relative"]}, r"apt.mirrors.debian\[0\]"),
+        ({"debian": ["ftp://x/debian/"]}, r"apt.mirrors.debian\[0\]"),
+        ({"debian": ["http://x/*/debian/"]}, r"apt.mirrors.debian\[0\]"),
+    ):
+        with pytest.raises(ConfigError, match=where):
+            parse({"apt": {"mirrors": bad}})

@@ -259,9 +259,5 @@ def with_hosts(ns: str, hosts: str) -> tuple[str, ...]:
     """The prefix that runs a command in `ns` with `hosts` as its /etc/hosts (a private
     mount namespace: the machine's file is not touched)."""
     script = 'mount --bind "$0" /etc/hosts && exec "$@"'
-    return ("ip", "netns", "exec", ns, "unshare", "-m", "--propagation", "private") + (
-        "sh",
-        "-c",
-        script,
-        hosts,
-    )
+    unshare = ("unshare", "-m", "--propagation", "private")
+    return ("ip", "netns", "exec", ns, *unshare, "sh", "-c", script, hosts)

@@ -99,9 +99,9 @@ def _serve(ns: str, hosts: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes
         )
     )
     log = tmp_path / "appliance.log"
+    serve = (sys.executable, "-m", "appliance", "serve", "--config", str(config))
     proc = subprocess.Popen(
-        [*with_hosts(ns, str(hosts)), sys.executable, "-m", "appliance", "--config", str(config)]
-        + ["serve"],
+        [*with_hosts(ns, str(hosts)), *serve],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         cwd=REPO,

@@ -51,9 +51,18 @@ def build_deb(work: Path, name: str, version: str, payload: bytes, depends: str 
     return out
 
 
-def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
+def build_repo(
+    base: Path,
+    large_size: int = 3 * 1024 * 1024,
+    dists: dict[str, dict[str, tuple[str, ...]]] | None = None,
+) -> AptRepo:
+    """The repository as /debian (suite `test`, component main), or as `dists` says:
+    archive path -> suite -> components, all signed by one key; the packages are in the
+    first archive's `main`, the other indexes are empty."""
+    dists = dists or {"debian": {SUITE: ("main",)}}
     arch = _run("dpkg", "--print-architecture").stdout.decode().strip()
-    root = base / "debian"
+    first = next(iter(dists))
+    root = base / first
     work = base / "work"
     work.mkdir(parents=True)
     debs: dict[str, Path] = {}
@@ -69,31 +78,52 @@ def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
         target = pool / deb.name.replace("_2:", "_")  # pool names carry no epoch
         shutil.move(deb, target)
         debs[name] = target
+    key = ThrowawayKey(base)
+    try:
+        for archive, suites in dists.items():
+            for suite, components in suites.items():
+                _dist(base / archive, suite, components, arch, key, archive == first)
+    finally:
+        key.close()
+    shutil.rmtree(work)
+    return AptRepo(root, key.keyring, arch, debs)
 
-    dist = root / "dists" / SUITE
-    binary = dist / "main" / f"binary-{arch}"
-    binary.mkdir(parents=True)
+
+def _dist(
+    root: Path,
+    suite: str,
+    components: tuple[str, ...],
+    arch: str,
+    key: ThrowawayKey,
+    with_packages: bool,
+) -> None:
+    dist = root / "dists" / suite
     hashopts = ["-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"]
-    packages = _run("apt-ftparchive", *hashopts, "packages", "pool", cwd=root).stdout
-    (binary / "Packages").write_bytes(packages)
-    (binary / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-    (binary / "Packages.xz").write_bytes(lzma.compress(packages))
-    byhash = binary / "by-hash" / "SHA256"
-    byhash.mkdir(parents=True)
-    for f in ("Packages", "Packages.gz", "Packages.xz"):
-        data = (binary / f).read_bytes()
-        (byhash / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    for component in components:
+        binary = dist / component / f"binary-{arch}"
+        binary.mkdir(parents=True)
+        packages = b""
+        if with_packages and component == "main":
+            packages = _run("apt-ftparchive", *hashopts, "packages", "pool", cwd=root).stdout
+        (binary / "Packages").write_bytes(packages)
+        (binary / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
+        (binary / "Packages.xz").write_bytes(lzma.compress(packages))
+        byhash = binary / "by-hash" / "SHA256"
+        byhash.mkdir(parents=True)
+        for f in ("Packages", "Packages.gz", "Packages.xz"):
+            data = (binary / f).read_bytes()
+            (byhash / hashlib.sha256(data).hexdigest()).write_bytes(data)
     release = _run(
         "apt-ftparchive",
         *hashopts,
         "-o",
-        f"APT::FTPArchive::Release::Suite={SUITE}",
+        f"APT::FTPArchive::Release::Suite={suite}",
         "-o",
-        f"APT::FTPArchive::Release::Codename={SUITE}",
+        f"APT::FTPArchive::Release::Codename={suite}",
         "-o",
         f"APT::FTPArchive::Release::Architectures={arch}",
         "-o",
-        "APT::FTPArchive::Release::Components=main",
+        f"APT::FTPArchive::Release::Components={' '.join(components)}",
         "-o",
         "APT::FTPArchive::Release::Acquire-By-Hash=yes",
         "release",
@@ -101,12 +131,5 @@ def build_repo(base: Path, large_size: int = 3 * 1024 * 1024) -> AptRepo:
         cwd=root,
     ).stdout
     (dist / "Release").write_bytes(release)
-
-    key = ThrowawayKey(base)
-    try:
-        key.clearsign(dist / "Release", dist / "InRelease")
-        key.detach_sign(dist / "Release", dist / "Release.gpg")
-    finally:
-        key.close()
-    shutil.rmtree(work)
-    return AptRepo(root, key.keyring, arch, debs)
+    key.clearsign(dist / "Release", dist / "InRelease")
+    key.detach_sign(dist / "Release", dist / "Release.gpg")

@@ -139,23 +139,41 @@ def read_list(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+@dataclass(frozen=True)
+class SourceEntry:
+    """One enabled entry of an apt sources file."""
+
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+
+
 def source_uris(paths: Iterable[str]) -> Iterator[str]:
-    """The URIs of apt's sources files: one-line `.list` (`deb [opts] URI suite ...`) and
-    deb822 `.sources` (`URIs:`), enabled entries only; a directory means its files."""
+    """The URIs of apt's sources files (see `source_entries`)."""
+    return (entry.uri for entry in source_entries(paths))
+
+
+def source_entries(paths: Iterable[str]) -> Iterator[SourceEntry]:
+    """The enabled entries of apt's sources files: one-line `.list`
+    (`deb [opts] URI suite comp...`) and deb822 `.sources` (`URIs:`, `Suites:`,
+    `Components:`); a directory means its files."""
     for name in paths:
         path = Path(name)
-        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+        except OSError:
+            continue
         for f in files:
             try:
-                if f.suffix == ".list":
-                    yield from _one_line_uris(f.read_text(errors="replace"))
+                if f.suffix == ".list" or f.name == "sources.list":
+                    yield from _one_line_entries(f.read_text(errors="replace"))
                 elif f.suffix == ".sources":
-                    yield from _deb822_uris(f.read_text(errors="replace"))
+                    yield from _deb822_entries(f.read_text(errors="replace"))
             except OSError:
                 continue
 
 
-def _one_line_uris(text: str) -> Iterator[str]:
+def _one_line_entries(text: str) -> Iterator[SourceEntry]:
     for line in text.splitlines():
         words = line.split("#", 1)[0].split()
         if not words or words[0] not in ("deb", "deb-src"):
@@ -165,11 +183,11 @@ def _one_line_uris(text: str) -> Iterator[str]:
             while words and not words[0].endswith("]"):
                 words = words[1:]
             words = words[1:]
-        if words:
-            yield words[0]
+        if len(words) >= 2:
+            yield SourceEntry(words[0], (words[1],), tuple(words[2:]))
 
 
-def _deb822_uris(text: str) -> Iterator[str]:
+def _deb822_entries(text: str) -> Iterator[SourceEntry]:
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
         last = ""
@@ -184,7 +202,10 @@ def _deb822_uris(text: str) -> Iterator[str]:
                 fields[last] = value.strip()
         if fields.get("enabled", "yes").lower() == "no":
             continue
-        yield from fields.get("uris", "").split()
+        suites = tuple(fields.get("suites", "").split())
+        components = tuple(fields.get("components", "").split())
+        for uri in fields.get("uris", "").split():
+            yield SourceEntry(uri, suites, components)
 
 
 def load(

@@ -303,7 +303,8 @@ upstream: {min_rate: 0, deadline: 45s}
 
 def test_the_embedded_defaults_and_the_dataclasses_agree() -> None:
     """Defaults live in the dataclasses; the embedded YAML only adds what has none there
-    (listen, cache.dir/max_size, remaps): where both say something, they agree."""
+    (listen, cache.dir/max_size, apt remaps, mirrors, sources): where both say something,
+    they agree."""
     from dataclasses import MISSING, fields
 
     from appliance import config

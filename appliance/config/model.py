@@ -77,11 +77,11 @@ class CacheConfig:
 class AptConfig:
     index_ttl: float
     remaps: Mapping[str, tuple[str, ...]]
-    allow: tuple[str, ...] = ()
     # remap -> official mirrors of its archive: `file:` mirror lists the distributions
     # ship, URLs, `*` host patterns (proxy-form requests to them share the remap's entries)
-    mirrors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    sources: tuple[str, ...] = ()  # apt sources files whose http hosts are accepted
+    mirrors: Mapping[str, tuple[str, ...]]
+    sources: tuple[str, ...]  # apt sources files whose http hosts are accepted
+    allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,7 @@ def parse_mirrors(value: Any) -> dict[str, tuple[str, ...]]:
 
 def _parse_apt(data: Mapping[str, Any]) -> AptConfig:
     check_keys(data, ("index_ttl", "remaps", "allow", "mirrors", "sources"), "apt")
-    sources = data.get("sources", [])
+    sources = data.get("sources")
     if not isinstance(sources, list) or not all(isinstance(x, str) for x in sources):
         raise ConfigError(f"apt.sources: expected a list of files or directories, got {sources!r}")
     allow = data.get("allow", list(AptConfig.allow))

@@ -171,7 +171,8 @@ def test_status_page_in_headless_chromium(app: Appliance) -> None:
     assert shown("req-apt-hit") == "3" and shown("req-apt-miss") == "2"
     assert shown("req-apt-refused") == "1" and shown("req-apt-error") == "1"
     assert shown("hit-ratio") == "60.0 %"
-    assert shown("bytes-saved") == "150.0 kB"
+    assert shown("bytes-saved") == "146.5&nbsp;KiB"  # IEC, as sizes are configured; no wrap
+    assert "1.0&nbsp;GiB" in dom and "1.1&nbsp;GB" not in dom  # max_size: 1GiB
     assert "hello_1.0_amd64.deb" in dom  # busiest packages
     assert "<polyline" in dom and "<rect" in dom  # the chart: hit ratio and bytes saved
     console = [line for line in r.stderr.splitlines() if "CONSOLE" in line]
@@ -211,6 +212,7 @@ def test_status_json_and_cli(app: Appliance) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "hit ratio 60.0 %" in r.stdout and "apt     hit 3, miss 2" in r.stdout
+    assert "(max 1.0 GiB)" in r.stdout, r.stdout  # max_size 1GiB, in the units it was written
     r = subprocess.run(
         [sys.executable, "-m", "appliance", "status", "--url", app.url, "--json"],
         capture_output=True,

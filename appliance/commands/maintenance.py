@@ -21,6 +21,7 @@ from appliance.apt import expire
 from appliance.apt.catalog import IndexCatalog
 from appliance.cache import verify
 from appliance.commands.status import service_url
+from appliance.config import human_size as size
 from appliance.web.admin import AdminUnavailable, load_token
 
 
@@ -66,7 +67,7 @@ class _Progress:
 
     def __call__(self, checked: int, nbytes: int) -> None:
         if self.enabled and checked % 100 == 0:
-            sys.stderr.write(f"\rverify: {checked} files, {nbytes / 2**20:.0f} MiB read")
+            sys.stderr.write(f"\rverify: {checked} files, {size(nbytes)} read")
             sys.stderr.flush()
 
     def done(self) -> None:
@@ -98,7 +99,7 @@ def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
         for p in result["problems"]:
             print(f"{'removed' if args.fix else 'bad'}: {p['key']}: {p['problem']}")
         print(
-            f"verify: {result['checked']} files ({result['bytes'] / 2**20:.1f} MiB) checked in "
+            f"verify: {result['checked']} files ({size(result['bytes'])}) checked in "
             f"{result['seconds']} s: {result['ok']} ok, {result['bad']} bad"
             + (f", {result['removed']} removed" if args.fix else "")
         )
@@ -130,7 +131,7 @@ def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
     for key in result["removed"]:
         print(f"{verb} {key}")
     print(
-        f"expire: {verb} {result['expired']} files ({result['expired_bytes'] / 2**20:.1f} MiB); "
+        f"expire: {verb} {result['expired']} files ({size(result['expired_bytes'])}); "
         f"{result['referenced']} referenced, {result['waiting']} unreferenced but within "
         f"cache.expire_after, {result['unindexed']} of repositories without a cached index"
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from appliance.config import human_size
 from appliance.streams.sync import FeedFailed, FeedPlanned, ItemDone, SyncEvent
 from appliance.targets.seeder import (
     ActionDone,
@@ -20,7 +21,8 @@ from appliance.targets.seeder import (
 
 
 def mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    """A size as the configuration writes them (IEC)."""
+    return human_size(n)
 
 
 class Progress:

@@ -9,6 +9,7 @@ import sys
 from appliance import config as configuration
 from appliance import runtime
 from appliance.commands.progress import Progress
+from appliance.config import human_size as size
 from appliance.jobs.seed import seed_targets
 from appliance.targets.seeder import TargetOutcome
 
@@ -44,4 +45,4 @@ def summary(o: TargetOutcome, dry_run: bool = False) -> str:
         kinds = ("uploaded", "present", "removed", "cleaned", "failed")
     counts = ", ".join(f"{k.replace('-', ' ')} {o.count(k)}" for k in kinds)
     state = "ok" if o.ok else f"FAILED: {o.error}"
-    return f"{o.target}: {counts}; {o.bytes_uploaded / 1e6:.1f} MB in {o.seconds:.1f} s; {state}"
+    return f"{o.target}: {counts}; {size(o.bytes_uploaded)} in {o.seconds:.1f} s; {state}"

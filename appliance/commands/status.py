@@ -9,7 +9,12 @@ import urllib.request
 from typing import Any
 
 from appliance import config as configuration
-from appliance.web.status import _ago, _bytes
+from appliance.config import human_size
+from appliance.web.status import _ago
+
+
+def _bytes(n: float | None) -> str:
+    return "-" if n is None else human_size(n)
 
 
 def service_url(config: configuration.Config) -> str:

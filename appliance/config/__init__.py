@@ -7,6 +7,7 @@
 from appliance.config.dump import dump, to_data
 from appliance.config.fields import (
     RESERVED_PATHS,
+    human_size,
     parse_duration,
     parse_listen,
     parse_size,
@@ -60,6 +61,7 @@ __all__ = [
     "UpstreamConfig",
     "default_data",
     "dump",
+    "human_size",
     "load",
     "parse",
     "parse_duration",

@@ -243,6 +243,15 @@ def format_size(n: float) -> str | int:
     return n
 
 
+def human_size(n: float) -> str:
+    """A size for people, in the units the configuration uses (IEC: `50GiB` is shown as
+    `50.0 GiB`, never `53.7 GB`): one decimal from KiB up."""
+    for name, unit in _BINARY:
+        if abs(n) >= unit:
+            return f"{n / unit:.1f} {name}"
+    return f"{int(n)} B"
+
+
 def format_duration(s: float) -> str | float:
     """6h for 21600.0, 3d, 90s: the largest unit that divides it exactly."""
     if s != int(s):

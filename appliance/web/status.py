@@ -21,6 +21,7 @@ from appliance import __version__
 from appliance.cache.engine import Figures
 from appliance.cache.refusals import REASONS, SOURCES
 from appliance.cache.store import Store
+from appliance.config import human_size
 from appliance.metrics import SERVICES, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
@@ -296,13 +297,8 @@ def _e(value: Any) -> str:
 
 
 def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+    """IEC, as the configuration writes sizes; a number and its unit never wrap apart."""
+    return "-" if n is None else human_size(n).replace(" ", "\u00a0")
 
 
 def _ago(ts: float | None) -> str:

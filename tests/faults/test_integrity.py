@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -154,6 +155,7 @@ def test_verify_finds_and_fixes_rotten_entries(
     path.write_bytes(_same_size_other_bytes(path))  # bit rot
     r = app.cli("verify")  # through the running service's admin API
     assert r.returncode == 3 and f"bad: {key}: sha256" in r.stdout, r.stdout + r.stderr
+    assert re.search(r"verify: \d+ files \(\d+\.\d (KiB|MiB)\) checked", r.stdout), r.stdout  # IEC
     r = app.cli("verify", "--fix", "--json")
     report = json.loads(r.stdout)
     assert (r.returncode, report["bad"], report["removed"]) == (0, 1, 1), r.stderr

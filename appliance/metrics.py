@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -156,7 +156,7 @@ class Metrics:
         return generate_latest(self.registry)
 
     def busiest(self, n: int = 10) -> list[tuple[str, int]]:
-        return sorted(self.packages.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return top(self.packages, n)
 
 
 class _Scraped:
@@ -171,6 +171,11 @@ class _Scraped:
 
     def describe(self) -> list[Metric]:
         return []
+
+
+def top(counts: Mapping[str, int], n: int) -> list[tuple[str, int]]:
+    """The `n` largest counts, busiest first (then by name)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
 def gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:

@@ -2,7 +2,7 @@
 
 Runs an aiohttp server in its own thread so tests may stay synchronous.
 Faults: `rate[path]` limits bytes/s, `drop_after[path]` announces the full length
-but closes the connection after that many bytes.
+but closes the connection after that many bytes; `headers[path]` are sent with the file.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Upstream:
         self.drop_after: dict[str, int] = {}
         self.ignore_range: set[str] = set()  # answer 200 with the whole file regardless
         self.stall_after: dict[str, int] = {}  # send this many bytes, then go silent
+        self.headers: dict[str, dict[str, str]] = {}  # extra response headers (Content-Encoding)
         self.finished_at: dict[str, float] = {}  # monotonic time the last body byte left
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -117,6 +118,7 @@ class Upstream:
             or path in self.drop_after
             or path in self.ignore_range
             or path in self.stall_after
+            or path in self.headers
         )
         if not faults:
             return web.FileResponse(file)
@@ -125,6 +127,7 @@ class Upstream:
             headers={
                 "Content-Type": "application/octet-stream",
                 "Last-Modified": formatdate(file.stat().st_mtime, usegmt=True),
+                **self.headers.get(path, {}),
             }
         )
         resp.content_length = len(data)

@@ -2,8 +2,10 @@
 
 aiohttp calls an access logger with the request, the response (status, headers,
 body length) and the duration once the response is out; that is the one place every
-request passes, refused ones included, so metrics are counted there too. Lines are
-buffered and written once a second, so logging costs no write per request.
+request passes, refused ones included, so metrics are counted there too. What a sibling
+worker asks on its Unix socket (cache events, status and metrics to merge, a download it
+streams for its own client) is neither logged nor counted: it is no client's request.
+Lines are buffered and written once a second, so logging costs no write per request.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 
 from appliance.metrics import Metrics
+from appliance.web.workers import is_internal
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,9 @@ def service_of(path: str) -> str | None:
     if path.startswith(("/streams/", "/keys/")):
         return "feed"
     if path in ("/", "/favicon.ico", "/healthz") or path.startswith(
-        ("/api/", "/metrics", "/.well-known/")
+        ("/api/", "/metrics", "/.well-known/", "/.archive-local/")
     ):
-        return None
+        return None  # (`/.archive-local/`: a unit's call; its client is counted there)
     return "apt"
 
 
@@ -181,9 +184,13 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
             path = request.raw_path
             status = response.status
+            reason = _reason(response) if status >= 400 else None
+            if reason and status >= 500:
+                log.warning("%s %s: %d %s", request.method, path, status, reason)
+            if is_internal(request):  # a sibling worker's call: its client is counted there
+                return
             cache = response.headers.get("X-Cache", "")
             service = None if request.method == "CONNECT" else service_of(path)
-            reason = _reason(response) if status >= 400 else None
             # body bytes of the response as sent (Content-Length: the whole file or range)
             nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
             if service is not None:
@@ -195,8 +202,6 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
                 metrics.request(service, result, served, cache in ("MISS", "PASS"), path)
             if access.enabled:
                 access.write(request, status, nbytes, cache, time, reason)
-            if reason and status >= 500:
-                log.warning("%s %s: %d %s", request.method, path, status, reason)
 
         @property
         def enabled(self) -> bool:

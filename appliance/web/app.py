@@ -23,7 +23,7 @@ from appliance.cache.engine import CacheEngine, FromPeer, Miss
 from appliance.cache.fetcher import UpstreamFailure
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
-from appliance.metrics import Metrics
+from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import status
 from appliance.web.admin import Actions, Admin
@@ -201,12 +201,14 @@ class Handler:
     async def _api(self, request: web.BaseRequest, siblings: Workers | None) -> web.StreamResponse:
         target = request.raw_path
         if target.split("?")[0] == "/api/status":
-            return web.json_response(await self._snapshot(siblings))
+            return web.json_response(await self._snapshot(request, siblings))
         raise web.HTTPNotFound(text="not found\n")
 
-    async def _snapshot(self, siblings: Workers | None) -> dict[str, Any]:
-        """The status document: this worker's, or (a client asking) every worker's."""
-        doc = await status.snapshot(self.parts, self.parts.inventory)
+    async def _snapshot(self, request: web.BaseRequest, siblings: Workers | None) -> dict[str, Any]:
+        """The status document: this worker's, or (a client asking) every worker's. A
+        sibling asking gets every package it counted, to add them up (`merge_status`)."""
+        busiest = TOP_PACKAGES if is_internal(request) else status.BUSIEST
+        doc = await status.snapshot(self.parts, self.parts.inventory, busiest)
         if self.parts.workers is not None:
             doc["worker"] = self.parts.workers.index
         if siblings is None:
@@ -244,10 +246,10 @@ class Handler:
     async def _index(self, request: web.BaseRequest, siblings: Workers | None) -> web.Response:
         parts = self.parts
         if request.headers.get("X-Status-Fragment"):  # the page's own refresh
-            snap = await self._snapshot(siblings)
+            snap = await self._snapshot(request, siblings)
             return web.Response(text=status.render_main(snap), content_type="text/html")
         if "text/html" in request.headers.get("Accept", ""):  # a browser: the status page
-            snap = await self._snapshot(siblings)
+            snap = await self._snapshot(request, siblings)
             return web.Response(text=status.render_page(snap), content_type="text/html")
         port = parts.config.listen.port
         accepted = "\n".join(f"  {line}" for line in parts.router.accepted())

@@ -46,6 +46,7 @@ class _Handler(RequestHandler):
 
     peer: str | None = None
     counted = False  # its address's connection count is held (and given back on close)
+    internal = False  # accepted on a worker's Unix socket: a sibling's (`workers.is_internal`)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -95,6 +96,9 @@ class Server(web.Server):
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
         assert isinstance(handler, _Handler)
+        # known from the accept on: the access logger asks after the response, when the
+        # sibling may have closed the connection (and the transport is gone)
+        handler.internal = isinstance(transport.get_extra_info("sockname"), str)
         if handler.counted:  # at the TCP accept, by the TLS port's gate
             return
         handler.peer = _address(transport)

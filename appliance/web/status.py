@@ -22,13 +22,15 @@ from appliance.cache.engine import Figures
 from appliance.cache.refusals import REASONS, SOURCES
 from appliance.cache.store import Store
 from appliance.config import human_size
-from appliance.metrics import SERVICES, Metrics, counter, gauge
+from appliance.metrics import Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
 
 log = logging.getLogger(__name__)
 
 IMAGES_TTL = 30.0  # seconds the image inventory (read from disk) is reused
+BUSIEST = 10  # packages the status page lists
+SHARED_OPERATIONS = ("hits", "misses", "uploads", "errors", "corrupt")  # shared store counts
 
 
 class Jobs(Protocol):
@@ -112,28 +114,33 @@ def _inventory(store: Store) -> list[dict[str, Any]]:
     return rows
 
 
-async def snapshot(source: Source, inventory: Inventory) -> dict[str, Any]:
+def hit_ratio(requests: Mapping[str, Mapping[str, int]]) -> float | None:
+    """Answers from the cache (fresh, revalidated or stale) among the apt and image
+    answers that were hits or misses; None before there is any."""
+    hits = misses = 0
+    for service in ("apt", "images"):
+        counts = requests.get(service, {})
+        hits += sum(counts.get(r, 0) for r in ("hit", "revalidated", "stale"))
+        misses += counts.get("miss", 0)
+    return round(hits / (hits + misses), 4) if hits + misses else None
+
+
+async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST) -> dict[str, Any]:
+    """The status document of this process. `busiest`: how many packages it lists (a
+    sibling merging every worker's asks for more, to add them up before it keeps 10)."""
     m = source.metrics
     totals = m.totals
-    hits = {
-        s: totals.requests[s]["hit"]
-        + totals.requests[s]["revalidated"]
-        + totals.requests[s]["stale"]
-        for s in SERVICES
-    }
-    misses = {s: totals.requests[s]["miss"] for s in SERVICES}
-    served = hits["apt"] + misses["apt"] + hits["images"] + misses["images"]
     jobs = source.jobs
     cache = source.cache_figures()
     return {
         "version": __version__,
         "uptime_seconds": round(time.time() - m.started, 1),
         "requests": totals.requests,
-        "hit_ratio": round((hits["apt"] + hits["images"]) / served, 4) if served else None,
+        "hit_ratio": hit_ratio(totals.requests),
         "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
         "history": [*m.history, m.point()],  # the last point is now
         "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
-        "busiest": [{"package": n, "requests": c} for n, c in m.busiest(10)],
+        "busiest": [{"package": n, "requests": c} for n, c in m.busiest(busiest)],
         "downloads": cache.downloads,
         "cache": {
             "bytes": cache.bytes,
@@ -194,12 +201,8 @@ def scrape(source: Source) -> Iterator[Metric]:
             "What the shared object store did for this unit (hit: copied to disk)",
             ["result"],
         )
-        for count, label in (
-            ("hits", "hit"),
-            ("misses", "miss"),
-            ("uploads", "upload"),
-            ("errors", "error"),
-            ("corrupt", "corrupt"),
+        for count, label in zip(
+            SHARED_OPERATIONS, ("hit", "miss", "upload", "error", "corrupt"), strict=True
         ):
             ops.add_metric([label], shared[count])  # type: ignore[arg-type]
         pending = gauge("shared_store_pending_uploads", "Shared entries not uploaded yet")

@@ -4,25 +4,33 @@ Every worker serves the public port (SO_REUSEPORT: the kernel spreads connection
 own Unix socket, `<cache.dir>/.state/workers/<index>.sock` (mode 0600), on which the others
 reach it. What a client asks of one worker is answered for all of them: `/metrics` sums
 the workers' counters (and their in-flight gauges; other gauges are the same cache seen
-by each, so the largest is taken); `/api/status` and the status page add up the traffic
-figures, the rest is the primary's (worker 0, which runs the syncs, seeds and expiry);
-admin calls that change every worker (drain, reload) go to all, jobs to the primary.
-A request that arrives on a Unix socket is a worker's own and is never passed on.
+by each, so the largest is taken); `/api/status` and the status page add up the same
+figures the same way (`merge_status`), the rest is the primary's (worker 0, which runs the
+syncs, seeds and expiry); admin calls that change every worker (drain, reload) go to all,
+jobs to the primary. A request that arrives on a Unix socket is a worker's own: it is
+never passed on, and neither counted nor logged as a client's (`web.accesslog`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.metrics import HISTORY_POINTS, HISTORY_STEP, top
+from appliance.web.status import BUSIEST, SHARED_OPERATIONS, hit_ratio
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +47,9 @@ def socket_path(cache_dir: Path, index: int) -> Path:
 
 
 def is_internal(request: web.BaseRequest) -> bool:
-    """Came in on a worker's Unix socket (only the service's own user can connect)."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return isinstance(sockname, str)
+    """Came in on a worker's Unix socket (only the service's own user can connect): a
+    sibling's call, never a client's (`web.server` marks the connection at its accept)."""
+    return getattr(request.protocol, "internal", False) is True
 
 
 class Workers:
@@ -140,66 +148,163 @@ class Workers:
 
 
 def merge_metrics(texts: Sequence[str]) -> bytes:
-    """One exposition from several workers' (see the module for what adds up)."""
-    families: dict[str, Any] = {}
+    """One exposition from several workers' (see the module for what adds up), written by
+    prometheus_client itself: a counter's HELP and TYPE name its `_total` series."""
+    families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
-            families.setdefault(family.name, family)
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
             merged = values.setdefault(family.name, {})
-            summed = family.type != "gauge" or family.name in SUMMED_GAUGES
+            combine = _combine(family)
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key not in merged:
-                    merged[key] = sample.value
-                elif summed:
-                    merged[key] += sample.value
-                else:
-                    merged[key] = max(merged[key], sample.value)
-    lines = []
+                merged[key] = (
+                    sample.value if key not in merged else combine(merged[key], sample.value)
+                )
     for name, family in families.items():
-        doc = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        lines += [f"# HELP {name} {doc}", f"# TYPE {name} {family.type}"]
         for (sample, labels), value in values[name].items():
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(
-                f"{sample}{{{text}}} {_number(value)}" if text else f"{sample} {_number(value)}"
-            )
-    return ("\n".join(lines) + "\n").encode()
+            family.add_sample(sample, dict(labels), value)
+    return generate_latest(_Families(list(families.values())))
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _combine(family: Metric) -> Callable[[float, float], float]:
+    """How two workers' values of a series make the service's."""
+    if family.name.endswith("_created"):  # when a counter started: the earliest worker's
+        return min
+    if family.type != "gauge" or family.name in SUMMED_GAUGES:
+        return operator.add
+    return max
 
 
-def _number(value: float) -> str:
-    return repr(float(value))
+class _Families:
+    """Merged families, as `generate_latest` reads a registry."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def merge_status(own: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """`/api/status` for the whole service: the primary's document (jobs, images, cache)
-    with every worker's traffic added up and their downloads listed."""
-    docs = [own, *others]
-    base = dict(next((d for d in docs if d.get("worker") == 0), own))
-    requests: dict[str, dict[str, int]] = {}
-    for doc in docs:
-        for service, counts in doc.get("requests", {}).items():
-            into = requests.setdefault(service, {})
-            for result, n in counts.items():
-                into[result] = into.get(result, 0) + n
+    """`/api/status` for the whole service: the primary's document (uptime, jobs, images,
+    the cache's size) with every worker's counts added up, the same way `/metrics` adds
+    them: traffic, upstreams, busiest packages, the chart, what each refused or did not
+    store, and the latest verify and expiry, whichever worker ran them."""
+    primary = next((d for d in [own, *others] if d.get("worker") == 0), own)
+    docs = [primary, *(d for d in [own, *others] if d is not primary)]  # the primary first
+    base = dict(primary)
+    requests = _sum_nested(d.get("requests", {}) for d in docs)
     base["requests"] = requests
-    base["bytes"] = {
-        k: sum(d.get("bytes", {}).get(k, 0) for d in docs) for k in ("cache", "upstream")
-    }
+    base["hit_ratio"] = hit_ratio(requests)
+    base["bytes"] = _sum_nested(d.get("bytes", {}) for d in docs)
+    base["history"] = merge_history([d.get("history", []) for d in docs])
+    base["upstreams"] = _merge_upstreams([d.get("upstreams", {}) for d in docs])
+    packages = _sum_nested(
+        {b["package"]: b["requests"] for b in d.get("busiest", [])} for d in docs
+    )
+    base["busiest"] = [{"package": n, "requests": c} for n, c in top(packages, BUSIEST)]
     base["downloads"] = [x for d in docs for x in d.get("downloads", [])]
-    refused: dict[str, int] = {}  # each worker refuses on its own: the unit's are the sum
-    for doc in docs:
-        for reason, n in doc.get("integrity", {}).get("fleet_refused", {}).items():
-            refused[reason] = refused.get(reason, 0) + n
+    if "cache" in base:
+        base["cache"] = _merge_cache([d["cache"] for d in docs if "cache" in d])
     if "integrity" in base:
-        base["integrity"] = {**base["integrity"], "fleet_refused": refused}
-    hits = sum(requests.get(s, {}).get("hit", 0) for s in ("apt", "images"))
-    misses = sum(requests.get(s, {}).get("miss", 0) for s in ("apt", "images"))
-    base["hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+        base["integrity"] = _merge_integrity([d["integrity"] for d in docs if "integrity" in d])
     base["workers"] = len(docs)
+    return base
+
+
+def _sum_nested(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Numbers added up key by key, dicts of numbers too (requests by service and result)."""
+    out: dict[str, Any] = {}
+    for doc in docs:
+        for key, value in doc.items():
+            if isinstance(value, Mapping):
+                out[key] = _sum_nested([out.get(key, {}), value])
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+def merge_history(histories: Sequence[Sequence[Mapping[str, float]]]) -> list[dict[str, float]]:
+    """The chart's points for the service. Each worker samples its own cumulative figures
+    at its own moments: the service's at a moment are each worker's latest point at or
+    before it (none yet: nothing counted then). One point per HISTORY_STEP, the last now."""
+    last_of_step = {t // HISTORY_STEP: t for t in sorted({p["t"] for h in histories for p in h})}
+    moments = list(last_of_step.values())[-(HISTORY_POINTS + 1) :]
+    times = [[p["t"] for p in h] for h in histories]
+    points = []
+    for t in moments:
+        point: dict[str, float] = {"t": t}
+        for history, at in zip(histories, times, strict=True):
+            if n := bisect.bisect_right(at, t):
+                for key, value in history[n - 1].items():
+                    if key != "t":
+                        point[key] = point.get(key, 0) + value
+        points.append(point)
+    return points
+
+
+def _merge_upstreams(docs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Requests and errors added up; the last success, error and duration are the latest
+    any worker saw."""
+    out: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        for name, health in doc.items():
+            into = out.get(name)
+            if into is None:
+                out[name] = dict(health)
+                continue
+            newer = _last_seen(health) > _last_seen(into)
+            into["requests"] += health["requests"]
+            into["errors"] += health["errors"]
+            into["last_ok"] = max(into["last_ok"] or 0, health["last_ok"] or 0) or None
+            if (health["last_error_at"] or 0) > (into["last_error_at"] or 0):
+                into["last_error"] = health["last_error"]
+                into["last_error_at"] = health["last_error_at"]
+            if newer:
+                into["last_seconds"] = health["last_seconds"]
+    return out
+
+
+def _last_seen(health: Mapping[str, Any]) -> float:
+    return max(health["last_ok"] or 0, health["last_error_at"] or 0)
+
+
+def _merge_cache(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One directory, which every worker counts whole (the largest count, as `/metrics`);
+    what each worker did to it (evictions, answers from peers, the shared store's
+    operations) added up; the rest is the first's (the primary's)."""
+    base = dict(docs[0])
+    base["bytes"] = max(d["bytes"] for d in docs)
+    base["entries"] = max(d["entries"] for d in docs)
+    base["evictions"] = sum(d["evictions"] for d in docs)
+    base["from_peers"] = sum(d.get("from_peers", 0) for d in docs)
+    shared = [d["shared_store"] for d in docs if d.get("shared_store") is not None]
+    if shared:
+        base["shared_store"] = {
+            **shared[0],
+            **{k: sum(s[k] for s in shared) for k in SHARED_OPERATIONS},
+            "pending_uploads": max(s["pending_uploads"] for s in shared),
+        }
+    return base
+
+
+def _merge_integrity(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each worker refuses and passes on its own: the service's are the sums. A verify
+    runs on the worker asked: the latest run anywhere is the last."""
+    base = dict(docs[0])
+    base["rejected_downloads"] = sum(d["rejected_downloads"] for d in docs)
+    base["not_stored"] = _sum_nested(d["not_stored"] for d in docs)
+    base["fleet_refused"] = _sum_nested(d.get("fleet_refused", {}) for d in docs)
+    base["connections_refused"] = sum(d.get("connections_refused", 0) for d in docs)
+    base["apt_indexes"] = max(
+        (d["apt_indexes"] for d in docs if "apt_indexes" in d),
+        key=lambda i: i["files"],
+        default=base.get("apt_indexes"),
+    )
+    for run in ("last_verify", "last_expiry"):
+        runs = [d[run] for d in docs if d.get(run)]
+        base[run] = max(runs, key=lambda r: r["at"], default=None)
     return base

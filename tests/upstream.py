@@ -2,7 +2,8 @@
 
 Runs an aiohttp server in its own thread so tests may stay synchronous.
 Faults: `rate[path]` limits bytes/s, `drop_after[path]` announces the full length
-but closes the connection after that many bytes.
+but closes the connection after that many bytes, `delay[path]` waits that many seconds
+before any answer (a 304 too).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Upstream:
         self.ignore_range: set[str] = set()  # answer 200 with the whole file regardless
         self.stall_after: dict[str, int] = {}  # send this many bytes, then go silent
         self.finished_at: dict[str, float] = {}  # monotonic time the last body byte left
+        self.delay: dict[str, float] = {}  # seconds before answering at all
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -109,6 +111,8 @@ class Upstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path in self.delay:
+            await asyncio.sleep(self.delay[path])
         file = (self.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             raise web.HTTPNotFound()

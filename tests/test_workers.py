@@ -357,3 +357,49 @@ def test_a_killed_workers_temp_file_is_removed_and_its_siblings_kept(
     stored = app.cache_dir / f"127.0.0.1:{upstream.port}" / other.lstrip("/")
     assert stored.read_bytes() == beside
     assert not [p for p in app.cache_dir.rglob("*") if ".part-" in p.name]
+
+
+def test_workers_revalidating_an_index_at_once_ask_upstream_once(
+    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+) -> None:
+    """Eight clients, four on each of `workers: 2` (the default `auto` on two cores; said
+    here so it holds anywhere), ask for one index at once while upstream takes a second
+    to answer: one upstream request for all of them, when the index is not cached yet,
+    when its TTL has passed and upstream confirms it (304), and when upstream has new
+    bytes; every client gets 200 and the current bytes."""
+    path = "/debian/dists/test/InRelease"
+    release = upstream_root / path.lstrip("/")
+    release.parent.mkdir(parents=True)
+    release.write_bytes(b"Suite: test\nVersion: 1\n")
+    os.utime(release, (time.time() - 100, time.time() - 100))
+    upstream.delay[path] = 1.0
+    app = start_appliance(
+        {"debian": [f"{upstream.url}/debian"]},
+        cache_dir=tmp_path / "cache",
+        index_ttl=1,
+        extra={"workers": 2},
+    )
+    socks = _sockets(app, 2)
+
+    def get(sock: Path) -> tuple[int, bytes]:
+        conn = _OverUnix(sock)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def together() -> list[tuple[int, bytes]]:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            return list(pool.map(get, [socks[i % 2] for i in range(8)]))
+
+    assert together() == [(200, release.read_bytes())] * 8  # not cached yet
+    assert upstream.count(path) == 1, app.log_text()
+    time.sleep(1.5)  # past the TTL
+    assert together() == [(200, release.read_bytes())] * 8
+    assert (upstream.count(path), upstream.count(path, status=304)) == (2, 1), app.log_text()
+    release.write_bytes(b"Suite: test\nVersion: 2, with more to say\n")
+    time.sleep(1.5)
+    assert together() == [(200, release.read_bytes())] * 8
+    assert (upstream.count(path), upstream.count(path, status=200)) == (3, 2), app.log_text()

@@ -2,7 +2,8 @@
 
 Runs an aiohttp server in its own thread so tests may stay synchronous.
 Faults: `rate[path]` limits bytes/s, `drop_after[path]` announces the full length
-but closes the connection after that many bytes; `headers[path]` are sent with the file.
+but closes the connection after that many bytes; `headers[path]` are sent with the file;
+`delay[path]` waits that many seconds before any answer (a 304 too).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Upstream:
         self.stall_after: dict[str, int] = {}  # send this many bytes, then go silent
         self.headers: dict[str, dict[str, str]] = {}  # extra response headers (Content-Encoding)
         self.finished_at: dict[str, float] = {}  # monotonic time the last body byte left
+        self.delay: dict[str, float] = {}  # seconds before answering at all
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -110,6 +112,8 @@ class Upstream:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path in self.delay:
+            await asyncio.sleep(self.delay[path])
         file = (self.root / path.lstrip("/")).resolve()
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             raise web.HTTPNotFound()

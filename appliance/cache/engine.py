@@ -332,8 +332,8 @@ class CacheEngine:
                     continue  # someone started while we looked at the disk: join them
                 if freshness is Freshness.IMMUTABLE and entry is None:
                     work = self._fleet_refresh(key, urls, expect, resumable, keep, from_peer)
-                else:
-                    work = self._refresh(key, urls, entry, expect, resumable, keep)
+                else:  # volatile: stale or missing
+                    work = self._unit_refresh(key, urls, entry, expect, resumable, keep, from_peer)
                 task = self.flights.ask(key, work)
             result = await asyncio.shield(task)
             if isinstance(result, FromPeer) and not from_peer:
@@ -426,6 +426,83 @@ class CacheEngine:
             if (entry := await fleet.adopt(key, expect)) is not None:
                 await self._account(entry)
                 return Hit(entry, "HIT")
+
+    async def _unit_refresh(
+        self,
+        key: str,
+        urls: Sequence[str],
+        entry: Entry | None,
+        expect: Expect,
+        resumable: bool,
+        keep: bool,
+        from_peer: bool = True,
+    ) -> Result:
+        """A volatile file (an index), stale or missing here: asked upstream once for all
+        the processes on this cache directory (the workers; never other units, each keeps
+        its own indexes), under the disk's lock. The one that gets it asks; the others
+        stream its new version from it (`Peers`) or wait until it lets go, then serve the
+        copy it confirmed or brought, or ask themselves if it left none (upstream failed).
+        `entry`: the copy this process saw, asked with only if the lock is never had."""
+        expect = await self._expectation(key, expect)  # what a peer's stream must be
+        fleet = self.fleet
+        waited_since: float | None = None
+        while True:
+            if (holder := await fleet.claim(key, local=True)) is None:
+                return await self._refresh_locked(key, urls, expect, resumable, keep)
+            if from_peer and (found := await self._from_peer(holder, key, expect)):
+                log.debug("cache: %s is being fetched by %s; streaming it", key, holder)
+                return found
+            now = time.monotonic()
+            if waited_since is None:
+                log.debug("cache: %s is being revalidated by %s; waiting for it", key, holder)
+                waited_since = now
+            elif now - waited_since > fleet.wait_limit(expect):
+                log.warning("cache: %s still locked by %s; asking upstream too", key, holder)
+                return await self._refresh(key, urls, entry, expect, resumable, keep, resolved=True)
+            await asyncio.sleep(FLEET_POLL)
+            if (hit := (await self._confirmed(key))[0]) is not None:
+                return hit
+
+    async def _confirmed(self, key: str) -> tuple[Hit | None, Entry | None]:
+        """The copy on disk as a hit if it is fresh, and the copy: read past what memory
+        holds, which a sibling process may have confirmed (`304`) or replaced since."""
+        entry, body = await self._lookup(key, disk=True)
+        decision = policy.decide(entry and entry.meta, Freshness.VOLATILE, self.clock(), self.ttl)
+        if entry is None or decision is not policy.Decision.HIT:
+            return None, entry
+        await self._account(entry)
+        return Hit(entry, "HIT", body=body), entry
+
+    async def _refresh_locked(
+        self, key: str, urls: Sequence[str], expect: Expect, resumable: bool, keep: bool
+    ) -> Result:
+        """Under the disk's lock on `key`: the copy a sibling confirmed just before, or one
+        request upstream (conditional on the copy on disk now). The lock is let go once
+        the answer is on disk (a download: when it is committed or failed)."""
+        try:
+            hit, entry = await self._confirmed(key)
+            result = hit
+            if result is None:
+                result = await self._refresh(
+                    key, urls, entry, expect, resumable, keep, resolved=True
+                )
+        except BaseException:
+            await asyncio.shield(self.fleet.release(key, local=True))
+            raise
+        if isinstance(result, Miss):
+            task = asyncio.create_task(self._release_after(result.download))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            await self.fleet.release(key, local=True)
+        return result
+
+    async def _release_after(self, download: Download) -> None:
+        """Let the disk's lock on a download's key go once it has ended."""
+        try:
+            await download.finished()
+        finally:
+            await asyncio.shield(self.fleet.release(download.key, local=True))
 
     async def _fetch_leased(
         self, key: str, urls: Sequence[str], expect: Expect, resumable: bool, keep: bool
@@ -620,8 +697,12 @@ class CacheEngine:
                 removed += 1
         return removed
 
-    async def _lookup(self, key: str) -> tuple[Entry | None, bytes | None]:
-        if (hot := self.hot.get(key)) is not None:
+    async def _lookup(self, key: str, disk: bool = False) -> tuple[Entry | None, bytes | None]:
+        """The entry, from memory when hot; `disk`: read again (a sibling process may have
+        confirmed or replaced it since it was memoised)."""
+        if disk:
+            self.hot.drop(key)
+        elif (hot := self.hot.get(key)) is not None:
             return hot
         generation = self.hot.generation
         entry, body = await self._io(_read_small, self.store, key)

@@ -102,9 +102,13 @@ class Fleet:
                 )
             return default
 
-    async def claim(self, key: str) -> str | None:
+    async def claim(self, key: str, local: bool = False) -> str | None:
         """None: fetch `key` (we hold the lease, or the store is away); else the holder.
-        A lease got after we stopped waiting for it is let go at once (we fetch without)."""
+        A lease got after we stopped waiting for it is let go at once (we fetch without).
+        `local`: this disk's lock among the unit's workers, never the shared store's
+        (what each unit keeps for itself: a volatile index), so on the disk's threads."""
+        if local:
+            return await self._local(self.store.claim, key, True)
 
         def let_go(holder: str | None) -> None:
             if holder is None and self._pool is not None:
@@ -113,8 +117,11 @@ class Fleet:
 
         return await self._remote(f"lease {key}", None, self.store.claim, key, late=let_go)
 
-    async def release(self, key: str) -> None:
-        await self._remote(f"release {key}", None, self.store.release, key)
+    async def release(self, key: str, local: bool = False) -> None:
+        if local:  # a lock file: let go even while the shared store is away
+            await self._local(self.store.release, key, True)
+        else:
+            await self._remote(f"release {key}", None, self.store.release, key)
 
     async def renew(self, key: str) -> None:
         await self._remote(f"renew {key}", None, self.store.renew, key)

@@ -691,11 +691,14 @@ class ObjectStore:
         self.local.evict(key)
 
     # -- one fetch for the fleet ------------------------------------------------------
-    def claim(self, key: str) -> str | None:
+    def claim(self, key: str, local: bool = False) -> str | None:
         """None when this unit should fetch `key`: it now holds the lease (a conditional
         create), or the store is away (each unit for itself). Otherwise the holder's
         name: another unit is fetching it, wait for the object. A lease not renewed for
-        `lease_ttl` (its unit died) is taken over."""
+        `lease_ttl` (its unit died) is taken over. `local`: the disk's lock among this
+        unit's workers only, never the bucket (a volatile index: each unit its own)."""
+        if local:
+            return self.local.claim(key)
         if not self._usable():
             return None
         try:
@@ -754,7 +757,10 @@ class ObjectStore:
         except StoreUnavailable as exc:
             self._failed(exc)
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, local: bool = False) -> None:
+        if local:
+            self.local.release(key)
+            return
         if key not in self._held:
             return
         try:

@@ -285,9 +285,11 @@ class Store(Protocol):
     # one upstream fetch for every unit sharing the store
     def available(self) -> bool: ...  # a shared store worth asking now (no I/O)
     def trip(self, why: str) -> None: ...  # it did not answer in time: leave it a while
-    def claim(self, key: str) -> str | None: ...  # None: fetch it; else who fetches it
+    # None: fetch it; else who fetches it. `local`: among this disk's processes only (the
+    # workers), for what each unit keeps for itself (volatile indexes)
+    def claim(self, key: str, local: bool = False) -> str | None: ...
     def renew(self, key: str) -> None: ...
-    def release(self, key: str) -> None: ...
+    def release(self, key: str, local: bool = False) -> None: ...
     # broken downloads kept for a Range request
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None: ...
     def resume_partial(
@@ -543,10 +545,11 @@ class FilesystemStore:
         """Make room: here the only copy, so the same as `remove`."""
         self.remove(key)
 
-    def claim(self, key: str) -> str | None:
+    def claim(self, key: str, local: bool = False) -> str | None:
         """None when this process should fetch `key`; else who holds it (another worker
         or command on this cache directory): wait for the entry. An exclusive `flock` on
-        one of `LEASE_STRIPES` lock files; a process that dies lets go by itself."""
+        one of `LEASE_STRIPES` lock files; a process that dies lets go by itself. (Every
+        claim here is `local`: this directory is all there is.)"""
         stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4]) % LEASE_STRIPES
         path = self.root / LEASES / f"{stripe:04d}"
         try:
@@ -572,7 +575,7 @@ class FilesystemStore:
     def renew(self, key: str) -> None:
         return None  # a lock lasts as long as its process
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, local: bool = False) -> None:
         for fd in self._held.pop(key, []):
             with contextlib.suppress(OSError):
                 os.close(fd)  # closing the descriptor unlocks it

@@ -131,3 +131,61 @@ async def test_a_leased_file_is_not_evicted_under_its_reader(
     finally:
         await engine.close()
         await fetcher.close()
+
+
+async def test_engines_on_one_directory_revalidate_an_index_once(
+    tmp_path: Path, engine: CacheEngine, origin: Origin, clock: Clock
+) -> None:
+    """Two engines on one cache directory stand for two worker processes (each its own
+    lock descriptor): a stale index is asked upstream once for both, whether upstream
+    confirms it (304) or has new bytes, and the one that waited serves what the other
+    brought. No peers here: the waiting one reads the disk once the lock is let go."""
+    path = "/dists/x/InRelease"
+    origin.files[path] = b"Origin: x\n" * 10
+    key, urls = "o/dists/x/InRelease", [origin.url(path)]
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    sibling = CacheEngine(
+        FilesystemStore(tmp_path / "cache"), fetcher, max_size=1 << 30, ttl=300, clock=clock
+    )
+    engines = [engine, sibling]
+
+    async def together() -> list[bytes]:
+        """Four clients of each engine at once, the upstream answering only once all
+        of them asked; each client's bytes."""
+        origin.hold_headers = asyncio.Event()
+        asked = len(origin.seen)
+        clients = [asyncio.create_task(engines[i % 2].get(key, urls, V)) for i in range(8)]
+        for _ in range(5_000):  # until the one request is out
+            if len(origin.seen) > asked:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.3)  # FLEET_POLL and more: a second request would be out
+        origin.hold_headers.set()
+        bodies = []
+        for result in await asyncio.gather(*clients):
+            await settle(result)
+            assert isinstance(result, Hit | Miss), result
+            got = result.entry if isinstance(result, Hit) else result.download.entry
+            assert got is not None
+            bodies.append(engine.store.read_bytes(got))
+        await engine.idle()
+        await sibling.idle()
+        return bodies
+
+    try:
+        await settle(await engine.get(key, urls, V), engine)  # both memoise the copy
+        assert status(await sibling.get(key, urls, V)) == "HIT"
+        clock.advance(301)
+        assert await together() == [origin.files[path]] * 8  # upstream: 304
+        assert origin.count(path) == 2 and origin.seen[-1][1] is not None
+        clock.advance(301)
+        assert status(await engine.get(key, urls, V)) == "REVALIDATED"
+        assert status(await sibling.get(key, urls, V)) == "HIT"  # not what it had in memory
+        assert origin.count(path) == 3
+        clock.advance(301)
+        origin.files[path] = b"Origin: x, new\n" * 10
+        assert await together() == [origin.files[path]] * 8  # upstream: new bytes
+        assert origin.count(path) == 4
+    finally:
+        await sibling.close()
+        await fetcher.close()

@@ -183,6 +183,26 @@ def test_a_bucket_it_may_not_read_is_an_error_that_names_it(swift: Any, tmp_path
     assert fresh.remote_problem() is None  # a missing bucket is created
 
 
+def test_a_local_claim_is_the_disks_lock_never_the_buckets_lease(
+    swift: Any, units: tuple[ObjectStore, ObjectStore], tmp_path: Path
+) -> None:
+    """A volatile index each unit keeps for itself: its workers (stores on one disk) take
+    turns, other units are not waited for, and no lease object is written."""
+    a, b = units
+    key = "h/dists/bookworm/InRelease"
+    sibling = object_store(swift, a.local.root, prefix=a.bucket.prefix)  # a's other worker
+    a.local.holder = "worker-0"
+    assert a.claim(key, local=True) is None
+    assert sibling.claim(key, local=True) == "worker-0"
+    assert b.claim(key, local=True) is None  # another unit: its own disk
+    assert b.claim(key) is None  # no lease object was written for a's claim
+    b.release(key)
+    a.release(key, local=True)
+    assert sibling.claim(key, local=True) is None
+    sibling.release(key, local=True)
+    b.release(key, local=True)
+
+
 def test_one_unit_holds_the_fetch_lease_until_it_releases_or_dies(
     units: tuple[ObjectStore, ObjectStore],
 ) -> None:

@@ -153,6 +153,9 @@ class Appliance:
     def cache_figures(self) -> Figures:
         return self.engine.figures()
 
+    def usage(self) -> dict[str, Any]:
+        return {"port": self.config.listen.port, "accepted": self.router.accepted()}
+
     def integrity(self) -> dict[str, Any]:
         return {
             "connections_refused": getattr(self.server, "refused", 0),

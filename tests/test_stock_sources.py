@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,9 @@ import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
-from tests.conftest import StartAppliance, stop_gpg_agent
+from tests.conftest import StartAppliance, http_get, stop_gpg_agent
 from tests.netns import lone_namespace, with_hosts
+from tests.upstream import Upstream
 
 REPO = Path(__file__).parents[1]
 PACKAGES = ("al-large", "al-tools")
@@ -145,10 +147,11 @@ def test_two_official_names_for_one_archive_share_one_entry(
 
 
 def test_apt_shows_why_a_source_is_refused(
-    tmp_path: Path, apt_repo: AptRepo, start_appliance: StartAppliance
+    tmp_path: Path, apt_repo: AptRepo, upstream: Upstream, start_appliance: StartAppliance
 ) -> None:
-    """apt prints the status line and nothing else: the reason phrase says what to do."""
-    app = start_appliance({})
+    """apt prints the status line and nothing else: the reason phrase says what to do,
+    and `GET /` lists what is accepted."""
+    app = start_appliance({"debian": [f"{upstream.url}/debian"]})
     client = AptClient(
         tmp_path / "client",
         "http://deb.example.org/debian",
@@ -161,3 +164,10 @@ def test_apt_shows_why_a_source_is_refused(
     assert "403  Not a configured upstream: deb.example.org (add it with --remap or apt.allow)" in (
         out
     ), out
+    # what is accepted, for curl (apt-cacher-ng's 406 usage page) and for a browser
+    code, body = http_get(app.url + "/")
+    assert code == 406 and f"/debian/: {upstream.url}/debian" in body.decode(), body
+    req = urllib.request.Request(app.url + "/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(req, timeout=10) as page:
+        html = page.read().decode()
+    assert f'<ul id="accepted"><li>/debian/: {upstream.url}/debian</li>' in html, html

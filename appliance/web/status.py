@@ -57,6 +57,7 @@ class Source(Protocol):
 
     def cache_figures(self) -> Figures: ...
     def integrity(self) -> dict[str, Any]: ...  # refused connections, apt indexes, last runs
+    def usage(self) -> dict[str, Any]: ...  # the port, the remaps, the accepted upstreams
 
 
 class Inventory:
@@ -151,6 +152,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
             "shared_store": cache.shared_store,
         },
         "images": await inventory.get(source),
+        "use": source.usage(),
         "sync": {
             "running": jobs.running,
             "progress": jobs.progress,
@@ -482,6 +484,21 @@ def render_main(s: dict[str, Any]) -> str:
         f"<section><h2>Images mirrored and where they are seeded</h2>{images}</section>"
         f"<section><h2>Last sync and seed</h2>{results_table}</section>"
         f"<section><h2>Integrity</h2>{integrity}</section>"
+        f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
+    )
+
+
+def _use(use: dict[str, Any] | None) -> str:
+    """The line to give apt, and what proxy-form requests may name (a 403 says so too)."""
+    if not use:
+        return "<p>-</p>"
+    port = use["port"]
+    lines = "".join(f"<li>{_e(line)}</li>" for line in use["accepted"])
+    return (
+        f'<p>Proxy form: <code>Acquire::http::Proxy "http://&lt;this host&gt;:{port}";</code>'
+        f" (sources stay as they are). Path form: <code>deb http://&lt;this host&gt;:{port}"
+        "/&lt;remap&gt;/ &lt;suite&gt; &lt;components&gt;</code>.</p>"
+        f'<p>Accepted upstreams:</p><ul id="accepted">{lines}</ul>'
     )
 
 

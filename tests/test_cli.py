@@ -1,10 +1,19 @@
-"""The console script: configuration errors are clear, `config` shows what is in effect."""
+"""The console script: configuration errors are clear, `config` shows what is in effect,
+and `serve` refuses in one line to start where it could not serve (exit status 2)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+
+import yaml
+
+from tests.conftest import StartAppliance, free_port
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,4 +59,66 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             "--cache-dir",
             str(tmp_path / "cache"),
         )
-    assert r.returncode == 1 and "cannot listen on" in r.stderr
+    assert r.returncode == 2, r.stderr
+    line = f"listen 127.0.0.1:{port}: the port is in use by pid {os.getpid()} ("
+    assert r.stderr.startswith(f"archive-local: {line}") and r.stderr.count("\n") == 1, r.stderr
+
+
+def refused(*args: str, timeout: float = 20) -> str:
+    """`archive-local ARGS` that must exit 2 at once: its stderr. If it starts instead
+    (and its workers with it), its whole process group is stopped before the test fails."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        raise AssertionError(f"it started instead of refusing: {err[-2000:]}") from None
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
+    return err
+
+
+def _config(tmp_path: Path, name: str, **settings: object) -> Path:
+    """A configuration for a second service; everything it writes under `tmp_path`."""
+    cfg = tmp_path / f"{name}.yaml"
+    base = {
+        "admin": {"token_file": str(tmp_path / f"token-{name}")},
+        "images": {"gnupg_home": str(tmp_path / f"gnupg-{name}")},
+        "discovery": {"mdns": False},
+    }
+    cfg.write_text(yaml.safe_dump({**base, **settings}))
+    return cfg
+
+
+def test_a_second_service_on_the_port_or_the_cache_is_refused_naming_the_first(
+    start_appliance: StartAppliance, tmp_path: Path
+) -> None:
+    """With SO_REUSEPORT a second service on the port started and took a share of the
+    clients into its own, empty cache; on the cache directory it swept the first one's
+    temp files. Both are refused now, naming the service that holds them."""
+    first = start_appliance({}, extra={"workers": "auto"})
+    holder = f"archive-local (pid {first.proc.pid}, listening on 127.0.0.1:{first.port}"
+    other_cache = _config(tmp_path, "other-cache", cache={"dir": str(tmp_path / "other")})
+    err = refused("--config", str(other_cache), "serve", "--listen", f"127.0.0.1:{first.port}")
+    assert f"listen 127.0.0.1:{first.port}: the port is in use by {holder}" in err, err
+    for listen in (f"0.0.0.0:{first.port}", f"[::]:{first.port}"):  # every address
+        err = refused("--config", str(other_cache), "serve", "--listen", listen)
+        assert f"the port is in use by {holder}" in err, err
+    same_cache = _config(tmp_path, "same-cache", cache={"dir": str(first.cache_dir)})
+    err = refused("--config", str(same_cache), "serve", "--listen", f"127.0.0.1:{free_port()}")
+    assert f"cache.dir {first.cache_dir} is in use by {holder}" in err, err
+
+    def health(_n: int) -> int:  # a new connection each: every one reaches the first
+        with urllib.request.urlopen(f"{first.url}/healthz", timeout=10) as r:
+            return r.status
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(health, range(12))) == {200}
+    assert first.proc.poll() is None

@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import StartAppliance, free_port
+from tests.conftest import StartAppliance, free_port, require, unavailable
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,11 +65,11 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert r.stderr.startswith(f"archive-local: {line}") and r.stderr.count("\n") == 1, r.stderr
 
 
-def refused(*args: str, timeout: float = 20) -> str:
+def refused(*args: str, timeout: float = 20, prefix: Sequence[str] = ()) -> str:
     """`archive-local ARGS` that must exit 2 at once: its stderr. If it starts instead
     (and its workers with it), its whole process group is stopped before the test fails."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", *args],
+        [*prefix, sys.executable, "-m", "appliance", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -122,3 +123,35 @@ def test_a_second_service_on_the_port_or_the_cache_is_refused_naming_the_first(
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert set(pool.map(health, range(12))) == {200}
     assert first.proc.poll() is None
+
+
+def _read_only(*paths: Path) -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace where `paths` are
+    read-only bind mounts: unwritable for root too (permission bits are not; the tests run
+    as root), and gone with the process."""
+    if os.geteuid() != 0:
+        unavailable("a read-only bind mount in a private mount namespace needs root")
+    require("unshare", "util-linux")
+    mounts = " && ".join(f"mount --bind {p} {p} && mount -o remount,ro,bind {p}" for p in paths)
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "-"]
+
+
+def test_a_cache_directory_it_cannot_write_is_refused(tmp_path: Path) -> None:
+    """One process used to start ("serving on ...") and pass every request through
+    (X-Cache: PASS) with /healthz failing; several workers died at start one after the
+    other until the master gave up, blaming the port. A cache path that is a file said
+    only "File exists"."""
+    cfg = _config(tmp_path, "ro", listen=f"127.0.0.1:{free_port()}")
+    cache = tmp_path / "cache"
+    (cache / ".state").mkdir(parents=True)
+    serve = ("--config", str(cfg), "serve", "--cache-dir", str(cache))
+    err = refused(*serve, prefix=_read_only(cache))
+    assert f"cache.dir {cache}: cannot write in {cache} (Read-only file system)" in err, err
+    state = cache / ".state"  # the service's own state beside the cache: the lock, the index
+    err = refused(*serve, prefix=_read_only(state))
+    assert f"cache.dir {cache}: cannot write in {state} (Read-only file system)" in err, err
+    (tmp_path / "file").write_text("not a directory")
+    err = refused("--config", str(cfg), "serve", "--cache-dir", str(tmp_path / "file"))
+    assert f"cache.dir {tmp_path / 'file'}: not a directory" in err, err
+    err = refused("--config", str(cfg), "serve", "--cache-dir", str(tmp_path / "file/cache"))
+    assert f"cache.dir {tmp_path / 'file/cache'}: not a directory" in err, err

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import StartAppliance, free_port, require, unavailable
@@ -40,6 +41,51 @@ def test_config_prints_effective_settings() -> None:
     r = run("config")
     assert r.returncode == 0
     assert "listen: 0.0.0.0:3142" in r.stdout and "debian-security:" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # not UTF-8 (a Latin-1 file): was a UnicodeDecodeError traceback
+        (b"cache:\n  dir: /srv/cach\xe9\n", "{f}: not UTF-8 text: byte 0xe9 at offset 23 (line 2)"),
+        # a YAML error: was a multi-line message without the file's line and column
+        (b"apt:\n  allow: [a\n  index_ttl: 3\n", "{f}:3:12: expected ',' or ']', but got ':'"),
+        (b"listen: '127.0.0.1:3142\n", "{f}:2:1: found unexpected end of stream"),
+        (b"a: \x01\n", "{f}:1:4: unacceptable character #x0001"),
+        # the following were all accepted (a duplicate key: the last one silently)
+        (b"cache:\n  dir: /a\n  dir: /b\n", "{f}:3:3: cache.dir: given twice (first on line 2)"),
+        (b"workers: 1\nworkers: 2\n", "{f}:2:1: workers: given twice (first on line 1)"),
+        (b"apt: {allow: ['mirror.example:99999']}\n", "apt.allow[0]: port must be 1-65535"),
+        (b"apt: {allow: ['mirror.example:0']}\n", "apt.allow[0]: port must be 1-65535"),
+        (b"apt: {allow: ['[1::2::3]:80']}\n", "apt.allow[0]: [1::2::3] is not an IPv6 address"),
+        (b"listen: 999.1.2.3:3142\n", "listen: '999.1.2.3' is not an IP address"),
+        (b"listen: my host:3142\n", "listen: 'my host' is not an IP address"),
+        (b"listen: '[::::]:3142'\n", "listen: '::::' is not an IP address"),
+        (b"tls: {listen: 'web:8443'}\n", "tls.listen: 'web' is not an IP address"),
+    ],
+)
+def test_config_file_errors_are_one_line_naming_file_and_key(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_bytes(content)
+    r = run("--config", str(f), "config")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith("archive-local: configuration error: "), r.stderr
+    assert message.format(f=f) in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_config_prints_workers_auto_as_written(tmp_path: Path) -> None:
+    """It printed the count `auto` came to on this machine (`workers: 2`): copied to a
+    machine with more cores, the file would no longer use them all."""
+    r = run("config")  # the embedded default: auto
+    assert f"\nworkers: auto  # {os.cpu_count()} on this machine\n" in r.stdout, r.stdout
+    f = tmp_path / "back.yaml"
+    f.write_text(r.stdout)  # read back as written
+    again = run("--config", str(f), "config")
+    assert (again.returncode, again.stdout) == (0, r.stdout), again.stderr
+    f.write_text("workers: 1\n")  # a number stays a number
+    assert "\nworkers: 1\n" in run("--config", str(f), "config").stdout
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

@@ -121,6 +121,7 @@ def probe_port(listen: Listen, what: str = "listen") -> None:
         )
     except OSError as exc:
         raise Refused(f"{what} {listen}: {exc.strerror or exc}") from None
+    bound, unavailable = 0, None
     for family, kind, proto, _name, address in infos:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,8 +129,13 @@ def probe_port(listen: Listen, what: str = "listen") -> None:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             try:
                 sock.bind(address)
+                bound += 1
             except OSError as exc:
-                raise port_refused(listen, exc, what) from None
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise port_refused(listen, exc, what) from None
+                unavailable = exc  # `localhost` without IPv6: served on IPv4 alone
+    if not bound and unavailable is not None:  # not an address of this machine
+        raise port_refused(listen, unavailable, what)
 
 
 def port_refused(listen: Listen, exc: OSError, what: str = "listen") -> Refused:

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
@@ -290,13 +292,21 @@ def bind(listen: Listen, backlog: int = 1024) -> list[socket.socket]:
     try:
         for family, address in targets:
             sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(listen.host != "::"))
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL and len(targets) > 1:
+                    continue  # `localhost` on a machine without IPv6 (as asyncio does)
+                raise
+            socks.append(sock)
             sock.listen(backlog)
             sock.setblocking(False)
+        if not socks:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError:
         for sock in socks:
             sock.close()

@@ -29,7 +29,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     cfg.write_text("cache: {max_size: plenty}\n")
     r = run("--config", str(cfg), "serve")
     assert r.returncode == 2
-    assert "cache.max_size: expected a size" in r.stderr
+    assert f"{cfg}: cache.max_size: expected a size" in r.stderr
 
 
 def test_bad_remap_flag(tmp_path: Path) -> None:
@@ -55,13 +55,13 @@ def test_config_prints_effective_settings() -> None:
         # the following were all accepted (a duplicate key: the last one silently)
         (b"cache:\n  dir: /a\n  dir: /b\n", "{f}:3:3: cache.dir: given twice (first on line 2)"),
         (b"workers: 1\nworkers: 2\n", "{f}:2:1: workers: given twice (first on line 1)"),
-        (b"apt: {allow: ['mirror.example:99999']}\n", "apt.allow[0]: port must be 1-65535"),
-        (b"apt: {allow: ['mirror.example:0']}\n", "apt.allow[0]: port must be 1-65535"),
-        (b"apt: {allow: ['[1::2::3]:80']}\n", "apt.allow[0]: [1::2::3] is not an IPv6 address"),
-        (b"listen: 999.1.2.3:3142\n", "listen: '999.1.2.3' is not an IP address"),
-        (b"listen: my host:3142\n", "listen: 'my host' is not an IP address"),
-        (b"listen: '[::::]:3142'\n", "listen: '::::' is not an IP address"),
-        (b"tls: {listen: 'web:8443'}\n", "tls.listen: 'web' is not an IP address"),
+        (b"apt: {allow: ['mirror.example:99999']}\n", "{f}: apt.allow[0]: port must be 1-65535"),
+        (b"apt: {allow: ['mirror.example:0']}\n", "{f}: apt.allow[0]: port must be 1-65535"),
+        (b"apt: {allow: ['[1::2::3]:80']}\n", "{f}: apt.allow[0]: [1::2::3] is not an IPv6"),
+        (b"listen: 999.1.2.3:3142\n", "{f}: listen: '999.1.2.3' is not an IP address"),
+        (b"listen: my host:3142\n", "{f}: listen: 'my host' is not an IP address"),
+        (b"listen: '[::::]:3142'\n", "{f}: listen: '::::' is not an IP address"),
+        (b"tls: {listen: 'web:8443'}\n", "{f}: tls.listen: 'web' is not an IP address"),
     ],
 )
 def test_config_file_errors_are_one_line_naming_file_and_key(

@@ -591,7 +591,11 @@ def load(path: Path | None = None) -> Config:
             f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
             f"(line {line})"
         ) from None
-    return parse(read_yaml(content, str(path)), str(path))
+    data = read_yaml(content, str(path))
+    try:
+        return parse(data, str(path))
+    except ConfigError as exc:  # `FILE: key: problem`: which file, when several are about
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def read_yaml(content: str, source: str) -> Any:

@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT to listen on (overrides 'listen')")
     serve.add_argument("--cache-dir", help="cache directory (overrides 'cache.dir')")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the master
+    serve.add_argument("--inherit", help=argparse.SUPPRESS)  # the master's sockets and lock
     serve.add_argument(
         "--remap",
         action="append",
@@ -186,19 +187,25 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
 
         run = maintenance.run_verify if args.command == "verify" else maintenance.run_expire
         return run(args, config)
+    from appliance.commands import claim
     from appliance.commands.serve import serve
 
     try:
-        config.cache.dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"archive-local: cache.dir {config.cache.dir}: {exc.strerror}", file=sys.stderr)
-        return 1
-    if config.workers > 1 and args.worker_index is None:
-        from appliance.commands.workers import run_master
+        if args.worker_index is None:  # a worker runs on what its master claimed
+            claim.prepare_cache_dir(config)
+            lock = claim.lock_cache_dir(config)
+            if config.workers > 1:
+                from appliance.commands.workers import run_master
 
-        return run_master(config, sys.argv[1:])
-    try:
-        asyncio.run(serve(config, args.config, worker=args.worker_index))
+                return run_master(config, sys.argv[1:], lock)
+            claim.probe_port(config.listen)
+            if config.tls is not None:
+                claim.probe_port(config.tls.listen, "tls.listen")
+        inherited = claim.Listeners.inherited(args.inherit) if args.inherit else None
+        asyncio.run(serve(config, args.config, worker=args.worker_index, inherited=inherited))
+    except claim.Refused as exc:
+        print(f"archive-local: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"archive-local: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -252,7 +252,8 @@ async def test_idle_handshakes_cannot_shut_out_the_clients_that_finish_theirs(
     await runner.setup()
     listener = listening.TlsListener(server, lambda: context)
     port = free_port()
-    site = listening.TlsSite(runner, listener, Listen("127.0.0.1", port), None, False)
+    listen = Listen("127.0.0.1", port)
+    site = listening.TlsSite(runner, listener, listen, listening.bind(listen)[0])
     await site.start()
     idle = []
     try:

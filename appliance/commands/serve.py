@@ -12,11 +12,12 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance import __version__, runtime
+from appliance.commands.claim import Listeners
 from appliance.config import Config
 from appliance.web.accesslog import logger_class
 from appliance.web.app import SERVER_LIMITS, Handler
 from appliance.web.peers import PeerStreams
-from appliance.web.server import Server, TlsListener, TlsSite, listening_socket
+from appliance.web.server import Server, TlsListener, TlsSite
 from appliance.web.workers import Workers, socket_path
 
 log = logging.getLogger("appliance")
@@ -33,10 +34,17 @@ def raise_file_limit() -> None:
             log.warning("cannot raise the open files limit from %d: %s", soft, exc)
 
 
-async def serve(config: Config, config_path: Path | None = None, worker: int | None = None) -> None:
+async def serve(
+    config: Config,
+    config_path: Path | None = None,
+    worker: int | None = None,
+    inherited: Listeners | None = None,
+) -> None:
     """Serve until SIGTERM. `worker`: this process's index among `config.workers` (the
-    master started it): the port is shared (SO_REUSEPORT), a Unix socket reaches it, and
-    only worker 0 runs the jobs."""
+    master started it): it serves the master's listening sockets (`inherited`) with its
+    siblings, a Unix socket reaches it, and only worker 0 runs the jobs. Without
+    `inherited` the port is bound once the service is ready to answer (a port taken
+    meanwhile is a `Refused`)."""
     raise_file_limit()
     siblings = None
     if worker is not None:
@@ -63,27 +71,15 @@ async def serve(config: Config, config_path: Path | None = None, worker: int | N
         runner = web.ServerRunner(server, shutdown_timeout=config.limits.drain_timeout)
         await runner.setup()
         try:
-            shared = siblings is not None
-            sock = listening_socket(config.listen, reuse_port=shared)
-            site: web.BaseSite = (
-                web.SockSite(runner, sock)
-                if sock is not None
-                else web.TCPSite(
-                    runner,
-                    config.listen.host,
-                    config.listen.port,
-                    backlog=1024,
-                    reuse_port=shared or None,
-                )
-            )
-            await site.start()
+            listeners = inherited if inherited is not None else Listeners.bind(config)
+            for sock in listeners.plain:
+                await web.SockSite(runner, sock, backlog=1024).start()
             if config.tls is not None and app.tls is not None:
                 tls = config.tls.listen
-                tls_sock = listening_socket(tls, reuse_port=shared)
                 certificates = app.tls  # read at each accept: a reload's certificate is used
                 listener = TlsListener(server, lambda: certificates.context)
-                secure = TlsSite(runner, listener, tls, tls_sock, reuse_port=shared)
-                await secure.start()
+                for sock in listeners.tls:
+                    await TlsSite(runner, listener, tls, sock).start()
                 log.info("HTTPS on %s (certificate sha256 %s)", tls, app.tls.fingerprint)
             if siblings is not None:
                 own = siblings.sockets[siblings.index]

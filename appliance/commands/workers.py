@@ -7,7 +7,11 @@ Restart=. Exit status 0 when every worker stopped cleanly.
 
 Before starting them it does what they would otherwise race for: the admin token, and the
 start-up sweep of the cache directory (the workers only index it: a sibling, or a worker
-started again beside running ones, may be writing the temp files a sweep removes).
+started again beside running ones, may be writing the temp files a sweep removes). It
+binds the listening sockets once and every worker serves them (the kernel hands each new
+connection to whichever accepts first): no SO_REUSEPORT, so no other process can bind the
+port while the service runs. The workers inherit those sockets and the cache directory's
+lock (`commands.claim`); the master keeps them open for workers started again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from appliance.commands.claim import Listeners
 from appliance.config import Config
 from appliance.runtime import sweep_cache, sweep_dead_worker
 from appliance.web.admin import AdminUnavailable, load_token
@@ -30,7 +35,10 @@ RESTARTS = 3  # a worker dying this often within RESTART_WINDOW seconds stops th
 RESTART_WINDOW = 60.0
 
 
-def run_master(config: Config, argv: Sequence[str]) -> int:
+def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
+    """Run the workers until they stop; `lock`: the cache directory's lock descriptor.
+    A port in use is a `Refused` before anything starts."""
+    listeners = Listeners.bind(config)
     try:
         load_token(config.admin.token_file)
     except (OSError, AdminUnavailable) as exc:
@@ -40,9 +48,13 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
     except OSError as exc:  # each worker reports the disk's problem on its own
         log.warning("cache: start-up sweep failed: %s", exc)
 
+    inherit = ["--inherit", listeners.spec(lock)]
+    fds = [*listeners.fds(), lock]
+
     def spawn(i: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "appliance", *argv, "--worker-index", str(i)]
+            [sys.executable, "-m", "appliance", *argv, "--worker-index", str(i), *inherit],
+            pass_fds=fds,
         )
 
     workers = [spawn(i) for i in range(config.workers)]
@@ -56,6 +68,7 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+            listeners.close()  # the port closes as the workers close theirs
         for w in workers:
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
@@ -79,6 +92,7 @@ def run_master(config: Config, argv: Sequence[str]) -> int:
                     len(deaths[i]),
                     RESTART_WINDOW,
                 )
+                listeners.close()
                 return _stop_all(workers, config)
             dead = workers[i].pid
             workers[i] = spawn(i)

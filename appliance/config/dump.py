@@ -40,6 +40,9 @@ def _plain(value: Any, unit: str | None = None) -> Any:
 def to_data(config: Config) -> dict[str, Any]:
     """The configuration as the YAML document that would produce it."""
     out = _plain(config)
+    del out["workers_auto"]
+    if config.workers_auto:  # as written: the count follows the machine's cores
+        out["workers"] = "auto"
     out["metrics"] = {"enabled": config.metrics}
     out["seed"]["targets"] = [_target(t) for t in config.seed.targets]
     return out
@@ -52,4 +55,9 @@ def _target(target: TargetConfig) -> dict[str, Any]:
 
 
 def dump(config: Config) -> str:
-    return yaml.safe_dump(to_data(config), sort_keys=False)
+    text = yaml.safe_dump(to_data(config), sort_keys=False)
+    if config.workers_auto:  # what `auto` means here, as a comment (read back the same)
+        text = text.replace(
+            "\nworkers: auto\n", f"\nworkers: auto  # {config.workers} on this machine\n"
+        )
+    return text

@@ -5,6 +5,7 @@ Each validator names the key in its error (`cache.max_size: expected a size ...`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,7 +59,8 @@ def parse_size(value: Any, key: str) -> int:
 
 
 def parse_listen(value: Any, key: str = "listen") -> Listen:
-    """'0.0.0.0:3142', '[::]:3142', '127.0.0.1:3199'."""
+    """'0.0.0.0:3142', '[::]:3142', '127.0.0.1:3199', 'localhost:3142': an address the
+    service binds (checked now, not at the bind: `999.1.1.1` or `my host` is refused)."""
     m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", str(value))
     if not m:
         raise ConfigError(f"{key}: expected HOST:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
@@ -66,7 +68,31 @@ def parse_listen(value: Any, key: str = "listen") -> Listen:
     port = int(m.group(2) or m.group(4))
     if not 0 < port < 65536:
         raise ConfigError(f"{key}: port must be 1-65535, got {port}")
+    if host != "localhost":
+        try:
+            (ipaddress.IPv6Address if m.group(1) else ipaddress.IPv4Address)(host)
+        except ValueError:
+            raise ConfigError(
+                f"{key}: {host!r} is not an IP address (one of this machine's, "
+                "0.0.0.0 or [::] for all, or localhost)"
+            ) from None
     return Listen(host, port)
+
+
+def check_host_port(value: str, key: str) -> None:
+    """A `host[:port]` that HOSTPORT matched (apt.allow): the port within 1-65535, a
+    bracketed host an IPv6 address."""
+    m = HOSTPORT.match(value)
+    if m is None:
+        raise ConfigError(f"{key}: expected host[:port], got {value!r}")
+    host, port = m.group(1), m.group(2)
+    if port and not 0 < int(port[1:]) < 65536:
+        raise ConfigError(f"{key}: port must be 1-65535, got {value!r}")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"{key}: {host} is not an IPv6 address, got {value!r}") from None
 
 
 def parse_upstream(value: Any, key: str) -> str:

@@ -247,4 +247,5 @@ class Config:
     tls: TlsConfig | None = None
     # processes sharing the port and the cache; by default ("auto") one per core
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    workers_auto: bool = field(default=False, compare=False)  # written `auto`: dumped so
     source: str = field(default="<embedded default>", compare=False)

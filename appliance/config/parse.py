@@ -22,6 +22,7 @@ from appliance.config.fields import (
     HOSTPORT,
     REMAP_NAME,
     RESERVED_PATHS,
+    check_host_port,
     check_keys,
     choice,
     expect_mapping,
@@ -279,6 +280,7 @@ def _parse_apt(data: Mapping[str, Any]) -> AptConfig:
     for i, item in enumerate(allow):
         if not isinstance(item, str) or not HOSTPORT.match(item):
             raise ConfigError(f"apt.allow[{i}]: expected host[:port], got {item!r}")
+        check_host_port(item, f"apt.allow[{i}]")
     return AptConfig(
         index_ttl=seconds(data, "index_ttl", "apt", data.get("index_ttl"), positive=False),
         remaps=parse_remaps(data.get("remaps", {})),
@@ -556,6 +558,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         discovery=_parse_discovery(data.get("discovery") or {}),
         limits=_parse_limits(data.get("limits") or {}),
         workers=_parse_workers(data.get("workers", "auto")),
+        workers_auto=data.get("workers", "auto") == "auto",
         tls=_parse_tls(data.get("tls")),
         source=source,
     )
@@ -603,14 +606,86 @@ def load(path: Path | None = None) -> Config:
     if path is None:
         return parse(default_data(), "<embedded default>")
     try:
-        content = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(content)
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+            f"(line {line})"
+        ) from None
+    data = read_yaml(content, str(path))
+    try:
+        return parse(data, str(path))
+    except ConfigError as exc:  # `FILE: key: problem`: which file, when several are about
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_yaml(content: str, source: str) -> Any:
+    """One YAML document (safe types only). An error is one line, `SOURCE:LINE:COL: what`
+    (1-based, as editors count); a key given twice in a mapping is an error (YAML says
+    so, PyYAML would keep the last one silently)."""
+    try:
+        loader = yaml.SafeLoader(content)  # checks the characters at once
+    except yaml.reader.ReaderError as exc:  # one YAML does not allow (a NUL, ...)
+        line = content.count("\n", 0, exc.position) + 1
+        column = exc.position - (content.rfind("\n", 0, exc.position) + 1) + 1
+        raise ConfigError(
+            f"{source}:{line}:{column}: unacceptable character #x{exc.character:04x}: {exc.reason}"
+        ) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_yaml_error(exc, source)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return parse(data, str(path))
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    what = exc.problem or exc.context or "not valid YAML"
+    if exc.context and exc.problem and exc.context_mark is not None:
+        what += f" ({exc.context} on line {exc.context_mark.line + 1})"
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    return f"{where}: {' '.join(what.split())}"
+
+
+def _refuse_duplicate_keys(root: yaml.Node, source: str) -> None:
+    """Walk the composed document (each node once: aliases share them) and refuse a
+    mapping key given twice, naming it as a dotted path (`cache.dir`)."""
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            todo += [(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag.endswith(":merge"):
+                    todo.append((value, where))  # `<<: *base`: explicit keys override it
+                    continue
+                name = f"{where}.{key.value}" if where else key.value
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    raise ConfigError(
+                        f"{source}:{line}:{key.start_mark.column + 1}: {name}: given twice "
+                        f"(first on line {first[key.tag, key.value]})"
+                    )
+                first[key.tag, key.value] = line
+                todo.append((value, name))
 
 
 def with_overrides(

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
@@ -251,21 +253,15 @@ class TlsListener:
 
 class TlsSite(web.BaseSite):
     """The HTTPS port as an aiohttp site (runner.cleanup stops it first), accepting plain
-    TCP through a TlsListener."""
+    TCP through a TlsListener on a socket bound by `bind`."""
 
     def __init__(
-        self,
-        runner: web.BaseRunner,
-        listener: TlsListener,
-        listen: Listen,
-        sock: socket.socket | None,
-        reuse_port: bool,
+        self, runner: web.BaseRunner, listener: TlsListener, listen: Listen, sock: socket.socket
     ) -> None:
         super().__init__(runner, backlog=1024)
         self.listener = listener
         self.listen = listen
         self.sock = sock
-        self.reuse_port = reuse_port or None
 
     @property
     def name(self) -> str:
@@ -274,41 +270,49 @@ class TlsSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        if self.sock is not None:
-            self._server = await loop.create_server(
-                self.listener, sock=self.sock, backlog=self._backlog
-            )
-        else:
-            self._server = await loop.create_server(
-                self.listener,
-                self.listen.host,
-                self.listen.port,
-                backlog=self._backlog,
-                reuse_port=self.reuse_port,
-            )
+        self._server = await loop.create_server(
+            self.listener, sock=self.sock, backlog=self._backlog
+        )
 
     async def stop(self) -> None:
         await super().stop()
         self.listener.close()
 
 
-def listening_socket(
-    listen: Listen, backlog: int = 1024, reuse_port: bool = False
-) -> socket.socket | None:
-    """A dual-stack socket for `[::]` (IPv4 clients too); None: let aiohttp bind.
-    `reuse_port`: several worker processes bind the same port."""
-    if listen.host != "::":
-        return None
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def bind(listen: Listen, backlog: int = 1024) -> list[socket.socket]:
+    """Listening sockets for `listen` (one per address it resolves to; `[::]` one
+    dual-stack socket, IPv4 clients too), bound now and never with SO_REUSEPORT: the
+    workers of one service share these (their master binds them), and no other process
+    can bind the port while they are open (Linux lets any process of the same user join
+    a SO_REUSEPORT group)."""
+    if listen.host == "::":
+        targets = [(socket.AF_INET6, ("::", listen.port))]
+    else:
+        infos = socket.getaddrinfo(
+            listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        targets = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    socks: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", listen.port))
-        sock.listen(backlog)
-        sock.setblocking(False)
+        for family, address in targets:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(listen.host != "::"))
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL and len(targets) > 1:
+                    continue  # `localhost` on a machine without IPv6 (as asyncio does)
+                raise
+            socks.append(sock)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        if not socks:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
     except OSError:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    return socks

@@ -45,8 +45,6 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     serve = command("serve", help="run the apt proxy")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (overrides 'listen')")
-    serve.add_argument("--cache-dir", help="cache directory (overrides 'cache.dir')")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the master
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # the master's sockets and lock
     serve.add_argument(
@@ -108,8 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     dr = command("drain", help="make /healthz answer 503 (load balancers stop sending clients)")
     dr.add_argument("--off", action="store_true", help="serve again: /healthz answers 200")
     dr.add_argument("--json", action="store_true", help="machine-readable output")
-    keys = command("keys", help="create (once) and show the appliance's signing key")
+    keys = command("keys", help="show the appliance's signing key (--create: make it once)")
+    keys.add_argument("--create", action="store_true", help="make the key if there is none")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
+    pu = command("purge", help="remove cached files (one path or URL, or a whole remap)")
+    pu.add_argument("target", nargs="?", help="/REMAP/path or http://host/path as apt asks it")
+    pu.add_argument("--remap", help="every file of this remap")
+    pu.add_argument("--json", action="store_true", help="machine-readable output")
+    rl = command("reload", help="make the service re-read its configuration file (as SIGHUP)")
+    rl.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -118,6 +123,9 @@ def _common_options(p: argparse.ArgumentParser, default: object) -> None:
         "--config", type=Path, default=default, help="YAML configuration (default: embedded)"
     )
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+    # the service's own flags: `serve` runs with them, the other commands find it by them
+    p.add_argument("--listen", default=default, help="HOST:PORT (overrides 'listen')")
+    p.add_argument("--cache-dir", default=default, help="cache directory (overrides 'cache.dir')")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = configuration.load(args.config)
-        if args.command == "serve":
-            config = configuration.with_overrides(
-                config, listen=args.listen, cache_dir=args.cache_dir, remaps=args.remap
-            )
+        config = configuration.with_overrides(
+            config,
+            listen=getattr(args, "listen", None),
+            cache_dir=getattr(args, "cache_dir", None),
+            remaps=args.remap if args.command == "serve" else (),
+        )
     except configuration.ConfigError as exc:
         print(f"archive-local: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -182,6 +192,11 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
         from appliance.commands.maintenance import run_drain
 
         return run_drain(args, config)
+    if args.command in ("purge", "reload"):
+        from appliance.commands import maintenance
+
+        run = maintenance.run_purge if args.command == "purge" else maintenance.run_reload
+        return run(args, config)
     if args.command in ("verify", "expire"):
         from appliance.commands import maintenance
 

@@ -4,10 +4,12 @@ and `serve` refuses in one line to start where it could not serve (exit status 2
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from tests.conftest import StartAppliance, free_port, require, unavailable
+from tests.upstream import Upstream
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -201,3 +204,78 @@ def test_a_cache_directory_it_cannot_write_is_refused(tmp_path: Path) -> None:
     assert f"cache.dir {tmp_path / 'file'}: not a directory" in err, err
     err = refused("--config", str(cfg), "serve", "--cache-dir", str(tmp_path / "file/cache"))
     assert f"cache.dir {tmp_path / 'file/cache'}: not a directory" in err, err
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_commands_find_the_service_by_the_flags_it_was_started_with(
+    tmp_path: Path, upstream_root: Path, upstream: Upstream
+) -> None:
+    """`serve --listen --cache-dir` (the README's way), then every command that talks to
+    the service with the same flags (`--cache-dir` alone finds its address); without
+    them, a one-line refusal that says which flags to give, never a report on another
+    directory; and the read-only commands create nothing."""
+    (upstream_root / "debian/pool").mkdir(parents=True)
+    (upstream_root / "debian/pool/a.deb").write_bytes(b"a" * 5000)
+    port = free_port()
+    cache = tmp_path / "al"
+    cfg = _config(
+        tmp_path,
+        "flags",
+        listen=f"127.0.0.1:{free_port()}",  # where nothing answers: the flags say where
+        cache={"dir": str(tmp_path / "configured")},
+        apt={"remaps": {"debian": [f"{upstream.url}/debian"]}},
+    )
+    flags = ("--listen", f"127.0.0.1:{port}", "--cache-dir", str(cache))
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), *flags],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/debian/pool/a.deb") as r:
+            assert r.read() == b"a" * 5000
+        c = ("--config", str(cfg))
+        for how in (flags, ("--cache-dir", str(cache)), ("--listen", f"127.0.0.1:{port}")):
+            r = run(*c, "status", *how)
+            assert r.returncode == 0 and "apt     hit 0, miss 1" in r.stdout, r.stdout + r.stderr
+        r = run(*c, "verify", "--cache-dir", str(cache))
+        assert r.returncode == 0 and "verify: 1 files" in r.stdout, r.stdout + r.stderr
+        r = run(*c, "expire", "--dry-run", "--json", "--cache-dir", str(cache))
+        assert r.returncode == 0 and json.loads(r.stdout)["expired"] == 0, r.stderr
+        r = run(*c, "drain", "--cache-dir", str(cache))
+        assert r.returncode == 0 and "503" in r.stdout, r.stderr
+        r = run(*c, "drain", "--off", "--cache-dir", str(cache))
+        assert r.returncode == 0 and "200" in r.stdout, r.stderr
+        r = run(*c, "purge", "/debian/pool/a.deb", "--cache-dir", str(cache), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout) == {"removed": 1}, r.stderr
+        assert not (cache / f"{upstream.url.split('://')[1]}/debian/pool/a.deb").exists()
+        r = run(*c, "reload", "--cache-dir", str(cache))
+        assert r.returncode == 0 and f"reloaded {cfg}" in r.stdout, r.stderr
+        # without the flags: the configured address and directory, where nothing runs
+        for command in ("status", "verify", "drain", "purge --remap debian", "reload"):
+            r = run(*c, *command.split())
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert "give the --config, --listen or --cache-dir" in r.stderr, r.stderr
+            assert r.stderr.count("\n") == 1 and "0 files" not in r.stdout
+        before = _tree(tmp_path)
+        for command in ("status", "expire --dry-run", "keys", "verify"):
+            run(*c, *command.split())
+        assert _tree(tmp_path) == before  # nothing made: no cache, no key, no index
+        r = run(*c, "keys")
+        assert r.returncode == 1 and "keys --create" in r.stderr, r.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

@@ -362,7 +362,7 @@ def test_well_known_shows_the_key_once_it_exists(
     assert doc["service"] == "archive-local" and doc["images"]["key_fingerprint"] is None
     cfg = next(tmp_path.glob("config-*.yaml"))
     r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(cfg), "keys", "--json"],
+        [sys.executable, "-m", "appliance", "--config", str(cfg), "keys", "--create", "--json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -86,6 +86,25 @@ def _read_holder(path: Path) -> Holder:
         return Holder(None, str(path.parent.parent))
 
 
+def running_holder(cache_dir: Path) -> Holder | None:
+    """The service that holds `cache_dir` now, as its lock file names it (None: none
+    does). Only reads: a command asking creates nothing."""
+    path = cache_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return _read_holder(path)
+        return None
+    finally:
+        os.close(fd)  # (a shared lock we got goes with it)
+    return None
+
+
 def lock_cache_dir(config: Config) -> int:
     """Take the service's lock on its cache directory; the open descriptor (held until
     the process and every worker it passes it to have exited)."""

@@ -129,14 +129,24 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
 
 
 async def run_keys(args: argparse.Namespace, config: configuration.Config) -> int:
-    """Create (once) and show the appliance's signing key; publish its public half."""
+    """Show the appliance's signing key; with `--create`, make it first (once) and
+    publish its public half. Without it nothing is written (the service makes the key
+    when it first signs a feed)."""
+    home = config.images.gnupg_home
     try:
-        signer = await Signer.open(config.images.gnupg_home)
-        fingerprint = await asyncio.to_thread(signer.ensure_key)
-        async with runtime.core(config) as base:
-            for path, armor in KEY_PATHS.items():
-                key = await asyncio.to_thread(signer.public_key, armor)
-                await base.engine.put(curated_key(path), key)
+        if not args.create and not home.is_dir():
+            return _err(f"no signing key yet in {home} (archive-local keys --create makes it)")
+        signer = await Signer.open(home)
+        if not args.create:
+            fingerprint = await asyncio.to_thread(lambda: signer.fingerprint)
+            if fingerprint is None:
+                return _err(f"no signing key yet in {home} (archive-local keys --create makes it)")
+        else:
+            fingerprint = await asyncio.to_thread(signer.ensure_key)
+            async with runtime.core(config) as base:
+                for path, armor in KEY_PATHS.items():
+                    key = await asyncio.to_thread(signer.public_key, armor)
+                    await base.engine.put(curated_key(path), key)
     except (OSError, SignatureError) as exc:
         return _err(f"signing key: {exc}")
     port = config.listen.port

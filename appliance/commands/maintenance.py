@@ -20,7 +20,8 @@ from appliance import runtime
 from appliance.apt import expire
 from appliance.apt.catalog import IndexCatalog
 from appliance.cache import verify
-from appliance.commands.status import service_url
+from appliance.commands.claim import running_holder
+from appliance.commands.status import not_running, service_url
 from appliance.config import human_size as size
 from appliance.web.admin import AdminUnavailable, load_token
 
@@ -50,9 +51,20 @@ def _ask_service(config: configuration.Config, action: str, body: dict[str, Any]
 
 
 def _run(config: configuration.Config, action: str, body: dict[str, Any], local: Any) -> Any:
+    """The running service does it; else `local` on the cache directory, when that is a
+    cache no service holds (never a directory the user did not mean: "0 files checked"
+    of an empty default while the service runs elsewhere)."""
     try:
         return _ask_service(config, action, body)
     except _NoService:
+        holder = running_holder(config.cache.dir)
+        if holder is not None:
+            raise RuntimeError(
+                f"{holder.describe()} holds {config.cache.dir} but does not answer on "
+                f"{service_url(config)}"
+            ) from None
+        if local is None or not (config.cache.dir / ".state").is_dir():
+            raise RuntimeError(not_running(config, service_url(config))) from None
         return asyncio.run(local())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
@@ -141,11 +153,8 @@ def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
 def run_drain(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local drain [--off]`: /healthz 503 (or 200 again), through the service."""
 
-    async def local() -> dict[str, Any]:
-        raise RuntimeError("the service is not running")
-
     try:
-        result = _run(config, "drain", {"drain": not args.off}, local)
+        result = _run(config, "drain", {"drain": not args.off}, None)
     except RuntimeError as exc:
         print(f"archive-local: drain: {exc}", file=sys.stderr)
         return 1
@@ -157,4 +166,38 @@ def run_drain(args: argparse.Namespace, config: configuration.Config) -> int:
             if result["draining"]
             else "serving: /healthz answers 200"
         )
+    return 0
+
+
+def run_purge(args: argparse.Namespace, config: configuration.Config) -> int:
+    """`archive-local purge PATH|URL` or `--remap NAME`: remove cached files, through the
+    service (its memory must forget them too)."""
+    body = {"remap": args.remap} if args.remap else {"path": args.target}
+    if bool(args.remap) == bool(args.target):
+        print("archive-local: purge: give a path or URL, or --remap NAME", file=sys.stderr)
+        return 2
+    try:
+        result = _run(config, "purge", body, None)
+    except RuntimeError as exc:
+        print(f"archive-local: purge: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"purge: removed {result['removed']} files")
+    return 0
+
+
+def run_reload(args: argparse.Namespace, config: configuration.Config) -> int:
+    """`archive-local reload`: the service re-reads its configuration file (as SIGHUP)."""
+    try:
+        result = _run(config, "reload", {}, None)
+    except RuntimeError as exc:
+        print(f"archive-local: reload: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        restart = ", ".join(result.get("restart_needed_for") or []) or "nothing"
+        print(f"reloaded {result.get('reloaded')}; a restart is needed for: {restart}")
     return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import urllib.error
 import urllib.request
 from typing import Any
 
 from appliance import config as configuration
+from appliance.commands.claim import running_holder
 from appliance.config import human_size
 from appliance.web.status import _ago
 
@@ -18,12 +21,27 @@ def _bytes(n: float | None) -> str:
 
 
 def service_url(config: configuration.Config) -> str:
-    host = config.listen.host
+    """Where the service of this configuration answers: the address the service holding
+    `cache.dir` recorded (it may have been started with `--listen`), else `listen`."""
+    listen = config.listen
+    holder = running_holder(config.cache.dir)
+    if holder is not None and holder.listen:
+        with contextlib.suppress(configuration.ConfigError):
+            listen = configuration.parse_listen(holder.listen.split(",", 1)[0], "listen")
+    host = listen.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1" if host != "::" else "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{config.listen.port}"
+    return f"http://{host}:{listen.port}"
+
+
+def not_running(config: configuration.Config, url: str) -> str:
+    """Why a command found no service, and how to name the one meant."""
+    return (
+        f"no archive-local answers on {url} and none holds {config.cache.dir}; give the"
+        " --config, --listen or --cache-dir the service was started with"
+    )
 
 
 def summary(s: dict[str, Any]) -> str:
@@ -63,6 +81,12 @@ def run_status(args: argparse.Namespace, config: configuration.Config) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
             data = json.loads(r.read())
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError) and not args.url:
+            print(f"archive-local: status: {not_running(config, url)}", file=sys.stderr)
+        else:
+            print(f"archive-local: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"archive-local: cannot read {url}: {exc}", file=sys.stderr)
         return 1

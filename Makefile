@@ -129,6 +129,7 @@ install:
 	install -D -m 0644 $(DESTDIR)$(PREFIX)/archive-local.service $(DESTDIR)$(UNITDIR)/archive-local.service
 	[ -e $(DESTDIR)$(SYSCONFDIR)/config.yaml ] || install -D -m 0644 appliance/config/default.yaml $(DESTDIR)$(SYSCONFDIR)/config.yaml
 	@if [ -n "$(DESTDIR)" ] || [ "$(ACTIVATE)" != yes ]; then echo "installed in $(DESTDIR)$(PREFIX) (no user created, systemd not told)"; exit 0; fi; \
+	dpkg -s $(RUN_DEBS) >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $(RUN_DEBS); }; \
 	id -u archive-local >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
 	    --home-dir /var/lib/archive-local --shell /usr/sbin/nologin archive-local; \
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable --now archive-local \

@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,9 +22,13 @@ from tests.conftest import StartAppliance, free_port, require, unavailable
 from tests.upstream import Upstream
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "appliance", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -255,8 +260,18 @@ def test_commands_find_the_service_by_the_flags_it_was_started_with(
         assert r.returncode == 0 and "verify: 1 files" in r.stdout, r.stdout + r.stderr
         r = run(*c, "expire", "--dry-run", "--json", "--cache-dir", str(cache))
         assert r.returncode == 0 and json.loads(r.stdout)["expired"] == 0, r.stderr
-        r = run(*c, "drain", "--cache-dir", str(cache))
-        assert r.returncode == 0 and "503" in r.stdout, r.stderr
+        with socket.socket() as trap:  # an http_proxy of the environment: never used
+            trap.bind(("127.0.0.1", 0))
+            trap.listen(8)
+            trap.settimeout(0.5)
+            proxy = {"http_proxy": f"http://127.0.0.1:{trap.getsockname()[1]}"}
+            r = run(*c, "drain", "--cache-dir", str(cache), env=proxy)
+            assert r.returncode == 0 and "503" in r.stdout, r.stderr
+            with pytest.raises(TimeoutError):
+                trap.accept()[0].close()  # the admin token did not travel there
+        # an explicit --listen wins over the address the cache directory's service recorded
+        r = run(*c, "status", "--cache-dir", str(cache), "--listen", f"127.0.0.1:{free_port()}")
+        assert r.returncode == 1, r.stdout
         r = run(*c, "drain", "--off", "--cache-dir", str(cache))
         assert r.returncode == 0 and "200" in r.stdout, r.stderr
         r = run(*c, "purge", "/debian/pool/a.deb", "--cache-dir", str(cache), "--json")

@@ -23,6 +23,8 @@ import json
 import os
 import secrets
 import socket
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,48 +80,82 @@ class Holder:
         return f"archive-local ({', '.join(parts)})"
 
 
-def _read_holder(path: Path) -> Holder:
+def _read_holder(fd: int, path: Path) -> Holder:
+    """What the lock file (open, checked to be a regular file) records."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(os.pread(fd, 4096, 0))
         return Holder(int(data["pid"]), str(data["cache"]), str(data["listen"]))
     except (OSError, ValueError, KeyError, TypeError):
         return Holder(None, str(path.parent.parent))
+
+
+def _holder_at(path: Path) -> Holder:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return Holder(None, str(path.parent.parent))
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return _read_holder(fd, path)
+        return Holder(None, str(path.parent.parent))
+    finally:
+        os.close(fd)
 
 
 def running_holder(cache_dir: Path) -> Holder | None:
     """The service that holds `cache_dir` now, as its lock file names it (None: none
     does). Only reads: a command asking creates nothing."""
     path = cache_dir / LOCK
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # (not through a link, never waiting on a FIFO planted there)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            return _read_holder(path)
+            return _read_holder(fd, path)
         return None
     finally:
         os.close(fd)  # (a shared lock we got goes with it)
     return None
 
 
+def _lock_soon(fd: int, within: float = 1.0) -> None:
+    """The exclusive lock, asked again for `within` seconds: a command checking who holds
+    the directory (`running_holder`) holds a shared lock for an instant."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def lock_cache_dir(config: Config) -> int:
     """Take the service's lock on its cache directory; the open descriptor (held until
     the process and every worker it passes it to have exited)."""
     d, path = config.cache.dir, config.cache.dir / LOCK
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise Refused(f"cache.dir {d}: {path} is not a regular file")
     except OSError as exc:
         raise Refused(f"cache.dir {d}: cannot open {path} ({exc.strerror})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_soon(fd)
     except OSError as exc:
+        holder = _read_holder(fd, path)
         os.close(fd)
         if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
             raise Refused(f"cache.dir {d}: cannot lock {path} ({exc.strerror})") from None
-        holder = _read_holder(path)
         raise Refused(
             f"cache.dir {d} is in use by {holder.describe()}: one service per cache directory"
         ) from None
@@ -193,7 +229,7 @@ def port_holder(port: int) -> str | None:
             continue
         for link in links:
             if link.endswith(f"/{LOCK}"):
-                return _read_holder(Path(link)).describe()
+                return _holder_at(Path(link)).describe()
         try:
             name = (proc / "comm").read_text().strip()
         except OSError:

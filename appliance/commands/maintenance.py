@@ -21,7 +21,7 @@ from appliance.apt import expire
 from appliance.apt.catalog import IndexCatalog
 from appliance.cache import verify
 from appliance.commands.claim import running_holder
-from appliance.commands.status import not_running, service_url
+from appliance.commands.status import DIRECT, listen_given, not_running, service_url
 from appliance.config import human_size as size
 from appliance.web.admin import AdminUnavailable, load_token
 
@@ -30,11 +30,12 @@ class _NoService(Exception):
     pass
 
 
-def _ask_service(config: configuration.Config, action: str, body: dict[str, Any]) -> Any:
-    """POST to the running service's admin API; _NoService when nothing listens."""
-    url = f"{service_url(config)}/api/admin/{action}"
+def _ask_service(config: configuration.Config, base: str, action: str, body: dict[str, Any]) -> Any:
+    """POST to the running service's admin API at `base` (never through a proxy);
+    _NoService when nothing listens."""
+    url = f"{base}/api/admin/{action}"
     try:
-        urllib.request.urlopen(f"{service_url(config)}/api/status", timeout=3).close()
+        DIRECT.open(f"{base}/api/status", timeout=3).close()
     except urllib.error.HTTPError:
         pass  # something answers: the service
     except OSError:
@@ -46,25 +47,31 @@ def _ask_service(config: configuration.Config, action: str, body: dict[str, Any]
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=None) as r:
+    with DIRECT.open(req, timeout=None) as r:
         return json.loads(r.read())
 
 
-def _run(config: configuration.Config, action: str, body: dict[str, Any], local: Any) -> Any:
+def _run(
+    config: configuration.Config,
+    action: str,
+    body: dict[str, Any],
+    local: Any,
+    listen_given: bool = False,
+) -> Any:
     """The running service does it; else `local` on the cache directory, when that is a
     cache no service holds (never a directory the user did not mean: "0 files checked"
     of an empty default while the service runs elsewhere)."""
+    base = service_url(config, listen_given)
     try:
-        return _ask_service(config, action, body)
+        return _ask_service(config, base, action, body)
     except _NoService:
         holder = running_holder(config.cache.dir)
         if holder is not None:
             raise RuntimeError(
-                f"{holder.describe()} holds {config.cache.dir} but does not answer on "
-                f"{service_url(config)}"
+                f"{holder.describe()} holds {config.cache.dir} but does not answer on {base}"
             ) from None
         if local is None or not (config.cache.dir / ".state").is_dir():
-            raise RuntimeError(not_running(config, service_url(config))) from None
+            raise RuntimeError(not_running(config, base)) from None
         return asyncio.run(local())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
@@ -100,7 +107,7 @@ def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
         return report.as_dict()
 
     try:
-        result = _run(config, "verify", {"fix": args.fix}, local)
+        result = _run(config, "verify", {"fix": args.fix}, local, listen_given(args))
     except RuntimeError as exc:
         print(f"archive-local: verify: {exc}", file=sys.stderr)
         return 1
@@ -132,7 +139,7 @@ def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
         return vars(report)
 
     try:
-        result = _run(config, "expire", {"dry_run": args.dry_run}, local)
+        result = _run(config, "expire", {"dry_run": args.dry_run}, local, listen_given(args))
     except RuntimeError as exc:
         print(f"archive-local: expire: {exc}", file=sys.stderr)
         return 1
@@ -154,7 +161,7 @@ def run_drain(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local drain [--off]`: /healthz 503 (or 200 again), through the service."""
 
     try:
-        result = _run(config, "drain", {"drain": not args.off}, None)
+        result = _run(config, "drain", {"drain": not args.off}, None, listen_given(args))
     except RuntimeError as exc:
         print(f"archive-local: drain: {exc}", file=sys.stderr)
         return 1
@@ -177,7 +184,7 @@ def run_purge(args: argparse.Namespace, config: configuration.Config) -> int:
         print("archive-local: purge: give a path or URL, or --remap NAME", file=sys.stderr)
         return 2
     try:
-        result = _run(config, "purge", body, None)
+        result = _run(config, "purge", body, None, listen_given(args))
     except RuntimeError as exc:
         print(f"archive-local: purge: {exc}", file=sys.stderr)
         return 1
@@ -191,7 +198,7 @@ def run_purge(args: argparse.Namespace, config: configuration.Config) -> int:
 def run_reload(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local reload`: the service re-reads its configuration file (as SIGHUP)."""
     try:
-        result = _run(config, "reload", {}, None)
+        result = _run(config, "reload", {}, None, listen_given(args))
     except RuntimeError as exc:
         print(f"archive-local: reload: {exc}", file=sys.stderr)
         return 1

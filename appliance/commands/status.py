@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 from appliance import config as configuration
+from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
 from appliance.web.status import _ago
@@ -20,20 +21,32 @@ def _bytes(n: float | None) -> str:
     return "-" if n is None else human_size(n)
 
 
-def service_url(config: configuration.Config) -> str:
-    """Where the service of this configuration answers: the address the service holding
-    `cache.dir` recorded (it may have been started with `--listen`), else `listen`."""
+# the service is asked directly, never through an `http_proxy` of the environment (an
+# apt-proxy host often has one): the admin token must not travel to another host
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def service_url(config: configuration.Config, listen_given: bool = False) -> str:
+    """Where the service of this configuration answers: unless `--listen` named it, the
+    address the service holding `cache.dir` recorded (it may have been started with
+    `--listen`) when that is an address of this machine, else `listen`."""
     listen = config.listen
-    holder = running_holder(config.cache.dir)
+    holder = None if listen_given else running_holder(config.cache.dir)
     if holder is not None and holder.listen:
-        with contextlib.suppress(configuration.ConfigError):
-            listen = configuration.parse_listen(holder.listen.split(",", 1)[0], "listen")
+        with contextlib.suppress(configuration.ConfigError, ValueError):
+            recorded = configuration.parse_listen(holder.listen.split(",", 1)[0], "listen")
+            if recorded.host in ("", "0.0.0.0", "::") or is_local_address(recorded.host):
+                listen = recorded
     host = listen.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1" if host != "::" else "::1"
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{listen.port}"
+
+
+def listen_given(args: argparse.Namespace) -> bool:
+    return getattr(args, "listen", None) is not None
 
 
 def not_running(config: configuration.Config, url: str) -> str:
@@ -77,9 +90,9 @@ def summary(s: dict[str, Any]) -> str:
 
 
 def run_status(args: argparse.Namespace, config: configuration.Config) -> int:
-    url = (args.url or service_url(config)).rstrip("/") + "/api/status"
+    url = (args.url or service_url(config, listen_given(args))).rstrip("/") + "/api/status"
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with DIRECT.open(url, timeout=10) as r:
             data = json.loads(r.read())
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ConnectionRefusedError) and not args.url:

@@ -77,10 +77,15 @@ def apt_mirrors(config: Config) -> mirrors.Mirrors:
 
 def upstream_rule(
     config: Config, official: mirrors.Mirrors, extra_urls: Iterable[str] = ()
-) -> Callable[[str], bool]:
-    """Whether the appliance may connect to a host[:port]: configured or an official mirror."""
+) -> tuple[Callable[[str], bool], Callable[[str], bool]]:
+    """Whether the appliance may connect to a host[:port] (configured, or an official
+    mirror), and whether a host may resolve to public addresses only (one that only a
+    mirror list names: not the operator's choice)."""
     hosts = configured_hosts(config, extra_urls)
-    return lambda target: target in hosts or official.accepts_host(target)
+    return (
+        lambda target: target in hosts or official.accepts_host(target),
+        lambda host: host not in hosts and official.listed_only(host),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +101,8 @@ async def core(
     `worker`: this process's index among `workers: N`."""
     own = () if own_port_allowed else (config.listen.port,)
     official = await asyncio.to_thread(apt_mirrors, config)
-    egress = EgressPolicy(upstream_rule(config, official, extra_urls), own_ports=own)
+    allowed, public_only = upstream_rule(config, official, extra_urls)
+    egress = EgressPolicy(allowed, own_ports=own, public_only=public_only)
     async with contextlib.AsyncExitStack() as stack:
         fetcher = Fetcher.from_config(config.upstream, egress)
         stack.push_async_callback(fetcher.close)
@@ -220,7 +226,7 @@ class Appliance:
         official = await asyncio.to_thread(apt_mirrors, new)
         self.config = new
         self.router = Router(new.apt.remaps, new.apt.allow, official)
-        self.egress.allow(upstream_rule(new, official))
+        self.egress.allow(*upstream_rule(new, official))
         self.engine.apply(new)
         if self.server is not None:
             self.server.cap = new.limits.connections_per_client

@@ -12,6 +12,7 @@ import pytest
 from appliance import runtime
 from appliance.apt import mirrors
 from appliance.apt.routing import Forbidden, Router
+from appliance.cache.egress import EgressPolicy, EgressRefused, GuardedResolver
 from appliance.config import ConfigError
 from appliance.config.parse import load, parse
 from tests.conftest import unavailable
@@ -70,22 +71,30 @@ def _lists() -> dict[str, list[str]]:
     return found
 
 
-def _archive_of(url: str, remap: str) -> str:
+def _archive_of(url: str, remap: str) -> str | None:
     """The archive a list entry serves: its list's, unless its path or host names a kin
-    archive (`ubuntu-ports` in Ubuntu's list, `debian-security` in Debian's)."""
+    archive (`ubuntu-ports` in Ubuntu's list, `debian-security` in Debian's); None for an
+    entry that may be a ports archive without saying which (`http://ports.x.net/`)."""
     host, _, path = url.split("://", 1)[1].lower().partition("/")
     words = set(path.split("/")) | set(host.split("."))
     kin = {"debian": "debian-security", "ubuntu": "ubuntu-ports"}[remap]
-    return kin if kin in words else remap
+    if kin in words:
+        return kin
+    return None if "ports" in url.lower() else remap
 
 
 def _check_list(router: Router, remap: str, urls: list[str]) -> int:
-    """Every entry is accepted and shares its archive's entries; the count checked."""
+    """Every entry is accepted and shares its archive's entries (an ambiguous one is
+    refused: never another archive's files); the count checked."""
     checked = 0
     for url in urls:
         request = "http://" + url.split("://", 1)[1].rstrip("/") + "/dists/stable/InRelease"
-        route = router.route(request)  # Forbidden fails the test
         archive = _archive_of(url, remap)
+        if archive is None:
+            with pytest.raises(Forbidden):
+                router.route(request)
+            continue
+        route = router.route(request)  # Forbidden fails the test
         assert route.key == f"{_canonical(router, archive)}/dists/stable/InRelease", url
         assert route.urls[0] == request  # the mirror the client named is asked first
         checked += 1
@@ -146,7 +155,7 @@ def test_a_list_that_mixes_archives_keeps_each_archive_apart(tmp_path: Path) -> 
     the other's, so each goes to the remap its path or host names."""
     listed = tmp_path / "Ubuntu.mirrors"
     listed.write_text(
-        "#LOC:XX\nhttp://m.example/ubuntu/\nhttp://m.example/ubuntu-ports/\n"
+        "#LOC:XX\nhttp://m.example/ubuntu/\nhttp://m.example/ubuntu-ports/\nhttp://ports.example.net/\n"
         "http://ubuntu-ports.example/\nftp://old.example/ubuntu/\nmirror://x/mirrors.txt\n"
     )
     router = _router(
@@ -159,6 +168,17 @@ def test_a_list_that_mixes_archives_keeps_each_archive_apart(tmp_path: Path) -> 
     assert router.route("http://ubuntu-ports.example/dists/n/InRelease").key.startswith(ports)
     with pytest.raises(Forbidden):
         router.route("http://old.example/ubuntu/dists/n/InRelease")  # ftp:// is not http
+    with pytest.raises(Forbidden):  # a ports archive, but whose? Not the archive's
+        router.route("http://ports.example.net/dists/n/InRelease")
+    # a configuration without a ports remap: the ports mirrors of the lists are refused
+    without = _router({"apt": {"remaps": {"ubuntu": ["http://archive.ubuntu.com/ubuntu"]}}})
+    with pytest.raises(Forbidden):
+        without.route("http://m.example/ubuntu-ports/dists/n/InRelease")
+    with pytest.raises(Forbidden):
+        without.route("http://ports.ubuntu.com/ubuntu-ports/dists/n/InRelease")
+    assert without.route("http://fr.archive.ubuntu.com/ubuntu/dists/n/InRelease").key.startswith(
+        "archive.ubuntu.com/ubuntu/"
+    )
 
 
 def test_mirror_entries_are_checked_when_the_configuration_is_read() -> None:
@@ -170,3 +190,25 @@ def test_mirror_entries_are_checked_when_the_configuration_is_read() -> None:
     ):
         with pytest.raises(ConfigError, match=where):
             parse({"apt": {"mirrors": bad}})
+
+
+async def test_a_host_only_a_mirror_list_names_must_resolve_to_a_public_address(
+    tmp_path: Path,
+) -> None:
+    """A list holds a thousand hosts nobody here chose; one whose domain lapsed and now
+    resolves into the LAN must not make the cache fetch from it. A host the operator
+    configured (or an official name) may resolve anywhere the egress rules allow."""
+    listed = tmp_path / "Debian.mirrors"
+    listed.write_text("http://localhost/debian/\n")
+    data = {"apt": {"mirrors": {"debian": [f"file:{listed}"]}, "sources": []}}
+    config = parse(data)
+    allowed, public_only = runtime.upstream_rule(config, runtime.apt_mirrors(config))
+    assert allowed("localhost")
+    resolver = GuardedResolver(EgressPolicy(allowed, public_only=public_only))
+    with pytest.raises(EgressRefused, match="not a public address"):
+        await resolver.resolve("localhost", 80)
+    data["apt"]["remaps"] = {"debian": ["http://localhost/debian"]}  # the operator's choice
+    config = parse(data)
+    allowed, public_only = runtime.upstream_rule(config, runtime.apt_mirrors(config))
+    resolver = GuardedResolver(EgressPolicy(allowed, public_only=public_only))
+    assert await resolver.resolve("localhost", 80)

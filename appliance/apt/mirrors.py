@@ -87,6 +87,15 @@ class Mirrors:
             or any(p.matches(target) for p in self.patterns)
         )
 
+    def listed_only(self, host: str) -> bool:
+        """Known from a mirror list alone (no official pattern, not the machine's own
+        sources): such a host is trusted less (see `runtime.egress_policy`)."""
+        return (
+            host in self.by_host
+            and host not in self.machine_hosts
+            and not any(p.matches(host) for p in self.patterns)
+        )
+
     def hosts(self) -> int:
         return len(self.by_host)
 
@@ -103,17 +112,23 @@ def archive_names(remaps: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
 
 def _owner(
     target: str, base: tuple[str, ...], listed_under: str, archives: Mapping[str, str]
-) -> str:
-    """The remap whose archive the mirror's path or host names (`ubuntu-ports` before
-    `ubuntu`), among the list's own and its kin (`debian-security` for `debian`); else
-    the remap whose list it came from."""
+) -> str | None:
+    """The remap whose archive the mirror serves, among the list's own and its kin
+    (`ubuntu-ports` for `ubuntu`, `debian-security` for `debian`): the one a path segment
+    or host label names exactly (the longest name first), else the list's own; None for
+    an entry that may be a ports archive no ports remap takes (`ports.x.net/`, a list
+    under a configuration without `ubuntu-ports`): one archive's `InRelease` is never
+    served for another's."""
     own = archives[listed_under]
+    kin = sorted(
+        (n for n in archives if archives[n].startswith(own)), key=lambda n: -len(archives[n])
+    )
     words = {s.lower() for s in base} | set(target.split(":", 1)[0].split("."))
-    kin = (n for n in archives if archives[n].startswith(own))
-    for name in sorted(kin, key=lambda n: -len(archives[n])):
+    text = "/".join((target, *base)).lower()
+    for name in kin:
         if archives[name] in words:
-            return name
-    return listed_under
+            return name if "ports" in archives[name] or "ports" not in text else None
+    return None if "ports" in text else listed_under
 
 
 def parse_mirror_url(url: str) -> tuple[str, tuple[str, ...]] | None:
@@ -256,7 +271,10 @@ def _add(
         if found is None:
             continue  # ftp://, mirror://, a line that is not a URL
         target, base = found
-        mirror = Mirror(target, base, _owner(target, base, listed_under, archives))
+        remap = _owner(target, base, listed_under, archives)
+        if remap is None:
+            continue
+        mirror = Mirror(target, base, remap)
         known = mirrors.by_host.setdefault(target, [])
         if all(m.base != base for m in known):
             known.append(mirror)

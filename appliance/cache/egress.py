@@ -65,14 +65,21 @@ class EgressPolicy:
         self,
         allowed: Callable[[str], bool] | None = None,
         own_ports: Iterable[int] = (),
+        public_only: Callable[[str], bool] | None = None,
     ) -> None:
         # hostport (as `keys.hostport` writes it) -> configured?
         self.allowed: Callable[[str], bool] = allowed or (lambda _hp: False)
         self.own_ports = frozenset(own_ports)
+        # hosts that may only resolve to public addresses (known from a mirror list alone:
+        # a lapsed domain re-registered must not reach the LAN through the cache)
+        self.public_only: Callable[[str], bool] = public_only or (lambda _host: False)
 
-    def allow(self, allowed: Callable[[str], bool]) -> None:
+    def allow(
+        self, allowed: Callable[[str], bool], public_only: Callable[[str], bool] | None = None
+    ) -> None:
         """The configured upstream hosts of a new configuration (reload)."""
         self.allowed = allowed
+        self.public_only = public_only or (lambda _host: False)
 
     def address_problem(self, ip: str, port: int) -> str | None:
         """Why a connection to ip:port is forbidden, or None."""
@@ -87,6 +94,13 @@ class EgressPolicy:
         if port in self.own_ports and is_local_address(str(addr)):
             return f"{addr}:{port} is this appliance"
         return None
+
+    def resolved_problem(self, host: str, ip: str, port: int) -> str | None:
+        """Why connecting to `ip`, an address `host` resolved to, is forbidden, or None."""
+        problem = self.address_problem(ip, port)
+        if problem is None and self.public_only(host.lower()) and not _is_public(ip):
+            problem = f"{ip} is not a public address (a host known from a mirror list)"
+        return problem
 
     def redirect_problem(self, origin: str, target: str) -> str | None:
         """Why following a redirect from `origin` to `target` is forbidden, or None."""
@@ -138,6 +152,13 @@ def policy_for(config: Config, extra_urls: Iterable[str] = ()) -> EgressPolicy:
     return EgressPolicy(hosts.__contains__, own_ports=(config.listen.port,))
 
 
+def _is_public(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_global
+
+
 class GuardedResolver(AbstractResolver):
     """getaddrinfo, minus the addresses the policy forbids (all of them: refused)."""
 
@@ -151,7 +172,7 @@ class GuardedResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         usable, problems = [], []
         for r in found:
-            problem = self.policy.address_problem(r["host"], r["port"] or port)
+            problem = self.policy.resolved_problem(host, r["host"], r["port"] or port)
             if problem is None:
                 usable.append(r)
             else:

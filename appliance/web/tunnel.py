@@ -65,9 +65,9 @@ async def _addresses(host: str, port: int, policy: EgressPolicy) -> list[str]:
     """The host's addresses that the egress policy allows (a name may resolve anywhere)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     found = [info[4][0] for info in infos]
-    usable = [a for a in found if policy.address_problem(a, port) is None]
+    usable = [a for a in found if policy.resolved_problem(host, a, port) is None]
     if not usable:
-        problems = {policy.address_problem(a, port) for a in found}
+        problems = {policy.resolved_problem(host, a, port) for a in found}
         raise OSError(f"refused: {'; '.join(sorted(p for p in problems if p))}")
     return usable
 

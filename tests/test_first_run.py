@@ -10,6 +10,7 @@ an overlay that lives in the test's directory, and the README's `/tmp` is the te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -151,7 +152,8 @@ def test_the_readme_quick_start_serves_this_machines_own_sources(tmp_path: Path)
                 ],
                 capture_output=True,
             )
-            os.killpg(make.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # (it may have stopped already)
+                os.killpg(make.pid, signal.SIGTERM)
             try:
                 make.wait(30)
             except subprocess.TimeoutExpired:

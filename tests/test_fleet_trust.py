@@ -78,6 +78,14 @@ def _two_units_after_a_fetch(
             time.sleep(0.2)
 
 
+def _new_bucket(s3: Any) -> str:
+    """A bucket made before any unit or writer uses it: Swift remembers for a while that a
+    container did not exist, and a write racing the unit's own create would fail."""
+    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    return bucket
+
+
 def _no_tracebacks(*apps: Appliance) -> None:
     for app in apps:
         assert "Traceback" not in app.log_text(), app.log_text()[-3000:]
@@ -235,7 +243,8 @@ def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
     path = f"/debian/dists/bookworm/main/binary-amd64/by-hash/SHA256/{digest}"
     (upstream_root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (upstream_root / path.lstrip("/")).write_bytes(content)
-    bucket = f"trust-{uuid.uuid4().hex[:12]}"
+    s3 = swift.client()
+    bucket = _new_bucket(s3)
     unit = _unit(
         start_appliance,
         upstream,
@@ -246,7 +255,6 @@ def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
         workers="auto",
         peers=[lying_peer.url],
     )
-    s3 = swift.client()
     lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{path}"
     s3.put_object(
         Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
@@ -278,9 +286,9 @@ def test_a_lease_rewritten_for_ever_blocks_no_client(
     """A bucket writer keeps rewriting a file's lease (every 2 s, `lease: 6s`): the client
     is served from upstream after twice the lease's time, not never."""
     real = upstream_file(upstream_root, POOL, 50_000)
-    bucket = f"trust-{uuid.uuid4().hex[:12]}"
-    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, lease="6s", workers="auto")
     s3 = swift.client()
+    bucket = _new_bucket(s3)
+    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, lease="6s", workers="auto")
     lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{POOL}"
     stop = threading.Event()
 

@@ -136,10 +136,15 @@ install:
 	    && systemctl --no-pager status archive-local | head -3; \
 	else echo "installed; systemd is not running here: start it with $(PREFIX)/bin/archive-local --config $(SYSCONFDIR)/config.yaml serve"; fi
 
+# the suite in two processes (pytest-xdist): most of its time is spent waiting on the real
+# servers it starts. Their temp dirs sit under a short base: gpg-agent's socket path must
+# fit in 108 bytes. PYTEST_ARGS="-n 0" runs it in one process.
+TEST_JOBS ?= 2
+TEST_TMP  ?= /tmp/archive-local-tests
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init charm
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 # the fault and abuse suite, ten times longer (more trials, cases, connections);
 # figures for docs/reliability.md are appended to $(FAULTS_REPORT)

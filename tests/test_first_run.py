@@ -91,8 +91,10 @@ def test_the_readme_quick_start_serves_this_machines_own_sources(tmp_path: Path)
         ' && mount -t tmpfs tmpfs "$2/overlay" && mkdir "$2/overlay/up" "$2/overlay/work"'
         " && mount -t overlay overlay"
         ' -o "lowerdir=/var/lib,upperdir=$2/overlay/up,workdir=$2/overlay/work" /var/lib'
-        ' && mount --bind "$2/tmp" /tmp'
-        ' && exec make -C "$3" run ARGS="$4"'
+        ' && cd "$3" && mount --bind "$2/tmp" /tmp'
+        # a tree under /tmp (a developer's checkout) is put back where it was
+        ' && case "$3" in /tmp/*) mkdir -p "$3" && mount -c --bind /proc/self/cwd "$3";; esac'
+        ' && cd "$3" && exec make run ARGS="$4"'
     )
     with lone_namespace("readme") as ns:
         in_ns = ("ip", "netns", "exec", ns)

@@ -140,7 +140,7 @@ install:
 # servers it starts. Their temp dirs sit under a short base: gpg-agent's socket path must
 # fit in 108 bytes. PYTEST_ARGS="-n 0" runs it in one process.
 TEST_JOBS ?= 2
-TEST_TMP  ?= /tmp/archive-local-tests
+TEST_TMP  ?= /tmp/alt
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init charm
 	$(BIN)/lint-imports

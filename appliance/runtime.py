@@ -46,6 +46,7 @@ from appliance.streams.serve import ImageRoutes
 from appliance.web import status
 from appliance.web.accesslog import AccessLog
 from appliance.web.admin import Admin
+from appliance.web.events import Events
 from appliance.web.tls import PEM_PATH, Certificates, TlsError
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Appliance:
         self.store = base.store
         self.metrics = Metrics(enabled=config.metrics)
         self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
+        self.events = Events()  # the status page's recent warnings, errors and refusals
         self.admin = Admin(config.admin)
         self.router = Router(config.apt.remaps, config.apt.allow, base.mirrors)
         self.catalog = IndexCatalog(config.cache.dir, self.store)  # what apt indexes list
@@ -158,6 +160,9 @@ class Appliance:
     # -- status.Source ----------------------------------------------------------------
     def cache_figures(self) -> Figures:
         return self.engine.figures()
+
+    def recent_events(self) -> list[dict[str, Any]]:
+        return self.events.recent()
 
     def usage(self) -> dict[str, Any]:
         return {"port": self.config.listen.port, "accepted": self.router.accepted()}
@@ -346,6 +351,8 @@ async def serving(
     async with contextlib.AsyncExitStack() as stack:
         base = await stack.enter_async_context(core(config, worker=worker))
         app = Appliance(base, config_path)
+        logging.getLogger("appliance").addHandler(app.events)
+        stack.callback(logging.getLogger("appliance").removeHandler, app.events)
         stack.push_async_callback(asyncio.to_thread, app.catalog.close)
         if config.tls is not None:
             try:

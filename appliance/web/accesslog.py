@@ -21,6 +21,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 
 from appliance.metrics import Metrics
+from appliance.web.events import Events
 from appliance.web.workers import is_internal
 
 log = logging.getLogger(__name__)
@@ -177,8 +178,11 @@ def _reason(response: web.StreamResponse) -> str | None:
     return body.decode("utf-8", "replace").strip().replace('"', "'").replace("\n", " ")[:300]
 
 
-def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogger]:
-    """An aiohttp access logger class bound to this service's metrics and log."""
+def logger_class(
+    metrics: Metrics, access: AccessLog, events: Events | None = None
+) -> type[AbstractAccessLogger]:
+    """An aiohttp access logger class bound to this service's metrics and log (and the
+    status page's recent events, which list refused requests)."""
 
     class Observer(AbstractAccessLogger):
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -200,6 +204,8 @@ def logger_class(metrics: Metrics, access: AccessLog) -> type[AbstractAccessLogg
                     result = "refused" if status in _REFUSED else "error"
                 served = nbytes if status < 300 else 0
                 metrics.request(service, result, served, cache in ("MISS", "PASS"), path)
+            if events is not None and status in _REFUSED and status != 406:
+                events.refused(request.method, path, status, reason)
             if access.enabled:
                 access.write(request, status, nbytes, cache, time, reason)
 

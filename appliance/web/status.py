@@ -58,6 +58,7 @@ class Source(Protocol):
     def cache_figures(self) -> Figures: ...
     def integrity(self) -> dict[str, Any]: ...  # refused connections, apt indexes, last runs
     def usage(self) -> dict[str, Any]: ...  # the port, the remaps, the accepted upstreams
+    def recent_events(self) -> list[dict[str, Any]]: ...  # newest first
 
 
 class Inventory:
@@ -153,6 +154,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
         },
         "images": await inventory.get(source),
         "use": source.usage(),
+        "events": source.recent_events(),
         "sync": {
             "running": jobs.running,
             "progress": jobs.progress,
@@ -485,6 +487,24 @@ def render_main(s: dict[str, Any]) -> str:
         f"<section><h2>Last sync and seed</h2>{results_table}</section>"
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
+        f"<section><h2>Recent events</h2>{_events(s.get('events') or [])}</section>"
+    )
+
+
+def _events(events: list[dict[str, Any]]) -> str:
+    """The last warnings, errors and refused requests (every string escaped: a refused
+    request's path is whatever a client sent)."""
+    if not events:
+        return "<p>No warnings, errors or refused requests.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(time.strftime('%H:%M:%S', time.gmtime(e.get('time', 0))))}</td>"
+        f"<td>{_e(e.get('level', ''))}</td><td>{_e(e.get('source', ''))}</td>"
+        f"<td>{_e(e.get('message', ''))}</td></tr>"
+        for e in events
+    )
+    return (
+        '<table id="events"><tr><th>time (UTC)</th><th>level</th><th>where</th>'
+        f"<th>what</th></tr>{rows}</table>"
     )
 
 

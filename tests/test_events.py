@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import http.client
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -48,3 +50,11 @@ def test_recent_events_show_refusals_and_rejections_from_every_worker(
         html = page.read().decode()
     assert '<table id="events">' in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert(1)" not in html
+    r = subprocess.run(  # the terminal's rendering of the same document
+        [sys.executable, "-m", "appliance", "status", "--url", app.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0 and "recent events (" in r.stdout, r.stderr
+    assert "refused http: 403 GET http://evil.example/" in r.stdout, r.stdout

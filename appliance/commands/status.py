@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -86,6 +87,12 @@ def summary(s: dict[str, Any]) -> str:
         for v in p["versions"]:
             where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "not seeded"
             lines.append(f"image {p['feed']} {p['product']} {v['version']}: {where}")
+    events = s.get("events") or []
+    if events:
+        lines.append(f"recent events ({len(events)}, newest first):")
+    for e in events[:10]:
+        at = time.strftime("%H:%M:%S", time.gmtime(e.get("time", 0)))
+        lines.append(f"  {at} {e.get('level', '')} {e.get('source', '')}: {e.get('message', '')}")
     return "\n".join(lines) + "\n"
 
 

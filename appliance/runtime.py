@@ -46,6 +46,7 @@ from appliance.streams.serve import ImageRoutes
 from appliance.web import status
 from appliance.web.accesslog import AccessLog
 from appliance.web.admin import Admin
+from appliance.web.clients import Clients
 from appliance.web.events import Events
 from appliance.web.tls import PEM_PATH, Certificates, TlsError
 
@@ -133,6 +134,7 @@ class Appliance:
         self.metrics = Metrics(enabled=config.metrics)
         self.access_log = AccessLog(config.logging.access_log, config.logging.access_log_format)
         self.events = Events()  # the status page's recent warnings, errors and refusals
+        self.clients = Clients()  # who uses the cache, over the last 24 hours
         self.admin = Admin(config.admin)
         self.router = Router(config.apt.remaps, config.apt.allow, base.mirrors)
         self.catalog = IndexCatalog(config.cache.dir, self.store)  # what apt indexes list
@@ -160,6 +162,9 @@ class Appliance:
     # -- status.Source ----------------------------------------------------------------
     def cache_figures(self) -> Figures:
         return self.engine.figures()
+
+    def client_figures(self, n: int) -> list[dict[str, Any]]:
+        return self.clients.figures(n)
 
     def recent_events(self) -> list[dict[str, Any]]:
         return self.events.recent()

@@ -58,3 +58,37 @@ def test_recent_events_show_refusals_and_rejections_from_every_worker(
     )
     assert r.returncode == 0 and "recent events (" in r.stdout, r.stderr
     assert "warning " in r.stdout and TAMPERED in r.stdout, r.stdout
+
+
+def test_clients_of_the_last_day_are_counted_over_every_worker(
+    upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
+) -> None:
+    """Which instances use the cache: requests and bytes per address and client, the sum
+    over the workers (`workers: 2`, each answering some of the requests)."""
+    (upstream_root / "debian/pool").mkdir(parents=True)
+    (upstream_root / "debian/pool/a.deb").write_bytes(b"a" * 1000)
+    app = start_appliance({"debian": [f"{upstream.url}/debian"]}, extra={"workers": 2})
+    for _ in range(6):  # a new connection each: the workers share them
+        req = urllib.request.Request(
+            app.url + "/debian/pool/a.deb", headers={"User-Agent": "Debian APT-HTTP/1.3 (2.6.1)"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.read() == b"a" * 1000
+    [row] = _status(app.url)["clients"]
+    assert (row["address"], row["agent"], row["requests"], row["bytes"]) == (
+        "127.0.0.1",
+        "apt 2.6.1",
+        6,
+        6000,
+    )
+    req = urllib.request.Request(app.url + "/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(req, timeout=10) as page:
+        html = page.read().decode()
+    assert '<table id="clients"><tr><th>address</th>' in html and "apt 2.6.1" in html
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "status", "--url", app.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "client 127.0.0.1 (apt 2.6.1): 6 requests, 5.9 KiB in 24 h" in r.stdout, r.stdout

@@ -63,7 +63,7 @@ async def serve(
             Handler(app).handle,
             connections_per_client=config.limits.connections_per_client,
             access_log=logging.getLogger("appliance.access"),
-            access_log_class=logger_class(app.metrics, app.access_log, app.events),
+            access_log_class=logger_class(app.metrics, app.access_log, app.events, app.clients),
             **SERVER_LIMITS,
         )
         app.server = server

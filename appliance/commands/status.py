@@ -87,6 +87,11 @@ def summary(s: dict[str, Any]) -> str:
         for v in p["versions"]:
             where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "not seeded"
             lines.append(f"image {p['feed']} {p['product']} {v['version']}: {where}")
+    for c in (s.get("clients") or [])[:5]:
+        lines.append(
+            f"client {c['address']} ({c['agent']}): {c['requests']} requests, "
+            f"{_bytes(c['bytes'])} in 24 h"
+        )
     events = s.get("events") or []
     if events:
         lines.append(f"recent events ({len(events)}, newest first):")

@@ -21,6 +21,7 @@ from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 
 from appliance.metrics import Metrics
+from appliance.web.clients import Clients
 from appliance.web.events import Events
 from appliance.web.workers import is_internal
 
@@ -179,7 +180,10 @@ def _reason(response: web.StreamResponse) -> str | None:
 
 
 def logger_class(
-    metrics: Metrics, access: AccessLog, events: Events | None = None
+    metrics: Metrics,
+    access: AccessLog,
+    events: Events | None = None,
+    clients: Clients | None = None,
 ) -> type[AbstractAccessLogger]:
     """An aiohttp access logger class bound to this service's metrics and log (and the
     status page's recent events, which list refused requests)."""
@@ -204,6 +208,9 @@ def logger_class(
                     result = "refused" if status in _REFUSED else "error"
                 served = nbytes if status < 300 else 0
                 metrics.request(service, result, served, cache in ("MISS", "PASS"), path)
+                if clients is not None:
+                    agent = request.headers.get("User-Agent", "")
+                    clients.add(request.remote or "?", agent, served)
             if events is not None and status in _REFUSED and status != 406:
                 events.refused(request.method, path, status, reason)
             if access.enabled:

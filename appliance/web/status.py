@@ -25,6 +25,7 @@ from appliance.config import human_size
 from appliance.metrics import Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
+from appliance.web import clients
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Source(Protocol):
     def integrity(self) -> dict[str, Any]: ...  # refused connections, apt indexes, last runs
     def usage(self) -> dict[str, Any]: ...  # the port, the remaps, the accepted upstreams
     def recent_events(self) -> list[dict[str, Any]]: ...  # newest first
+    def client_figures(self, n: int) -> list[dict[str, Any]]: ...  # busiest, last 24 h
 
 
 class Inventory:
@@ -155,6 +157,8 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
         "images": await inventory.get(source),
         "use": source.usage(),
         "events": source.recent_events(),
+        # a sibling merging every worker's asks for every address (see `busiest`)
+        "clients": source.client_figures(clients.TOP if busiest == BUSIEST else clients.LIMIT),
         "sync": {
             "running": jobs.running,
             "progress": jobs.progress,
@@ -488,6 +492,23 @@ def render_main(s: dict[str, Any]) -> str:
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
         f"<section><h2>Recent events</h2>{_events(s.get('events') or [])}</section>"
+        f"<section><h2>Clients, last 24 h</h2>{_clients(s.get('clients') or [])}</section>"
+    )
+
+
+def _clients(rows: list[dict[str, Any]]) -> str:
+    """Which instances use the cache (address, what they run), busiest first."""
+    if not rows:
+        return "<p>No client requests yet.</p>"
+    body = "".join(
+        f"<tr><td>{_e(r['address'])}</td><td>{_e(r['agent'])}</td>"
+        f'<td class="num">{r["requests"]}</td><td class="num">{_bytes(r["bytes"])}</td>'
+        f"<td>{_ago(r.get('last_seen'))}</td></tr>"
+        for r in rows
+    )
+    return (
+        '<table id="clients"><tr><th>address</th><th>client</th><th>requests</th>'
+        f"<th>bytes</th><th>last seen</th></tr>{body}</table>"
     )
 
 

@@ -9,10 +9,16 @@ hosts, feeds and targets come from the configuration.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,8 +27,13 @@ from prometheus_client.exposition import generate_latest
 SERVICES = ("apt", "images", "feed")
 RESULTS = ("hit", "miss", "revalidated", "stale", "error", "refused")
 PREFIX = "archive_local_"
-HISTORY_STEP = 10.0  # seconds between two points of the status page's chart
-HISTORY_POINTS = 360  # one hour
+HISTORY_STEP = 60.0  # seconds: the history keeps one point per minute of the clock
+HISTORY_SPAN = 86400.0  # seconds it goes back (and one older point: where the counts stood)
+HISTORY_POINTS = int(HISTORY_SPAN // HISTORY_STEP)  # 1440
+HISTORY_FIELDS = ("hits", "misses", "bytes_cache", "bytes_upstream")  # cumulative, with "t"
+HISTORY_FORMAT = "archive-local history"  # the file's "format" (a foreign file is not read)
+HISTORY_VERSION = 1
+HISTORY_MAX_BYTES = 1 << 20  # a full history is ~100 KB: a larger file is not one of ours
 TOP_PACKAGES = 2000  # distinct .deb names tracked for "busiest packages"
 
 
@@ -47,6 +58,9 @@ class Totals:
     bytes_upstream: int = 0
 
 
+log = logging.getLogger(__name__)
+
+
 class Metrics:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -55,8 +69,13 @@ class Metrics:
         self.totals = Totals()
         self.upstreams: dict[str, UpstreamHealth] = {}
         self.packages: dict[str, int] = {}
-        self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS)
-        self._next_sample = 0.0
+        # the chart's points: cumulative counts as the last request of each minute left
+        # them (a restart's restored ones first); the counts go on from the last restored
+        self.history: deque[dict[str, float]] = deque(maxlen=HISTORY_POINTS + 2)
+        self.history_changes = 0  # moves when a point is added or replaced (worth saving)
+        self._restored: dict[str, int] = dict.fromkeys(HISTORY_FIELDS, 0)
+        self._minute_end = 0.0  # the end of the minute of the last request (wall clock)
+        self._last_at = 0.0  # when the last request was counted (0: none yet)
         self._upstream_seconds = Histogram(
             PREFIX + "upstream_request_duration_seconds",
             "Time to the response headers of an upstream request",
@@ -76,6 +95,11 @@ class Metrics:
     # -- the hot path --------------------------------------------------------------------
 
     def request(self, service: str, result: str, nbytes: int, upstream: bool, path: str) -> None:
+        now = time.time()
+        if now >= self._minute_end:  # the first request of a minute: the last one is over
+            self.settle()
+            self._minute_end = (now // HISTORY_STEP + 1) * HISTORY_STEP
+        self._last_at = now
         self.totals.requests[service][result] += 1
         if nbytes:
             if upstream:
@@ -88,17 +112,29 @@ class Metrics:
             if len(self.packages) > TOP_PACKAGES:  # keep the busier half
                 keep = sorted(self.packages.items(), key=lambda kv: kv[1])[TOP_PACKAGES // 2 :]
                 self.packages = dict(keep)
-        now = time.monotonic()
-        if now >= self._next_sample:
-            self.sample(now)
 
-    def sample(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._next_sample = now + HISTORY_STEP
-        self.history.append(self.point())
+    # -- the history ---------------------------------------------------------------------
 
-    def point(self) -> dict[str, float]:
-        """The cumulative figures now (a point of the chart)."""
+    def settle(self) -> None:
+        """Record the counts as the last request left them, at its time: a point is
+        exact at its moment, so a minute's traffic is never counted in the next one."""
+        if not self._last_at:
+            return
+        point = self.point(self._last_at)
+        history = self.history
+        if history and all(history[-1][k] == point[k] for k in HISTORY_FIELDS):
+            return
+        minute = point["t"] // HISTORY_STEP
+        while history and history[-1]["t"] // HISTORY_STEP >= minute:
+            history.pop()  # the same minute (or a later one: the clock went back)
+        history.append(point)
+        while len(history) > 2 and history[1]["t"] <= point["t"] - HISTORY_SPAN:
+            history.popleft()  # older than the span, and not where the counts stood then
+        self.history_changes += 1
+
+    def point(self, at: float | None = None) -> dict[str, float]:
+        """The cumulative figures now (or at `at`): a point of the chart. They count from
+        the first point of the history, restored at start, not from this start."""
         hits = sum(
             self.totals.requests[s]["hit"]
             + self.totals.requests[s]["revalidated"]
@@ -106,13 +142,33 @@ class Metrics:
             for s in SERVICES
         )
         misses = sum(self.totals.requests[s]["miss"] for s in SERVICES)
+        since = self._restored
         return {
-            "t": round(time.time(), 1),
-            "hits": hits,
-            "misses": misses,
-            "bytes_cache": self.totals.bytes_cache,
-            "bytes_upstream": self.totals.bytes_upstream,
+            "t": round(time.time() if at is None else at, 1),
+            "hits": since["hits"] + hits,
+            "misses": since["misses"] + misses,
+            "bytes_cache": since["bytes_cache"] + self.totals.bytes_cache,
+            "bytes_upstream": since["bytes_upstream"] + self.totals.bytes_upstream,
         }
+
+    def points(self) -> list[dict[str, float]]:
+        """The history with now as its last point (which supersedes one of this minute)."""
+        now = self.point()
+        points = list(self.history)
+        while points and points[-1]["t"] // HISTORY_STEP >= now["t"] // HISTORY_STEP:
+            points.pop()
+        return [*points, now]
+
+    def restore(self, points: Sequence[dict[str, float]]) -> None:
+        """A history read back at start (`load_history`), before any request: the counts
+        go on from its last point."""
+        self.history.clear()
+        self.history.extend(points[-(HISTORY_POINTS + 2) :])
+        if self.history:
+            self._restored = {k: int(self.history[-1][k]) for k in HISTORY_FIELDS}
+        else:  # a new history: nothing was counted by the end of the minute before
+            start = time.time() // HISTORY_STEP * HISTORY_STEP - 0.1
+            self.history.append({"t": round(start, 1), **dict.fromkeys(HISTORY_FIELDS, 0)})
 
     def upstream(self, upstream: str, seconds: float, error: str | None) -> None:
         health = self.upstreams.get(upstream)
@@ -171,6 +227,86 @@ class _Scraped:
 
     def describe(self) -> list[Metric]:
         return []
+
+
+def history_path(cache_dir: Path, worker: int | None) -> Path:
+    """One file per worker process (a single process is worker 0): each writes its own."""
+    return cache_dir / ".state" / f"history-{worker or 0}.json"
+
+
+def load_history(path: Path) -> list[dict[str, float]]:
+    """The points a previous run saved; none (and one log line) when the file is not a
+    history this version wrote: damaged, truncated, foreign or from a future version."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(HISTORY_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        log.warning("history: cannot read %s (the charts start empty): %s", path, exc)
+        return []
+    try:
+        if len(data) > HISTORY_MAX_BYTES:
+            raise ValueError(f"larger than {HISTORY_MAX_BYTES} bytes")
+        points = _history_points(json.loads(data))
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # UnicodeError, JSON
+        log.warning("history: ignoring %s, not a history this version wrote: %s", path, exc)
+        return []
+    now = time.time()
+    return [p for p in points if p["t"] < now + HISTORY_STEP]  # none from a clock gone back
+
+
+def _history_points(doc: object) -> list[dict[str, float]]:
+    if not isinstance(doc, dict) or doc.get("format") != HISTORY_FORMAT:
+        raise ValueError("no history format mark")
+    if doc.get("version") != HISTORY_VERSION:
+        raise ValueError(f"version {doc.get('version')!r}, this one reads {HISTORY_VERSION}")
+    if doc.get("fields") != ["t", *HISTORY_FIELDS]:
+        raise ValueError(f"fields {doc.get('fields')!r}")
+    rows = doc["points"]
+    if not isinstance(rows, list):
+        raise ValueError("points is not a list")
+    points: list[dict[str, float]] = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 1 + len(HISTORY_FIELDS):
+            raise ValueError(f"a point is not [t, {', '.join(HISTORY_FIELDS)}]")
+        t, *counts = row
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise ValueError(f"a point's time is {t!r}")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+            raise ValueError(f"a point's counts are {counts!r}")
+        point = {"t": float(t), **dict(zip(HISTORY_FIELDS, counts, strict=True))}
+        if points and (
+            t <= points[-1]["t"] or any(point[k] < points[-1][k] for k in HISTORY_FIELDS)
+        ):
+            raise ValueError("the points are not in order (times and counts only grow)")
+        points.append(point)
+    return points
+
+
+_saving = threading.Lock()  # a save cancelled by the shutdown may still be in its thread
+
+
+def save_history(path: Path, points: Sequence[Mapping[str, float]]) -> None:
+    """Replace the file atomically (a temporary file, fsynced, renamed): a crash leaves
+    the previous history or this one, never half of one."""
+    doc = {
+        "format": HISTORY_FORMAT,
+        "version": HISTORY_VERSION,
+        "step": HISTORY_STEP,
+        "fields": ["t", *HISTORY_FIELDS],
+        "points": [[p["t"], *(int(p[k]) for k in HISTORY_FIELDS)] for p in points],
+    }
+    data = json.dumps(doc, separators=(",", ":")).encode()
+    with _saving:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def top(counts: Mapping[str, int], n: int) -> list[tuple[str, int]]:

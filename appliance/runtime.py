@@ -39,7 +39,7 @@ from appliance.cache.stores import open_store, sweep, sweep_dead
 from appliance.config import Config
 from appliance.discovery import wellknown
 from appliance.jobs.scheduler import Scheduler
-from appliance.metrics import Metrics
+from appliance.metrics import HISTORY_STEP, Metrics, history_path, load_history, save_history
 from appliance.streams import layout
 from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.serve import ImageRoutes
@@ -155,6 +155,9 @@ class Appliance:
         self._feeds: tuple[float, list[str]] = (-FEEDS_TTL, [])
         self.draining = False  # /healthz answers 503: load balancers send no new clients
         self._store_check: tuple[float, str | None] = (-HEALTH_TTL, None)
+        self.history_file: Path | None = None  # where `serving` keeps this process's history
+        self._history_saved = 0  # `metrics.history_changes` at the last save
+        self._history_failing = False  # a failed save was logged (once until one works)
         self.fetcher.monitor = self.metrics.upstream
         if config.metrics:
             self.metrics.add_source(lambda: status.scrape(self))
@@ -320,6 +323,35 @@ class Appliance:
         except Exception as exc:  # the table is rebuilt at the next start; serving goes on
             log.warning("apt indexes: cannot read the cached indexes: %s", exc)
 
+    async def restore_history(self, path: Path) -> None:
+        """The charts' history of the previous run of this process (a bad file: none)."""
+        self.history_file = path
+        self.metrics.restore(await asyncio.to_thread(load_history, path))
+
+    async def save_history(self) -> None:
+        """Write the history when it moved since the last write (a minute's last request
+        is recorded first); a failure is logged once, until a write works again."""
+        if self.history_file is None:
+            return
+        self.metrics.settle()
+        changes = self.metrics.history_changes
+        if changes == self._history_saved:
+            return
+        try:
+            await asyncio.to_thread(save_history, self.history_file, list(self.metrics.history))
+        except OSError as exc:
+            if not self._history_failing:
+                log.warning("history: cannot write %s: %s", self.history_file, exc)
+            self._history_failing = True
+            return
+        self._history_saved, self._history_failing = changes, False
+
+    async def keep_history(self) -> None:
+        """At most one write a minute; the last at shutdown (`serving`)."""
+        while True:
+            await asyncio.sleep(HISTORY_STEP)
+            await self.save_history()
+
     async def expire_periodically(self) -> None:
         await asyncio.sleep(min(3600.0, self.config.cache.expire_interval))
         while True:
@@ -359,6 +391,8 @@ async def serving(
         logging.getLogger("appliance").addHandler(app.events)
         stack.callback(logging.getLogger("appliance").removeHandler, app.events)
         stack.push_async_callback(asyncio.to_thread, app.catalog.close)
+        await app.restore_history(history_path(config.cache.dir, worker))
+        stack.push_async_callback(app.save_history)  # after the last transfer: unwound late
         if config.tls is not None:
             try:
                 app.tls = await asyncio.to_thread(Certificates, config)
@@ -367,7 +401,7 @@ async def serving(
         cached = await app.engine.start(sweep=worker is None)
         app.access_log.start()
         stack.push_async_callback(app.access_log.close)
-        jobs = [app.rebuild_catalog(cached)]
+        jobs = [app.rebuild_catalog(cached), app.keep_history()]
         if primary:
             app.scheduler.start()
             stack.push_async_callback(app.scheduler.close)

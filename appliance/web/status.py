@@ -8,6 +8,7 @@ every few seconds and swap it in, so it stays current without a full reload.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import html
 import logging
 import time
@@ -22,7 +23,7 @@ from appliance.cache.engine import Figures
 from appliance.cache.refusals import REASONS, SOURCES
 from appliance.cache.store import Store
 from appliance.config import human_size
-from appliance.metrics import Metrics, counter, gauge
+from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
 from appliance.web import clients
@@ -142,7 +143,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
         "requests": totals.requests,
         "hit_ratio": hit_ratio(totals.requests),
         "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
-        "history": [*m.history, m.point()],  # the last point is now
+        "history": m.points(),  # cumulative counts, one point a minute; the last is now
         "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
         "busiest": [{"package": n, "requests": c} for n, c in m.busiest(busiest)],
         "downloads": cache.downloads,
@@ -319,35 +320,130 @@ def _ago(ts: float | None) -> str:
     return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
 
 
+CHARTS = (  # id, title, span, one bar per, a time tick every (seconds)
+    ("hour", "Last hour", 3600, 60, 900),
+    ("day", "Last 24 h", 86400, 900, 4 * 3600),
+)
+CHART_COLOURS = {"cache": "#3b82f6", "upstream": "#f59e0b", "ratio": "#17803d"}
+CHART_HEIGHT = 196  # px: the plot, then the time axis under it
+PLOT_TOP, PLOT_HEIGHT = 8, 160  # px
+
+
 def _chart(history: list[dict[str, float]]) -> str:
-    """Hit ratio (line) and bytes served from cache per interval (bars), last hour."""
-    if len(history) < 2:
-        return '<p class="muted">The chart fills in as traffic arrives (a point every 10 s).</p>'
-    w, h = 600, 140
-    pts = history[-120:]
-    steps = list(pairwise(pts))
-    ratio, saved = [], []
-    for a, b in steps:
-        hits, misses = b["hits"] - a["hits"], b["misses"] - a["misses"]
-        ratio.append(hits / (hits + misses) if hits + misses else None)
-        saved.append(b["bytes_cache"] - a["bytes_cache"])
-    top = max(saved) or 1
-    dx = w / max(1, len(steps))
-    bars = "".join(
-        f'<rect x="{i * dx:.1f}" y="{h - s / top * h:.1f}" width="{max(dx - 1, 1):.1f}" '
-        f'height="{s / top * h:.1f}" fill="#9ec5fe"/>'
-        for i, s in enumerate(saved)
-        if s
+    """The last hour (a bar a minute) and the last 24 h (a bar per 15 min) of the history
+    (cumulative points, the last now): bytes served from the cache and fetched upstream,
+    stacked, and the hit ratio as a line; times in UTC. Sizes are px whatever the page's
+    width (only the plot stretches), so the text stays readable on a phone."""
+    if not history:
+        return '<p class="muted">No history yet.</p>'
+    return "".join(_figure(history, *chart) for chart in CHARTS)
+
+
+def _buckets(
+    history: list[dict[str, float]], start: float, step: int, n: int
+) -> list[dict[str, float]]:
+    """What each of `n` intervals from `start` added: the counts at its end less those at
+    its start (the latest point before each; before the first point, the first's values:
+    what a history does not cover is never shown as traffic)."""
+    times = [p["t"] for p in history]
+
+    def at(edge: float) -> dict[str, float]:
+        return history[max(0, bisect.bisect_left(times, edge) - 1)]
+
+    ends = [at(start + i * step) for i in range(n + 1)]
+    return [{k: max(0, b[k] - a[k]) for k in HISTORY_FIELDS} for a, b in pairwise(ends)]
+
+
+def _figure(
+    history: list[dict[str, float]], key: str, title: str, span: int, step: int, tick: int
+) -> str:
+    now = history[-1]["t"]
+    end = (now // step + 1) * step  # the interval of now is the last bar
+    start, n = end - span, span // step
+    buckets = _buckets(history, start, step, n)
+    top = 1024.0  # the bytes axis: a power of two (IEC), its half labelled too
+    while top < max(b["bytes_cache"] + b["bytes_upstream"] for b in buckets):
+        top *= 2
+    bars, steps = [], []
+    for i, b in enumerate(buckets):
+        y = 1000.0
+        for field, colour in (("bytes_cache", "cache"), ("bytes_upstream", "upstream")):
+            if height := b[field] / top * 1000:
+                y -= height
+                bars.append(
+                    f'<rect x="{i + 0.1:g}" y="{y:.1f}" width="0.8" height="{height:.1f}" '
+                    f'fill="{CHART_COLOURS[colour]}"/>'
+                )
+        answered = b["hits"] + b["misses"]
+        steps.append(None if not answered else 1000 - b["hits"] / answered * 1000)
+    lines, run = [], []
+    for i, y in enumerate([*steps, None]):
+        if y is not None:
+            run += [f"{i},{y:.1f}", f"{i + 1},{y:.1f}"]
+        elif run:
+            lines.append(
+                f'<polyline points="{" ".join(run)}" fill="none" '
+                f'stroke="{CHART_COLOURS["ratio"]}" stroke-width="2.5" '
+                'vector-effect="non-scaling-stroke" stroke-linejoin="round"/>'
+            )
+            run = []
+    text = (
+        'font-size="12" fill="#445" paint-order="stroke" stroke="#fff" stroke-width="3" '
+        'stroke-linejoin="round"'
     )
-    line = " ".join(
-        f"{i * dx + dx / 2:.1f},{h - r * h:.1f}" for i, r in enumerate(ratio) if r is not None
+    bottom = PLOT_TOP + PLOT_HEIGHT
+    grid, values = [], []
+    for frac in (0.0, 0.5, 1.0):
+        y = bottom - frac * PLOT_HEIGHT
+        grid.append(f'<line x1="0" x2="100%" y1="{y:g}" y2="{y:g}" stroke="#dde"/>')
+        if frac:
+            values.append(
+                f'<text class="value-tick" x="3" y="{y + 13:g}" {text}>'
+                f"{_e(human_size(top * frac))}</text>"
+                f'<text class="value-tick" x="100%" dx="-3" y="{y + 13:g}" '
+                f'text-anchor="end" {text}>{frac * 100:.0f} %</text>'
+            )
+    ticks = []
+    for t in range(int(-(-start // tick) * tick), int(end) + 1, tick):
+        x = (t - start) / span * 100
+        anchor = "start" if x < 6 else "end" if x > 94 else "middle"
+        ticks.append(
+            f'<line x1="{x:.2f}%" x2="{x:.2f}%" y1="{bottom}" y2="{bottom + 4}" stroke="#889"/>'
+            f'<text class="time-tick" x="{x:.2f}%" y="{bottom + 17}" text-anchor="{anchor}" '
+            f'font-size="12" fill="#445">{time.strftime("%H:%M", time.gmtime(t))}</text>'
+        )
+    cache = sum(b["bytes_cache"] for b in buckets)
+    upstream = sum(b["bytes_upstream"] for b in buckets)
+    hits, misses = sum(b["hits"] for b in buckets), sum(b["misses"] for b in buckets)
+    ratio = f"{hits / (hits + misses) * 100:.1f} %" if hits + misses else "-"
+    per = "minute" if step == 60 else f"{step // 60} min"
+    summary = (
+        f'<span class="chart-sum">{_e(_bytes(cache))} from cache, {_e(_bytes(upstream))} '
+        f"from upstream, {hits} hits, {misses} misses, hit ratio {ratio}</span>"
+    )
+    swatch = 'style="display:inline-block;width:.8em;height:.8em;margin-right:.3em;background:'
+    legend = "".join(
+        f'<span><i {swatch}{CHART_COLOURS[c]}"></i>{_e(label)}</span>'
+        for c, label in (
+            ("cache", "bytes served from cache"),
+            ("upstream", "bytes fetched upstream"),
+            ("ratio", "hit ratio (right axis)"),
+        )
     )
     return (
-        f'<svg viewBox="0 0 {w} {h + 16}" role="img" aria-label="hit ratio and bytes saved">'
-        f'<line x1="0" y1="{h}" x2="{w}" y2="{h}" stroke="#ccd"/>{bars}'
-        f'<polyline points="{line}" fill="none" stroke="#17803d" stroke-width="2"/>'
-        f'<text x="0" y="{h + 13}" font-size="11" fill="#667">green: hit ratio (0-100 %); '
-        f"blue: bytes served from cache per 10 s (max {_e(_bytes(top))})</text></svg>"
+        f'<figure class="chart" id="chart-{key}" style="margin:0 0 .8rem">'
+        f'<figcaption style="font-size:.85rem"><b>{_e(title)}</b>, per {per}, UTC: '
+        f"{summary}</figcaption>"
+        '<div class="legend" style="display:flex;flex-wrap:wrap;gap:.1rem 1rem;'
+        f'font-size:.8rem;color:#445;margin:.2rem 0">{legend}</div>'
+        f'<svg width="100%" height="{CHART_HEIGHT}" role="img" '
+        f'style="display:block;width:100%;height:{CHART_HEIGHT}px" '
+        f'aria-label="{_e(title)}: bytes from cache and upstream per {per}, hit ratio">'
+        f"{''.join(grid)}"
+        f'<svg x="0" y="{PLOT_TOP}" width="100%" height="{PLOT_HEIGHT}" '
+        f'style="width:100%;height:{PLOT_HEIGHT}px;overflow:visible" '
+        f'viewBox="0 0 {n} 1000" preserveAspectRatio="none">{"".join(bars)}{"".join(lines)}'
+        f"</svg>{''.join(values)}{''.join(ticks)}</svg></figure>"
     )
 
 

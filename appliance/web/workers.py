@@ -29,7 +29,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.metrics import HISTORY_POINTS, HISTORY_STEP, top
+from appliance.metrics import HISTORY_POINTS, HISTORY_SPAN, HISTORY_STEP, top
 from appliance.web.clients import merge_clients
 from appliance.web.events import merge_events
 from appliance.web.status import BUSIEST, SHARED_OPERATIONS, hit_ratio
@@ -232,11 +232,15 @@ def _sum_nested(docs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def merge_history(histories: Sequence[Sequence[Mapping[str, float]]]) -> list[dict[str, float]]:
-    """The chart's points for the service. Each worker samples its own cumulative figures
-    at its own moments: the service's at a moment are each worker's latest point at or
-    before it (none yet: nothing counted then). One point per HISTORY_STEP, the last now."""
+    """The chart's points for the service. Each worker records its own cumulative figures
+    at its own moments (restored ones too): the service's at a moment are each worker's
+    latest point at or before it (none yet: nothing counted then), matched by time, never
+    by position. One point per HISTORY_STEP over HISTORY_SPAN and the one before (where the
+    counts stood), the last now."""
     last_of_step = {t // HISTORY_STEP: t for t in sorted({p["t"] for h in histories for p in h})}
-    moments = list(last_of_step.values())[-(HISTORY_POINTS + 1) :]
+    moments = list(last_of_step.values())[-(HISTORY_POINTS + 2) :]
+    if moments:
+        moments = moments[max(0, bisect.bisect_right(moments, moments[-1] - HISTORY_SPAN) - 1) :]
     times = [[p["t"] for p in h] for h in histories]
     points = []
     for t in moments:

@@ -15,13 +15,15 @@ import pytest
 from appliance.config import human_size
 from tests.conftest import Appliance, StartAppliance, http_get, require
 from tests.test_observability import chromium
-from tests.test_worker_figures import Clients, _own, _until_both
+from tests.test_worker_figures import Clients, _until_both
 from tests.test_workers import _sockets
 from tests.upstream import Upstream
 
 DEB = b"\x21" * 50_000
 POOL = "/debian/pool/main/h"
 HELLO, WORLD = f"{POOL}/hello_1.0_amd64.deb", f"{POOL}/world_2.0_amd64.deb"
+FIELDS = ("hits", "misses", "bytes_cache", "bytes_upstream")
+FORMAT = {"format": "archive-local history", "version": 1, "fields": ["t", *FIELDS]}
 
 
 @pytest.fixture
@@ -58,9 +60,16 @@ def test_history_survives_a_restart(
     start_appliance: StartAppliance, remaps: dict[str, list[str]], tmp_path: Path
 ) -> None:
     """`workers: 2`: each worker keeps its own file, and what `/api/status` and the page
-    show after the restart is the merge of both restored histories (matched by time), so
-    both workers must have counted some of the traffic."""
+    show is the merge of both histories, restored ones included, so both workers count
+    some of the traffic. Worker 1 also starts from an earlier run's history (two older
+    points): the workers' histories differ in length, so only points matched by time
+    (not by position) add up to the exact counts."""
     cache = tmp_path / "cache"
+    (cache / ".state").mkdir(parents=True)
+    t0 = int(time.time())
+    older = [[t0 - 7200, 10, 5, 1000, 2000], [t0 - 1800, 20, 6, 3000, 4000]]
+    (cache / ".state/history-1.json").write_text(json.dumps({**FORMAT, "points": older}))
+    seeded = dict(zip(FIELDS, older[-1][1:], strict=True))
     app = start_appliance(remaps, cache_dir=cache, extra={"workers": 2})
     socks = _sockets(app, 2)
     clients = Clients(app)
@@ -68,45 +77,54 @@ def test_history_survives_a_restart(
         assert clients.get(path)[0] == 200  # misses
     time.sleep(0.3)  # committed: what follows are hits
     _until_both(socks, clients, HELLO, lambda d: d["requests"]["apt"]["hit"])
-    assert all(_own(s)["history"][-1]["hits"] > 0 for s in socks)  # both counted some
     hits, misses = clients.results["hit"], clients.results["miss"]
     assert misses == 2 and clients.bytes["upstream"] == 2 * len(DEB)
-    before = app.status()["history"]
-    want = {
+    traffic = {
         "hits": hits,
         "misses": misses,
         "bytes_cache": clients.bytes["cache"],
         "bytes_upstream": clients.bytes["upstream"],
     }
-    assert {k: before[-1][k] for k in want} == want
+    want = {k: seeded[k] + traffic[k] for k in FIELDS}
+    old_point = {"t": older[-1][0], **seeded}  # worker 0 had counted nothing by then
+
+    before = app.status()
+    assert before["requests"]["apt"]["hit"] == hits  # since the start
+    assert old_point in before["history"]
+    assert {k: before["history"][-1][k] for k in FIELDS} == want
     app.stop()
     assert app.proc.returncode == 0, app.log_text()
     stopped = time.time()
-    for i in (0, 1):
-        doc = json.loads((cache / f".state/history-{i}.json").read_text())
-        assert doc["format"] == "archive-local history" and doc["points"], doc
+    saved = [json.loads((cache / f".state/history-{i}.json").read_text()) for i in (0, 1)]
+    assert all(doc["fields"] == ["t", *FIELDS] for doc in saved), saved
+    last = [dict(zip(FIELDS, doc["points"][-1][1:], strict=True)) for doc in saved]
+    assert {k: last[0][k] + last[1][k] for k in FIELDS} == want, saved  # each its own
 
     again = start_appliance(remaps, cache_dir=cache, extra={"workers": 2})
-    _sockets(again, 2)
-    status = again.status()
-    assert status["workers"] == 2
+    deadline = time.monotonic() + 20
+    while (status := again.status())["workers"] < 2:  # the old sockets are still there
+        assert time.monotonic() < deadline, again.log_text()
+        time.sleep(0.1)
     assert status["requests"]["apt"]["hit"] == 0  # counted since this start: nothing yet
     history = status["history"]
-    restored = [p for p in history if p["t"] <= stopped]
-    assert restored, history
-    assert {k: restored[-1][k] for k in want} == want  # the last point before the stop
-    assert {k: history[-1][k] for k in want} == want  # and now: nothing since
+    assert old_point in history and history[0]["t"] <= stopped, history
+    assert {k: history[-1][k] for k in FIELDS} == want  # now: the same counts, not 0
     assert all(a["t"] < b["t"] for a, b in itertools.pairwise(history))
     assert all(a["hits"] <= b["hits"] for a, b in itertools.pairwise(history))
-    assert "history: ignoring" not in again.log_text()
+    assert "history:" not in again.log_text()
 
+    # both charts: the traffic and what the older run added 30 min ago (its first point,
+    # 2 h ago, is where its counts stood: nothing of it is drawn as traffic)
     require("chromium", "chromium")
     dom = rendered(again)
+    shown = {k: want[k] - older[0][1 + i] for i, k in enumerate(FIELDS)}
     for key in ("hour", "day"):
         chart = figure(dom, key)
+        ratio = shown["hits"] / (shown["hits"] + shown["misses"]) * 100
         assert summary(chart) == (
-            f"{human_size(hits * len(DEB))} from cache, 97.7 KiB from upstream, "
-            f"{hits} hits, 2 misses, hit ratio {hits / (hits + 2) * 100:.1f} %"
+            f"{human_size(shown['bytes_cache'])} from cache, "
+            f"{human_size(shown['bytes_upstream'])} from upstream, "
+            f"{shown['hits']} hits, {shown['misses']} misses, hit ratio {ratio:.1f} %"
         )
         assert "<rect" in chart and "<polyline" in chart  # bars and the hit ratio line
 

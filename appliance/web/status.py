@@ -357,6 +357,8 @@ def _buckets(
 def _figure(
     history: list[dict[str, float]], key: str, title: str, span: int, step: int, tick: int
 ) -> str:
+    """One chart: a bar per `step` seconds over the `span` that ends with now's interval,
+    a time tick every `tick` seconds, and a caption that sums the window."""
     now = history[-1]["t"]
     end = (now // step + 1) * step  # the interval of now is the last bar
     start, n = end - span, span // step
@@ -364,7 +366,8 @@ def _figure(
     top = 1024.0  # the bytes axis: a power of two (IEC), its half labelled too
     while top < max(b["bytes_cache"] + b["bytes_upstream"] for b in buckets):
         top *= 2
-    bars, steps = [], []
+    bars: list[str] = []
+    steps: list[float | None] = []  # the hit ratio's height in each interval (None: no answer)
     for i, b in enumerate(buckets):
         y = 1000.0
         for field, colour in (("bytes_cache", "cache"), ("bytes_upstream", "upstream")):
@@ -376,11 +379,22 @@ def _figure(
                 )
         answered = b["hits"] + b["misses"]
         steps.append(None if not answered else 1000 - b["hits"] / answered * 1000)
-    lines, run = [], []
+    lines: list[str] = []
+    dots: list[str] = []
+    run: list[str] = []
+    last = 0.0
     for i, y in enumerate([*steps, None]):
         if y is not None:
             run += [f"{i},{y:.1f}", f"{i + 1},{y:.1f}"]
-        elif run:
+            last = y
+            continue
+        if len(run) == 2:  # one interval alone: its line is a bar wide, a dot shows it
+            cy = PLOT_TOP + last / 1000 * PLOT_HEIGHT
+            dots.append(
+                f'<circle cx="{(i - 0.5) / n * 100:.2f}%" cy="{cy:.1f}" r="4" '
+                f'fill="{CHART_COLOURS["ratio"]}" stroke="#fff" stroke-width="1.5"/>'
+            )
+        if run:
             lines.append(
                 f'<polyline points="{" ".join(run)}" fill="none" '
                 f'stroke="{CHART_COLOURS["ratio"]}" stroke-width="2.5" '
@@ -421,13 +435,13 @@ def _figure(
         f'<span class="chart-sum">{_e(_bytes(cache))} from cache, {_e(_bytes(upstream))} '
         f"from upstream, {hits} hits, {misses} misses, hit ratio {ratio}</span>"
     )
-    swatch = 'style="display:inline-block;width:.8em;height:.8em;margin-right:.3em;background:'
+    swatch = "display:inline-block;vertical-align:middle;margin-right:.3em;"
     legend = "".join(
-        f'<span><i {swatch}{CHART_COLOURS[c]}"></i>{_e(label)}</span>'
-        for c, label in (
-            ("cache", "bytes served from cache"),
-            ("upstream", "bytes fetched upstream"),
-            ("ratio", "hit ratio (right axis)"),
+        f'<span><i style="{swatch}{size}background:{CHART_COLOURS[c]}"></i>{_e(label)}</span>'
+        for c, size, label in (
+            ("cache", "width:.8em;height:.8em;", "bytes served from cache"),
+            ("upstream", "width:.8em;height:.8em;", "bytes fetched upstream"),
+            ("ratio", "width:1.2em;height:3px;", "hit ratio (right axis)"),
         )
     )
     return (
@@ -443,7 +457,7 @@ def _figure(
         f'<svg x="0" y="{PLOT_TOP}" width="100%" height="{PLOT_HEIGHT}" '
         f'style="width:100%;height:{PLOT_HEIGHT}px;overflow:visible" '
         f'viewBox="0 0 {n} 1000" preserveAspectRatio="none">{"".join(bars)}{"".join(lines)}'
-        f"</svg>{''.join(values)}{''.join(ticks)}</svg></figure>"
+        f"</svg>{''.join(dots)}{''.join(values)}{''.join(ticks)}</svg></figure>"
     )
 
 

@@ -285,11 +285,13 @@ def _history_points(doc: object) -> list[dict[str, float]]:
 
 
 _saving = threading.Lock()  # a save cancelled by the shutdown may still be in its thread
+_saved: dict[Path, int] = {}  # the generation last written to each file
 
 
-def save_history(path: Path, points: Sequence[Mapping[str, float]]) -> None:
+def save_history(path: Path, points: Sequence[Mapping[str, float]], generation: int = 0) -> None:
     """Replace the file atomically (a temporary file, fsynced, renamed): a crash leaves
-    the previous history or this one, never half of one."""
+    the previous history or this one, never half of one. `generation` orders the saves
+    (`Metrics.history_changes`): an older one that runs late does not replace a newer."""
     doc = {
         "format": HISTORY_FORMAT,
         "version": HISTORY_VERSION,
@@ -299,6 +301,8 @@ def save_history(path: Path, points: Sequence[Mapping[str, float]]) -> None:
     }
     data = json.dumps(doc, separators=(",", ":")).encode()
     with _saving:
+        if generation < _saved.get(path, 0):
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -307,6 +311,7 @@ def save_history(path: Path, points: Sequence[Mapping[str, float]]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _saved[path] = generation
 
 
 def top(counts: Mapping[str, int], n: int) -> list[tuple[str, int]]:

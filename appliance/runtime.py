@@ -338,7 +338,8 @@ class Appliance:
         if changes == self._history_saved:
             return
         try:
-            await asyncio.to_thread(save_history, self.history_file, list(self.metrics.history))
+            points = list(self.metrics.history)
+            await asyncio.to_thread(save_history, self.history_file, points, changes)
         except OSError as exc:
             if not self._history_failing:
                 log.warning("history: cannot write %s: %s", self.history_file, exc)

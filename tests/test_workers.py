@@ -135,12 +135,23 @@ class _OverUnix(http.client.HTTPConnection):
 
 
 def _sockets(app: Appliance, n: int) -> list[Path]:
+    """The workers' Unix sockets once each accepts (the file appears at bind, a moment
+    before the worker listens on it)."""
     socks = [app.cache_dir / f".state/workers/{i}.sock" for i in range(n)]
     deadline = time.monotonic() + 20
-    while not all(s.exists() for s in socks):
+    while not all(_accepts(s) for s in socks):
         assert time.monotonic() < deadline, app.log_text()
         time.sleep(0.1)
     return socks
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 def test_a_waiting_worker_streams_the_download_of_the_one_that_fetches(

@@ -278,12 +278,12 @@ def scrape(source: Source) -> Iterator[Metric]:
 
 # Each table's columns: (heading, kind). "name": one line, ellipsised (the row's `title`
 # holds it whole); "text": wraps anywhere; "num"/"count"/"when"/"size": right-aligned, never
-# wrapped; "short": a word. Those with a `_WIDTHS` entry get that width, the others share the
+# wrapped; "short", "label": a word. Kinds in `_WIDTHS` get that width, the others share the
 # rest, so a fixed-layout table always fits its card. Phone widths stack the rows as
 # "heading: value", the headings coming from the CSS below (cells stay plain `<td>`s, so the
 # fragment re-fetched every 5 s does not repeat them in every row).
 _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "requests": (("result", "text"), ("apt", "count"), ("images", "count"), ("feed", "count")),
+    "requests": (("result", "label"), ("apt", "count"), ("images", "count"), ("feed", "count")),
     "upstreams": (
         ("upstream", "name"),
         ("requests", "num"),
@@ -304,7 +304,13 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "integrity": (("", "text"), ("", "text")),
 }
 _STACKED = ("upstreams", "downloads", "images", "jobs")  # too many columns for a phone
-_WIDTHS = {"num": "7em", "when": "6.5em", "size": "6.5em", "short": "4.5em"}  # 10 digits
+_WIDTHS = {
+    "num": "7em",
+    "when": "6.5em",
+    "size": "6.5em",
+    "short": "4.5em",
+    "label": "7.5em",
+}  # 10 digits
 _RIGHT = ("num", "count", "when", "size")  # right-aligned, never wrapped: `<td class=n>`
 
 

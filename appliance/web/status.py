@@ -331,10 +331,11 @@ def _table_css() -> str:
     return (
         f"{','.join(clip)}{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}"
         "@media(max-width:40rem){"
+        # a phone has no pointer to show a title: names wrap, whole
+        f"{','.join(clip)}{{white-space:normal}}"
         f"{each('')},{each(' tbody')},{each(' tr')},{each(' td')}{{display:block;width:auto}}"
         f"{each(' thead')},{each(' colgroup')}{{display:none}}"
         f"{each(' tr')}{{border-bottom:1px solid #dde;padding:.25rem 0}}"
-        # every cell wraps here, names too: a phone has no pointer to show a title
         f"{each(' td:nth-child(n)')}{{border:0;padding:.05rem .2rem;text-align:right;"
         "white-space:normal;overflow:visible}"
         f"{each(' td::before')}{{float:left;margin-right:1rem;color:#667}}" + "".join(labels) + "}"

@@ -277,11 +277,11 @@ def scrape(source: Source) -> Iterator[Metric]:
 # -- HTML ------------------------------------------------------------------------------------
 
 # Each table's columns: (heading, kind). "name": one line, ellipsised (the row's `title`
-# holds it whole); "text": wraps anywhere; "num"/"count"/"when"/"size": right-aligned, never
-# wrapped; "short", "label": a word. Kinds in `_WIDTHS` get that width, the others share the
-# rest, so a fixed-layout table always fits its card. Phone widths stack the rows as
-# "heading: value", the headings coming from the CSS below (cells stay plain `<td>`s, so the
-# fragment re-fetched every 5 s does not repeat them in every row).
+# holds it whole); "text": wraps anywhere; "num", "small" (a few digits), "count", "when",
+# "size": right-aligned, never wrapped; "short", "label": a word. Kinds in `_WIDTHS` get that
+# width, the others share the rest, so a fixed-layout table always fits its card. Phone
+# widths stack the rows as "heading: value", the headings coming from the CSS below (cells
+# stay plain `<td>`s, so the fragment re-fetched every 5 s does not repeat them in every row).
 _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "requests": (("result", "label"), ("apt", "count"), ("images", "count"), ("feed", "count")),
     "upstreams": (
@@ -292,7 +292,12 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("last error", "text"),
     ),
     "busiest": (("package", "name"), ("requests", "num")),
-    "downloads": (("file", "name"), ("progress", "text"), ("clients", "num"), ("running", "num")),
+    "downloads": (
+        ("file", "name"),
+        ("progress", "text"),
+        ("clients", "small"),
+        ("running", "small"),
+    ),
     "images": (
         ("feed", "name"),
         ("product", "name"),
@@ -305,13 +310,14 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 _STACKED = ("upstreams", "downloads", "images", "jobs")  # too many columns for a phone
 _WIDTHS = {
-    "num": "7em",
+    "num": "7em",  # 10 digits
+    "small": "5.5em",
     "when": "6.5em",
     "size": "6.5em",
     "short": "4.5em",
     "label": "7.5em",
-}  # 10 digits
-_RIGHT = ("num", "count", "when", "size")  # right-aligned, never wrapped: `<td class=n>`
+}
+_RIGHT = ("num", "small", "count", "when", "size")  # right-aligned, never wrapped: `<td class=n>`
 
 
 def _table_css() -> str:
@@ -689,7 +695,7 @@ def render_main(s: dict[str, Any]) -> str:
         f"<section><h2>Downloading now</h2>{downloads}</section>"
         '<section class="wide"><h2>Images mirrored and where they are seeded</h2>'
         f"{images}</section>"
-        f"<section><h2>Last sync and seed</h2>{results_table}</section>"
+        f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
         f"<section><h2>Recent events</h2>{_events(s.get('events') or [])}</section>"

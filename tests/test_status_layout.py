@@ -146,6 +146,26 @@ def with_long_text(s: dict[str, Any]) -> dict[str, Any]:
         "error": error,
         "seconds": 1.5,
     }
+    s["events"] = [
+        {
+            "time": now - 3,
+            "level": "refused",
+            "source": "mirror-with-a-rather-long-name.internal.example.org",
+            "message": f"403 GET http://evil.example/{HOSTILE}{'a' * 120} Not a configured "
+            "upstream: evil.example",
+        },
+        *s.get("events", []),
+    ]
+    s["clients"] = [
+        {
+            "address": "2001:db8:1234:5678:9abc:def0:1234:5678",
+            "agent": f"{HOSTILE} Debian APT-HTTP/1.3 (2.6.1) non-interactive some-long-suffix",
+            "requests": 1234567890,
+            "bytes": 1023 * 2**30,
+            "last_seen": now - 86_000,  # "1433 min ago"
+        },
+        *s.get("clients", []),
+    ]
     s["images"] = [
         {"feed": "ubuntu-cloud-images-releases", "product": None, "versions": [], "error": error},
         {

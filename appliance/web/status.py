@@ -278,10 +278,10 @@ def scrape(source: Source) -> Iterator[Metric]:
 
 # Each table's columns: (heading, kind). "name": one line, ellipsised (the row's `title`
 # holds it whole); "text": wraps anywhere; "num", "small" (a few digits), "count", "when",
-# "size": right-aligned, never wrapped; "short", "label": a word. Kinds in `_WIDTHS` get that
-# width, the others share the rest, so a fixed-layout table always fits its card. Phone
-# widths stack the rows as "heading: value", the headings coming from the CSS below (cells
-# stay plain `<td>`s, so the fragment re-fetched every 5 s does not repeat them in every row).
+# "size": right-aligned, never wrapped; "short", "label", "time": a word. Kinds in `_WIDTHS`
+# get that width, the others share the rest, so a fixed-layout table always fits its card.
+# Phone widths stack the rows as "heading: value", the headings coming from the CSS below
+# (cells stay plain `<td>`s, so the fragment re-fetched every 5 s does not repeat them).
 _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     "requests": (("result", "label"), ("apt", "count"), ("images", "count"), ("feed", "count")),
     "upstreams": (
@@ -307,40 +307,59 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "jobs": (("job", "short"), ("name", "name"), ("result", "text"), ("took", "num")),
     "integrity": (("", "text"), ("", "text")),
+    "events": (("time (UTC)", "time"), ("level", "short"), ("where", "name"), ("what", "text")),
+    "clients": (
+        ("address", "name"),
+        ("client", "text"),
+        ("requests", "num"),
+        ("bytes", "size"),
+        ("last seen", "when"),
+    ),
 }
-_STACKED = ("upstreams", "downloads", "images", "jobs")  # too many columns for a phone
+_SELECTORS = {"events": "#events", "clients": "#clients"}  # else .t-<kind>, see _table
+_STACKED = ("upstreams", "downloads", "images", "jobs", "events", "clients")  # many columns
 _WIDTHS = {
     "num": "7em",  # 10 digits
     "small": "5.5em",
-    "when": "6.5em",
-    "size": "6.5em",
-    "short": "4.5em",
+    "when": "8em",  # "1439 min ago"
+    "size": "7.5em",
+    "short": "5.5em",
+    "time": "7em",
     "label": "7.5em",
 }
-_RIGHT = ("num", "small", "count", "when", "size")  # right-aligned, never wrapped: `<td class=n>`
+_RIGHT = ("num", "small", "count", "when", "size")  # right-aligned, never wrapped
 
 
 def _table_css() -> str:
-    """Per-table rules: which cells ellipsise, and the phone layout's "heading: value" rows."""
+    """Per-table rules: column widths and alignment, which cells ellipsise, and the phone
+    layout's "heading: value" rows."""
+    stacked = [_SELECTORS.get(k, f".t-{k}") for k in _STACKED]
 
     def each(suffix: str) -> str:
-        return ",".join(f".t-{k}{suffix}" for k in _STACKED)
+        return ",".join(f"{t}{suffix}" for t in stacked)
 
-    clip, labels = [], []
+    rules, clip, right, labels = [], [], [], []
     for kind, cols in _TABLES.items():
+        table = _SELECTORS.get(kind, f".t-{kind}")
         for i, (heading, col) in enumerate(cols, 1):
-            cell = f".t-{kind} td:nth-child({i})"
+            cell = f"{table} td:nth-child({i})"
+            if col in _WIDTHS:  # a fixed layout takes the widths from the first row
+                rules.append(f"{table} th:nth-child({i}){{width:{_WIDTHS[col]}}}")
+            if col in _RIGHT:
+                right += [cell, f"{table} th:nth-child({i})"]
             if col == "name":
                 clip.append(cell)
             if kind in _STACKED:
                 labels.append(f'{cell}::before{{content:"{heading}"}}')
     return (
+        "".join(rules) + f"{','.join(right)}{{text-align:right;white-space:nowrap;"
+        "font-variant-numeric:tabular-nums}"
         f"{','.join(clip)}{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}"
         "@media(max-width:40rem){"
         # a phone has no pointer to show a title: names wrap, whole
         f"{','.join(clip)}{{white-space:normal}}"
         f"{each('')},{each(' tbody')},{each(' tr')},{each(' td')}{{display:block;width:auto}}"
-        f"{each(' thead')},{each(' colgroup')}{{display:none}}"
+        f"{each(' tr:has(th)')}{{display:none}}"
         f"{each(' tr')}{{border-bottom:1px solid #dde;padding:.25rem 0}}"
         f"{each(' td:nth-child(n)')}{{border:0;padding:.05rem .2rem;text-align:right;"
         "white-space:normal;overflow:visible}"
@@ -369,9 +388,7 @@ _CSS = (
     "table{border-collapse:collapse;width:100%;font-size:.85rem;table-layout:fixed}"
     "td,th{padding:.2rem .4rem;text-align:left;vertical-align:top;border-bottom:1px solid #eee}"
     "th{white-space:nowrap;color:#445}"
-    "td.n,th.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}"
-    + "".join(f"col.{k}{{width:{w}}}" for k, w in _WIDTHS.items())
-    + "td .why{display:block;white-space:normal}"  # an error in a name column wraps
+    "td .why{display:block;white-space:normal}"  # an error in a name column wraps
     ".ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
     "svg{width:100%;height:auto}" + _table_css()
 )
@@ -549,9 +566,8 @@ def _table(kind: str, rows: list[list[Any]], empty: str, head: bool = True) -> s
     if not rows:
         return f'<p class="muted">{_e(empty)}</p>'
     cols = _TABLES[kind]
-    n = [" class=n" if col in _RIGHT else "" for _, col in cols]
+    n = [" class=n" if col in _RIGHT else "" for _, col in cols]  # marks a count for readers
     names = [i for i, (_, col) in enumerate(cols) if col == "name"]
-    colgroup = "".join(f'<col class="{col}">' for _, col in cols)
     ths = "".join(f"<th{n[i]}>{_e(h)}</th>" for i, (h, _) in enumerate(cols))
     thead = f"<thead><tr>{ths}</tr></thead>" if head else ""
     body = []
@@ -564,10 +580,7 @@ def _table(kind: str, rows: list[list[Any]], empty: str, head: bool = True) -> s
             )
             + "</tr>"
         )
-    return (
-        f'<table class="t-{kind}"><colgroup>{colgroup}</colgroup>'
-        + f"{thead}<tbody>{''.join(body)}</tbody></table>"
-    )
+    return f'<table class="t-{kind}">' + f"{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 class _Html(str):
@@ -698,8 +711,9 @@ def render_main(s: dict[str, Any]) -> str:
         f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
-        f"<section><h2>Recent events</h2>{_events(s.get('events') or [])}</section>"
-        f"<section><h2>Clients, last 24 h</h2>{_clients(s.get('clients') or [])}</section>"
+        f'<section class="wide"><h2>Recent events</h2>{_events(s.get("events") or [])}</section>'
+        '<section class="wide"><h2>Clients, last 24 h</h2>'
+        f"{_clients(s.get('clients') or [])}</section>"
     )
 
 

@@ -701,7 +701,7 @@ def render_main(s: dict[str, Any]) -> str:
     integrity = _integrity(s["integrity"])
     return (
         f'<section><h2>At a glance</h2><div class="tiles">{tiles}</div></section>'
-        f"<section><h2>Over time</h2>{_chart(s['history'])}</section>"
+        f'<section class="wide"><h2>Over time</h2>{_chart(s["history"])}</section>'
         f"<section><h2>Requests</h2>{traffic}</section>"
         f'<section class="wide"><h2>Upstream health</h2>{upstreams}</section>'
         f"<section><h2>Busiest packages</h2>{busiest}</section>"

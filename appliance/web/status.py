@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from itertools import pairwise
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from prometheus_client.core import Metric
 
@@ -275,23 +276,121 @@ def scrape(source: Source) -> Iterator[Metric]:
 
 # -- HTML ------------------------------------------------------------------------------------
 
+# Each table's columns: (heading, kind). "name": one line, ellipsised (the row's `title`
+# holds it whole); "text": wraps anywhere; "num", "small" (a few digits), "count", "when",
+# "size": right-aligned, never wrapped; "short", "label", "time": a word. Kinds in `_WIDTHS`
+# get that width, the others share the rest, so a fixed-layout table always fits its card.
+# Phone widths stack the rows as "heading: value", the headings coming from the CSS below
+# (cells stay plain `<td>`s, so the fragment re-fetched every 5 s does not repeat them).
+_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "requests": (("result", "label"), ("apt", "count"), ("images", "count"), ("feed", "count")),
+    "upstreams": (
+        ("upstream", "name"),
+        ("requests", "num"),
+        ("errors", "num"),
+        ("last ok", "when"),
+        ("last error", "text"),
+    ),
+    "busiest": (("package", "name"), ("requests", "num")),
+    "downloads": (
+        ("file", "name"),
+        ("progress", "text"),
+        ("clients", "small"),
+        ("running", "small"),
+    ),
+    "images": (
+        ("feed", "name"),
+        ("product", "name"),
+        ("version", "text"),
+        ("size", "size"),
+        ("seeded in", "text"),
+    ),
+    "jobs": (("job", "short"), ("name", "name"), ("result", "text"), ("took", "num")),
+    "integrity": (("", "text"), ("", "text")),
+    "events": (("time (UTC)", "time"), ("level", "short"), ("where", "name"), ("what", "text")),
+    "clients": (
+        ("address", "name"),
+        ("client", "text"),
+        ("requests", "num"),
+        ("bytes", "size"),
+        ("last seen", "when"),
+    ),
+}
+_SELECTORS = {"events": "#events", "clients": "#clients"}  # else .t-<kind>, see _table
+_STACKED = ("upstreams", "downloads", "images", "jobs", "events", "clients")  # many columns
+_WIDTHS = {
+    "num": "7em",  # 10 digits
+    "small": "5.5em",
+    "when": "8em",  # "1439 min ago"
+    "size": "7.5em",
+    "short": "5.5em",
+    "time": "7em",
+    "label": "7.5em",
+}
+_RIGHT = ("num", "small", "count", "when", "size")  # right-aligned, never wrapped
+
+
+def _table_css() -> str:
+    """Per-table rules: column widths and alignment, which cells ellipsise, and the phone
+    layout's "heading: value" rows."""
+    stacked = [_SELECTORS.get(k, f".t-{k}") for k in _STACKED]
+
+    def each(suffix: str) -> str:
+        return ",".join(f"{t}{suffix}" for t in stacked)
+
+    rules, clip, right, labels = [], [], [], []
+    for kind, cols in _TABLES.items():
+        table = _SELECTORS.get(kind, f".t-{kind}")
+        for i, (heading, col) in enumerate(cols, 1):
+            cell = f"{table} td:nth-child({i})"
+            if col in _WIDTHS:  # a fixed layout takes the widths from the first row
+                rules.append(f"{table} th:nth-child({i}){{width:{_WIDTHS[col]}}}")
+            if col in _RIGHT:
+                right += [cell, f"{table} th:nth-child({i})"]
+            if col == "name":
+                clip.append(cell)
+            if kind in _STACKED:
+                labels.append(f'{cell}::before{{content:"{heading}"}}')
+    return (
+        "".join(rules) + f"{','.join(right)}{{text-align:right;white-space:nowrap;"
+        "font-variant-numeric:tabular-nums}"
+        f"{','.join(clip)}{{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}"
+        "@media(max-width:40rem){"
+        # a phone has no pointer to show a title: names wrap, whole
+        f"{','.join(clip)}{{white-space:normal}}"
+        f"{each('')},{each(' tbody')},{each(' tr')},{each(' td')}{{display:block;width:auto}}"
+        f"{each(' tr:has(th)')}{{display:none}}"
+        f"{each(' tr')}{{border-bottom:1px solid #dde;padding:.25rem 0}}"
+        f"{each(' td:nth-child(n)')}{{border:0;padding:.05rem .2rem;text-align:right;"
+        "white-space:normal;overflow:visible}"
+        f"{each(' td::before')}{{float:left;margin-right:1rem;color:#667}}" + "".join(labels) + "}"
+    )
+
+
 _CSS = (
     "*{box-sizing:border-box}"
     "body{margin:0;font:15px/1.4 system-ui,sans-serif;color:#1d2330;background:#f4f6f9}"
     "header{background:#1d2330;color:#fff;padding:.7rem 1rem;display:flex;flex-wrap:wrap;"
-    "gap:.3rem 1rem;align-items:baseline}"
+    "gap:.3rem 1rem;align-items:baseline;overflow-wrap:anywhere}"
     "header h1{font-size:1.15rem;margin:0}header span{opacity:.75;font-size:.85rem}"
-    "main{padding:.8rem;display:grid;gap:.8rem;"
-    "grid-template-columns:repeat(auto-fit,minmax(min(100%,22rem),1fr))}"
-    "section{background:#fff;border-radius:8px;padding:.7rem .9rem;"
-    "box-shadow:0 1px 2px #0002;overflow-x:auto}"
+    # cards in a grid: as many 24rem columns as fit, a phone gets one; a card never
+    # grows past its column (min-width:0), its text wraps rather than pushes
+    "main{padding:.8rem;display:grid;gap:.8rem;align-items:start;grid-auto-flow:row dense;"
+    "grid-template-columns:repeat(auto-fill,minmax(min(100%,24rem),1fr))}"
+    "section{min-width:0;background:#fff;border-radius:8px;padding:.7rem .9rem;"
+    "box-shadow:0 1px 2px #0002;overflow-wrap:anywhere}"
+    "main>section:first-child{grid-column:1/-1}"
+    "@media(min-width:56rem){section.wide{grid-column:span 2}}"  # 2 columns fit from here
     "h2{font-size:.95rem;margin:.1rem 0 .5rem;color:#445}"
-    ".tiles{display:flex;flex-wrap:wrap;gap:.8rem}.tile{flex:1 1 7rem}"
+    ".tiles{display:grid;gap:.8rem;"
+    "grid-template-columns:repeat(auto-fill,minmax(min(100%,10rem),1fr))}"
     ".tile b{display:block;font-size:1.5rem}.tile small{color:#667}"
-    "table{border-collapse:collapse;width:100%;font-size:.85rem}"
-    "td,th{padding:.2rem .4rem;text-align:left;border-bottom:1px solid #eee;white-space:nowrap}"
-    "td.n,th.n{text-align:right}.ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
-    "svg{width:100%;height:auto}"
+    "table{border-collapse:collapse;width:100%;font-size:.85rem;table-layout:fixed}"
+    "td,th{padding:.2rem .4rem;text-align:left;vertical-align:top;border-bottom:1px solid #eee}"
+    "th{white-space:nowrap;color:#445}"
+    "td .why{display:block;white-space:normal}"  # an error in a name column wraps
+    ".ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
+    "svg{width:100%;height:auto}" + _table_css()
 )
 
 _SCRIPT = """
@@ -461,24 +560,27 @@ def _figure(
     )
 
 
-def _table(
-    head: list[str], rows: list[list[Any]], empty: str, numeric: set[int] = frozenset()
-) -> str:  # type: ignore[assignment]
+def _table(kind: str, rows: list[list[Any]], empty: str, head: bool = True) -> str:
+    """A table laid out by `_TABLES[kind]`; a row's `title` holds its names whole (the
+    cells may cut them)."""
     if not rows:
         return f'<p class="muted">{_e(empty)}</p>'
-    th = "".join(
-        f"<th{' class=n' if i in numeric else ''}>{_e(c)}</th>" for i, c in enumerate(head)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' class=n' if i in numeric else ''}>{c if isinstance(c, _Html) else _e(c)}</td>"
-            for i, c in enumerate(row)
+    cols = _TABLES[kind]
+    n = [" class=n" if col in _RIGHT else "" for _, col in cols]  # marks a count for readers
+    names = [i for i, (_, col) in enumerate(cols) if col == "name"]
+    ths = "".join(f"<th{n[i]}>{_e(h)}</th>" for i, (h, _) in enumerate(cols))
+    thead = f"<thead><tr>{ths}</tr></thead>" if head else ""
+    body = []
+    for row in rows:
+        title = " · ".join(str(row[i]) for i in names if not isinstance(row[i], _Html))
+        body.append(
+            (f'<tr title="{_e(title)}">' if title else "<tr>")
+            + "".join(
+                f"<td{n[i]}>{c if isinstance(c, _Html) else _e(c)}</td>" for i, c in enumerate(row)
+            )
+            + "</tr>"
         )
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<table class="t-{kind}">' + f"{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 class _Html(str):
@@ -487,6 +589,17 @@ class _Html(str):
 
 def _state(ok: bool, text: str) -> _Html:
     return _Html(f'<span class="{"ok" if ok else "bad"}">{_e(text)}</span>')
+
+
+def _problem(text: str) -> _Html:
+    """An error in a name column: wraps, whole, where names are cut."""
+    return _Html(f'<span class="bad why">{_e(text)}</span>')
+
+
+def _name(quoted: str) -> str:
+    """A file name as the request spelled it (`bash_5.2.15-2%2bb13_amd64.deb`), readable;
+    escaped later, like every upstream-controlled string."""
+    return unquote(quoted)
 
 
 def render_main(s: dict[str, Any]) -> str:
@@ -511,17 +624,18 @@ def render_main(s: dict[str, Any]) -> str:
             f"{shared['uploads']} uploaded</small></div>"
         )
     results = ["hit", "miss", "revalidated", "stale", "refused", "error"]
+    # a row per result, a column per service: six results never fit a phone side by side
+    services = [h for h, _ in _TABLES["requests"][1:]]
     traffic = _table(
-        ["service", *results],
+        "requests",
         [
-            [svc, *(_Html(f'<span id="req-{svc}-{r}">{req[svc][r]}</span>') for r in results)]
-            for svc in req
+            [r, *(_Html(f'<span id="req-{svc}-{r}">{req[svc][r]}</span>') for svc in services)]
+            for r in results
         ],
         "",
-        set(range(1, 7)),
     )
     upstreams = _table(
-        ["upstream", "requests", "errors", "last ok", "last error"],
+        "upstreams",
         [
             [
                 name,
@@ -535,19 +649,17 @@ def render_main(s: dict[str, Any]) -> str:
             for name, u in s["upstreams"].items()
         ],
         "No upstream requests yet.",
-        {1, 2},
     )
     busiest = _table(
-        ["package", "requests"],
-        [[b["package"], b["requests"]] for b in s["busiest"]],
+        "busiest",
+        [[_name(b["package"]), b["requests"]] for b in s["busiest"]],
         "No package downloads yet.",
-        {1},
     )
     downloads = _table(
-        ["file", "progress", "clients", "running"],
+        "downloads",
         [
             [
-                d["key"].rsplit("/", 1)[-1],
+                _name(d["key"].rsplit("/", 1)[-1]),
                 f"{_bytes(d['written'])} of {_bytes(d['total'])}"
                 if d["total"]
                 else _bytes(d["written"]),
@@ -557,18 +669,15 @@ def render_main(s: dict[str, Any]) -> str:
             for d in s["downloads"]
         ],
         "Nothing downloading.",
-        {2},
     )
     image_rows = []
     for p in s["images"]:
         if p.get("error"):
-            image_rows.append([p["feed"], _state(False, p["error"]), "-", "-", "-"])
+            image_rows.append([p["feed"], _problem(p["error"]), "-", "-", "-"])
         for v in p["versions"]:
             where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "-"
             image_rows.append([p["feed"], p["product"], v["version"], _bytes(v["bytes"]), where])
-    images = _table(
-        ["feed", "product", "version", "size", "seeded in"], image_rows, "No images mirrored."
-    )
+    images = _table("images", image_rows, "No images mirrored.")
     jobs = []
     for name, o in s["sync"]["feeds"].items():
         jobs.append(
@@ -588,21 +697,23 @@ def render_main(s: dict[str, Any]) -> str:
                 f"{o['seconds']:.1f} s",
             ]
         )
-    results_table = _table(["job", "name", "result", "took"], jobs, "No sync or seed has run yet.")
+    results_table = _table("jobs", jobs, "No sync or seed has run yet.")
     integrity = _integrity(s["integrity"])
     return (
         f'<section><h2>At a glance</h2><div class="tiles">{tiles}</div></section>'
-        f"<section><h2>Over time</h2>{_chart(s['history'])}</section>"
+        f'<section class="wide"><h2>Over time</h2>{_chart(s["history"])}</section>'
         f"<section><h2>Requests</h2>{traffic}</section>"
-        f"<section><h2>Upstream health</h2>{upstreams}</section>"
+        f'<section class="wide"><h2>Upstream health</h2>{upstreams}</section>'
         f"<section><h2>Busiest packages</h2>{busiest}</section>"
         f"<section><h2>Downloading now</h2>{downloads}</section>"
-        f"<section><h2>Images mirrored and where they are seeded</h2>{images}</section>"
-        f"<section><h2>Last sync and seed</h2>{results_table}</section>"
+        '<section class="wide"><h2>Images mirrored and where they are seeded</h2>'
+        f"{images}</section>"
+        f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
-        f"<section><h2>Recent events</h2>{_events(s.get('events') or [])}</section>"
-        f"<section><h2>Clients, last 24 h</h2>{_clients(s.get('clients') or [])}</section>"
+        f'<section class="wide"><h2>Recent events</h2>{_events(s.get("events") or [])}</section>'
+        '<section class="wide"><h2>Clients, last 24 h</h2>'
+        f"{_clients(s.get('clients') or [])}</section>"
     )
 
 
@@ -687,7 +798,7 @@ def _integrity(i: dict[str, Any]) -> str:
             else "not yet (daily)",
         ],
     ]
-    return _table(["", ""], rows, "")
+    return _table("integrity", rows, "", head=False)
 
 
 def render_page(s: dict[str, Any]) -> str:

@@ -70,7 +70,7 @@ def _run(
             raise RuntimeError(
                 f"{holder.describe()} holds {config.cache.dir} but does not answer on {base}"
             ) from None
-        if local is None or not (config.cache.dir / ".state").is_dir():
+        if local is None or not config.cache.dir.is_dir():
             raise RuntimeError(not_running(config, base)) from None
         return asyncio.run(local())
     except urllib.error.HTTPError as exc:

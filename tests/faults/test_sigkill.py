@@ -87,6 +87,7 @@ def test_sigkill_during_syncs(
     for path in feed.files:
         served.rate["/" + path] = 6_000_000
     cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)  # (verify refuses a cache directory that is not there)
     cmd = [sys.executable, "-m", "appliance", "--config", str(feed_config)]
     # a killed sync cannot stop the gpg-agent of its verifier's throwaway home: keep those
     # homes under the test's directory and stop their agents here

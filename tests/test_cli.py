@@ -62,7 +62,7 @@ def test_config_prints_effective_settings() -> None:
         (b"a: \x01\n", "{f}:1:4: unacceptable character #x0001"),
         # the following were all accepted (a duplicate key: the last one silently)
         (b"cache:\n  dir: /a\n  dir: /b\n", "{f}:3:3: cache.dir: given twice (first on line 2)"),
-        (b"workers: 1\nworkers: 2\n", "{f}:2:1: workers: given twice (first on line 1)"),
+        (b"workers: 3\nworkers: 2\n", "{f}:2:1: workers: given twice (first on line 1)"),
         (b"apt: {allow: ['mirror.example:99999']}\n", "{f}: apt.allow[0]: port must be 1-65535"),
         (b"apt: {allow: ['mirror.example:0']}\n", "{f}: apt.allow[0]: port must be 1-65535"),
         (b"apt: {allow: ['[1::2::3]:80']}\n", "{f}: apt.allow[0]: [1::2::3] is not an IPv6"),
@@ -92,8 +92,8 @@ def test_config_prints_workers_auto_as_written(tmp_path: Path) -> None:
     f.write_text(r.stdout)  # read back as written
     again = run("--config", str(f), "config")
     assert (again.returncode, again.stdout) == (0, r.stdout), again.stderr
-    f.write_text("workers: 1\n")  # a number stays a number
-    assert "\nworkers: 1\n" in run("--config", str(f), "config").stdout
+    f.write_text("workers: 3\n")  # a number stays a number
+    assert "\nworkers: 3\n" in run("--config", str(f), "config").stdout
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

@@ -23,14 +23,12 @@ ACNG_LISTS = REPO / ".components/apt-cacher-ng/usr/lib/apt-cacher-ng"
 # what stock images, cloud images and the distributions' installers write
 STOCK = {
     "debian": [
-        "deb.debian.org",
         "ftp.debian.org",
         "ftp.fr.debian.org",
         "ftp.us.debian.org",
-        "cdn-fastly.deb.debian.org",
         "debian.map.fastlydns.net",
     ],
-    "debian-security": ["security.debian.org", "deb.debian.org"],
+    "debian-security": ["security.debian.org"],
     "ubuntu": [
         "archive.ubuntu.com",
         "security.ubuntu.com",
@@ -212,3 +210,26 @@ async def test_a_host_only_a_mirror_list_names_must_resolve_to_a_public_address(
     allowed, public_only = runtime.upstream_rule(config, runtime.apt_mirrors(config))
     resolver = GuardedResolver(EgressPolicy(allowed, public_only=public_only))
     assert await resolver.resolve("localhost", 80)
+
+
+def test_this_machines_own_mirror_of_an_archive_shares_it_and_is_asked_last(
+    tmp_path: Path,
+) -> None:
+    """The mirror the appliance machine's own apt uses (a CDN name, say) is one its
+    network reaches: proxy-form requests to it share the archive's entries, and path-form
+    requests fall back on it after the configured upstreams."""
+    sources = tmp_path / "own.sources"
+    sources.write_text(
+        "Types: deb\nURIs: http://cdn.example/debian\nSuites: bookworm\nComponents: main\n\n"
+        "Types: deb\nURIs: http://repo.example/tools\nSuites: stable\nComponents: main\n"
+    )
+    router = _router({"apt": {"sources": [str(sources)]}})
+    canonical = _canonical(router, "debian")
+    route = router.route("http://cdn.example/debian/pool/main/h/hello/hello_1_all.deb")
+    assert route.key == f"{canonical}/pool/main/h/hello/hello_1_all.deb"
+    assert route.urls[0].startswith("http://cdn.example/debian/")
+    path = router.route("/debian/pool/main/h/hello/hello_1_all.deb")
+    assert path.urls[-1] == "http://cdn.example/debian/pool/main/h/hello/hello_1_all.deb"
+    assert not path.urls[0].startswith("http://cdn.example/")  # the configured one first
+    other = router.route("http://repo.example/tools/dists/stable/InRelease")
+    assert other.key == "repo.example/tools/dists/stable/InRelease"  # not an archive here

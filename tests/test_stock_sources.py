@@ -29,7 +29,7 @@ from tests.upstream import Upstream
 
 REPO = Path(__file__).parents[1]
 PACKAGES = ("al-large", "al-tools")
-NAMES = {"deb.debian.org": "127.0.0.2", "ftp.fr.debian.org": "127.0.0.3"}
+NAMES = {"ftp.fr.debian.org": "127.0.0.2", "ftp.de.debian.org": "127.0.0.3"}
 REQUEST = re.compile(r'"GET (\S+) HTTP/1\.[01]" (\d{3})')
 
 

@@ -1,7 +1,8 @@
 """The official mirrors of each archive, from the lists the distributions ship.
 
-A stock image names whatever mirror its maker chose (`deb.debian.org`, `ftp.fr.debian.org`,
-`security.ubuntu.com`, `fr.archive.ubuntu.com`, a university's mirror): each is accepted in
+A stock image names whatever mirror its maker chose (the distribution's CDN,
+`ftp.fr.debian.org`, `security.ubuntu.com`, `fr.archive.ubuntu.com`, a university's
+mirror): each is accepted in
 proxy form and shares the cache entries of the remap whose archive it mirrors, as
 apt-cacher-ng does with its mirror lists. The lists are not kept here (a hand-written list
 rots): `apt.mirrors` names, per remap, the files the distributions ship as data
@@ -10,7 +11,8 @@ and patterns for the official domains (`http://*.archive.ubuntu.com/ubuntu/`). A
 file that is not on this machine is skipped.
 
 `apt.sources` names the appliance machine's own apt sources: their http upstreams are
-accepted too (under their own names unless a list maps them to a remap).
+accepted too; one whose path ends in a remap's archive name (`.../debian`) shares that
+remap's entries and is asked after the remap's upstreams (this machine reaches it).
 
 A list mixes archives (Ubuntu's lists hold `ubuntu-ports` mirrors beside `ubuntu` ones), and
 an `InRelease` of one is not the other's: an entry goes to the remap whose archive name
@@ -65,6 +67,9 @@ class Mirrors:
     patterns: list[Pattern] = field(default_factory=list)
     machine_hosts: set[str] = field(default_factory=set)
     sources: dict[str, list[str]] = field(default_factory=dict)  # remap -> "where: N hosts"
+    # remap -> the mirrors of its archive this machine's own apt uses: it reaches them, so
+    # they are asked after the remap's upstreams (a default upstream may not resolve here)
+    own: dict[str, list[UpstreamBase]] = field(default_factory=dict)
 
     def match(self, target: str, segments: tuple[str, ...]) -> tuple[str, int] | None:
         """(remap, length of the mirror's base) for a proxy-form request, or None."""
@@ -257,8 +262,14 @@ def load(
                 mirrors.sources.setdefault(listed_under, []).append(spec)
     for uri in source_uris(sources):
         found = parse_mirror_url(uri)
-        if found is not None and mirrors.match(*found) is None:
-            mirrors.machine_hosts.add(found[0])
+        if found is None:
+            continue
+        target, base = found
+        mirrors.machine_hosts.add(target)
+        archive = [n for n, a in archives.items() if base and base[-1].lower() == a]
+        mine = archive and mirrors.match(target, base) is None  # this machine's mirror of it
+        if mine and _add(mirrors, [uri], archive[0], archives):
+            mirrors.own.setdefault(archive[0], []).append(UpstreamBase.parse(uri.rstrip("/")))
     return mirrors
 
 

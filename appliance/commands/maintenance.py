@@ -13,6 +13,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from appliance import config as configuration
@@ -157,54 +158,53 @@ def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
     return 0
 
 
+def _through_service(
+    args: argparse.Namespace,
+    config: configuration.Config,
+    action: str,
+    body: dict[str, Any],
+    say: Callable[[Any], str],
+) -> int:
+    """An admin action only the running service can do: its answer as JSON or a line."""
+    try:
+        result = _run(config, action, body, None, listen_given(args))
+    except RuntimeError as exc:
+        print(f"archive-local: {action}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else say(result))
+    return 0
+
+
 def run_drain(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local drain [--off]`: /healthz 503 (or 200 again), through the service."""
-
-    try:
-        result = _run(config, "drain", {"drain": not args.off}, None, listen_given(args))
-    except RuntimeError as exc:
-        print(f"archive-local: drain: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            "draining: /healthz answers 503"
-            if result["draining"]
-            else "serving: /healthz answers 200"
-        )
-    return 0
+    return _through_service(
+        args,
+        config,
+        "drain",
+        {"drain": not args.off},
+        lambda r: (
+            "draining: /healthz answers 503" if r["draining"] else "serving: /healthz answers 200"
+        ),
+    )
 
 
 def run_purge(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local purge PATH|URL` or `--remap NAME`: remove cached files, through the
     service (its memory must forget them too)."""
-    body = {"remap": args.remap} if args.remap else {"path": args.target}
     if bool(args.remap) == bool(args.target):
         print("archive-local: purge: give a path or URL, or --remap NAME", file=sys.stderr)
         return 2
-    try:
-        result = _run(config, "purge", body, None, listen_given(args))
-    except RuntimeError as exc:
-        print(f"archive-local: purge: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"purge: removed {result['removed']} files")
-    return 0
+    body = {"remap": args.remap} if args.remap else {"path": args.target}
+    return _through_service(
+        args, config, "purge", body, lambda r: f"purge: removed {r['removed']} files"
+    )
 
 
 def run_reload(args: argparse.Namespace, config: configuration.Config) -> int:
     """`archive-local reload`: the service re-reads its configuration file (as SIGHUP)."""
-    try:
-        result = _run(config, "reload", {}, None, listen_given(args))
-    except RuntimeError as exc:
-        print(f"archive-local: reload: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        restart = ", ".join(result.get("restart_needed_for") or []) or "nothing"
-        print(f"reloaded {result.get('reloaded')}; a restart is needed for: {restart}")
-    return 0
+
+    def say(r: dict[str, Any]) -> str:
+        restart = ", ".join(r.get("restart_needed_for") or []) or "nothing"
+        return f"reloaded {r.get('reloaded')}; a restart is needed for: {restart}"
+
+    return _through_service(args, config, "reload", {}, say)

@@ -12,7 +12,7 @@ file that is not on this machine is skipped.
 
 `apt.sources` names the appliance machine's own apt sources: their http upstreams are
 accepted too; one whose path ends in a remap's archive name (`.../debian`) shares that
-remap's entries and is asked after the remap's upstreams (this machine reaches it).
+remap's entries.
 
 A list mixes archives (Ubuntu's lists hold `ubuntu-ports` mirrors beside `ubuntu` ones), and
 an `InRelease` of one is not the other's: an entry goes to the remap whose archive name
@@ -67,9 +67,6 @@ class Mirrors:
     patterns: list[Pattern] = field(default_factory=list)
     machine_hosts: set[str] = field(default_factory=set)
     sources: dict[str, list[str]] = field(default_factory=dict)  # remap -> "where: N hosts"
-    # remap -> the mirrors of its archive this machine's own apt uses: it reaches them, so
-    # they are asked after the remap's upstreams (a default upstream may not resolve here)
-    own: dict[str, list[UpstreamBase]] = field(default_factory=dict)
 
     def match(self, target: str, segments: tuple[str, ...]) -> tuple[str, int] | None:
         """(remap, length of the mirror's base) for a proxy-form request, or None."""
@@ -267,9 +264,8 @@ def load(
         target, base = found
         mirrors.machine_hosts.add(target)
         archive = [n for n, a in archives.items() if base and base[-1].lower() == a]
-        mine = archive and mirrors.match(target, base) is None  # this machine's mirror of it
-        if mine and _add(mirrors, [uri], archive[0], archives):
-            mirrors.own.setdefault(archive[0], []).append(UpstreamBase.parse(uri.rstrip("/")))
+        if archive and mirrors.match(target, base) is None:  # this machine's mirror of it
+            _add(mirrors, [uri], archive[0], archives)
     return mirrors
 
 

@@ -43,11 +43,9 @@ class Router:
         mirrors: Mirrors | None = None,
     ) -> None:
         self.mirrors = mirrors or Mirrors()
-        self._remaps = {}
-        for name, urls in remaps.items():
-            configured = [UpstreamBase.parse(u) for u in urls]
-            own = [m for m in self.mirrors.own.get(name, ()) if m not in configured]
-            self._remaps[name] = (*configured, *own)  # this machine's mirrors asked last
+        self._remaps = {
+            name: tuple(UpstreamBase.parse(u) for u in urls) for name, urls in remaps.items()
+        }
         self._allowed = {a.lower() for a in allow}
         self._allowed |= {m.hostport for mirrors in self._remaps.values() for m in mirrors}
         self._allowed_hosts = {_host_only(hp) for hp in self._allowed}

@@ -43,7 +43,7 @@ from appliance.metrics import HISTORY_STEP, Metrics, history_path, load_history,
 from appliance.streams import layout
 from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.serve import ImageRoutes
-from appliance.web import status
+from appliance.web import holdings, status
 from appliance.web.accesslog import AccessLog
 from appliance.web.admin import Admin
 from appliance.web.clients import Clients
@@ -143,6 +143,7 @@ class Appliance:
         self.scheduler = Scheduler(config, self.engine, self.fetcher)
         self.jobs: status.Jobs = self.scheduler
         self.inventory = status.Inventory()
+        self.holdings = holdings.Holdings()  # what is cached, and this process's hits
         self.server: Any = None  # the listening web.Server: its refused-connection count
         self.workers: Any = None  # web.workers.Workers when `workers: N` runs several
         self.peer_streams: Any = None  # web.peers.PeerStreams: the others' downloads
@@ -171,6 +172,31 @@ class Appliance:
 
     def recent_events(self) -> list[dict[str, Any]]:
         return self.events.recent()
+
+    async def cached(self) -> dict[str, Any]:
+        """What the cache holds per remap, suite and feed (`holdings`): looked at again
+        when the size cap's count, the apt index table or the mirrored images moved."""
+        figures = self.engine.figures()
+        prefixes = holdings.remap_prefixes(
+            {n: UpstreamBase.parse(urls[0]).key() for n, urls in self.config.apt.remaps.items()}
+        )
+        table = self.catalog.path.with_name(self.catalog.path.name + "-wal")
+        try:
+            written = table.stat().st_mtime_ns  # another worker's parse moves it too
+        except OSError:
+            written = None
+        generation = (
+            figures.entries,
+            figures.bytes,
+            self.jobs.last_run,
+            self.catalog.parsed,
+            written,
+            tuple(prefixes),
+        )
+        store, listing = self.store, self.catalog.listed_by
+        return await self.holdings.get(
+            generation, lambda: holdings.compute(store, listing, prefixes)
+        )
 
     def usage(self) -> dict[str, Any]:
         return {"port": self.config.listen.port, "accepted": self.router.accepted()}

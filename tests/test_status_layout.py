@@ -166,6 +166,29 @@ def with_long_text(s: dict[str, Any]) -> dict[str, Any]:
         },
         *s.get("clients", []),
     ]
+    s["cached"]["apt"] += [
+        {
+            "remap": "mirror-with-a-rather-long-name.internal.example.org:8443/debian",
+            "suite": f"{HOSTILE}bookworm-proposed-updates-backports-sloppy",
+            "component": "non-free-firmware",
+            "arch": "source",
+            "files": 1234567890,
+            "bytes": 1023 * 2**40,
+            "hits": 1234567890,
+            "last_use": now - 86_000,
+        }
+        for _ in range(40)  # more than the page lists: a "more" line
+    ]
+    s["cached"]["images"].append(
+        {
+            "feed": f"{HOSTILE}ubuntu-cloud-images-releases-and-dailies",
+            "images": 12345,
+            "files": 1234567,
+            "bytes": 1023 * 2**40,
+            "hits": 1234567890,
+            "last_use": None,
+        }
+    )
     s["images"] = [
         {"feed": "ubuntu-cloud-images-releases", "product": None, "versions": [], "error": error},
         {

@@ -310,6 +310,27 @@ class IndexCatalog:
                 )
         return report, victims
 
+    def listed_by(self, keys: Iterable[str]) -> dict[str, str]:
+        """Which Packages or Sources index lists each of `keys` (its `logical` name, the
+        first by name when several do), for the status page's "what is cached" (blocking;
+        keys no index lists are left out). Asked in chunks: one query per 500 keys."""
+        out: dict[str, str] = {}
+        wanted = list(keys)
+        try:
+            db = self._db()
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = db.execute(
+                    "SELECT key, MIN(logical) FROM files WHERE key IN "
+                    f"({','.join('?' * len(chunk))}) AND logical NOT LIKE '%/Release' "
+                    "GROUP BY key",
+                    chunk,
+                )
+                out.update(rows.fetchall())
+        except sqlite3.Error as exc:
+            log.warning("apt index table: %s", exc)
+        return out
+
     def stats(self) -> dict[str, int]:
         try:
             db = self._db()

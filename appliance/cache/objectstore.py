@@ -630,6 +630,10 @@ class ObjectStore:
         """The entries on this unit's disk (the store's are listed by `keys_under`)."""
         return self.local.entries()
 
+    def listing(self) -> Iterator[tuple[str, int, float]]:
+        """This unit's disk, as `entries` (unchecked, cheap)."""
+        return self.local.listing()
+
     # -- writing ---------------------------------------------------------------------
     def create_temp(self, key: str) -> TempFile:
         return self.local.create_temp(key)

@@ -272,6 +272,8 @@ class Store(Protocol):
     def local_file(self, entry: Entry) -> AbstractContextManager[Path]: ...
     def keys_under(self, prefix: str) -> Iterator[str]: ...
     def entries(self) -> Iterator[Entry]: ...
+    # (key, size, when written or confirmed) of each entry on this disk, unchecked: cheap
+    def listing(self) -> Iterator[tuple[str, int, float]]: ...
     # writing: a temp file is the only way in, `commit` the only way to become an entry
     def create_temp(self, key: str) -> TempFile: ...
     def open_temp(self, temp: TempFile) -> BinaryIO: ...
@@ -605,6 +607,38 @@ class FilesystemStore:
                     entry = self.lookup(str((d / name).relative_to(self.root)))
                     if entry is not None:
                         yield entry
+
+    def listing(self) -> Iterator[tuple[str, int, float]]:
+        """(key, size, when last written or confirmed) of every file with a sidecar, for
+        an overview of a large cache (the status page): two `stat`s per entry and no
+        metadata read, so nothing is checked (`entries` is the checked walk). The sidecar
+        is rewritten by a commit and a revalidation: its time is the newer of the two."""
+        pending = [(str(self.root), "")]
+        while pending:
+            folder, prefix = pending.pop()
+            try:
+                with os.scandir(folder) as it:
+                    found = list(it)
+            except OSError:
+                continue
+            names = {e.name for e in found}
+            for e in found:
+                name = e.name
+                if name.startswith("."):
+                    continue
+                try:
+                    name.encode()  # a name this store wrote (not one of undecodable bytes)
+                    if e.is_dir(follow_symlinks=False):
+                        pending.append((e.path, f"{prefix}{name}/"))
+                        continue
+                    sidecar = f".{name}{_META}"
+                    if sidecar not in names or not e.is_file(follow_symlinks=False):
+                        continue
+                    size = e.stat(follow_symlinks=False).st_size
+                    when = os.stat(f"{folder}/{sidecar}").st_mtime
+                except (OSError, UnicodeError):
+                    continue
+                yield f"{prefix}{name}", size, when
 
     def open_read(self, entry: Entry) -> BinaryIO:
         """The committed bytes of `entry`, for reading (OSError when it is gone)."""

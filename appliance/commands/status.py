@@ -15,6 +15,7 @@ from appliance import config as configuration
 from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
+from appliance.web import holdings
 from appliance.web.status import _ago
 
 
@@ -87,6 +88,7 @@ def summary(s: dict[str, Any]) -> str:
         for v in p["versions"]:
             where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "not seeded"
             lines.append(f"image {p['feed']} {p['product']} {v['version']}: {where}")
+    lines += holdings.text(s.get("cached"), _bytes, _ago)
     for c in (s.get("clients") or [])[:5]:
         lines.append(
             f"client {c['address']} ({c['agent']}): {c['requests']} requests, "

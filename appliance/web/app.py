@@ -19,7 +19,7 @@ from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.download import NO_EXPECTATION
 from appliance.cache.egress import EgressPolicy
-from appliance.cache.engine import CacheEngine, FromPeer, Miss
+from appliance.cache.engine import CacheEngine, FromPeer, Hit, Miss
 from appliance.cache.fetcher import UpstreamFailure
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
@@ -28,6 +28,7 @@ from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import status
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
+from appliance.web.holdings import Holdings
 from appliance.web.peers import FLIGHT, PeerStreams
 from appliance.web.tls import PEM_PATH, Certificates
 from appliance.web.tunnel import tunnel
@@ -63,6 +64,7 @@ class Parts(status.Source, Actions, Protocol):
     metrics: Metrics
     admin: Admin
     inventory: status.Inventory
+    holdings: Holdings  # counts the hits of each cached file
 
     workers: Workers | None  # the sibling processes of `workers: N`, else None
     peer_streams: PeerStreams | None  # how this process reaches the others' downloads
@@ -157,6 +159,8 @@ class Handler:
         result = await engine.get(route.key, route.urls, route.freshness, route.expect)
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
+        if isinstance(result, Hit) and method == "GET":
+            parts.holdings.hit(route.key)
         return await deliver(request, engine, result)
 
     async def _cache_events(self, request: web.BaseRequest) -> web.Response:

@@ -27,7 +27,7 @@ from appliance.config import human_size
 from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.web import clients
+from appliance.web import clients, holdings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Source(Protocol):
     def usage(self) -> dict[str, Any]: ...  # the port, the remaps, the accepted upstreams
     def recent_events(self) -> list[dict[str, Any]]: ...  # newest first
     def client_figures(self, n: int) -> list[dict[str, Any]]: ...  # busiest, last 24 h
+    async def cached(self) -> dict[str, Any]: ...  # what the cache holds, per group (holdings)
 
 
 class Inventory:
@@ -157,6 +158,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
             "shared_store": cache.shared_store,
         },
         "images": await inventory.get(source),
+        "cached": await source.cached(),
         "use": source.usage(),
         "events": source.recent_events(),
         # a sibling merging every worker's asks for every address (see `busiest`)
@@ -315,9 +317,24 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("bytes", "size"),
         ("last seen", "when"),
     ),
+    "cached": (
+        ("distribution", "name"),
+        ("files", "num"),
+        ("bytes", "size"),
+        ("hits", "num"),
+        ("last use", "when"),
+    ),
+    "cached-images": (
+        ("feed", "name"),
+        ("images", "small"),
+        ("bytes", "size"),
+        ("hits", "num"),
+        ("last use", "when"),
+    ),
 }
 _SELECTORS = {"events": "#events", "clients": "#clients"}  # else .t-<kind>, see _table
 _STACKED = ("upstreams", "downloads", "images", "jobs", "events", "clients")  # many columns
+_STACKED += ("cached", "cached-images")  # what is cached (holdings)
 _WIDTHS = {
     "num": "7em",  # 10 digits
     "small": "5.5em",
@@ -709,6 +726,8 @@ def render_main(s: dict[str, Any]) -> str:
         '<section class="wide"><h2>Images mirrored and where they are seeded</h2>'
         f"{images}</section>"
         f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
+        '<section class="wide" id="cached"><h2>What is cached</h2>'
+        f"{holdings.render(s.get('cached'), _table, _bytes, _ago)}</section>"
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
         f'<section class="wide"><h2>Recent events</h2>{_events(s.get("events") or [])}</section>'

@@ -30,6 +30,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.metrics import HISTORY_POINTS, HISTORY_SPAN, HISTORY_STEP, top
+from appliance.web import holdings
 from appliance.web.clients import merge_clients
 from appliance.web.events import merge_events
 from appliance.web.status import BUSIEST, SHARED_OPERATIONS, hit_ratio
@@ -215,6 +216,8 @@ def merge_status(own: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[
         base["integrity"] = _merge_integrity([d["integrity"] for d in docs if "integrity" in d])
     base["events"] = merge_events(d.get("events", []) for d in docs)
     base["clients"] = merge_clients(d.get("clients", []) for d in docs)
+    if cached := [d["cached"] for d in docs if d.get("cached")]:
+        base["cached"] = holdings.merge(cached)
     base["workers"] = len(docs)
     return base
 

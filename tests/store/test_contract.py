@@ -111,6 +111,32 @@ def test_keys_under_lists_complete_entries_of_that_prefix_only(store: Store) -> 
     assert _visible(store) == ["h/a/1", "h/a/deeper/2", "h/b/3"]
 
 
+def test_listing_names_each_entry_with_its_size_and_when_it_was_confirmed(
+    store: Store,
+) -> None:
+    """The status page's cheap walk: the entries of this disk (no temp files, nothing
+    parked), their sizes, and a time a revalidation (a new sidecar) moves forward."""
+    before = time.time() - 1
+    _put(store, "h/pool/a.deb", b"a" * 10)
+    entry = _put(store, "h/dists/x/InRelease", b"index")
+    store.create_temp("h/pool/b.deb").write(b"unfinished")
+    parked = store.create_temp("h/images/disk.img")
+    parked.write(b"part")
+    store.keep_partial(parked, {"url": "http://example.org/disk.img", "written": 4})
+    listed = {key: (size, when) for key, size, when in store.listing()}
+    assert {k: size for k, (size, _when) in listed.items()} == {
+        "h/pool/a.deb": 10,
+        "h/dists/x/InRelease": 5,
+    }
+    assert sorted(listed) == _visible(store)
+    assert all(before <= when <= time.time() + 1 for _size, when in listed.values())
+    time.sleep(0.05)
+    store.update_meta(entry)  # revalidated
+    again = {key: when for key, _size, when in store.listing()}
+    assert again["h/dists/x/InRelease"] > listed["h/dists/x/InRelease"][1]
+    assert again["h/pool/a.deb"] == listed["h/pool/a.deb"][1]
+
+
 def test_remove_and_update_meta(store: Store) -> None:
     entry = _put(store, "h/pool/d.deb", b"d")
     entry.meta.checked = 42.0

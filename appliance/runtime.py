@@ -176,7 +176,7 @@ class Appliance:
     async def cached(self) -> dict[str, Any]:
         """What the cache holds per remap, suite and feed (`holdings`): looked at again
         when the size cap's count, the apt index table or the mirrored images moved."""
-        figures = self.engine.figures()
+        lru = self.engine.lru  # what the size cap counts, siblings' files included
         prefixes = holdings.remap_prefixes(
             {n: UpstreamBase.parse(urls[0]).key() for n, urls in self.config.apt.remaps.items()}
         )
@@ -186,8 +186,8 @@ class Appliance:
         except OSError:
             written = None
         generation = (
-            figures.entries,
-            figures.bytes,
+            len(lru),
+            lru.total,
             self.jobs.last_run,
             self.catalog.parsed,
             written,

@@ -528,7 +528,7 @@ def _figure(
     cache = sum(b["bytes_cache"] for b in buckets)
     upstream = sum(b["bytes_upstream"] for b in buckets)
     hits, misses = sum(b["hits"] for b in buckets), sum(b["misses"] for b in buckets)
-    ratio = f"{hits / (hits + misses) * 100:.1f} %" if hits + misses else "-"
+    ratio = f"{hits / (hits + misses) * 100:.1f}\u00a0%" if hits + misses else "-"
     per = "minute" if step == 60 else f"{step // 60} min"
     summary = (
         f'<span class="chart-sum">{_e(_bytes(cache))} from cache, {_e(_bytes(upstream))} '

@@ -122,7 +122,13 @@ def with_long_text(s: dict[str, Any]) -> dict[str, Any]:
         "[Connection refused]",
         "last_error_at": now - 5,
         "last_seconds": 0.5,
+        "median_seconds": 12.3456,  # the widest a median shows: "12.35 s"
+        "state": "failing",
     }
+    g = s["glance"]
+    g["upstreams"]["failing"].append(f"{HOSTILE}mirror-with-a-rather-long-name.example.org")
+    g["saved"] = dict.fromkeys(g["saved"], 1023 * 2**40)  # "1023.0 TiB"
+    g["disk"] = {"used": 1023 * 2**30, "max": 2 * 2**40, "free": 10**12, "total": 2 * 10**12}
     s["busiest"].append(
         {"package": "%3Cscript%3Edocument.title%3D'pwned'%3C/script%3E", "requests": 1}
     )

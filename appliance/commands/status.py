@@ -15,6 +15,7 @@ from appliance import config as configuration
 from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
+from appliance.web import glance
 from appliance.web.status import _ago
 
 
@@ -65,6 +66,7 @@ def summary(s: dict[str, Any]) -> str:
         f"hit ratio {ratio}; served from cache {_bytes(s['bytes']['cache'])}, "
         f"from upstream {_bytes(s['bytes']['upstream'])}"
     )
+    lines += glance.lines(s)
     c = s["cache"]
     lines.append(
         f"cache {_bytes(c['bytes'])} in {c['entries']} files (max {_bytes(c['max_bytes'])}), "
@@ -76,7 +78,11 @@ def summary(s: dict[str, Any]) -> str:
         err = (
             f", last error {u['last_error']} {_ago(u['last_error_at'])}" if u["last_error"] else ""
         )
-        lines.append(f"upstream {name}: {u['requests']} requests, {u['errors']} errors{err}")
+        median = glance.latency(u.get("median_seconds")).replace("\u00a0", " ")
+        lines.append(
+            f"upstream {name}: {u['requests']} requests, {u['errors']} errors{err}"
+            f"; {u.get('state', 'unknown')}, median {median}"
+        )
     for d in s["downloads"]:
         lines.append(f"downloading {d['key']}: {_bytes(d['written'])}, {d['clients']} clients")
     for name, o in s["sync"]["feeds"].items():

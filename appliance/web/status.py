@@ -27,7 +27,7 @@ from appliance.config import human_size
 from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.web import clients
+from appliance.web import clients, glance
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
         "hit_ratio": hit_ratio(totals.requests),
         "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
         "history": m.points(),  # cumulative counts, one point a minute; the last is now
-        "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
+        "upstreams": {k: v.as_dict() for k, v in sorted(m.upstreams.items())},
+        "requests_last_minute": m.recent_requests(),  # requests/s, once summed (glance)
         "busiest": [{"package": n, "requests": c} for n, c in m.busiest(busiest)],
         "downloads": cache.downloads,
         "cache": {
@@ -288,6 +289,8 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("upstream", "name"),
         ("requests", "num"),
         ("errors", "num"),
+        ("median", "small"),  # time to the headers, the last 64 answers
+        ("state", "short"),
         ("last ok", "when"),
         ("last error", "text"),
     ),
@@ -390,7 +393,7 @@ _CSS = (
     "th{white-space:nowrap;color:#445}"
     "td .why{display:block;white-space:normal}"  # an error in a name column wraps
     ".ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
-    "svg{width:100%;height:auto}" + _table_css()
+    "svg{width:100%;height:auto}" + glance.CSS + _table_css()
 )
 
 _SCRIPT = """
@@ -623,6 +626,7 @@ def render_main(s: dict[str, Any]) -> str:
             f"<small>shared store {_e(shared['bucket'])}: {shared['hits']} copied here, "
             f"{shared['uploads']} uploaded</small></div>"
         )
+    tiles += glance.tiles(s)
     results = ["hit", "miss", "revalidated", "stale", "refused", "error"]
     # a row per result, a column per service: six results never fit a phone side by side
     services = [h for h, _ in _TABLES["requests"][1:]]
@@ -641,6 +645,8 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 u["requests"],
                 u["errors"],
+                glance.latency(u.get("median_seconds")),
+                _Html(glance.upstream_state(u.get("state"))),
                 _ago(u["last_ok"]),
                 _state(False, f"{u['last_error']} {_ago(u['last_error_at'])}")
                 if u["last_error"]

@@ -25,7 +25,7 @@ from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
 from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
-from appliance.web import status
+from appliance.web import status, use
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
 from appliance.web.peers import FLIGHT, PeerStreams
@@ -211,10 +211,15 @@ class Handler:
         doc = await status.snapshot(self.parts, self.parts.inventory, busiest)
         if self.parts.workers is not None:
             doc["worker"] = self.parts.workers.index
-        if siblings is None:
-            return doc
-        others = [json.loads(b) for b in await siblings.gather("/api/status")]
-        return merge_status(doc, others)
+        if siblings is not None:
+            others = [json.loads(b) for b in await siblings.gather("/api/status")]
+            doc = merge_status(doc, others)
+        # the lines to paste name the host this asker used
+        published = [p["feed"] for p in doc.get("images", [])]
+        doc["use"] = use.lines(
+            doc.get("use"), request.headers.get("Host"), _secure(request), published
+        )
+        return doc
 
     async def _metrics(self, siblings: Workers | None) -> web.Response:
         if not self.parts.config.metrics:

@@ -98,6 +98,7 @@ def summary(s: dict[str, Any]) -> str:
             f"client {c['address']} ({c['agent']}): {c['requests']} requests, "
             f"{_bytes(c['bytes'])} in 24 h"
         )
+    lines += _use(s.get("use") or {})
     events = s.get("events") or []
     if events:
         lines.append(f"recent events ({len(events)}, newest first):")
@@ -105,6 +106,20 @@ def summary(s: dict[str, Any]) -> str:
         at = time.strftime("%H:%M:%S", time.gmtime(e.get("time", 0)))
         lines.append(f"  {at} {e.get('level', '')} {e.get('source', '')}: {e.get('message', '')}")
     return "\n".join(lines) + "\n"
+
+
+def _use(use: dict[str, Any]) -> list[str]:
+    """The lines to paste into clients (named for the host the service was asked on:
+    from this machine, the discovery name)."""
+    if "apt_proxy" not in use:
+        return []
+    out = [f"use: {use['apt_proxy_file']}"]
+    out += [f"  {r['line']}" for r in use.get("remap_lines", [])]
+    if use.get("lxd"):
+        out += [f"  {use['lxd']['certificate']}", f"  {use['lxd']['remote']}"]
+    if use.get("juju"):
+        out.append(f"  {use['juju']}")
+    return out
 
 
 def run_status(args: argparse.Namespace, config: configuration.Config) -> int:

@@ -26,7 +26,7 @@ from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
 from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
-from appliance.web import glance, status
+from appliance.web import glance, status, use
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
 from appliance.web.peers import FLIGHT, PeerStreams
@@ -219,6 +219,11 @@ class Handler:
             configured = len(siblings.sockets) if siblings is not None else 1
             disk = await asyncio.to_thread(glance.disk_usage, self.parts.config.cache.dir)
             doc["glance"] = glance.figures(doc, disk, configured)
+        # the lines to paste name the host this asker used
+        published = [p["feed"] for p in doc.get("images", [])]
+        doc["use"] = use.lines(
+            doc.get("use"), request.headers.get("Host"), _secure(request), published
+        )
         return doc
 
     async def _metrics(self, siblings: Workers | None) -> web.Response:

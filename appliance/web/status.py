@@ -27,7 +27,7 @@ from appliance.config import human_size
 from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.web import clients, glance
+from appliance.web import clients, glance, maintenance, use
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ _CSS = (
     "th{white-space:nowrap;color:#445}"
     "td .why{display:block;white-space:normal}"  # an error in a name column wraps
     ".ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
-    "svg{width:100%;height:auto}" + glance.CSS + _table_css()
+    "svg{width:100%;height:auto}" + glance.CSS + _table_css() + use.CSS + maintenance.CSS
 )
 
 _SCRIPT = """
@@ -716,7 +716,7 @@ def render_main(s: dict[str, Any]) -> str:
         f"{images}</section>"
         f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         f"<section><h2>Integrity</h2>{integrity}</section>"
-        f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
+        f'<section class="wide"><h2>Use it</h2>{_use(s.get("use"))}</section>'
         f'<section class="wide"><h2>Recent events</h2>{_events(s.get("events") or [])}</section>'
         '<section class="wide"><h2>Clients, last 24 h</h2>'
         f"{_clients(s.get('clients') or [])}</section>"
@@ -756,18 +756,9 @@ def _events(events: list[dict[str, Any]]) -> str:
     )
 
 
-def _use(use: dict[str, Any] | None) -> str:
-    """The line to give apt, and what proxy-form requests may name (a 403 says so too)."""
-    if not use:
-        return "<p>-</p>"
-    port = use["port"]
-    lines = "".join(f"<li>{_e(line)}</li>" for line in use["accepted"])
-    return (
-        f'<p>Proxy form: <code>Acquire::http::Proxy "http://&lt;this host&gt;:{port}";</code>'
-        f" (sources stay as they are). Path form: <code>deb http://&lt;this host&gt;:{port}"
-        "/&lt;remap&gt;/ &lt;suite&gt; &lt;components&gt;</code>.</p>"
-        f'<p>Accepted upstreams:</p><ul id="accepted">{lines}</ul>'
-    )
+def _use(use_: dict[str, Any] | None) -> str:
+    """The lines to give apt, LXD and Juju, and what proxy-form requests may name."""
+    return use.render(use_)
 
 
 def _integrity(i: dict[str, Any]) -> str:
@@ -816,5 +807,6 @@ def render_page(s: dict[str, Any]) -> str:
         f"<span>up {int(s['uptime_seconds'] // 60)} min</span>"
         '<span><a style="color:#9ec5fe" href="/api/status">JSON</a> · '
         '<a style="color:#9ec5fe" href="/metrics">metrics</a></span></header>'
-        f"<main>{render_main(s)}</main><script>{_SCRIPT}</script></body></html>"
+        f"<main>{render_main(s)}</main>{maintenance.card((s.get('use') or {}).get('port', 0))}"
+        f"<script>{_SCRIPT}{use.SCRIPT}{maintenance.SCRIPT}</script></body></html>"
     )

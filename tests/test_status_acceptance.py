@@ -114,8 +114,10 @@ def test_the_page_shows_a_whole_workload_exactly(
     # apt-get through each remap (the primary syncs and seeds meanwhile)
     for remap in ("debian", "mirror"):
         apt = AptClient(tmp_path / remap, f"{app.url}/{remap}", apt_repo.keyring, apt_repo.arch)
-        for r in (apt.update(), apt.download("al-hello")):
-            assert r.returncode == 0, r.stdout + r.stderr
+        r = apt.update()
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = apt.download("al-hello")
+        assert r.returncode == 0, r.stdout + r.stderr
     hello = "/" + str(apt_repo.debs["al-hello"].relative_to(apt_repo.root.parent))
     assert http_get(f"{app.url}{hello}")[0] == 200  # a hit
     assert http_get(f"{app.url}/nosuchremap/x.deb")[0] == 403  # refused

@@ -15,7 +15,7 @@ from appliance import config as configuration
 from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
-from appliance.web import glance
+from appliance.web import clouds, glance
 from appliance.web.status import _ago
 
 
@@ -88,11 +88,11 @@ def summary(s: dict[str, Any]) -> str:
     for name, o in s["sync"]["feeds"].items():
         lines.append(f"sync {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}")
     for name, o in s["seed"]["targets"].items():
-        lines.append(f"seed {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}")
-    for p in s["images"]:
-        for v in p["versions"]:
-            where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "not seeded"
-            lines.append(f"image {p['feed']} {p['product']} {v['version']}: {where}")
+        lines.append(
+            f"seed {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}, "
+            f"{o['seconds']:.1f} s, {_ago(o.get('finished'))}"
+        )
+    lines += clouds.summary(s.get("clouds"))  # each image and where it is seeded
     for c in (s.get("clients") or [])[:5]:
         lines.append(
             f"client {c['address']} ({c['agent']}): {c['requests']} requests, "

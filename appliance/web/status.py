@@ -27,7 +27,7 @@ from appliance.config import human_size
 from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.web import clients, glance, maintenance, use
+from appliance.web import clients, clouds, glance, maintenance, use
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Jobs(Protocol):
     seed_last: Mapping[str, Any]  # target -> TargetOutcome
     sync_stats: Mapping[str, Mapping[str, Any]]
     seed_stats: Mapping[str, Mapping[str, Any]]
+    config: Any  # the configuration in force: the seed targets the matrix shows
 
 
 class Source(Protocol):
@@ -72,6 +73,7 @@ class Inventory:
         self.value: list[dict[str, Any]] = []
         self.at = 0.0
         self.generation: Any = None
+        self.clouds = clouds.Clouds()  # the images x seed targets matrix
 
     async def get(self, source: Source) -> list[dict[str, Any]]:
         jobs = source.jobs
@@ -85,6 +87,7 @@ class Inventory:
 
     def invalidate(self) -> None:
         self.at = 0.0
+        self.clouds.invalidate()
 
 
 def _inventory(store: Store) -> list[dict[str, Any]]:
@@ -138,6 +141,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
     totals = m.totals
     jobs = source.jobs
     cache = source.cache_figures()
+    images = await inventory.get(source)
     return {
         "version": __version__,
         "uptime_seconds": round(time.time() - m.started, 1),
@@ -157,7 +161,8 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
             "from_peers": cache.from_peers,
             "shared_store": cache.shared_store,
         },
-        "images": await inventory.get(source),
+        "images": images,
+        "clouds": await inventory.clouds.get(source.store, jobs, images),
         "use": source.usage(),
         "events": source.recent_events(),
         # a sibling merging every worker's asks for every address (see `busiest`)
@@ -301,14 +306,14 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("clients", "small"),
         ("running", "small"),
     ),
-    "images": (
-        ("feed", "name"),
-        ("product", "name"),
-        ("version", "text"),
-        ("size", "size"),
-        ("seeded in", "text"),
+    "clouds": (("image", "name"), ("version", "text")),  # then a column per target, clouds.py
+    "jobs": (
+        ("job", "short"),
+        ("name", "name"),
+        ("result", "text"),
+        ("took", "num"),
+        ("finished", "when"),
     ),
-    "jobs": (("job", "short"), ("name", "name"), ("result", "text"), ("took", "num")),
     "integrity": (("", "text"), ("", "text")),
     "events": (("time (UTC)", "time"), ("level", "short"), ("where", "name"), ("what", "text")),
     "clients": (
@@ -320,7 +325,7 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 _SELECTORS = {"events": "#events", "clients": "#clients"}  # else .t-<kind>, see _table
-_STACKED = ("upstreams", "downloads", "images", "jobs", "events", "clients")  # many columns
+_STACKED = ("upstreams", "downloads", "clouds", "jobs", "events", "clients")  # many columns
 _WIDTHS = {
     "num": "7em",  # 10 digits
     "small": "5.5em",
@@ -676,14 +681,7 @@ def render_main(s: dict[str, Any]) -> str:
         ],
         "Nothing downloading.",
     )
-    image_rows = []
-    for p in s["images"]:
-        if p.get("error"):
-            image_rows.append([p["feed"], _problem(p["error"]), "-", "-", "-"])
-        for v in p["versions"]:
-            where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "-"
-            image_rows.append([p["feed"], p["product"], v["version"], _bytes(v["bytes"]), where])
-    images = _table("images", image_rows, "No images mirrored.")
+    matrix = clouds.render(s.get("clouds"), _TABLES["clouds"])
     jobs = []
     for name, o in s["sync"]["feeds"].items():
         jobs.append(
@@ -692,6 +690,7 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
                 f"{o['seconds']:.1f} s",
+                _ago(s["sync"]["last_run"]),
             ]
         )
     for name, o in s["seed"]["targets"].items():
@@ -701,6 +700,7 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
                 f"{o['seconds']:.1f} s",
+                _ago(o.get("finished")),
             ]
         )
     results_table = _table("jobs", jobs, "No sync or seed has run yet.")
@@ -712,8 +712,7 @@ def render_main(s: dict[str, Any]) -> str:
         f'<section class="wide"><h2>Upstream health</h2>{upstreams}</section>'
         f"<section><h2>Busiest packages</h2>{busiest}</section>"
         f"<section><h2>Downloading now</h2>{downloads}</section>"
-        '<section class="wide"><h2>Images mirrored and where they are seeded</h2>'
-        f"{images}</section>"
+        f'<section class="wide" id="images-and-clouds"><h2>Images and clouds</h2>{matrix}</section>'
         f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         f"<section><h2>Integrity</h2>{integrity}</section>"
         f'<section class="wide"><h2>Use it</h2>{_use(s.get("use"))}</section>'

@@ -25,7 +25,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHARM_FILE   ?= build/archive-local_amd64.charm
 CHARM_PYTHON ?= 3.12
 
-.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability bench-fleet venv debs-test debs-bench clean
+.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability bench-fleet bench-status venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -161,7 +161,7 @@ lint: venv
 # ARCHIVE_LOCAL_BIN: benchmark another build (e.g. a clean checkout's venv) instead of this one
 ARCHIVE_LOCAL_BIN ?= $(abspath $(BIN)/archive-local)
 FLEET_ROUNDS ?= 3
-bench: bench-apt bench-sync bench-seed bench-observability bench-fleet
+bench: bench-apt bench-sync bench-seed bench-observability bench-fleet bench-status
 
 bench-apt: venv debs-bench
 	ARCHIVE_LOCAL_BIN=$(ARCHIVE_LOCAL_BIN) bench/run.sh $(BENCH_ARGS)
@@ -181,6 +181,11 @@ bench-fleet: venv debs-test components
 	mkdir -p bench/results
 	$(BIN)/python bench/fleet_bench.py --rounds $(FLEET_ROUNDS) $(FLEET_ARGS) \
 	    --out bench/results/fleet-$$(date +%Y%m%d-%H%M%S).json
+
+# the status page of a big cache (10,000 files, 200 images): time and size of /, /api/status,
+# /metrics under the defaults
+bench-status: venv
+	$(BIN)/python bench/status_bench.py $(STATUS_ARGS)
 
 charm: venv
 	$(BIN)/python charm/pack.py --python $(CHARM_PYTHON) $(CHARM_FILE)

@@ -13,12 +13,14 @@ import json
 import logging
 import math
 import os
+import statistics
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +37,11 @@ HISTORY_FORMAT = "archive-local history"  # the file's "format" (a foreign file 
 HISTORY_VERSION = 1
 HISTORY_MAX_BYTES = 1 << 20  # a full history is ~100 KB: a larger file is not one of ours
 TOP_PACKAGES = 2000  # distinct .deb names tracked for "busiest packages"
+RATE_WINDOW = 60  # seconds over which the status page's requests/s is counted
+LATENCY_WINDOW = 64  # recent answered exchanges per upstream the median latency is taken over
+ANSWERED = (None, "not-found", "http-error")  # upstream sent its headers: a latency to time
+# a 404 is an answer (apt asks for files a mirror may lack): not a sign of a failing upstream
+NOT_FAILURES = (None, "not-found")
 
 
 @dataclass
@@ -45,6 +52,33 @@ class UpstreamHealth:
     last_error: str | None = None
     last_error_at: float | None = None
     last_seconds: float | None = None
+    last_answered: float | None = None  # the last 200/304/404: upstream was there
+    last_failed: float | None = None  # the last failure (connect, timeout, non-404 HTTP error)
+    # (when, seconds) of the last answered exchanges: a window a median is taken over and,
+    # shipped as is, merged over the workers (a median of medians is not one)
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The status document's entry: the counts, the window, its median and the state."""
+        doc: dict[str, Any] = {k: v for k, v in vars(self).items() if k != "recent"}
+        doc["recent"] = [[t, s] for t, s in self.recent]
+        doc.update(upstream_summary(doc))
+        return doc
+
+
+def upstream_summary(health: Mapping[str, Any]) -> dict[str, Any]:
+    """`median_seconds` over the entry's `recent` window and its `state`: "failing" when
+    its last failure is newer than its last answer, "ok" once it answered, else "idle"."""
+    seconds = [s for _, s in health.get("recent") or []]
+    failed, answered = health.get("last_failed"), health.get("last_answered")
+    if failed is not None and (answered is None or failed > answered):
+        state = "failing"
+    elif answered is not None:
+        state = "ok"
+    else:
+        state = "idle"
+    median = round(statistics.median(seconds), 4) if seconds else None
+    return {"median_seconds": median, "state": state}
 
 
 @dataclass
@@ -76,6 +110,8 @@ class Metrics:
         self._restored: dict[str, int] = dict.fromkeys(HISTORY_FIELDS, 0)
         self._minute_end = 0.0  # the end of the minute of the last request (wall clock)
         self._last_at = 0.0  # when the last request was counted (0: none yet)
+        # requests counted in each of the last RATE_WINDOW seconds: (second, count) by slot
+        self._rate: list[list[int]] = [[0, 0] for _ in range(RATE_WINDOW)]
         self._upstream_seconds = Histogram(
             PREFIX + "upstream_request_duration_seconds",
             "Time to the response headers of an upstream request",
@@ -100,6 +136,11 @@ class Metrics:
             self.settle()
             self._minute_end = (now // HISTORY_STEP + 1) * HISTORY_STEP
         self._last_at = now
+        second = int(now)
+        slot = self._rate[second % RATE_WINDOW]
+        if slot[0] != second:
+            slot[0], slot[1] = second, 0
+        slot[1] += 1
         self.totals.requests[service][result] += 1
         if nbytes:
             if upstream:
@@ -112,6 +153,12 @@ class Metrics:
             if len(self.packages) > TOP_PACKAGES:  # keep the busier half
                 keep = sorted(self.packages.items(), key=lambda kv: kv[1])[TOP_PACKAGES // 2 :]
                 self.packages = dict(keep)
+
+    def recent_requests(self) -> int:
+        """Requests counted in the last RATE_WINDOW seconds (this one included): what
+        requests/s is computed from, summed over the workers before dividing."""
+        now = int(time.time())
+        return sum(n for second, n in self._rate if now - RATE_WINDOW < second <= now)
 
     # -- the history ---------------------------------------------------------------------
 
@@ -174,13 +221,20 @@ class Metrics:
         health = self.upstreams.get(upstream)
         if health is None:
             health = self.upstreams[upstream] = UpstreamHealth()
+        now = time.time()
         health.requests += 1
         health.last_seconds = round(seconds, 4)
         if error is None:
-            health.last_ok = time.time()
+            health.last_ok = now
         else:
             health.errors += 1
-            health.last_error, health.last_error_at = error, time.time()
+            health.last_error, health.last_error_at = error, now
+        if error in NOT_FAILURES:
+            health.last_answered = now
+        else:
+            health.last_failed = now
+        if error in ANSWERED:
+            health.recent.append((round(now, 3), round(seconds, 4)))
         if self.enabled:
             self._upstream_seconds.labels(upstream).observe(seconds)
             if error is not None:

@@ -199,7 +199,17 @@ class Appliance:
         )
 
     def usage(self) -> dict[str, Any]:
-        return {"port": self.config.listen.port, "accepted": self.router.accepted()}
+        """What a client is told to configure; `web.use` writes the lines for the host
+        the asker used."""
+        config = self.config
+        return {
+            "port": config.listen.port,
+            "name": config.discovery.name,
+            "tls_port": config.tls.listen.port if config.tls is not None else None,
+            "remaps": {name: list(config.apt.remaps[name]) for name in self.router.remap_names},
+            "feeds": [feed.name for feed in config.images.feeds],
+            "accepted": self.router.accepted(),
+        }
 
     def integrity(self) -> dict[str, Any]:
         return {

@@ -436,7 +436,12 @@ def test_service_seeds_after_each_sync_and_on_demand(
     req = urllib.request.Request(app.url + "/", headers={"Accept": "text/html"})
     with urllib.request.urlopen(req, timeout=10) as r:
         page = r.read().decode()
-    assert page.count("one/RegionOne") == 4
+    # the images x targets matrix: each version present in one/RegionOne, with its id
+    clouds = app.status()["clouds"]
+    assert [(t["target"], t["region"]) for t in clouds["targets"]] == [("one", "RegionOne")]
+    assert sorted(c["id"] for i in clouds["images"] for c in i["cells"]) == sorted(ids)
+    assert page.count('class="s-present"') == 4
+    assert all(f"<i>{image_id}</i>" in page for image_id in ids)
 
 
 class FakeKeystone:

@@ -122,7 +122,13 @@ def with_long_text(s: dict[str, Any]) -> dict[str, Any]:
         "[Connection refused]",
         "last_error_at": now - 5,
         "last_seconds": 0.5,
+        "median_seconds": 12.3456,  # the widest a median shows: "12.35 s"
+        "state": "failing",
     }
+    g = s["glance"]
+    g["upstreams"]["failing"].append(f"{HOSTILE}mirror-with-a-rather-long-name.example.org")
+    g["saved"] = dict.fromkeys(g["saved"], 1023 * 2**40)  # "1023.0 TiB"
+    g["disk"] = {"used": 1023 * 2**30, "max": 2 * 2**40, "free": 10**12, "total": 2 * 10**12}
     s["busiest"].append(
         {"package": "%3Cscript%3Edocument.title%3D'pwned'%3C/script%3E", "requests": 1}
     )
@@ -207,6 +213,39 @@ def with_long_text(s: dict[str, Any]) -> dict[str, Any]:
             ],
         },
     ]
+    # six places (five Glance regions and an EC2 region), every state, a product name,
+    # a target and an error carrying markup
+    states = [
+        {"state": "present", "id": "0b6d5a4e-2c1f-4a8e-9d3b-7f1e2a3c4d5e", "error": None},
+        {"state": "pending", "id": None, "error": None, "note": "not uploaded yet"},
+        {"state": "failed", "id": None, "error": error},
+        {"state": "pruned", "id": "ami-0123456789abcdef0", "error": None},
+        None,
+        {"state": "present", "id": "ami-0fedcba9876543210", "error": None},
+    ]
+    s["clouds"] = {
+        "targets": [
+            {
+                "target": f"openstack-region-{r}-production{HOSTILE if r == 2 else ''}",
+                "type": "glance" if r < 5 else "ec2",
+                "region": f"RegionNumber{r}" if r < 5 else "ap-southeast-2",
+                "configured": r != 4,
+            }
+            for r in range(6)
+        ],
+        "images": [
+            {
+                "feed": "ubuntu-cloud-images-releases",
+                "product": f"{HOSTILE}com.ubuntu.cloud:server:24.04:amd64-with-a-long-suffix",
+                "version": f"2024042{n}.really.long.version.string",
+                "mirrored": n > 0,
+                "cells": states[n:] + states[:n],
+            }
+            for n in range(3)
+        ],
+        "errors": [{"feed": "ubuntu-cloud-images-daily", "error": error}],
+        "counts": {"present": 6, "pending": 3, "failed": 3, "pruned": 3},
+    }
     return s
 
 

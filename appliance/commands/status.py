@@ -15,7 +15,7 @@ from appliance import config as configuration
 from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
-from appliance.web import holdings
+from appliance.web import clouds, glance, holdings
 from appliance.web.status import _ago
 
 
@@ -66,6 +66,7 @@ def summary(s: dict[str, Any]) -> str:
         f"hit ratio {ratio}; served from cache {_bytes(s['bytes']['cache'])}, "
         f"from upstream {_bytes(s['bytes']['upstream'])}"
     )
+    lines += glance.lines(s)
     c = s["cache"]
     lines.append(
         f"cache {_bytes(c['bytes'])} in {c['entries']} files (max {_bytes(c['max_bytes'])}), "
@@ -77,23 +78,28 @@ def summary(s: dict[str, Any]) -> str:
         err = (
             f", last error {u['last_error']} {_ago(u['last_error_at'])}" if u["last_error"] else ""
         )
-        lines.append(f"upstream {name}: {u['requests']} requests, {u['errors']} errors{err}")
+        median = glance.latency(u.get("median_seconds")).replace("\u00a0", " ")
+        lines.append(
+            f"upstream {name}: {u['requests']} requests, {u['errors']} errors{err}"
+            f"; {u.get('state', 'unknown')}, median {median}"
+        )
     for d in s["downloads"]:
         lines.append(f"downloading {d['key']}: {_bytes(d['written'])}, {d['clients']} clients")
     for name, o in s["sync"]["feeds"].items():
         lines.append(f"sync {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}")
     for name, o in s["seed"]["targets"].items():
-        lines.append(f"seed {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}")
-    for p in s["images"]:
-        for v in p["versions"]:
-            where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "not seeded"
-            lines.append(f"image {p['feed']} {p['product']} {v['version']}: {where}")
+        lines.append(
+            f"seed {name}: {'ok' if o['ok'] else 'FAILED: ' + str(o['error'])}, "
+            f"{o['seconds']:.1f} s, {_ago(o.get('finished'))}"
+        )
+    lines += clouds.summary(s.get("clouds"))  # each image and where it is seeded
     lines += holdings.text(s.get("cached"), _bytes, _ago)
     for c in (s.get("clients") or [])[:5]:
         lines.append(
             f"client {c['address']} ({c['agent']}): {c['requests']} requests, "
             f"{_bytes(c['bytes'])} in 24 h"
         )
+    lines += _use(s.get("use") or {})
     events = s.get("events") or []
     if events:
         lines.append(f"recent events ({len(events)}, newest first):")
@@ -101,6 +107,20 @@ def summary(s: dict[str, Any]) -> str:
         at = time.strftime("%H:%M:%S", time.gmtime(e.get("time", 0)))
         lines.append(f"  {at} {e.get('level', '')} {e.get('source', '')}: {e.get('message', '')}")
     return "\n".join(lines) + "\n"
+
+
+def _use(use: dict[str, Any]) -> list[str]:
+    """The lines to paste into clients (named for the host the service was asked on:
+    from this machine, the discovery name)."""
+    if "apt_proxy" not in use:
+        return []
+    out = [f"use: {use['apt_proxy_file']}"]
+    out += [f"  {r['line']}" for r in use.get("remap_lines", [])]
+    if use.get("lxd"):
+        out += [f"  {use['lxd']['certificate']}", f"  {use['lxd']['remote']}"]
+    if use.get("juju"):
+        out.append(f"  {use['juju']}")
+    return out
 
 
 def run_status(args: argparse.Namespace, config: configuration.Config) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+from yarl import URL
 
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden
@@ -97,6 +98,37 @@ async def _json_body(request: web.BaseRequest, action: str) -> dict[str, Any]:
     return body
 
 
+def _origin(scheme: str, authority: str) -> tuple[str, str, int | None] | None:
+    try:
+        url = URL(f"{scheme}://{authority}") if scheme else URL(authority)
+    except ValueError:
+        return None
+    if not url.scheme or not url.host or url.path not in ("", "/") or url.query_string:
+        return None
+    return url.scheme.lower(), url.host.lower(), url.port
+
+
+def foreign_origin(request: web.BaseRequest) -> str | None:
+    """Why a browser request from another site's page is refused (None: no `Origin`, or
+    this service's own). The bearer token already keeps such pages out (a browser never
+    adds it by itself); this refuses them before the token is even looked at."""
+    origin = request.headers.get("Origin")
+    if origin is None:  # curl, scripts, a same-origin GET: nothing to compare
+        return None
+    host = request.headers.get("Host", "")
+    own = _origin(request.scheme, host)
+    if own is None or _origin("", origin) != own:
+
+        def shown(text: str) -> str:
+            return "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+
+        return (
+            f"cross-origin request refused: Origin {shown(origin)} is not this "
+            f"service's own ({request.scheme}://{shown(host)})"
+        )
+    return None
+
+
 class Admin:
     def __init__(self, config: AdminConfig) -> None:
         self.configure(config)
@@ -120,8 +152,11 @@ class Admin:
         return any(address in net for net in self.networks)
 
     def check(self, request: web.BaseRequest) -> None:
-        if not (self.allowed(request.remote) or is_internal(request)):  # a sibling worker
+        internal = is_internal(request)  # a sibling worker: the first one checked all this
+        if not (self.allowed(request.remote) or internal):
             raise web.HTTPForbidden(text=f"admin API: not allowed from {request.remote}\n")
+        if not internal and (why := foreign_origin(request)):
+            raise web.HTTPForbidden(text=f"admin API: {why}\n")
         if self.token is None:
             raise web.HTTPServiceUnavailable(text=f"admin API disabled: {self.problem}\n")
         given = request.headers.get("Authorization", "")

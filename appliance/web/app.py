@@ -8,6 +8,7 @@ reads, through `Parts`; `runtime.serving` builds it, `cli.py` runs it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
 from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
-from appliance.web import status
+from appliance.web import glance, status, use
 from appliance.web.admin import Actions, Admin
 from appliance.web.deliver import deliver
 from appliance.web.holdings import Holdings
@@ -215,10 +216,19 @@ class Handler:
         doc = await status.snapshot(self.parts, self.parts.inventory, busiest)
         if self.parts.workers is not None:
             doc["worker"] = self.parts.workers.index
-        if siblings is None:
-            return doc
-        others = [json.loads(b) for b in await siblings.gather("/api/status")]
-        return merge_status(doc, others)
+        if siblings is not None:
+            others = [json.loads(b) for b in await siblings.gather("/api/status")]
+            doc = merge_status(doc, others)
+        if not is_internal(request):  # the service's (merged) figures, as a client sees them
+            configured = len(siblings.sockets) if siblings is not None else 1
+            disk = await asyncio.to_thread(glance.disk_usage, self.parts.config.cache.dir)
+            doc["glance"] = glance.figures(doc, disk, configured)
+        # the lines to paste name the host this asker used
+        published = [p["feed"] for p in doc.get("images", [])]
+        doc["use"] = use.lines(
+            doc.get("use"), request.headers.get("Host"), _secure(request), published
+        )
+        return doc
 
     async def _metrics(self, siblings: Workers | None) -> web.Response:
         if not self.parts.config.metrics:

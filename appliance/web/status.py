@@ -27,7 +27,7 @@ from appliance.config import human_size
 from appliance.metrics import HISTORY_FIELDS, Metrics, counter, gauge
 from appliance.streams.layout import stored_image_ids, synced_feeds
 from appliance.targets.catalog import CatalogError, feed_images, version_key
-from appliance.web import clients, holdings
+from appliance.web import clients, clouds, glance, holdings, maintenance, use
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Jobs(Protocol):
     seed_last: Mapping[str, Any]  # target -> TargetOutcome
     sync_stats: Mapping[str, Mapping[str, Any]]
     seed_stats: Mapping[str, Mapping[str, Any]]
+    config: Any  # the configuration in force: the seed targets the matrix shows
 
 
 class Source(Protocol):
@@ -73,6 +74,7 @@ class Inventory:
         self.value: list[dict[str, Any]] = []
         self.at = 0.0
         self.generation: Any = None
+        self.clouds = clouds.Clouds()  # the images x seed targets matrix
 
     async def get(self, source: Source) -> list[dict[str, Any]]:
         jobs = source.jobs
@@ -86,6 +88,7 @@ class Inventory:
 
     def invalidate(self) -> None:
         self.at = 0.0
+        self.clouds.invalidate()
 
 
 def _inventory(store: Store) -> list[dict[str, Any]]:
@@ -139,6 +142,7 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
     totals = m.totals
     jobs = source.jobs
     cache = source.cache_figures()
+    images = await inventory.get(source)
     return {
         "version": __version__,
         "uptime_seconds": round(time.time() - m.started, 1),
@@ -146,7 +150,8 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
         "hit_ratio": hit_ratio(totals.requests),
         "bytes": {"cache": totals.bytes_cache, "upstream": totals.bytes_upstream},
         "history": m.points(),  # cumulative counts, one point a minute; the last is now
-        "upstreams": {k: vars(v) for k, v in sorted(m.upstreams.items())},
+        "upstreams": {k: v.as_dict() for k, v in sorted(m.upstreams.items())},
+        "requests_last_minute": m.recent_requests(),  # requests/s, once summed (glance)
         "busiest": [{"package": n, "requests": c} for n, c in m.busiest(busiest)],
         "downloads": cache.downloads,
         "cache": {
@@ -157,7 +162,8 @@ async def snapshot(source: Source, inventory: Inventory, busiest: int = BUSIEST)
             "from_peers": cache.from_peers,
             "shared_store": cache.shared_store,
         },
-        "images": await inventory.get(source),
+        "images": images,
+        "clouds": await inventory.clouds.get(source.store, jobs, images),
         "cached": await source.cached(),
         "use": source.usage(),
         "events": source.recent_events(),
@@ -290,6 +296,8 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("upstream", "name"),
         ("requests", "num"),
         ("errors", "num"),
+        ("median", "small"),  # time to the headers, the last 64 answers
+        ("state", "short"),
         ("last ok", "when"),
         ("last error", "text"),
     ),
@@ -300,14 +308,14 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("clients", "small"),
         ("running", "small"),
     ),
-    "images": (
-        ("feed", "name"),
-        ("product", "name"),
-        ("version", "text"),
-        ("size", "size"),
-        ("seeded in", "text"),
+    "clouds": (("image", "name"), ("version", "text")),  # then a column per target, clouds.py
+    "jobs": (
+        ("job", "short"),
+        ("name", "name"),
+        ("result", "text"),
+        ("took", "num"),
+        ("finished", "when"),
     ),
-    "jobs": (("job", "short"), ("name", "name"), ("result", "text"), ("took", "num")),
     "integrity": (("", "text"), ("", "text")),
     "events": (("time (UTC)", "time"), ("level", "short"), ("where", "name"), ("what", "text")),
     "clients": (
@@ -333,7 +341,7 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 _SELECTORS = {"events": "#events", "clients": "#clients"}  # else .t-<kind>, see _table
-_STACKED = ("upstreams", "downloads", "images", "jobs", "events", "clients")  # many columns
+_STACKED = ("upstreams", "downloads", "clouds", "jobs", "events", "clients")  # many columns
 _STACKED += ("cached", "cached-images")  # what is cached (holdings)
 _WIDTHS = {
     "num": "7em",  # 10 digits
@@ -407,7 +415,7 @@ _CSS = (
     "th{white-space:nowrap;color:#445}"
     "td .why{display:block;white-space:normal}"  # an error in a name column wraps
     ".ok{color:#17803d}.bad{color:#b42318}.muted{color:#889}"
-    "svg{width:100%;height:auto}" + _table_css()
+    "svg{width:100%;height:auto}" + glance.CSS + _table_css() + use.CSS + maintenance.CSS
 )
 
 _SCRIPT = """
@@ -545,7 +553,7 @@ def _figure(
     cache = sum(b["bytes_cache"] for b in buckets)
     upstream = sum(b["bytes_upstream"] for b in buckets)
     hits, misses = sum(b["hits"] for b in buckets), sum(b["misses"] for b in buckets)
-    ratio = f"{hits / (hits + misses) * 100:.1f} %" if hits + misses else "-"
+    ratio = f"{hits / (hits + misses) * 100:.1f}\u00a0%" if hits + misses else "-"
     per = "minute" if step == 60 else f"{step // 60} min"
     summary = (
         f'<span class="chart-sum">{_e(_bytes(cache))} from cache, {_e(_bytes(upstream))} '
@@ -640,6 +648,7 @@ def render_main(s: dict[str, Any]) -> str:
             f"<small>shared store {_e(shared['bucket'])}: {shared['hits']} copied here, "
             f"{shared['uploads']} uploaded</small></div>"
         )
+    tiles += glance.tiles(s)
     results = ["hit", "miss", "revalidated", "stale", "refused", "error"]
     # a row per result, a column per service: six results never fit a phone side by side
     services = [h for h, _ in _TABLES["requests"][1:]]
@@ -658,6 +667,8 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 u["requests"],
                 u["errors"],
+                glance.latency(u.get("median_seconds")),
+                _Html(glance.upstream_state(u.get("state"))),
                 _ago(u["last_ok"]),
                 _state(False, f"{u['last_error']} {_ago(u['last_error_at'])}")
                 if u["last_error"]
@@ -687,14 +698,7 @@ def render_main(s: dict[str, Any]) -> str:
         ],
         "Nothing downloading.",
     )
-    image_rows = []
-    for p in s["images"]:
-        if p.get("error"):
-            image_rows.append([p["feed"], _problem(p["error"]), "-", "-", "-"])
-        for v in p["versions"]:
-            where = ", ".join(f"{x['target']}/{x['region']}" for x in v["seeded"]) or "-"
-            image_rows.append([p["feed"], p["product"], v["version"], _bytes(v["bytes"]), where])
-    images = _table("images", image_rows, "No images mirrored.")
+    matrix = clouds.render(s.get("clouds"), _TABLES["clouds"])
     jobs = []
     for name, o in s["sync"]["feeds"].items():
         jobs.append(
@@ -703,6 +707,7 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
                 f"{o['seconds']:.1f} s",
+                _ago(s["sync"]["last_run"]),
             ]
         )
     for name, o in s["seed"]["targets"].items():
@@ -712,6 +717,7 @@ def render_main(s: dict[str, Any]) -> str:
                 name,
                 _state(o["ok"], "ok" if o["ok"] else str(o["error"])),
                 f"{o['seconds']:.1f} s",
+                _ago(o.get("finished")),
             ]
         )
     results_table = _table("jobs", jobs, "No sync or seed has run yet.")
@@ -723,13 +729,12 @@ def render_main(s: dict[str, Any]) -> str:
         f'<section class="wide"><h2>Upstream health</h2>{upstreams}</section>'
         f"<section><h2>Busiest packages</h2>{busiest}</section>"
         f"<section><h2>Downloading now</h2>{downloads}</section>"
-        '<section class="wide"><h2>Images mirrored and where they are seeded</h2>'
-        f"{images}</section>"
+        f'<section class="wide" id="images-and-clouds"><h2>Images and clouds</h2>{matrix}</section>'
         f'<section class="wide"><h2>Last sync and seed</h2>{results_table}</section>'
         '<section class="wide" id="cached"><h2>What is cached</h2>'
         f"{holdings.render(s.get('cached'), _table, _bytes, _ago)}</section>"
         f"<section><h2>Integrity</h2>{integrity}</section>"
-        f"<section><h2>Use it</h2>{_use(s.get('use'))}</section>"
+        f'<section class="wide"><h2>Use it</h2>{_use(s.get("use"))}</section>'
         f'<section class="wide"><h2>Recent events</h2>{_events(s.get("events") or [])}</section>'
         '<section class="wide"><h2>Clients, last 24 h</h2>'
         f"{_clients(s.get('clients') or [])}</section>"
@@ -769,18 +774,9 @@ def _events(events: list[dict[str, Any]]) -> str:
     )
 
 
-def _use(use: dict[str, Any] | None) -> str:
-    """The line to give apt, and what proxy-form requests may name (a 403 says so too)."""
-    if not use:
-        return "<p>-</p>"
-    port = use["port"]
-    lines = "".join(f"<li>{_e(line)}</li>" for line in use["accepted"])
-    return (
-        f'<p>Proxy form: <code>Acquire::http::Proxy "http://&lt;this host&gt;:{port}";</code>'
-        f" (sources stay as they are). Path form: <code>deb http://&lt;this host&gt;:{port}"
-        "/&lt;remap&gt;/ &lt;suite&gt; &lt;components&gt;</code>.</p>"
-        f'<p>Accepted upstreams:</p><ul id="accepted">{lines}</ul>'
-    )
+def _use(use_: dict[str, Any] | None) -> str:
+    """The lines to give apt, LXD and Juju, and what proxy-form requests may name."""
+    return use.render(use_)
 
 
 def _integrity(i: dict[str, Any]) -> str:
@@ -829,5 +825,6 @@ def render_page(s: dict[str, Any]) -> str:
         f"<span>up {int(s['uptime_seconds'] // 60)} min</span>"
         '<span><a style="color:#9ec5fe" href="/api/status">JSON</a> · '
         '<a style="color:#9ec5fe" href="/metrics">metrics</a></span></header>'
-        f"<main>{render_main(s)}</main><script>{_SCRIPT}</script></body></html>"
+        f"<main>{render_main(s)}</main>{maintenance.card((s.get('use') or {}).get('port', 0))}"
+        f"<script>{_SCRIPT}{use.SCRIPT}{maintenance.SCRIPT}</script></body></html>"
     )

@@ -29,7 +29,14 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.metrics import HISTORY_POINTS, HISTORY_SPAN, HISTORY_STEP, top
+from appliance.metrics import (
+    HISTORY_POINTS,
+    HISTORY_SPAN,
+    HISTORY_STEP,
+    LATENCY_WINDOW,
+    top,
+    upstream_summary,
+)
 from appliance.web import holdings
 from appliance.web.clients import merge_clients
 from appliance.web.events import merge_events
@@ -204,6 +211,7 @@ def merge_status(own: dict[str, Any], others: Sequence[dict[str, Any]]) -> dict[
     base["hit_ratio"] = hit_ratio(requests)
     base["bytes"] = _sum_nested(d.get("bytes", {}) for d in docs)
     base["history"] = merge_history([d.get("history", []) for d in docs])
+    base["requests_last_minute"] = sum(d.get("requests_last_minute", 0) for d in docs)
     base["upstreams"] = _merge_upstreams([d.get("upstreams", {}) for d in docs])
     packages = _sum_nested(
         {b["package"]: b["requests"] for b in d.get("busiest", [])} for d in docs
@@ -258,8 +266,10 @@ def merge_history(histories: Sequence[Sequence[Mapping[str, float]]]) -> list[di
 
 
 def _merge_upstreams(docs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Requests and errors added up; the last success, error and duration are the latest
-    any worker saw."""
+    """Requests and errors added up; the last success, error, answer, failure and duration
+    are the latest any worker saw. The median latency is taken again over the service's
+    last LATENCY_WINDOW answered exchanges (the union of the workers' windows, by time),
+    and the state again from the merged times: never a worker's alone."""
     out: dict[str, dict[str, Any]] = {}
     for doc in docs:
         for name, health in doc.items():
@@ -270,12 +280,17 @@ def _merge_upstreams(docs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[st
             newer = _last_seen(health) > _last_seen(into)
             into["requests"] += health["requests"]
             into["errors"] += health["errors"]
-            into["last_ok"] = max(into["last_ok"] or 0, health["last_ok"] or 0) or None
+            for key in ("last_ok", "last_answered", "last_failed"):
+                into[key] = max(into.get(key) or 0, health.get(key) or 0) or None
             if (health["last_error_at"] or 0) > (into["last_error_at"] or 0):
                 into["last_error"] = health["last_error"]
                 into["last_error_at"] = health["last_error_at"]
             if newer:
                 into["last_seconds"] = health["last_seconds"]
+            into["recent"] = [*(into.get("recent") or []), *(health.get("recent") or [])]
+    for health in out.values():
+        health["recent"] = sorted(health.get("recent") or [])[-LATENCY_WINDOW:]
+        health.update(upstream_summary(health))
     return out
 
 

@@ -60,7 +60,7 @@ def publish_images(config: Path, work: Path, images: int) -> None:
         arch = ARCHES[i % 2]
         products[f"org.example:server:{i // 2:03d}:{arch}"] = {
             "properties": {"os": "ubuntu", "release": f"r{i // 2:03d}", "arch": arch},
-            "items": {"disk1.img": {"file": name}},
+            "items": {"disk1.img": {"file": name, "ftype": "disk1.img"}},
         }
     spec = work / "products.yaml"
     spec.write_text(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+from appliance.web.clouds import PAGE_ROWS
 from tests.bigcache import all_workers_status, fill_apt, publish_images
 from tests.conftest import StartAppliance, Upstream
 
@@ -35,14 +36,52 @@ def test_the_page_of_a_big_cache_stays_small_and_whole(
     cache = tmp_path / "cache"
     cache.mkdir()
     fill_apt(cache, {n: u[0] for n, u in remaps.items()}, ENTRIES)
+    # three places to seed (nothing answers there: every image is pending in each), so the
+    # images x clouds matrix is as wide as an operator's
+    token = tmp_path / "glance-token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    targets = [
+        {
+            "name": "region-one",
+            "type": "glance",
+            "auth": {"endpoint": "http://127.0.0.1:9", "token_file": str(token)},
+            "feeds": ["local"],
+        },
+        {
+            "name": "euca",
+            "type": "ec2",
+            "ec2_endpoint": "http://127.0.0.1:9/",
+            "s3_endpoint": "http://127.0.0.1:9/s3",
+            "regions": ["us-east-1", "eu-west-1"],
+            "feeds": ["local"],
+        },
+    ]
     # the defaults: `workers: auto` (the figures are the merged ones)
-    app = start_appliance(remaps, cache_dir=cache, max_size="50GiB", extra={"workers": "auto"})
+    app = start_appliance(
+        remaps,
+        cache_dir=cache,
+        max_size="50GiB",
+        extra={"workers": "auto", "seed": {"after_sync": False, "targets": targets}},
+    )
     publish_images(app.config, tmp_path, IMAGES)
     status = all_workers_status(app.url, app.config)
     assert status["cache"]["entries"] == ENTRIES  # published images are kept, not counted
     assert sum(len(p["versions"]) for p in status["images"]) == IMAGES
+    assert status["clouds"]["counts"]["pending"] == 3 * IMAGES
     body = page(app.url)
     assert len(body) < PAGE_LIMIT, len(body)
     text = body.decode()
-    for heading in ("At a glance", "Over time", "Upstream health", "Use it", "Recent events"):
+    for heading in (
+        "At a glance",
+        "Over time",
+        "What is cached",
+        "Upstream health",
+        "Images and clouds",
+        "Use it",
+        "Recent events",
+    ):
         assert f"<h2>{heading}</h2>" in text, heading
+    # the long lists are cut, and say by how much
+    assert text.count('class="s-pending"') == 3 * PAGE_ROWS
+    assert f"… {IMAGES - PAGE_ROWS} more images" in text

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 TTL = 30.0  # seconds the disk-read parts are reused (a command-line seed changes them)
 STATES = ("present", "pending", "failed", "pruned")
+# rows the page shows (failed, then pending first): 200 images in three places would be
+# most of a 100 KB page; /api/status and `archive-local status` hold every one
+PAGE_ROWS = 40
+_URGENCY = {"failed": 0, "pending": 1}
 Key = tuple[str, str]  # (product, version)
 Place = tuple[str, str]  # (target, region)
 
@@ -280,8 +284,14 @@ def render(c: Mapping[str, Any] | None, columns: Sequence[tuple[str, str]]) -> s
         f"{_e(t['target'])}<br>{_e(t['region'])}</th>"
         for t in targets
     )
+
+    def urgency(i: int) -> int:
+        return min((_URGENCY.get(x["state"], 2) for x in images[i]["cells"] if x), default=2)
+
+    shown = sorted(sorted(range(len(images)), key=urgency)[:PAGE_ROWS])
     body = []
-    for i, row in enumerate(images):
+    for i in shown:
+        row = images[i]
         product = row["product"] + ("" if row["mirrored"] else " (not mirrored)")
         body.append(
             f'<tr title="{_e(product)} · {_e(row["version"])}"><td>{_e(product)}</td>'
@@ -293,6 +303,13 @@ def render(c: Mapping[str, Any] | None, columns: Sequence[tuple[str, str]]) -> s
         f'{style}{problems}<p id="clouds-counts" class="muted">{_e(counts)}</p>'
         f'<table class="t-clouds" id="clouds"><thead><tr>{heads}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
+        + (
+            f'<p class="muted" id="clouds-more">… {len(images) - len(shown)} more images '
+            "(failed and pending ones are kept on the page; every one is in /api/status and "
+            "<code>archive-local status</code>)</p>"
+            if len(shown) < len(images)
+            else ""
+        )
     )
 
 

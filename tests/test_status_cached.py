@@ -151,10 +151,10 @@ def test_what_is_cached_per_remap_suite_and_feed_summed_over_workers(
     assert f"  images ex: 2 images, {human_size(images['bytes'])}" in text
 
 
-def test_ten_thousand_entries_are_grouped_in_under_a_second(tmp_path: Path) -> None:
+def test_ten_thousand_entries_are_grouped_by_the_indexes_that_list_them(tmp_path: Path) -> None:
     """40 suites of 250 packages each (what their Packages indexes list), on a real store
-    and apt index table: grouped in under a second of CPU (the machine running the tests
-    is shared: its wall clock says little), and the page lists the 30 largest groups."""
+    and apt index table: each in its suite's group, and the page lists the 30 largest
+    groups. How long it takes is a benchmark figure (`make bench-status`), not a test's."""
     root = tmp_path / "cache"
     store = FilesystemStore(root)
     catalog = IndexCatalog(root, store)
@@ -188,14 +188,11 @@ def test_ten_thousand_entries_are_grouped_in_under_a_second(tmp_path: Path) -> N
     keys = [f"{base}/dists/suite{s:02d}/main/binary-amd64/Packages" for s in indexes]
     assert asyncio.run(catalog.rebuild(keys)) == 40  # as the service learns what it found
     try:
-        cpu = time.process_time()
         grouping = holdings.compute(store, catalog.listed_by, [(base, "debian")])
         doc = holdings.Holdings().document(grouping)
         section = holdings.render(doc, _table, _bytes, _ago)
-        took = time.process_time() - cpu
     finally:
         catalog.close()
-    assert took < 1.0, took
     assert doc["files"] == 1 + 40 * 251 and len(doc["apt"]) == 41  # and first.deb: other
     rows = {holdings.name(r): (r["files"], r["bytes"]) for r in doc["apt"]}
     assert rows == {

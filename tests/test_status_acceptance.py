@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from appliance.web import holdings
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
 from tests.components import ec2_endpoint as moto_server
@@ -205,6 +206,12 @@ def test_the_page_shows_a_whole_workload_exactly(
             [ident and ("present", ident) for ident in line] for line in matrix
         ]
         assert c["counts"] == {"present": 6, "pending": 0, "failed": 0, "pruned": 0}
+        # at a glance: the bytes the hit saved; the mirror's last exchange failed
+        assert doc["glance"]["saved"]["start"] == doc["bytes"]["cache"] > 0
+        assert doc["glance"]["upstreams"]["failing"] == [host[mirror]]
+        # what is cached: each remap's index and al-hello; the rejected al-tools is not
+        groups = {holdings.name(r): r["files"] for r in doc["cached"]["apt"]}
+        assert groups["debian test main amd64"] == groups["mirror test main amd64"] == 2, groups
 
     # the page, as Chromium shows it
     for result, n in apt_counts.items():

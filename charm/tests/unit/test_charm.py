@@ -108,8 +108,23 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Machine:
     return m
 
 
+_ROOT: list[Path] = []  # this test process's charm root (see `charm_root`)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def charm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A charm root of this test process's own holding charmcraft.yaml and src/: for each run the
+    testing framework writes metadata.yaml (and config, actions) into the root and removes
+    it after, so two test processes sharing charm/ would remove each other's."""
+    root = tmp_path_factory.mktemp("charm-root")
+    (root / "charmcraft.yaml").write_bytes((CHARM / "charmcraft.yaml").read_bytes())
+    (root / "src").symlink_to(CHARM / "src")  # the charm reads its rules and dashboards
+    _ROOT[:] = [root]
+    return root
+
+
 def ctx() -> testing.Context:
-    return testing.Context(charm.ArchiveLocalCharm, charm_root=CHARM)
+    return testing.Context(charm.ArchiveLocalCharm, charm_root=_ROOT[0])
 
 
 def _config(machine: Machine) -> dict:

@@ -11,7 +11,7 @@ from appliance import config
 from appliance.apt.paths import BadPath, freshness, split_path
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.lru import LruIndex
-from appliance.cache.policy import Freshness
+from appliance.cache.route import Freshness
 from appliance.web.ranges import Plan, plan
 
 # --- config ---------------------------------------------------------------------------------

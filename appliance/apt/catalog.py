@@ -36,7 +36,7 @@ from appliance.apt.indexes import (
     stanzas,
 )
 from appliance.apt.paths import by_hash_digest
-from appliance.cache.download import Expect
+from appliance.cache.route import Expect
 from appliance.cache.store import Entry, Store
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-from appliance.cache.download import NO_EXPECTATION, Expect
 from appliance.cache.keys import BadPath, encode_path, split_path
-from appliance.cache.policy import Freshness
+from appliance.cache.route import NO_EXPECTATION, Expect, Freshness
 
 _IMMUTABLE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".dsc", ".diff.gz", ".changes", ".buildinfo")
 _TARBALL = re.compile(

@@ -19,13 +19,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
 import aiohttp
 
 from appliance.cache.fetcher import TransferLimits, body_chunks, close_delimited
+from appliance.cache.route import NO_EXPECTATION, Expect
 from appliance.cache.store import Entry, Meta, Store, TempFile, header_value
 
 log = logging.getLogger(__name__)
@@ -34,32 +34,18 @@ CHUNK = 1024 * 1024  # bytes per worker-thread write+hash
 PIPELINE = 4  # chunks received ahead of the disk writer
 
 
-@dataclass(frozen=True)
-class Expect:
-    """What a download must be to enter the cache: its size and a digest, when known."""
+class Phase(Enum):
+    """Where one upstream round-trip for a key is (`Flights.phase`), and so a download:
 
-    size: int | None = None
-    algorithm: str | None = None  # a hashlib name: sha256, sha512, sha1, md5
-    digest: str | None = None
-    source: str | None = None  # who said so (an index's key), for error messages
+    REVALIDATING  a request is out (conditional when a copy exists); no body yet
+    DOWNLOADING   the body streams into a temp file; readers join as it grows
+    VERIFYING     every byte arrived; size and digest are checked, then committed
+    DONE, FAILED  a download's end (it leaves the registry; the next caller starts afresh)
+    """
 
-    def __post_init__(self) -> None:
-        if self.algorithm is not None:
-            hashlib.new(self.algorithm)  # unknown names fail here, not mid-download
-
-    @property
-    def known(self) -> bool:
-        return self.size is not None or self.algorithm is not None
-
-
-NO_EXPECTATION = Expect()
-
-
-class State(Enum):
-    """A download's phase: bytes arriving, all arrived and being checked, then an end."""
-
-    RUNNING = "downloading"
-    VERIFYING = "verifying"  # every byte is here: size and digest checked, then commit
+    REVALIDATING = "revalidating"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
     DONE = "done"
     FAILED = "failed"
 
@@ -102,7 +88,7 @@ class Download:
         self.last_modified = header_value(response.headers.get("Last-Modified"))
         self.content_type = header_value(response.headers.get("Content-Type"))
         self.written = offset
-        self.state = State.RUNNING
+        self.state = Phase.DOWNLOADING
         self.entry: Entry | None = None
         self.stored = False  # committed to the store (else served from the temp file only)
         self.error: str | None = None
@@ -132,7 +118,7 @@ class Download:
     @property
     def active(self) -> bool:
         """Still downloading or verifying: readers may join and must wait for the end."""
-        return self.state in (State.RUNNING, State.VERIFYING)
+        return self.state in (Phase.DOWNLOADING, Phase.VERIFYING)
 
     @property
     def readers(self) -> int:
@@ -149,7 +135,7 @@ class Download:
         Holding back one byte means a download whose size or digest turns out wrong
         can never reach a client as a complete response.
         """
-        if self.state is State.DONE or self.total is None:
+        if self.state is Phase.DONE or self.total is None:
             return self.written
         return min(self.written, self.total - 1)
 
@@ -182,7 +168,7 @@ class Download:
                 raise DownloadFailed(f"upstream size {self.total}, expected {self.expect.size}")
             await self._receive(response)
             clean = True  # the body's framing ended where it said it would
-            self.state = State.VERIFYING
+            self.state = Phase.VERIFYING
             if self.total is not None and self.written != self.total:
                 if self.expect.size is not None:
                     raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
@@ -218,9 +204,9 @@ class Download:
                 log.warning("cache: not storing %s: %s", self.key, exc)
                 self.stored = False
             self.total = self.written
-            self.state = State.DONE
+            self.state = Phase.DONE
         except BaseException as exc:
-            self.state = State.FAILED
+            self.state = Phase.FAILED
             self.error = str(exc) or type(exc).__name__
             self.integrity_error = isinstance(exc, DownloadFailed)
             clean = False

@@ -29,13 +29,13 @@ from typing import BinaryIO, Protocol, TypeVar
 import aiohttp
 
 from appliance.cache import policy
-from appliance.cache.download import NO_EXPECTATION, Download, Expect, State
+from appliance.cache.download import Download, Phase
 from appliance.cache.fetcher import Fetcher, UpstreamFailure, close_delimited, content_encoding
 from appliance.cache.fleet import Fleet, Peers
 from appliance.cache.flights import Flights
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
-from appliance.cache.policy import Freshness
+from appliance.cache.route import NO_EXPECTATION, Expect, Freshness
 from appliance.cache.store import Entry, Meta, Store, TempFile, Unstorable
 from appliance.config import Config
 
@@ -559,7 +559,7 @@ class CacheEngine:
             if isinstance(result, Miss):
                 download = result.download
                 await download.finished()
-                if download.state is not State.DONE or download.entry is None:
+                if download.state is not Phase.DONE or download.entry is None:
                     raise FetchError(download.error or "download failed: not stored")
                 return download.entry
             if await self._io(_matches, self.store, result.entry, expect):
@@ -929,9 +929,9 @@ class CacheEngine:
                     await self.fleet.release(download.key)
         if download.integrity_error:
             self.rejected(download.url, time.monotonic() - download.started)
-        if download.state is State.DONE and not download.stored:
+        if download.state is Phase.DONE and not download.stored:
             self.passed["disk-full"] += 1
-        if download.state is State.DONE and download.entry is not None:
+        if download.state is Phase.DONE and download.entry is not None:
             if not download.entry.meta.keep or in_store:
                 self.lru.add(download.key, download.entry.meta.size)
                 self._told("add", download.key, download.entry.meta.size)

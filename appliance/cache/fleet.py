@@ -22,8 +22,8 @@ from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
-from appliance.cache.download import Expect
 from appliance.cache.objectstore import RETRY_AFTER
+from appliance.cache.route import Expect
 from appliance.cache.store import Entry, Store
 
 log = logging.getLogger(__name__)

@@ -1,52 +1,39 @@
-"""Single flight: at most one upstream round-trip per key, in explicit phases.
+"""Single flight: at most one upstream round-trip per key in this process.
 
-    REVALIDATING  a request is out (conditional when a copy exists); callers share it
-    DOWNLOADING   the body streams into a temp file; callers join and read as it grows
-    VERIFYING     every byte arrived; size and digest are checked, then committed
-    DONE, FAILED  the end: the key leaves the registry, the next caller starts afresh
+`phase(key)` says where the round-trip is: REVALIDATING (a request is out; callers
+share it), DOWNLOADING (callers join the download and read as it grows) or VERIFYING
+(every byte arrived, being checked and committed); None when there is none. A download
+that ended (DONE or FAILED, see `download.Phase`) has left the registry: the next
+caller starts afresh.
 
 The engine asks the registry, never two dictionaries of its own; the status page and
-maintenance read the same phases.
+maintenance read the same phases. The work a flight leaves running after its answer (a
+download to its commit and bookkeeping) is kept here too (`spawn`), so the engine can
+wait for it (`idle`) or stop it (`cancel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterator
-from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from appliance.cache.download import Download, State
+from appliance.cache.download import Download, Phase
 
 R = TypeVar("R")
-
-
-class Phase(Enum):
-    REVALIDATING = "revalidating"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    DONE = "done"
-    FAILED = "failed"
-
-
-_OF_STATE = {
-    State.RUNNING: Phase.DOWNLOADING,
-    State.VERIFYING: Phase.VERIFYING,
-    State.DONE: Phase.DONE,
-    State.FAILED: Phase.FAILED,
-}
 
 
 class Flights(Generic[R]):
     def __init__(self) -> None:
         self._requests: dict[str, asyncio.Task[R]] = {}
         self._downloads: dict[str, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def phase(self, key: str) -> Phase | None:
         """Where the round-trip for `key` is; None when there is none."""
         download = self._downloads.get(key)
         if download is not None and download.active:
-            return _OF_STATE[download.state]
+            return download.state
         if key in self._requests:
             return Phase.REVALIDATING
         return None
@@ -84,3 +71,19 @@ class Flights(Generic[R]):
 
     def downloads(self) -> Iterator[Download]:
         return iter(list(self._downloads.values()))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work a flight leaves running after its answer (a download to its end)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Until the work spawned so far (and any it spawned) has ended."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from appliance.cache.download import Expect
 from appliance.cache.fleetkey import FleetKey
+from appliance.cache.route import Expect
 from appliance.cache.store import (
     Entry,
     FilesystemStore,

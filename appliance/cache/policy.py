@@ -9,16 +9,14 @@ as apt-cacher-ng does, so a file published upstream a moment later is found.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 
 from appliance.cache.fetcher import UpstreamFailure
+from appliance.cache.route import Freshness
 from appliance.cache.store import Meta
-
-
-class Freshness(Enum):
-    IMMUTABLE = "immutable"  # content never changes under this name (pool files, by-hash)
-    VOLATILE = "volatile"  # revalidated with a conditional request after the TTL
-    MANAGED = "managed"  # written by the appliance itself (feed snapshots): never fetched
 
 
 class Decision(Enum):
@@ -49,3 +47,17 @@ def decide(
     if freshness is not Freshness.VOLATILE:
         return Decision.HIT
     return Decision.HIT if 0 <= now - meta.checked < ttl else Decision.ASK
+
+
+@dataclass
+class Policy:
+    """`decide` with the configured TTL (changed by a reload) and the engine's clock
+    (wall-clock seconds, injectable: TTL tests need not sleep)."""
+
+    ttl: float
+    clock: Callable[[], float] = time.time
+
+    def decide(
+        self, meta: Meta | None, freshness: Freshness, failure: UpstreamFailure | None = None
+    ) -> Decision:
+        return decide(meta, freshness, self.clock(), self.ttl, failure)

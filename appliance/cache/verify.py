@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.cache.download import Expect
+from appliance.cache.route import Expect
 from appliance.cache.store import Entry, Store
 
 MAX_LISTED = 1000  # bad entries named in a report

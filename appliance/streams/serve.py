@@ -14,11 +14,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine
 from appliance.cache.keys import BadPath, encode_path, split_path
-from appliance.cache.policy import Freshness
-from appliance.cache.route import Route
+from appliance.cache.route import Expect, Freshness, Route
 from appliance.streams import layout
 from appliance.streams.layout import FEED_DESCRIPTOR, KEY_PATHS, curated_key, snapshot_key
 from appliance.streams.model import FormatError, iter_items

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.cache.download import Expect
 from appliance.cache.engine import CacheEngine, FetchError
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase, split_path
+from appliance.cache.route import Expect
 from appliance.config import FeedConfig
 from appliance.streams import layout
 from appliance.streams.filters import Filter, parse_filters, select

@@ -18,10 +18,10 @@ from aiohttp import HttpVersion11, web
 from appliance import __version__
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
-from appliance.cache.download import NO_EXPECTATION
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine, FromPeer, Hit, Miss
 from appliance.cache.fetcher import UpstreamFailure
+from appliance.cache.route import NO_EXPECTATION
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
 from appliance.metrics import TOP_PACKAGES, Metrics

@@ -21,9 +21,10 @@ from typing import BinaryIO
 import aiohttp
 from aiohttp import web
 
-from appliance.cache.download import Download, Expect, State
+from appliance.cache.download import Download, Phase
 from appliance.cache.engine import CacheEngine, FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.fetcher import body_chunks
+from appliance.cache.route import Expect
 from appliance.cache.store import header_value
 from appliance.web.ranges import Plan, plan
 
@@ -80,7 +81,7 @@ async def _deliver_download(
     with engine.joined(download) as file:
         if download.total is None:  # no length known: wait for the whole, verified file
             await download.finished()
-            if download.state is not State.DONE:
+            if download.state is not Phase.DONE:
                 raise web.HTTPBadGateway(text=f"upstream transfer failed: {download.error}\n")
         headers = _headers(download.etag, download.last_modified, download.content_type, "MISS")
         assert download.total is not None
@@ -373,7 +374,7 @@ async def _copy(
         if download is not None:
             if download.releasable <= pos and download.active:
                 await download.wait_beyond(pos)
-            if download.state is State.FAILED:
+            if download.state is Phase.FAILED:
                 raise _UpstreamBroke(download.error or "download failed")
             available = min(end, download.releasable)
         count = min(available - pos, chunk)

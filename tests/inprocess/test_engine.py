@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cache.download import Phase
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine, Hit, Miss
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
-from appliance.cache.flights import Phase
-from appliance.cache.policy import Decision, Freshness, decide
+from appliance.cache.policy import Decision, decide
+from appliance.cache.route import Freshness
 from appliance.cache.store import FilesystemStore, Meta
 from tests.inprocess.conftest import Clock, Origin, settle, status
 

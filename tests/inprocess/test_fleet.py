@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from appliance.cache.download import Expect
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
+from appliance.cache.route import Expect
 from appliance.cache.store import FilesystemStore
 from appliance.web.peers import PeerStreams
 from appliance.web.workers import Workers
@@ -119,7 +119,7 @@ async def test_a_lookup_that_raises_under_the_lease_lets_it_go(
     """Whatever the look into the store raises after the lease was taken (hostile
     metadata once made it RecursionError), the lease is let go: the next caller, here
     or on another process, is not made to wait on it."""
-    from appliance.cache.policy import Freshness
+    from appliance.cache.route import Freshness
 
     origin.files["/pool/x.deb"] = b"x" * 1000
     fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
@@ -146,8 +146,8 @@ async def test_a_lookup_that_raises_under_the_lease_lets_it_go(
 def test_a_lease_is_waited_on_as_long_as_its_file_may_fairly_take(tmp_path: Path) -> None:
     """Twice the lease's time for a small or unknown file (a lease rewritten for ever by
     a bucket writer); a big image another unit downloads at 1 MiB/s or more is waited for."""
-    from appliance.cache.download import NO_EXPECTATION
     from appliance.cache.fleet import Fleet
+    from appliance.cache.route import NO_EXPECTATION
 
     fleet = Fleet(FilesystemStore(tmp_path), lease_ttl=30.0)
     assert fleet.wait_limit(NO_EXPECTATION) == 60.0

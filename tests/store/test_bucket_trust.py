@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from appliance.cache.download import NO_EXPECTATION, Expect
 from appliance.cache.objectstore import ObjectStore
+from appliance.cache.route import NO_EXPECTATION, Expect
 from appliance.cache.store import Meta
 from tests.conftest import object_store
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from appliance.cache import objectstore
-from appliance.cache.download import NO_EXPECTATION as ANY  # vouched for by the fleet key
 from appliance.cache.objectstore import ObjectStore
+from appliance.cache.route import NO_EXPECTATION as ANY  # vouched for by the fleet key
 from appliance.cache.store import Meta
 from tests.components import swift_aio
 from tests.conftest import free_port_block, object_store

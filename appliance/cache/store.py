@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from appliance.cache.refusals import Refusals
+from appliance.cache.stripes import StripeLocks
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
 SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
 LEASES = ".state/leases"  # lock files: one download per key among processes on one cache
-LEASE_STRIPES = 4096  # keys share lock files by hash: bounded files, rare false waits
 _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
 
@@ -351,7 +350,7 @@ class FilesystemStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._held: dict[str, list[int]] = {}  # key -> lock descriptors this process holds
+        self._locks = StripeLocks(self.root / LEASES)  # the fetch locks this process holds
         # what `claim` tells the others of this process (a worker names itself `worker-N`,
         # which its siblings can reach to stream the download it holds the lock for)
         self.holder = f"process {os.getpid()}"
@@ -549,38 +548,16 @@ class FilesystemStore:
 
     def claim(self, key: str, local: bool = False) -> str | None:
         """None when this process should fetch `key`; else who holds it (another worker
-        or command on this cache directory): wait for the entry. An exclusive `flock` on
-        one of `LEASE_STRIPES` lock files; a process that dies lets go by itself. (Every
-        claim here is `local`: this directory is all there is.)"""
-        stripe = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4]) % LEASE_STRIPES
-        path = self.root / LEASES / f"{stripe:04d}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return None  # no lock to take: fetch (at worst twice)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:  # who wrote the file last: the holder, unless it has only just locked
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            except OSError:
-                holder = ""
-            os.close(fd)
-            return holder or "another process on this cache"
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, self.holder.encode(), 0)
-        self._held.setdefault(key, []).append(fd)
-        return None
+        or command on this cache directory): wait for the entry. A lock file per stripe
+        of keys (`StripeLocks`); a process that dies lets go by itself. (Every claim here
+        is `local`: this directory is all there is.)"""
+        return self._locks.claim(key, self.holder)
 
     def renew(self, key: str) -> None:
         return None  # a lock lasts as long as its process
 
     def release(self, key: str, local: bool = False) -> None:
-        for fd in self._held.pop(key, []):
-            with contextlib.suppress(OSError):
-                os.close(fd)  # closing the descriptor unlocks it
+        self._locks.release(key)
 
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""

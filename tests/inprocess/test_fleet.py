@@ -16,12 +16,13 @@ import pytest
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
-from appliance.cache.route import Expect
+from appliance.cache.route import Expect, Freshness, Route
 from appliance.cache.store import FilesystemStore
+from appliance.cache.stripes import stripe_of
 from appliance.web.peers import PeerStreams
 from appliance.web.workers import Workers
 from tests.conftest import object_store
-from tests.inprocess.conftest import Clock, Origin
+from tests.inprocess.conftest import Clock, Origin, settle, status
 
 
 async def test_kept_files_copied_from_the_store_may_leave_this_disk(
@@ -94,6 +95,62 @@ def test_a_fetch_lock_names_its_holder(tmp_path: Path) -> None:
     assert second.claim(key) is None
     assert first.claim(key) == "worker-1"
     second.release(key)
+
+
+def _same_stripe(prefix: str) -> tuple[str, str]:
+    """Two keys whose fetch locks share one lock file."""
+    first = f"{prefix}/0.deb"
+    for i in range(1, 1_000_000):
+        if stripe_of(second := f"{prefix}/{i}.deb") == stripe_of(first):
+            return first, second
+    raise AssertionError("no two keys share a stripe")
+
+
+def test_a_process_does_not_wait_on_a_lock_stripe_it_holds(tmp_path: Path) -> None:
+    """Keys share lock files by hash: a second key of a stripe this process holds is
+    its own at once (it once waited on itself until the wait limit), the stripe stays
+    locked for other processes until its last key here is let go, and the same key
+    twice is still held."""
+    here, other = FilesystemStore(tmp_path), FilesystemStore(tmp_path)
+    here.holder, other.holder = "worker-0", "worker-1"
+    a, b = _same_stripe("deb.example/pool")
+    assert here.claim(a) is None
+    assert here.claim(b) is None  # the same stripe, another key: no wait
+    assert here.claim(a) == "worker-0"  # this very key: held (by this process)
+    assert other.claim(a) == "worker-0" and other.claim(b) == "worker-0"
+    here.release(a)
+    assert other.claim(b) == "worker-0"  # b still holds the stripe
+    assert here.claim(a) is None  # counted again, no new lock
+    here.release(a)
+    here.release(b)  # the last key: the lock file is let go
+    assert other.claim(b) is None
+    assert here.claim(a) == "worker-1"
+    other.release(b)
+
+
+async def test_two_downloads_in_one_lock_stripe_run_at_once(
+    engine: CacheEngine, origin: Origin, tmp_path: Path
+) -> None:
+    """Two files whose locks share a stripe, asked of one process at once: both are
+    fetched now, neither waits for the other's download to end."""
+    a, b = _same_stripe("o/pool")
+    for key in (a, b):
+        origin.files["/" + key.removeprefix("o/")] = os.urandom(200_000)
+    origin.hold_body = asyncio.Event()  # both downloads stay in progress, holding the lock
+    routes = [
+        Route(k, (origin.url("/" + k.removeprefix("o/")),), Freshness.IMMUTABLE) for k in (a, b)
+    ]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(engine.get(r.key, r.urls, r.freshness) for r in routes)), 5
+    )
+    assert [status(r) for r in results] == ["MISS", "MISS"]
+    other = FilesystemStore(tmp_path / "cache")  # another process: the stripe is locked
+    assert other.claim(a) is not None
+    origin.hold_body.set()
+    for result in results:
+        await settle(result, engine)
+    assert other.claim(b) is None  # both downloads ended: let go
+    other.release(b)
 
 
 async def test_only_listed_peers_and_sibling_workers_are_streamed_from(tmp_path: Path) -> None:

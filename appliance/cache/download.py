@@ -25,7 +25,7 @@ from typing import BinaryIO
 import aiohttp
 
 from appliance.cache.fetcher import TransferLimits, body_chunks, close_delimited
-from appliance.cache.route import NO_EXPECTATION, Expect
+from appliance.cache.route import Fetch
 from appliance.cache.store import Entry, Meta, Store, TempFile, header_value
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,20 @@ class TransferBroken(Exception):
 class Download:
     def __init__(
         self,
-        key: str,
+        fetch: Fetch,
         temp: TempFile,
         reader: BinaryIO,
         response: aiohttp.ClientResponse,
-        expect: Expect = NO_EXPECTATION,
         *,
-        resumable: bool = False,
-        keep: bool = False,
         shared: bool = False,
         limits: TransferLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`shared`: fetched under the fleet's lease, for the other units too."""
+        key, expect = fetch.key, fetch.expect
         self.key = key
         self.shared = shared
+        self._response = response
         self.url = str(response.url)
         offset = temp.size  # a resumed download starts with the bytes it already has
         if response.content_length is not None:
@@ -98,8 +98,8 @@ class Download:
         self._reader = reader
         self._readers = 0
         self.expect = expect
-        self.resumable = resumable  # keep a broken transfer's bytes for a Range request
-        self.keep = keep  # committed as exempt from eviction (mirrored on purpose)
+        self.resumable = fetch.mirror  # keep a broken transfer's bytes for a Range request
+        self.keep = fetch.keep  # committed as exempt from eviction (mirrored on purpose)
         self.limits = limits or TransferLimits()
         self.clock = clock
         if expect.algorithm and expect.algorithm not in temp.digests:
@@ -157,8 +157,10 @@ class Download:
             self._reader.close()
 
     # --- writer ------------------------------------------------------------------
-    async def run(self, response: aiohttp.ClientResponse, store: Store) -> None:
+    async def run(self, store: Store) -> None:
+        """Receive the body, check it, commit it to `store`; clients read meanwhile."""
         loop = asyncio.get_running_loop()
+        response = self._response
         digests = self._digests
         clean = False
         try:

@@ -1,5 +1,6 @@
 """The unit's boundary, as the engine sees it: the shared store's leases and objects, and
-the peers (sibling workers, other units) whose downloads it streams.
+the peers (sibling workers, other units) whose downloads it streams. A lease or lock
+this process holds while it fetches is a `Held` (who waits on whom: `leases`).
 
 Everything that crosses it is checked here or below (`ObjectStore.copy_in`): an object is
 copied in only when tied to upstream (a digest from a signed index or feed, or the fleet's
@@ -32,6 +33,7 @@ T = TypeVar("T")
 WAIT_RATE = 1 << 20  # bytes/s: a holder slower than this is not waited for (see wait_limit)
 DEADLINE = 5.0  # seconds a lease call or a HEAD may take before the store is left alone
 THREADS = 16  # the store's own threads: a hung store holds these, never the disk's
+LEASE_RENEW = 2.0  # seconds between renewals of the fleet lease of a download in progress
 
 
 class Peers(Protocol):
@@ -178,3 +180,47 @@ class Fleet:
             )
             return None
         return response
+
+
+class Held:
+    """A lease or lock this process holds on `key` while it fetches the file: the fleet's
+    lease (renewed while a download runs under it; the file is shared with the other
+    units before it is let go), or the disk's lock among this unit's workers (`local`).
+
+    `async with` it around a download; `release()` when no download came of it."""
+
+    def __init__(self, fleet: Fleet, key: str, local: bool) -> None:
+        self.fleet = fleet
+        self.key = key
+        self.local = local
+        self._renewing: asyncio.Task[None] | None = None
+
+    @property
+    def shares(self) -> bool:
+        """The fleet's lease: what is fetched under it is for the other units too."""
+        return not self.local
+
+    async def share(self, entry: Entry) -> bool:
+        """Upload for the other units; True: the store holds it (see `Fleet.share`)."""
+        return False if self.local else await self.fleet.share(entry)
+
+    async def release(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+        with contextlib.suppress(OSError):  # a lock file lets go even if the store is away
+            await asyncio.shield(self.fleet.release(self.key, self.local))
+
+    async def __aenter__(self) -> Held:
+        if not self.local:
+            self._renewing = asyncio.get_running_loop().create_task(self._renew())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # stopping: still let go
+            await self.release()
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            with contextlib.suppress(OSError):
+                await self.fleet.renew(self.key)

@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from appliance.cache.engine import CacheEngine, FetchError
+from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.keys import UpstreamBase, split_path
-from appliance.cache.route import Expect
+from appliance.cache.results import FetchError
+from appliance.cache.route import Expect, Freshness, Route
 from appliance.config import FeedConfig
 from appliance.streams import layout
 from appliance.streams.filters import Filter, parse_filters, select
@@ -266,9 +267,8 @@ class FeedMirror:
                 result.status = "would-fetch"
             return result
         try:
-            entry = await self.engine.ensure(
-                key, [self.item_url(item.path)], item.expect, keep=True
-            )
+            route = Route(key, (self.item_url(item.path),), Freshness.IMMUTABLE, item.expect)
+            entry = await self.engine.ensure(route, keep=True)
             await self.engine.keep(entry)  # no-op unless it was cached before, evictable
         except FetchError as exc:
             result.status, result.error = "failed", str(exc)

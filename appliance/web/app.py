@@ -19,8 +19,9 @@ from appliance import __version__
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.egress import EgressPolicy
-from appliance.cache.engine import CacheEngine, FromPeer, Hit, Miss
+from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import UpstreamFailure
+from appliance.cache.results import FromPeer, Hit, Miss
 from appliance.cache.route import NO_EXPECTATION
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN
@@ -157,7 +158,7 @@ class Handler:
         except NotFound as exc:
             raise web.HTTPNotFound(text=f"not found: {exc}\n") from None
         engine = parts.engine
-        result = await engine.get(route.key, route.urls, route.freshness, route.expect)
+        result = await engine.get(route)
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
         if isinstance(result, Hit) and method == "GET":
@@ -189,7 +190,7 @@ class Handler:
             for i in siblings.others:
                 holder = f"worker-{i}"
                 if (response := await streams.open(holder, key)) is not None:
-                    relayed = FromPeer(response, NO_EXPECTATION, holder)
+                    relayed = FromPeer(response, NO_EXPECTATION, holder, engine.limits)
                     return await deliver(request, engine, relayed)
         raise web.HTTPNotFound(text="not downloading that file\n")
 

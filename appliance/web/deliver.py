@@ -22,8 +22,9 @@ import aiohttp
 from aiohttp import web
 
 from appliance.cache.download import Download, Phase
-from appliance.cache.engine import CacheEngine, FetchError, FromPeer, Hit, Miss, PassThrough
+from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import body_chunks
+from appliance.cache.results import FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.route import Expect
 from appliance.cache.store import header_value
 from appliance.web.ranges import Plan, plan
@@ -115,7 +116,7 @@ async def _deliver_passthrough(
             upstream.close()
             await resp.write_eof()
             return resp
-        await _relay(upstream, resp, p, engine)
+        await _relay(upstream, resp, p)
     except (ConnectionError, TimeoutError) as exc:
         upstream.close()
         _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
@@ -160,7 +161,7 @@ async def _deliver_from_peer(
             peer.close()
             await resp.write_eof()
             return resp
-        chunks = body_chunks(peer, engine.fetcher.limits).__aiter__()
+        chunks = body_chunks(peer, p.limits).__aiter__()
         broke: Exception | None = None
         while received < length:
             try:
@@ -180,7 +181,7 @@ async def _deliver_from_peer(
                 await send(check.finish())
             except _UpstreamBroke as exc:
                 peer.close()
-                engine.fleet.refusals.refuse("peer", "digest", request.path, f": {exc}")
+                engine.refusals.refuse("peer", "digest", request.path, f": {exc}")
                 raise
             peer.release()
         else:
@@ -234,11 +235,11 @@ def _prefix_sha256(file: BinaryIO, size: int) -> str:
 
 
 async def _relay(
-    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, p: PassThrough, engine: CacheEngine
+    upstream: aiohttp.ClientResponse, resp: web.StreamResponse, p: PassThrough
 ) -> None:
     """Copy the body; with an expectation, the last byte only once it checks out."""
     check = _Check(p.expect)
-    async for chunk in body_chunks(upstream, engine.fetcher.limits):
+    async for chunk in body_chunks(upstream, p.limits):
         for piece in check.take(chunk):
             if piece:
                 await resp.write(piece)

@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from appliance.cache.egress import EgressPolicy
-from appliance.cache.engine import CacheEngine, Hit, Miss, Result
+from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
+from appliance.cache.results import Hit, Miss, Result
 from appliance.cache.store import FilesystemStore
 
 

@@ -11,10 +11,11 @@ import pytest
 
 from appliance.cache.download import Phase
 from appliance.cache.egress import EgressPolicy
-from appliance.cache.engine import CacheEngine, Hit, Miss
+from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher, UpstreamFailure
 from appliance.cache.policy import Decision, decide
-from appliance.cache.route import Freshness
+from appliance.cache.results import Hit, Miss
+from appliance.cache.route import Freshness, Route
 from appliance.cache.store import FilesystemStore, Meta
 from tests.inprocess.conftest import Clock, Origin, settle, status
 
@@ -48,15 +49,15 @@ async def test_a_volatile_copy_is_asked_again_only_after_its_ttl(
     engine: CacheEngine, origin: Origin, clock: Clock
 ) -> None:
     origin.files["/dists/x/InRelease"] = b"Origin: x\n" * 10
-    key, urls = "o/dists/x/InRelease", [origin.url("/dists/x/InRelease")]
-    assert status(await settle(await engine.get(key, urls, V))) == "MISS"
+    key, urls = "o/dists/x/InRelease", (origin.url("/dists/x/InRelease"),)
+    assert status(await settle(await engine.get(Route(key, urls, V)))) == "MISS"
     clock.advance(299)
-    assert status(await engine.get(key, urls, V)) == "HIT"
+    assert status(await engine.get(Route(key, urls, V))) == "HIT"
     assert origin.count("/dists/x/InRelease") == 1
     clock.advance(2)  # no sleep: the TTL is over
-    assert status(await engine.get(key, urls, V)) == "REVALIDATED"
+    assert status(await engine.get(Route(key, urls, V))) == "REVALIDATED"
     assert origin.seen[-1][1] is not None  # a conditional request, answered 304
-    assert status(await engine.get(key, urls, V)) == "HIT"
+    assert status(await engine.get(Route(key, urls, V))) == "HIT"
     assert origin.count("/dists/x/InRelease") == 2
 
 
@@ -64,8 +65,10 @@ async def test_one_flight_through_its_phases(engine: CacheEngine, origin: Origin
     data = os.urandom(2_000_000)
     origin.files["/pool/a.deb"] = data
     origin.hold_headers, origin.hold_body = asyncio.Event(), asyncio.Event()
-    key, urls = "o/pool/a.deb", [origin.url("/pool/a.deb")]
-    waiting = [asyncio.create_task(engine.get(key, urls, Freshness.IMMUTABLE)) for _ in range(5)]
+    key, urls = "o/pool/a.deb", (origin.url("/pool/a.deb"),)
+    waiting = [
+        asyncio.create_task(engine.get(Route(key, urls, Freshness.IMMUTABLE))) for _ in range(5)
+    ]
     for _ in range(10_000):  # until the one request is out
         if engine.flights.phase(key) is not None:
             break
@@ -76,13 +79,13 @@ async def test_one_flight_through_its_phases(engine: CacheEngine, origin: Origin
     assert {status(r) for r in results} == {"MISS"}
     assert len({id(r.download) for r in results if isinstance(r, Miss)}) == 1  # one download
     assert engine.flights.phase(key) is Phase.DOWNLOADING
-    late = await engine.get(key, urls, Freshness.IMMUTABLE)  # joins the same download
+    late = await engine.get(Route(key, urls, Freshness.IMMUTABLE))  # joins the same download
     assert isinstance(late, Miss) and late.download is results[0].download  # type: ignore[union-attr]
     origin.hold_body.set()
     await settle(late)
     assert engine.flights.phase(key) is None
     assert origin.count("/pool/a.deb") == 1
-    hit = await engine.get(key, urls, Freshness.IMMUTABLE)
+    hit = await engine.get(Route(key, urls, Freshness.IMMUTABLE))
     assert isinstance(hit, Hit) and engine.store.read_bytes(hit.entry) == data
 
 
@@ -90,14 +93,14 @@ async def test_offline_the_copy_beats_a_5xx_but_not_a_404(
     engine: CacheEngine, origin: Origin, clock: Clock
 ) -> None:
     origin.files["/dists/y/InRelease"] = b"y" * 100
-    key, urls = "o/dists/y/InRelease", [origin.url("/dists/y/InRelease")]
-    await settle(await engine.get(key, urls, V))
+    key, urls = "o/dists/y/InRelease", (origin.url("/dists/y/InRelease"),)
+    await settle(await engine.get(Route(key, urls, V)))
     clock.advance(3600)
     origin.status["/dists/y/InRelease"] = 503
-    stale = await engine.get(key, urls, V)
+    stale = await engine.get(Route(key, urls, V))
     assert isinstance(stale, Hit) and stale.status == "STALE" and stale.warning
     origin.status["/dists/y/InRelease"] = 404
-    gone = await engine.get(key, urls, V)
+    gone = await engine.get(Route(key, urls, V))
     assert isinstance(gone, UpstreamFailure) and gone.status == 404
 
 
@@ -113,7 +116,8 @@ async def test_a_leased_file_is_not_evicted_under_its_reader(
 
     async def get(name: str) -> Miss:
         result = await settle(
-            await engine.get(f"o/pool/{name}.deb", [origin.url(f"/pool/{name}.deb")], V), engine
+            await engine.get(Route(f"o/pool/{name}.deb", (origin.url(f"/pool/{name}.deb"),), V)),
+            engine,
         )
         assert isinstance(result, Miss) and result.download.entry is not None
         return result
@@ -143,7 +147,7 @@ async def test_engines_on_one_directory_revalidate_an_index_once(
     brought. No peers here: the waiting one reads the disk once the lock is let go."""
     path = "/dists/x/InRelease"
     origin.files[path] = b"Origin: x\n" * 10
-    key, urls = "o/dists/x/InRelease", [origin.url(path)]
+    key, urls = "o/dists/x/InRelease", (origin.url(path),)
     fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
     sibling = CacheEngine(
         FilesystemStore(tmp_path / "cache"), fetcher, max_size=1 << 30, ttl=300, clock=clock
@@ -155,7 +159,7 @@ async def test_engines_on_one_directory_revalidate_an_index_once(
         of them asked; each client's bytes."""
         origin.hold_headers = asyncio.Event()
         asked = len(origin.seen)
-        clients = [asyncio.create_task(engines[i % 2].get(key, urls, V)) for i in range(8)]
+        clients = [asyncio.create_task(engines[i % 2].get(Route(key, urls, V))) for i in range(8)]
         for _ in range(5_000):  # until the one request is out
             if len(origin.seen) > asked:
                 break
@@ -174,14 +178,14 @@ async def test_engines_on_one_directory_revalidate_an_index_once(
         return bodies
 
     try:
-        await settle(await engine.get(key, urls, V), engine)  # both memoise the copy
-        assert status(await sibling.get(key, urls, V)) == "HIT"
+        await settle(await engine.get(Route(key, urls, V)), engine)  # both memoise the copy
+        assert status(await sibling.get(Route(key, urls, V))) == "HIT"
         clock.advance(301)
         assert await together() == [origin.files[path]] * 8  # upstream: 304
         assert origin.count(path) == 2 and origin.seen[-1][1] is not None
         clock.advance(301)
-        assert status(await engine.get(key, urls, V)) == "REVALIDATED"
-        assert status(await sibling.get(key, urls, V)) == "HIT"  # not what it had in memory
+        assert status(await engine.get(Route(key, urls, V))) == "REVALIDATED"
+        assert status(await sibling.get(Route(key, urls, V))) == "HIT"  # not what it had in memory
         assert origin.count(path) == 3
         clock.advance(301)
         origin.files[path] = b"Origin: x, new\n" * 10

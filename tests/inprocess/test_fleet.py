@@ -25,6 +25,10 @@ from tests.conftest import object_store
 from tests.inprocess.conftest import Clock, Origin, settle, status
 
 
+def _image(key: str, url: str, expect: Expect) -> Route:
+    return Route(key, (url,), Freshness.IMMUTABLE, expect)
+
+
 async def test_kept_files_copied_from_the_store_may_leave_this_disk(
     swift: Any, origin: Origin, tmp_path: Path, clock: Clock
 ) -> None:
@@ -54,14 +58,14 @@ async def test_kept_files_copied_from_the_store_may_leave_this_disk(
         keys = {n: f"origin/img/{n}.img" for n in "abc"}
         for n, key in keys.items():  # a mirrors them: kept, shared
             entry = await a.ensure(
-                key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True
+                _image(key, origin.url(f"/img/{n}.img"), Expect(size=100_000)), keep=True
             )
             assert entry.meta.keep and entry.meta.shared
         await a.idle()
         fetched = sum(origin.count(f"/img/{n}.img") for n in "abc")
         for n, key in keys.items():  # b takes them from the store, one after the other
             entry = await b.ensure(
-                key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True
+                _image(key, origin.url(f"/img/{n}.img"), Expect(size=100_000)), keep=True
             )
             assert entry.meta.keep
         await b.idle()
@@ -70,11 +74,13 @@ async def test_kept_files_copied_from_the_store_may_leave_this_disk(
         assert on_b == [keys["c"]]  # 150 kB cap: the older copies left b's disk
         assert b.figures().bytes <= 150_000 and b.evictions == 2
         again = await b.ensure(
-            keys["a"], [origin.url("/img/a.img")], Expect(size=100_000), keep=True
+            _image(keys["a"], origin.url("/img/a.img"), Expect(size=100_000)), keep=True
         )
         assert b.store.read_bytes(again) == origin.files["/img/a.img"]  # back from the store
         for n, key in keys.items():  # on a plain disk kept files stay, whatever the cap
-            await plain.ensure(key, [origin.url(f"/img/{n}.img")], Expect(size=100_000), keep=True)
+            await plain.ensure(
+                _image(key, origin.url(f"/img/{n}.img"), Expect(size=100_000)), keep=True
+            )
         await plain.idle()
         assert all(plain.store.held(k) is not None for k in keys.values())
     finally:
@@ -140,9 +146,7 @@ async def test_two_downloads_in_one_lock_stripe_run_at_once(
     routes = [
         Route(k, (origin.url("/" + k.removeprefix("o/")),), Freshness.IMMUTABLE) for k in (a, b)
     ]
-    results = await asyncio.wait_for(
-        asyncio.gather(*(engine.get(r.key, r.urls, r.freshness) for r in routes)), 5
-    )
+    results = await asyncio.wait_for(asyncio.gather(*(engine.get(r) for r in routes)), 5)
     assert [status(r) for r in results] == ["MISS", "MISS"]
     other = FilesystemStore(tmp_path / "cache")  # another process: the stripe is locked
     assert other.claim(a) is not None
@@ -176,8 +180,6 @@ async def test_a_lookup_that_raises_under_the_lease_lets_it_go(
     """Whatever the look into the store raises after the lease was taken (hostile
     metadata once made it RecursionError), the lease is let go: the next caller, here
     or on another process, is not made to wait on it."""
-    from appliance.cache.route import Freshness
-
     origin.files["/pool/x.deb"] = b"x" * 1000
     fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
     engine = CacheEngine(
@@ -191,7 +193,9 @@ async def test_a_lookup_that_raises_under_the_lease_lets_it_go(
     monkeypatch.setattr(engine.store, "adopt", boom)
     try:
         with pytest.raises(RecursionError):
-            await engine.get("origin/pool/x.deb", [origin.url("/pool/x.deb")], Freshness.IMMUTABLE)
+            await engine.get(
+                Route("origin/pool/x.deb", (origin.url("/pool/x.deb"),), Freshness.IMMUTABLE)
+            )
         other = FilesystemStore(tmp_path / "c")  # another process on the same disk
         assert other.claim("origin/pool/x.deb") is None  # let go
         other.release("origin/pool/x.deb")
@@ -229,7 +233,9 @@ async def test_what_an_outage_left_pending_is_uploaded_once_the_store_answers(
     try:
         store.trip("test: a lease call missed its deadline")
         key = "origin/img/late.img"
-        await engine.ensure(key, [origin.url("/img/late.img")], Expect(size=50_000), keep=True)
+        await engine.ensure(
+            _image(key, origin.url("/img/late.img"), Expect(size=50_000)), keep=True
+        )
         await engine.idle()
         assert store.bucket.head(key) is None  # pending: the store was not asked
         for _ in range(100):  # (the bucket read directly: asking the store would upload)
@@ -239,3 +245,4 @@ async def test_what_an_outage_left_pending_is_uploaded_once_the_store_answers(
         assert store.bucket.head(key) is not None and store.remote_problem() is None
     finally:
         await engine.close()
+        await fetcher.close()

@@ -161,7 +161,6 @@ class Download:
         """Receive the body, check it, commit it to `store`; clients read meanwhile."""
         loop = asyncio.get_running_loop()
         response = self._response
-        digests = self._digests
         clean = False
         try:
             if None not in (response.content_length, self.expect.size) and (
@@ -171,34 +170,7 @@ class Download:
             await self._receive(response)
             clean = True  # the body's framing ended where it said it would
             self.state = Phase.VERIFYING
-            if self.total is not None and self.written != self.total:
-                if self.expect.size is not None:
-                    raise DownloadFailed(f"size {self.written}, expected {self.expect.size}")
-                raise TransferBroken(f"short body: {self.written} of {self.total} bytes")
-            found = {name: d.hexdigest() for name, d in digests.items()}
-            if self.expect.algorithm and found[self.expect.algorithm] != (
-                (self.expect.digest or "").lower()
-            ):
-                raise DownloadFailed(
-                    f"{self.expect.algorithm} mismatch: got {found[self.expect.algorithm]}, "
-                    f"expected {self.expect.digest}"
-                    + (f" (from {self.expect.source})" if self.expect.source else "")
-                )
-            sha256 = found.pop("sha256")
-            now = self.clock()
-            meta = Meta(
-                url=self.url,
-                size=self.written,
-                fetched=now,
-                checked=now,
-                etag=self.etag,
-                last_modified=self.last_modified,
-                content_type=self.content_type,
-                sha256=sha256,
-                digests=found or None,
-                keep=self.keep,
-                shared=self.shared,
-            )
+            meta = self._verified()
             try:
                 self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
                 self.stored = True
@@ -223,6 +195,35 @@ class Download:
                 response.close()
             self._notify()
             self._maybe_close()
+
+    def _verified(self) -> Meta:
+        """The file's record, once every byte is here and size and digest match."""
+        expect = self.expect
+        if self.total is not None and self.written != self.total:
+            if expect.size is not None:
+                raise DownloadFailed(f"size {self.written}, expected {expect.size}")
+            raise TransferBroken(f"short body: {self.written} of {self.total} bytes")
+        found = {name: d.hexdigest() for name, d in self._digests.items()}
+        if expect.algorithm and found[expect.algorithm] != (expect.digest or "").lower():
+            raise DownloadFailed(
+                f"{expect.algorithm} mismatch: got {found[expect.algorithm]}, "
+                f"expected {expect.digest}" + (f" (from {expect.source})" if expect.source else "")
+            )
+        sha256 = found.pop("sha256")
+        now = self.clock()
+        return Meta(
+            url=self.url,
+            size=self.written,
+            fetched=now,
+            checked=now,
+            etag=self.etag,
+            last_modified=self.last_modified,
+            content_type=self.content_type,
+            sha256=sha256,
+            digests=found or None,
+            keep=self.keep,
+            shared=self.shared,
+        )
 
     async def _dispose(
         self, loop: asyncio.AbstractEventLoop, store: Store, keep_bytes: bool

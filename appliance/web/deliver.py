@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import BinaryIO
 
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from appliance.cache.download import Download, Phase
 from appliance.cache.engine import CacheEngine
-from appliance.cache.fetcher import body_chunks
+from appliance.cache.fetcher import TransferLimits, body_chunks
 from appliance.cache.results import FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.route import Expect
 from appliance.cache.store import header_value
@@ -145,7 +146,7 @@ async def _deliver_from_peer(
     headers["X-Archive-Local-From"] = header_value(p.holder, 300) or "peer"  # bucket text
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_length = length
-    received, sent, digest = 0, 0, hashlib.sha256()  # digest: of the bytes sent
+    sent, digest = 0, hashlib.sha256()  # digest: of the bytes sent
     check = _Check(p.expect)  # a peer is trusted no more than an upstream
 
     async def send(data: bytes | memoryview) -> None:
@@ -161,21 +162,7 @@ async def _deliver_from_peer(
             peer.close()
             await resp.write_eof()
             return resp
-        chunks = body_chunks(peer, p.limits).__aiter__()
-        broke: Exception | None = None
-        while received < length:
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                broke = _UpstreamBroke(f"{received} of {length} bytes")
-                break
-            except Exception as exc:  # the peer's connection failed or timed out
-                broke = exc
-                break
-            chunk = chunk[: length - received]
-            received += len(chunk)
-            for piece in check.take(chunk):
-                await send(piece)
+        broke = await _relay_peer(peer, length, p.limits, check, send)
         if broke is None:
             try:
                 await send(check.finish())
@@ -202,6 +189,30 @@ async def _deliver_from_peer(
     except _UpstreamBroke as exc:
         _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
     return resp
+
+
+async def _relay_peer(
+    peer: aiohttp.ClientResponse,
+    length: int,
+    limits: TransferLimits,
+    check: _Check,
+    send: Callable[[bytes | memoryview], Awaitable[None]],
+) -> Exception | None:
+    """The peer's `length` bytes through `check` to `send`; what broke them off, if any."""
+    chunks = body_chunks(peer, limits).__aiter__()
+    received = 0
+    while received < length:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return _UpstreamBroke(f"{received} of {length} bytes")
+        except Exception as exc:  # the peer's connection failed or timed out
+            return exc
+        chunk = chunk[: length - received]
+        received += len(chunk)
+        for piece in check.take(chunk):
+            await send(piece)
+    return None
 
 
 async def _send_rest(

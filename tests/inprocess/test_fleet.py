@@ -16,6 +16,7 @@ import pytest
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
+from appliance.cache.results import Hit
 from appliance.cache.route import Expect, Freshness, Route
 from appliance.cache.store import FilesystemStore
 from appliance.cache.stripes import stripe_of
@@ -101,6 +102,37 @@ def test_a_fetch_lock_names_its_holder(tmp_path: Path) -> None:
     assert second.claim(key) is None
     assert first.claim(key) == "worker-1"
     second.release(key)
+
+
+async def test_engines_on_one_directory_fetch_a_file_once(
+    tmp_path: Path, engine: CacheEngine, origin: Origin, clock: Clock
+) -> None:
+    """The immutable side of the one wait loop: two engines on one cache directory (two
+    processes, no peers to stream from) asked for a file at once fetch it once; the one
+    without the lock serves the file the other leaves."""
+    origin.files["/pool/one.deb"] = os.urandom(300_000)
+    route = Route("o/pool/one.deb", (origin.url("/pool/one.deb"),), Freshness.IMMUTABLE)
+    fetcher = Fetcher(policy=EgressPolicy(lambda _hostport: True))
+    sibling = CacheEngine(
+        FilesystemStore(tmp_path / "cache"), fetcher, max_size=1 << 30, ttl=300, clock=clock
+    )
+    origin.hold_body = asyncio.Event()
+    try:
+        clients = [asyncio.create_task(e.get(route)) for e in (engine, sibling) * 3]
+        for _ in range(5_000):  # until the one download is under way
+            if origin.count("/pool/one.deb"):
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.3)  # FLEET_POLL and more: a second request would be out
+        origin.hold_body.set()
+        for result in await asyncio.gather(*clients):
+            await settle(result)
+            got = result.entry if isinstance(result, Hit) else result.download.entry  # type: ignore[union-attr]
+            assert got is not None and engine.store.read_bytes(got) == origin.files["/pool/one.deb"]
+        assert origin.count("/pool/one.deb") == 1
+    finally:
+        await sibling.close()
+        await fetcher.close()
 
 
 def _same_stripe(prefix: str) -> tuple[str, str]:

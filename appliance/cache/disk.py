@@ -167,24 +167,27 @@ class Disk:
         except OSError:
             yield None
             return
-        self.lru.pin(entry.key)
-        try:
+        with file, self._pinned(entry.key):
             yield file
-        finally:
-            self.lru.unpin(entry.key)
-            file.close()
 
     @contextlib.contextmanager
     def joined(self, download: Download) -> Iterator[BinaryIO]:
         """A reader of a download in progress; once committed, the file is pinned
         against eviction until this reader is done."""
         file = download.attach()
-        self.lru.pin(download.key)
         try:
-            yield file
+            with self._pinned(download.key):
+                yield file
         finally:
-            self.lru.unpin(download.key)
             download.detach()
+
+    @contextlib.contextmanager
+    def _pinned(self, key: str) -> Iterator[None]:
+        self.lru.pin(key)
+        try:
+            yield
+        finally:
+            self.lru.unpin(key)
 
     # --- the size cap --------------------------------------------------------------------
     async def account(self, entry: Entry) -> None:

@@ -165,7 +165,7 @@ class CacheEngine:
     async def get(self, route: Route) -> Result:
         """A client's answer for `route` (one that can relay a stream: it may get
         `FromPeer`, another process's download)."""
-        return await self._get(Fetch(route))
+        return await self._get(Fetch.of(route))
 
     async def ensure(self, route: Route, keep: bool = False) -> Entry:
         """The verified file for `route`, downloading it if needed (for mirroring: a
@@ -174,7 +174,7 @@ class CacheEngine:
         A file already on disk is re-checked cheaply against the expected size and its
         stored digest; one that does not match is dropped and fetched again.
         """
-        fetch = Fetch(route, mirror=True, keep=keep)
+        fetch = Fetch.of(route, mirror=True, keep=keep)
         for _attempt in range(2):
             result = await self._get(fetch)
             if isinstance(result, UpstreamFailure):

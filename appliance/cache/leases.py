@@ -57,7 +57,7 @@ class Leases:
         keeps it too long is not waited for. This process's callers all wait on this."""
         key, fleet = fetch.key, self.fleet
         level = logging.DEBUG if local else logging.INFO
-        resume = None if local else functools.partial(self.ensure, fetch.route)
+        resume = None if local else functools.partial(self.ensure, fetch)
         waited_since: float | None = None
         while True:
             if (holder := await fleet.claim(key, local)) is None:

@@ -2,9 +2,9 @@
 the engine's whole input.
 
 A `Route` names a file: its cache key, the upstream URLs to try, its `Freshness`, and
-what its bytes must be (`Expect`). A `Fetch` is one trip through the engine for a
-route: a client's (`CacheEngine.get`) or mirroring's (`CacheEngine.ensure`); every
-step of the trip reads what it needs from it.
+what its bytes must be (`Expect`). A `Fetch` is a route as one caller asks for it, the
+one request object of a trip through the engine: a client's (`CacheEngine.get`) or
+mirroring's (`CacheEngine.ensure`); every step of the trip reads what it needs there.
 """
 
 from __future__ import annotations
@@ -50,31 +50,18 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Fetch:
-    """One trip through the engine for `route`."""
+class Fetch(Route):
+    """One trip through the engine: a route, as its caller asks for it."""
 
-    route: Route
     # mirroring (`ensure`): a broken transfer's bytes are parked for a Range request, and
     # a lease holder's file is waited for (a client relays the holder's stream instead)
     mirror: bool = False
     keep: bool = False  # committed exempt from eviction (mirrored on purpose)
 
-    @property
-    def key(self) -> str:
-        return self.route.key
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return self.route.urls
-
-    @property
-    def freshness(self) -> Freshness:
-        return self.route.freshness
-
-    @property
-    def expect(self) -> Expect:
-        return self.route.expect
+    @classmethod
+    def of(cls, route: Route, *, mirror: bool = False, keep: bool = False) -> Fetch:
+        return cls(route.key, route.urls, route.freshness, route.expect, mirror, keep)
 
     def expecting(self, expect: Expect) -> Fetch:
         """The same trip, for bytes that must be `expect` (what a cached index says)."""
-        return replace(self, route=replace(self.route, expect=expect))
+        return replace(self, expect=expect)

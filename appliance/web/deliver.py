@@ -183,11 +183,9 @@ async def _deliver_from_peer(
             )
             await _send_rest(request, engine, p, sent, digest.hexdigest(), length)
         await resp.write_eof()
-    except (ClientGone, ConnectionError, TimeoutError) as exc:
+    except (ClientGone, ConnectionError, TimeoutError, _UpstreamBroke) as exc:
         peer.close()
-        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
-    except _UpstreamBroke as exc:
-        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+        _cut(request, resp, exc)
     return resp
 
 
@@ -333,10 +331,8 @@ async def _send(
     resp = web.StreamResponse(status=p.status, headers=headers)
     try:
         await _respond(request, resp, p, source, size, download)
-    except (ClientGone, ConnectionError, TimeoutError) as exc:  # the client went away
-        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
-    except _UpstreamBroke as exc:
-        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+    except (ClientGone, ConnectionError, TimeoutError, _UpstreamBroke) as exc:
+        _cut(request, resp, exc)
     return resp
 
 
@@ -401,6 +397,14 @@ async def _copy(
         pos += sent
         if loop.time() - started < 0.5:
             chunk = min(chunk * 2, MAX_CHUNK)
+
+
+def _cut(request: web.BaseRequest, resp: web.StreamResponse, exc: Exception) -> None:
+    """End the client's transfer short: upstream (or a peer) broke, or the client left."""
+    if isinstance(exc, _UpstreamBroke):
+        _abort(request, resp, f"upstream failed, aborting client transfer: {exc}")
+    else:
+        _abort(request, resp, f"client transfer aborted at {request.path}: {exc}")
 
 
 def _abort(request: web.BaseRequest, resp: web.StreamResponse, why: str) -> None:

@@ -17,10 +17,6 @@ STILL_OVER: set[str] = {
     "appliance/cache/store.py:FilesystemStore",
     "appliance/cli.py:_parser",
     "appliance/commands/serve.py:serve",
-    "appliance/web/clouds.py:matrix",
-    "appliance/web/status.py:scrape",
-    "appliance/web/status.py:_figure",
-    "appliance/web/status.py:render_main",
 }
 
 

@@ -15,8 +15,6 @@ STILL_OVER: set[str] = {
     "appliance/cache/engine.py:CacheEngine._refresh",
     "appliance/cache/objectstore.py:ObjectStore",
     "appliance/cache/store.py:FilesystemStore",
-    "appliance/cli.py:_parser",
-    "appliance/commands/serve.py:serve",
 }
 
 

@@ -25,7 +25,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHARM_FILE   ?= build/archive-local_amd64.charm
 CHARM_PYTHON ?= 3.12
 
-.PHONY: charm install components run test soak lint bench bench-apt bench-sync bench-seed bench-observability bench-fleet bench-status venv debs-test debs-bench clean
+.PHONY: charm install components run test check soak lint bench bench-apt bench-sync bench-seed bench-observability bench-fleet bench-status venv debs-test debs-bench clean
 
 venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
@@ -145,6 +145,15 @@ test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init charm
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -n $(TEST_JOBS) --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
+
+# the developer's loop: lint and the unit and in-process layers (markers set by folder in
+# tests/conftest.py), with only the venv: no Debian packages, no components, under a minute
+check: venv
+	$(BIN)/ruff check appliance tests cloud-init charm
+	$(BIN)/ruff format --check appliance tests cloud-init charm
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -n $(TEST_JOBS) --basetemp=$(TEST_TMP)-check -m "unit or inprocess" \
+	    tests/unit tests/inprocess charm/tests/unit $(PYTEST_ARGS)
 
 # the fault and abuse suite, ten times longer (more trials, cases, connections);
 # figures for docs/reliability.md are appended to $(FAULTS_REPORT)

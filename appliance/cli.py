@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
+    _service_commands(command)
+    _image_commands(command)
+    _operator_commands(command)
+    return p
+
+
+Command = Callable[..., argparse.ArgumentParser]  # adds a subcommand with the common options
+
+
+def _service_commands(command: Command) -> None:
+    """`serve` and `config`."""
     serve = command("serve", help="run the apt proxy")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the master
     serve.add_argument("--inherit", help=argparse.SUPPRESS)  # the master's sockets and lock
@@ -55,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         help="serve /NAME/ from these mirrors (repeatable; overrides apt.remaps.NAME)",
     )
     command("config", help="print the effective configuration and exit")
+
+
+def _image_commands(command: Command) -> None:
+    """`query`, `sync`, `publish`, `seed`: the simplestreams side."""
     q = command("query", help="list a simplestreams feed's items (like sstream-query)")
     q.add_argument(
         "url",
@@ -94,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("targets", nargs="*", metavar="TARGET", help="seed only these targets")
     seed.add_argument("--dry-run", action="store_true", help="show what would change")
     seed.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def _operator_commands(command: Command) -> None:
+    """What an operator asks of a cache or its running service."""
     st = command("status", help="summary of the running service (from /api/status)")
     st.add_argument("--url", help="the service (default: from 'listen')")
     st.add_argument("--json", action="store_true", help="the raw JSON")
@@ -115,7 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--json", action="store_true", help="machine-readable output")
     rl = command("reload", help="make the service re-read its configuration file (as SIGHUP)")
     rl.add_argument("--json", action="store_true", help="machine-readable output")
-    return p
 
 
 def _common_options(p: argparse.ArgumentParser, default: object) -> None:
@@ -202,6 +221,12 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
 
         run = maintenance.run_verify if args.command == "verify" else maintenance.run_expire
         return run(args, config)
+    return _serve(args, config)
+
+
+def _serve(args: argparse.Namespace, config: configuration.Config) -> int:
+    """`serve`: claim the cache directory and the ports, then run the service (or the
+    master of several workers)."""
     from appliance.commands import claim
     from appliance.commands.serve import serve
 

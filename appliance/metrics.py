@@ -4,7 +4,8 @@ The hot path (one call per request, from the access logger) only increments
 pre-bound counters and a few integers; everything derived (cache size, downloads in
 flight, sync and seed results) is read when Prometheus scrapes. Label values are
 bounded: services, results and sources are fixed sets, upstreams are configured
-hosts, feeds and targets come from the configuration.
+hosts, feeds and targets come from the configuration. Every family's name, help and
+labels are declared in `appliance.families`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
+
+from appliance.families import REQUESTS, SERVED_BYTES, UPSTREAM_ERRORS, UPSTREAM_SECONDS
 
 SERVICES = ("apt", "images", "feed")
 RESULTS = ("hit", "miss", "revalidated", "stale", "error", "refused")
-PREFIX = "archive_local_"
 HISTORY_STEP = 60.0  # seconds: the history keeps one point per minute of the clock
 HISTORY_SPAN = 86400.0  # seconds it goes back (and one older point: where the counts stood)
 HISTORY_POINTS = int(HISTORY_SPAN // HISTORY_STEP)  # 1440
@@ -113,16 +115,16 @@ class Metrics:
         # requests counted in each of the last RATE_WINDOW seconds: (second, count) by slot
         self._rate: list[list[int]] = [[0, 0] for _ in range(RATE_WINDOW)]
         self._upstream_seconds = Histogram(
-            PREFIX + "upstream_request_duration_seconds",
-            "Time to the response headers of an upstream request",
-            ["upstream"],
+            UPSTREAM_SECONDS.name,
+            UPSTREAM_SECONDS.help,
+            UPSTREAM_SECONDS.labels,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
         self._upstream_errors = Counter(
-            PREFIX + "upstream_errors",
-            "Failed upstream requests by upstream and reason",
-            ["upstream", "reason"],
+            UPSTREAM_ERRORS.name,
+            UPSTREAM_ERRORS.help,
+            UPSTREAM_ERRORS.labels,
             registry=self.registry,
         )
         self._sources: list[Callable[[], Iterator[Metric]]] = [self._totals]
@@ -244,15 +246,11 @@ class Metrics:
 
     def _totals(self) -> Iterator[Metric]:
         """Request counts and bytes: plain integers on the hot path, exported here."""
-        requests = counter(
-            "requests", "Client requests by service and result", ["service", "result"]
-        )
+        requests = REQUESTS.new()
         for service, results in self.totals.requests.items():
             for result, n in results.items():
                 requests.add_metric([service, result], n)
-        served = counter(
-            "served_bytes", "Body bytes sent to clients, by where they came from", ["source"]
-        )
+        served = SERVED_BYTES.new()
         served.add_metric(["cache"], self.totals.bytes_cache)
         served.add_metric(["upstream"], self.totals.bytes_upstream)
         yield requests
@@ -371,11 +369,3 @@ def save_history(path: Path, points: Sequence[Mapping[str, float]], generation: 
 def top(counts: Mapping[str, int], n: int) -> list[tuple[str, int]]:
     """The `n` largest counts, busiest first (then by name)."""
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-
-
-def gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, doc, labels=labels)
-
-
-def counter(name: str, doc: str, labels: list[str] | None = None) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, doc, labels=labels)

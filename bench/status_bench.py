@@ -29,7 +29,12 @@ from appliance.apt.catalog import IndexCatalog  # noqa: E402
 from appliance.cache.keys import UpstreamBase  # noqa: E402
 from appliance.cache.store import FilesystemStore  # noqa: E402
 from appliance.web import holdings  # noqa: E402
-from tests.bigcache import all_workers_status, fill_apt, publish_images  # noqa: E402
+from tests.bigcache import (  # noqa: E402
+    all_workers_status,
+    fill_apt,
+    publish_images,
+    unreachable_targets,
+)
 from tests.conftest import free_port  # noqa: E402
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -70,6 +75,7 @@ def main() -> None:
                     "admin": {"token_file": str(work / "token")},
                     "discovery": {"mdns": False},
                     "images": {"gnupg_home": str(work / "gnupg")},
+                    "seed": {"after_sync": False, "targets": unreachable_targets(work)},
                 }
             )
         )

@@ -117,3 +117,28 @@ def all_workers_status(url: str, config: Path, timeout: float = 60) -> dict:
         if time.monotonic() > deadline:
             raise TimeoutError(f"not every one of {expected} workers answered in {timeout} s")
         time.sleep(0.1)
+
+
+def unreachable_targets(work: Path, feed: str = "local") -> list[dict]:
+    """Three places to seed `feed` into (a Glance region and two EC2 regions) where nothing
+    answers: every image is pending in each, the images x clouds matrix as wide as an
+    operator's."""
+    token = work / "glance-token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    return [
+        {
+            "name": "region-one",
+            "type": "glance",
+            "auth": {"endpoint": "http://127.0.0.1:9", "token_file": str(token)},
+            "feeds": [feed],
+        },
+        {
+            "name": "euca",
+            "type": "ec2",
+            "ec2_endpoint": "http://127.0.0.1:9/",
+            "s3_endpoint": "http://127.0.0.1:9/s3",
+            "regions": ["us-east-1", "eu-west-1"],
+            "feeds": [feed],
+        },
+    ]

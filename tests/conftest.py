@@ -44,6 +44,21 @@ def require(command: str, package: str) -> None:
         unavailable(f"{command} not found: apt-get install {package} (make test installs it)")
 
 
+# the layers, marked by folder: `make check` runs the first two (a venv is all they need)
+LAYERS = (("tests/unit/", "unit"), ("charm/tests/unit/", "unit"), ("tests/inprocess/", "inprocess"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test gets its layer's marker from where it lives: unit (pure code),
+    inprocess (the service's parts on an event loop, loopback only), e2e (the rest: the
+    service as a process, real components, Debian packages)."""
+    root = Path(config.rootpath)
+    for item in items:
+        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        layer = next((m for prefix, m in LAYERS if where.startswith(prefix)), "e2e")
+        item.add_marker(layer)
+
+
 MACHINE_STATE = (Path("/var/lib/archive-local"), Path("/var/cache/archive-local"))
 
 

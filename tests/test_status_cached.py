@@ -20,7 +20,9 @@ from appliance.apt.catalog import IndexCatalog
 from appliance.cache.store import FilesystemStore, Meta
 from appliance.config import human_size
 from appliance.web import holdings
-from appliance.web.status import _ago, _bytes, _table
+from appliance.web.status.tables import ago as _ago
+from appliance.web.status.tables import size as _bytes
+from appliance.web.status.tables import table as _table
 from tests.aptclient import AptClient
 from tests.aptrepo import SUITE, AptRepo
 from tests.conftest import FILTERS, ITEM_SIZE, Appliance, StartAppliance

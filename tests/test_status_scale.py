@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from appliance.web.clouds import PAGE_ROWS
-from tests.bigcache import all_workers_status, fill_apt, publish_images
+from tests.bigcache import all_workers_status, fill_apt, publish_images, unreachable_targets
 from tests.conftest import StartAppliance, Upstream
 
 ENTRIES, IMAGES = 10_000, 200
@@ -36,27 +36,7 @@ def test_the_page_of_a_big_cache_stays_small_and_whole(
     cache = tmp_path / "cache"
     cache.mkdir()
     fill_apt(cache, {n: u[0] for n, u in remaps.items()}, ENTRIES)
-    # three places to seed (nothing answers there: every image is pending in each), so the
-    # images x clouds matrix is as wide as an operator's
-    token = tmp_path / "glance-token"
-    token.write_text("t" * 32)
-    token.chmod(0o600)
-    targets = [
-        {
-            "name": "region-one",
-            "type": "glance",
-            "auth": {"endpoint": "http://127.0.0.1:9", "token_file": str(token)},
-            "feeds": ["local"],
-        },
-        {
-            "name": "euca",
-            "type": "ec2",
-            "ec2_endpoint": "http://127.0.0.1:9/",
-            "s3_endpoint": "http://127.0.0.1:9/s3",
-            "regions": ["us-east-1", "eu-west-1"],
-            "feeds": ["local"],
-        },
-    ]
+    targets = unreachable_targets(tmp_path)  # every image pending in three places
     # the defaults: `workers: auto` (the figures are the merged ones)
     app = start_appliance(
         remaps,

@@ -91,7 +91,7 @@ class Mirrors:
 
     def listed_only(self, host: str) -> bool:
         """Known from a mirror list alone (no official pattern, not the machine's own
-        sources): such a host is trusted less (see `runtime.egress_policy`)."""
+        sources): such a host is trusted less (see `runtime.upstream_rule`)."""
         return (
             host in self.by_host
             and host not in self.machine_hosts

@@ -18,9 +18,6 @@ from typing import Any
 
 from appliance import config as configuration
 from appliance import runtime
-from appliance.apt import expire
-from appliance.apt.catalog import IndexCatalog
-from appliance.cache import verify
 from appliance.commands.claim import running_holder
 from appliance.commands.status import DIRECT, listen_given, not_running, service_url
 from appliance.config import human_size as size
@@ -99,13 +96,8 @@ def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
     progress = _Progress(sys.stderr.isatty() and not args.json)
 
     async def local() -> dict[str, Any]:
-        async with runtime.core(config) as base:
-            catalog = IndexCatalog(config.cache.dir, base.store)
-            try:
-                report = await verify.verify(base.engine, catalog.lookup, args.fix, progress)
-            finally:
-                await asyncio.to_thread(catalog.close)
-        return report.as_dict()
+        async with runtime.maintenance(config) as runs:
+            return await runs.verify(args.fix, progress)
 
     try:
         result = _run(config, "verify", {"fix": args.fix}, local, listen_given(args))
@@ -128,16 +120,9 @@ def run_verify(args: argparse.Namespace, config: configuration.Config) -> int:
 
 def run_expire(args: argparse.Namespace, config: configuration.Config) -> int:
     async def local() -> dict[str, Any]:
-        async with runtime.core(config) as base:
-            catalog = IndexCatalog(config.cache.dir, base.store)
-            try:
-                await catalog.rebuild()
-                report = await expire.expire(
-                    base.engine, catalog, config.cache.expire_after, dry_run=args.dry_run
-                )
-            finally:
-                await asyncio.to_thread(catalog.close)
-        return vars(report)
+        async with runtime.maintenance(config) as runs:
+            await runs.catalog.rebuild()  # no service keeps the table current
+            return await runs.expire(config.cache.expire_after, dry_run=args.dry_run)
 
     try:
         result = _run(config, "expire", {"dry_run": args.dry_run}, local, listen_given(args))

@@ -16,7 +16,7 @@ from appliance.cache.egress import is_local_address
 from appliance.commands.claim import running_holder
 from appliance.config import human_size
 from appliance.web import clouds, glance, holdings
-from appliance.web.status import _ago
+from appliance.web.status.tables import ago as _ago
 
 
 def _bytes(n: float | None) -> str:

@@ -32,6 +32,15 @@ class AdminUnavailable(RuntimeError):
     pass
 
 
+class ReloadError(Exception):
+    """A reload that changed nothing: no file to read again (`conflict`: 409), or a bad
+    one (400). The admin API answers with it; SIGHUP logs it."""
+
+    def __init__(self, message: str, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.conflict = conflict
+
+
 class Actions(Protocol):
     """What the admin API may ask of the running appliance (and nothing else)."""
 
@@ -51,7 +60,10 @@ class Actions(Protocol):
         """Remove one cached file (0: not cached); BadPath or Forbidden for a bad path."""
         ...
 
-    async def reload(self) -> dict[str, Any]: ...
+    async def reload(self) -> dict[str, Any]:
+        """Read the configuration file again; ReloadError when nothing changed."""
+        ...
+
     def drain(self, on: bool) -> dict[str, Any]: ...
     def maintenance_busy(self) -> bool: ...
     async def verify(self, fix: bool) -> dict[str, Any]: ...
@@ -186,7 +198,11 @@ class Admin:
         if action == "purge":
             return await self._purge(request, actions)
         if action == "reload":
-            return web.json_response(await actions.reload())
+            try:
+                return web.json_response(await actions.reload())
+            except ReloadError as exc:
+                refused = web.HTTPConflict if exc.conflict else web.HTTPBadRequest
+                raise refused(text=f"reload: {exc}\n") from None
         if action == "drain":
             body = await _json_body(request, action)
             value = body.get("drain", True)

@@ -3,7 +3,7 @@
 It runs on aiohttp's low-level `web.Server`: routing is ours (`apt.routing`
 decides 403/400), so aiohttp's URL dispatcher and middleware chain would only add
 cost to every cache hit. The running appliance (`runtime.Appliance`) is what it
-reads, through `Parts`; `runtime.serving` builds it, `cli.py` runs it.
+reads, through `Parts`; `runtime.serving` builds it and listens with it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from appliance.cache.fetcher import UpstreamFailure
 from appliance.cache.results import FromPeer, Hit, Miss
 from appliance.cache.route import NO_EXPECTATION
 from appliance.config import Config
-from appliance.discovery.wellknown import WELL_KNOWN
+from appliance.discovery.wellknown import WELL_KNOWN, Certificate, WellKnown
 from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import glance, status, use
@@ -54,7 +54,13 @@ SERVER_LIMITS = {
 }
 
 
-class Parts(status.Source, Actions, Protocol):
+class Healthz(Protocol):
+    """`GET /healthz`: (status, document)."""
+
+    async def check(self) -> tuple[int, dict[str, Any]]: ...
+
+
+class Parts(Protocol):
     """What the handler reads of the running appliance; `config` and `router` are
     replaced whole by a reload."""
 
@@ -71,9 +77,11 @@ class Parts(status.Source, Actions, Protocol):
     workers: Workers | None  # the sibling processes of `workers: N`, else None
     peer_streams: PeerStreams | None  # how this process reaches the others' downloads
     tls: Certificates | None  # the HTTPS listener's certificate, when `tls` is set
+    discovery: WellKnown  # the well-known document's remembered inputs
+    health: Healthz
 
-    async def well_known(self, host_header: str | None, secure: bool) -> dict[str, Any]: ...
-    async def health(self) -> tuple[int, dict[str, Any]]: ...
+    source: status.Source  # what the status page, /api/status and /metrics read
+    actions: Actions  # what the admin API may do
 
 
 def status_reason(text: str) -> str:
@@ -112,7 +120,7 @@ class Handler:
         siblings = parts.workers if parts.workers and not is_internal(request) else None
         if target.startswith("/api/admin/"):
             if siblings is None:
-                return await parts.admin.handle(request, parts)  # POST only, its own checks
+                return await parts.admin.handle(request, parts.actions)  # POST only, own checks
             return await self._admin_for_all(request, siblings)
         if target == CACHE_EVENTS and method == "POST" and is_internal(request):
             return await self._cache_events(request)
@@ -125,7 +133,7 @@ class Handler:
         if target == "/metrics":
             return await self._metrics(siblings)
         if target == "/healthz":
-            code, doc = await parts.health()
+            code, doc = await parts.health.check()
             return web.json_response(doc, status=code, headers={"Cache-Control": "no-store"})
         if target == "/favicon.ico":  # browsers on the status page ask for it
             return web.Response(status=204)
@@ -140,8 +148,7 @@ class Handler:
         if target.startswith(FLIGHT):
             return await self._flight(request, unquote(target.removeprefix(FLIGHT)), siblings)
         if target == WELL_KNOWN:
-            doc = await parts.well_known(request.headers.get("Host"), _secure(request))
-            return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
+            return await self._well_known(request)
         try:
             if target.startswith("/images/"):
                 route = await parts.images.route(target)
@@ -164,6 +171,15 @@ class Handler:
         if isinstance(result, Hit) and method == "GET":
             parts.holdings.hit(route.key)
         return await deliver(request, engine, result)
+
+    async def _well_known(self, request: web.BaseRequest) -> web.Response:
+        parts = self.parts
+        tls = parts.tls
+        certificate = Certificate(tls.fingerprint, PEM_PATH) if tls is not None else None
+        host, secure = request.headers.get("Host"), _secure(request)
+        remaps = parts.router.remap_names
+        doc = await parts.discovery.document(parts.config, remaps, host, secure, certificate)
+        return web.json_response(doc, headers={"Cache-Control": "max-age=60"})
 
     async def _cache_events(self, request: web.BaseRequest) -> web.Response:
         """A sibling worker's changes to the cache both count (see `Workers.tell`)."""
@@ -214,7 +230,7 @@ class Handler:
         """The status document: this worker's, or (a client asking) every worker's. A
         sibling asking gets every package it counted, to add them up (`merge_status`)."""
         busiest = TOP_PACKAGES if is_internal(request) else status.BUSIEST
-        doc = await status.snapshot(self.parts, self.parts.inventory, busiest)
+        doc = await status.snapshot(self.parts.source, self.parts.inventory, busiest)
         if self.parts.workers is not None:
             doc["worker"] = self.parts.workers.index
         if siblings is not None:
@@ -253,7 +269,7 @@ class Handler:
         action = request.raw_path.removeprefix("/api/admin/").strip("/")
         if action in TO_PRIMARY and not siblings.primary:
             return await siblings.forward(0, request, body)
-        response = await parts.admin.handle(request, parts)
+        response = await parts.admin.handle(request, parts.actions)
         if action in TO_ALL and response.status < 300:
             await siblings.broadcast(request, body)
         return response

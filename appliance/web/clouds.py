@@ -117,85 +117,25 @@ def matrix(
     target in that order: null where the target does not want it, else state, id, error),
     `errors` (feeds that could not be read) and `counts` per state."""
     docs: Mapping[str, Mapping[str, Any]] = disk["docs"]
-    selected: Mapping[str, set[Key]] = disk["selected"]
-    places: list[dict[str, Any]] = [
-        {"target": t.name, "type": t.type, "region": r, "configured": True}
-        for t in targets
-        for r in regions_of(t)
-    ]
-    seen_places = {(p["target"], p["region"]) for p in places}
-    # per place and image: ids there, ids pruned, errors of failed uploads
-    present: dict[tuple[Place, Key], list[str]] = {}
-    pruned: dict[tuple[Place, Key], list[str]] = {}
-    failed: dict[tuple[Place, Key], list[str]] = {}
-    rows: dict[Key, str] = {}  # image -> its feed ("" if not mirrored any more)
-
-    def place(target: str, region: str, kind: str) -> Place:
-        if (target, region) not in seen_places:  # no longer configured: still shown
-            seen_places.add((target, region))
-            places.append({"target": target, "type": kind, "region": region, "configured": False})
-        return (target, region)
-
+    seen = _Seen(targets)
     for name in sorted(set(docs) | set(outcomes)):
-        doc, o = docs.get(name), outcomes.get(name)
-        newer = doc is not None and o is not None and _doc_is_newer(doc, o)
-        kind = o["type"] if o is not None else ""
-        if doc is not None and (o is None or newer or not o["complete"]):
-            for item in _doc_items(doc):
-                key = (item["product_name"], item["version_name"])
-                present.setdefault((place(name, item.get("region", ""), kind), key), []).append(
-                    item["id"]
-                )
-                rows.setdefault(key, "")
-        if o is None or newer:
-            continue
-        for item in o["images"] if o["complete"] else []:
-            key = (item["product_name"], item["version_name"])
-            present.setdefault((place(name, item["region"], kind), key), []).append(item["id"])
-            rows.setdefault(key, "")
-        for a in o["actions"]:
-            if not a["product"]:
-                continue  # a leftover cleaned up: no image of the feed
-            key, p = (a["product"], a["version"]), place(name, a["region"], kind)
-            if a["action"] in ("uploaded", "present"):
-                present.setdefault((p, key), []).append(a["image_id"])
-            elif a["action"] == "removed":
-                pruned.setdefault((p, key), []).append(a["image_id"])
-            elif a["action"] == "failed":
-                failed.setdefault((p, key), []).append(a["error"] or "failed")
-            else:
-                continue
-            rows.setdefault(key, "")
+        seen.target(name, docs.get(name), outcomes.get(name))
     errors = []
     for r in inventory:
         if r.get("error"):
             errors.append({"feed": r["feed"], "error": r["error"]})
             continue
         for v in r["versions"]:
-            rows[(r["product"], v["version"])] = r["feed"]
+            seen.rows[(r["product"], v["version"])] = r["feed"]
     images = []
     counts = dict.fromkeys(STATES, 0)
+    rows = seen.rows
     order = sorted(sorted(rows, key=lambda k: version_key(k[1]), reverse=True), key=lambda k: k[0])
     for key in order:
-        cells: list[dict[str, Any] | None] = []
-        for pl in places:
-            at = ((pl["target"], pl["region"]), key)
-            ids = sorted(set(present.get(at, [])) - set(pruned.get(at, [])))
-            cell: dict[str, Any] | None
-            if at in failed:
-                cell = {"state": "failed", "id": ids[0] if ids else None, "error": failed[at][0]}
-            elif ids:
-                cell = {"state": "present", "id": ids[0], "error": None}
-            elif at in pruned:
-                cell = {"state": "pruned", "id": pruned[at][0], "error": None}
-            elif key in selected.get(pl["target"], set()) and rows[key]:
-                why = "the seed is running" if seeding else "not uploaded yet"
-                cell = {"state": "pending", "id": None, "error": None, "note": why}
-            else:
-                cell = None  # not wanted by this target
+        cells = [seen.cell(pl, key, disk["selected"], seeding) for pl in seen.places]
+        for cell in cells:
             if cell is not None:
                 counts[cell["state"]] += 1
-            cells.append(cell)
         feed = rows[key]
         images.append(
             {
@@ -206,7 +146,90 @@ def matrix(
                 "cells": cells,
             }
         )
-    return {"targets": places, "images": images, "errors": errors, "counts": counts}
+    return {"targets": seen.places, "images": images, "errors": errors, "counts": counts}
+
+
+class _Seen:
+    """Where each image was seen, per place (target, region): the ids there, the ids
+    pruned, the errors of failed uploads; and every image seen, with its feed ("" if it is
+    not mirrored any more). Places are the configured ones first, then any a document or
+    an outcome still names (no longer configured: still shown)."""
+
+    def __init__(self, targets: Sequence[TargetConfig]) -> None:
+        self.places: list[dict[str, Any]] = [
+            {"target": t.name, "type": t.type, "region": r, "configured": True}
+            for t in targets
+            for r in regions_of(t)
+        ]
+        self._known = {(p["target"], p["region"]) for p in self.places}
+        self.present: dict[tuple[Place, Key], list[str]] = {}
+        self.pruned: dict[tuple[Place, Key], list[str]] = {}
+        self.failed: dict[tuple[Place, Key], list[str]] = {}
+        self.rows: dict[Key, str] = {}
+
+    def place(self, target: str, region: str, kind: str) -> Place:
+        if (target, region) not in self._known:
+            self._known.add((target, region))
+            self.places.append(
+                {"target": target, "type": kind, "region": region, "configured": False}
+            )
+        return (target, region)
+
+    def target(self, name: str, doc: Mapping[str, Any] | None, o: Mapping[str, Any] | None) -> None:
+        """One target's images: from its stored document where that is the freshest truth
+        (no outcome, a newer document, an incomplete outcome), then from its outcome."""
+        newer = doc is not None and o is not None and _doc_is_newer(doc, o)
+        kind = o["type"] if o is not None else ""
+        if doc is not None and (o is None or newer or not o["complete"]):
+            for item in _doc_items(doc):
+                key = (item["product_name"], item["version_name"])
+                at = self.place(name, item.get("region", ""), kind)
+                self.present.setdefault((at, key), []).append(item["id"])
+                self.rows.setdefault(key, "")
+        if o is not None and not newer:
+            self._outcome(name, o, kind)
+
+    def _outcome(self, name: str, o: Mapping[str, Any], kind: str) -> None:
+        for item in o["images"] if o["complete"] else []:
+            key = (item["product_name"], item["version_name"])
+            at = self.place(name, item["region"], kind)
+            self.present.setdefault((at, key), []).append(item["id"])
+            self.rows.setdefault(key, "")
+        for a in o["actions"]:
+            if not a["product"]:
+                continue  # a leftover cleaned up: no image of the feed
+            key, p = (a["product"], a["version"]), self.place(name, a["region"], kind)
+            if a["action"] in ("uploaded", "present"):
+                self.present.setdefault((p, key), []).append(a["image_id"])
+            elif a["action"] == "removed":
+                self.pruned.setdefault((p, key), []).append(a["image_id"])
+            elif a["action"] == "failed":
+                self.failed.setdefault((p, key), []).append(a["error"] or "failed")
+            else:
+                continue
+            self.rows.setdefault(key, "")
+
+    def cell(
+        self,
+        pl: Mapping[str, Any],
+        key: Key,
+        selected: Mapping[str, set[Key]],
+        seeding: bool,
+    ) -> dict[str, Any] | None:
+        """An image at a place: failed, present, pruned, pending (selected, mirrored, not
+        there), or None (not wanted by this target)."""
+        at = ((pl["target"], pl["region"]), key)
+        ids = sorted(set(self.present.get(at, [])) - set(self.pruned.get(at, [])))
+        if at in self.failed:
+            return {"state": "failed", "id": ids[0] if ids else None, "error": self.failed[at][0]}
+        if ids:
+            return {"state": "present", "id": ids[0], "error": None}
+        if at in self.pruned:
+            return {"state": "pruned", "id": self.pruned[at][0], "error": None}
+        if key in selected.get(pl["target"], set()) and self.rows[key]:
+            why = "the seed is running" if seeding else "not uploaded yet"
+            return {"state": "pending", "id": None, "error": None, "note": why}
+        return None
 
 
 def _doc_is_newer(doc: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
@@ -221,7 +244,7 @@ def _doc_is_newer(doc: Mapping[str, Any], outcome: Mapping[str, Any]) -> bool:
 
 # -- HTML ------------------------------------------------------------------------------------
 
-# The first two columns are laid out by status.py's `_TABLES["clouds"]` (widths, the
+# The first two columns are laid out by `web.status.tables.TABLES["clouds"]` (widths, the
 # ellipsised name, the phone's "heading: value" rows); a column per target follows, as
 # many as are configured, so their rules are written here: headings and cells cut with an
 # ellipsis (a heading's title, a failure's title say it whole), and on a phone each cell

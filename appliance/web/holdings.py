@@ -278,8 +278,8 @@ def render(
     ago: Callable[[float | None], str],
 ) -> str:
     """The section's HTML: the largest apt groups, how many more, the images per feed.
-    `table`, `size`, `ago` are the status page's (`status._table` escapes every cell), passed
-    in so that this module never imports the page's."""
+    `table`, `size`, `ago` are the status page's (`status.tables.table` escapes every
+    cell), passed in so that this module never imports the page's."""
     if not cached:
         return '<p class="muted">Not known yet.</p>'
     apt, images = cached["apt"], cached["images"]

@@ -3,12 +3,13 @@
 Every worker serves the public port (SO_REUSEPORT: the kernel spreads connections) and its
 own Unix socket, `<cache.dir>/.state/workers/<index>.sock` (mode 0600), on which the others
 reach it. What a client asks of one worker is answered for all of them: `/metrics` sums
-the workers' counters (and their in-flight gauges; other gauges are the same cache seen
-by each, so the largest is taken); `/api/status` and the status page add up the same
-figures the same way (`merge_status`), the rest is the primary's (worker 0, which runs the
-syncs, seeds and expiry); admin calls that change every worker (drain, reload) go to all,
-jobs to the primary. A request that arrives on a Unix socket is a worker's own: it is
-never passed on, and neither counted nor logged as a client's (`web.accesslog`).
+the workers' counters (and the gauges `appliance.families` marks `summed`, those in
+flight; other gauges are the same cache seen by each, so the largest is taken);
+`/api/status` and the status page add up the same figures the same way (`merge_status`),
+the rest is the primary's (worker 0, which runs the syncs, seeds and expiry); admin calls
+that change every worker (drain, reload) go to all, jobs to the primary. A request that
+arrives on a Unix socket is a worker's own: it is never passed on, and neither counted nor
+logged as a client's (`web.accesslog`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.families import SUMMED
 from appliance.metrics import (
     HISTORY_POINTS,
     HISTORY_SPAN,
@@ -44,7 +46,6 @@ from appliance.web.status import BUSIEST, SHARED_OPERATIONS, hit_ratio
 
 log = logging.getLogger(__name__)
 
-SUMMED_GAUGES = {"archive_local_downloads_in_flight", "archive_local_download_clients"}
 TO_ALL = ("drain", "reload")  # admin actions every worker applies
 TO_PRIMARY = ("sync", "seed", "expire")  # jobs: the primary runs them
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -183,7 +184,7 @@ def _combine(family: Metric) -> Callable[[float, float], float]:
     """How two workers' values of a series make the service's."""
     if family.name.endswith("_created"):  # when a counter started: the earliest worker's
         return min
-    if family.type != "gauge" or family.name in SUMMED_GAUGES:
+    if family.type != "gauge" or family.name in SUMMED:
         return operator.add
     return max
 

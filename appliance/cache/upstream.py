@@ -121,11 +121,12 @@ class Upstream:
         partial: Partial | None,
         held: Held | None,
     ) -> Result:
+        """What upstream's `answer` comes to for the caller."""
         if answer is Answer.NOT_MODIFIED and entry is not None:
             resp.release()
             return await self._revalidated(entry)
         if answer.broken:
-            resp.release() if answer is Answer.UNASKED_304 else resp.close()
+            resp.close()  # never reuse a connection that answered what was not asked
             return UpstreamFailure(502, f"{resp.url}: {answer.value}")
         if answer is Answer.ENCODED:
             # bytes under an encoding we did not ask for: not the file, pass them on as sent

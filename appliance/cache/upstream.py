@@ -227,14 +227,14 @@ class Upstream:
         """The download to its end (clients read it meanwhile), the file shared with the
         other units under the fleet's lease, the lease let go; then the bookkeeping."""
         in_store = False  # a copy in a shared store: this disk's may go even if kept
-        try:
-            async with held or contextlib.nullcontext():
+        async with held or contextlib.nullcontext():  # let go once the flight has ended
+            try:
                 await download.run(self.store)  # verified and committed: clients done
                 if held is not None and download.entry is not None:
                     in_store = await held.share(download.entry)
-        finally:
-            self.flights.ended(download)
-            self.disk.hot.drop(download.key)
+            finally:
+                self.flights.ended(download)
+                self.disk.hot.drop(download.key)
         if download.integrity_error:
             self.rejected(download.url, time.monotonic() - download.started)
         if download.state is Phase.DONE and not download.stored:

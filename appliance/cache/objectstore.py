@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 from appliance.cache.download import Expect
 from appliance.cache.fleetkey import FleetKey
+from appliance.cache.statedir import StateDir
 from appliance.cache.store import (
     Entry,
     FilesystemStore,
@@ -353,7 +354,7 @@ class ObjectStore:
         # ... also written down, so that a restart during an outage still uploads them:
         # one journal per process of the unit (a worker's successor takes it over)
         name = local.holder if local.holder.startswith("worker-") else "main"
-        self._journal = local.root / ".state" / f"pending-uploads-{name}"
+        self._journal = StateDir(local.root).pending_uploads(name)
         self._in_store: set[str] = set()  # keys this process uploaded or copied in
         self._guard = threading.Lock()
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from appliance.cache import statedir
 from appliance.cache.refusals import Refusals
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ _META = ".meta"
 _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
 SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
-LEASES = ".state/leases"  # lock files: one download per key among processes on one cache
+# lock files: one download per key among processes on one cache (relative to the root)
+LEASES = statedir.StateDir(Path()).leases
 LEASE_STRIPES = 4096  # keys share lock files by hash: bounded files, rare false waits
 _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
@@ -726,7 +728,7 @@ class FilesystemStore:
         mark = f"{_PART}{pid}-"
         removed = 0
         for dirpath, dirs, files in os.walk(self.root):
-            dirs[:] = [n for n in dirs if n not in (".state", SCRATCH)]
+            dirs[:] = [n for n in dirs if n not in (statedir.NAME, SCRATCH)]
             for name in files:
                 if mark in name:
                     with contextlib.suppress(OSError):

@@ -1,7 +1,11 @@
 """The cache store: committed files and their metadata, keyed by upstream URL.
 
-`Store` is the whole contract the engine relies on, small on purpose so an
-object-store backend can replace `FilesystemStore` later. Keys look like
+`Store` is everything the appliance does with stored bytes: reading, writing (a temp file,
+then `commit`), the fetch locks, partial downloads kept for a resume, and housekeeping;
+nothing outside `cache/` sees where or how the bytes are kept. Two backends implement it,
+chosen in `stores.open_store`: `FilesystemStore` here, a directory tree on the unit's disk,
+and `ObjectStore` (`objectstore.py`), a bucket several units share, with a
+`FilesystemStore` in front as each unit's read cache. In the tree, keys look like
 `host[:port]/path/to/file` and map to `<root>/host[:port]/path/to/file`, with
 the metadata in a hidden sidecar `.file.meta` beside it. Request paths never
 contain segments starting with '.', so sidecars and temp files (`.file.part-*`)

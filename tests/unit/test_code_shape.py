@@ -14,7 +14,6 @@ STILL_OVER: set[str] = {
     "appliance/cache/engine.py:CacheEngine",
     "appliance/cache/engine.py:CacheEngine._refresh",
     "appliance/cache/objectstore.py:ObjectStore",
-    "appliance/cache/store.py:FilesystemStore",
 }
 
 

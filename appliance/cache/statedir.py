@@ -1,9 +1,9 @@
 """The unit's own state in its cache directory, `<cache.dir>/.state/`: every path in it.
 
-No other module spells these names (`tests/unit/test_statedir.py` holds them to it): each asks
-`StateDir(cache.dir)` for its path. What is here belongs to this unit alone (never in a
-shared object store, never a cache key: keys have no dot segments, and the store's walks
-skip the folder) and may be lost: each owner rebuilds it or starts again.
+No other module spells the folder's name (`tests/unit/test_statedir.py` holds them to it):
+each asks `StateDir(cache.dir)` for its path. What is here belongs to this unit alone
+(never in a shared object store, never a cache key: keys have no dot segments, and the
+store's walks skip the folder); each owner makes its files again when they are missing.
 
     service.lock               the running service's claim on the directory (commands.claim)
     sync.lock, seed.lock       one sync or publish, one seed at a time (jobs.lock)

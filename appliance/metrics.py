@@ -281,11 +281,6 @@ class _Scraped:
         return []
 
 
-def history_path(cache_dir: Path, worker: int | None) -> Path:
-    """One file per worker process (a single process is worker 0): each writes its own."""
-    return cache_dir / ".state" / f"history-{worker or 0}.json"
-
-
 def load_history(path: Path) -> list[dict[str, float]]:
     """The points a previous run saved; none (and one log line) when the file is not a
     history this version wrote: damaged, truncated, foreign or from a future version."""

@@ -6,6 +6,7 @@ package to install.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.error import HTTPError
 
 import pytest
@@ -28,6 +29,9 @@ from tests.aptrepo import AptRepo, build_repo
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
+
+if TYPE_CHECKING:
+    from tests.fleet import Fleet
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -88,6 +92,11 @@ def touches_only_its_own_dirs(tmp_path_factory: pytest.TempPathFactory) -> Itera
     while (left := _agents_under(base)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert left == [], f"gpg-agents left running: {left}"
+
+
+# curl printing only the answer's status code: for asking from inside a network or
+# systemd namespace, where the test's own Python client cannot go
+CURL_STATUS = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}")
 
 
 def free_port() -> int:
@@ -236,6 +245,14 @@ def upstream_root(tmp_path: Path) -> Path:
     return root
 
 
+def upstream_file(root: Path, path: str, size: int) -> bytes:
+    """A file of `size` random bytes that the upstream serving `root` has at `path`."""
+    data = os.urandom(size)
+    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / path.lstrip("/")).write_bytes(data)
+    return data
+
+
 @pytest.fixture
 def upstream(upstream_root: Path) -> Iterator[Upstream]:
     server = Upstream(upstream_root).start()
@@ -276,19 +293,38 @@ ITEM_SIZE = 2 * 1024 * 1024  # disk images of a few MB, like small cloud images
 FILTERS = ["arch=amd64", "release~^(jammy|noble)$", "ftype=disk1.img"]
 
 
+@contextlib.contextmanager
+def signed_feed(tmp_path: Path, **build: Any) -> Iterator[Feed]:
+    """A feed built under `tmp_path` (`build`: build_feed's options), its signing key
+    closed afterwards so that no gpg-agent outlives the test."""
+    require("gpg", "gnupg")
+    f = build_feed(tmp_path, **build)
+    try:
+        yield f
+    finally:
+        f.key.close()
+
+
+@contextlib.contextmanager
+def serving(feed: Feed) -> Iterator[Upstream]:
+    """An upstream serving `feed`'s tree, closed afterwards."""
+    server = Upstream(feed.root).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 def feed(tmp_path: Path) -> Iterator[Feed]:
-    require("gpg", "gnupg")
-    f = build_feed(tmp_path, item_size=ITEM_SIZE)
-    yield f
-    f.key.close()
+    with signed_feed(tmp_path, item_size=ITEM_SIZE) as f:
+        yield f
 
 
 @pytest.fixture
 def served(feed: Feed) -> Iterator[Upstream]:
-    server = Upstream(feed.root).start()
-    yield server
-    server.close()
+    with serving(feed) as server:
+        yield server
 
 
 def write_feed_config(tmp_path: Path, feed: Feed, url: str, max_items: int = 2) -> Path:
@@ -336,49 +372,47 @@ SEED_SERIALS = ("20240101", "20240301")
 @pytest.fixture
 def qcow_feed(tmp_path: Path) -> Iterator[Feed]:
     """A feed whose disk images are real qcow2 files (what Glance checks for), 2 versions."""
-    require("gpg", "gnupg")
     require("qemu-img", "qemu-utils")
-    f = build_feed(
-        tmp_path, item_size=2 * 1024 * 1024, serials=SEED_SERIALS, make_image=qcow2_image
-    )
-    yield f
-    f.key.close()
+    with signed_feed(
+        tmp_path, item_size=ITEM_SIZE, serials=SEED_SERIALS, make_image=qcow2_image
+    ) as f:
+        yield f
 
 
 @pytest.fixture
 def qcow_served(qcow_feed: Feed) -> Iterator[Upstream]:
-    server = Upstream(qcow_feed.root).start()
-    yield server
-    server.close()
+    with serving(qcow_feed) as server:
+        yield server
 
 
-def run_sync(config: Path, *args: str) -> tuple[int, list[dict], str]:
+def _run_json(
+    config: Path, verb: str, args: tuple[str, ...], timeout: int, silent: list | None = None
+) -> tuple[int, list[dict], str]:
+    """`archive-local <verb> --json` as a separate process: its exit code, what it printed
+    (`silent` when it printed nothing, if the verb may), stderr. Anything else fails."""
     r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(config), "sync", "--json", *args],
+        [sys.executable, "-m", "appliance", "--config", str(config), verb, "--json", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
-    try:
-        out = json.loads(r.stdout) if r.stdout.strip() else []
-    except ValueError:
-        pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
-    return r.returncode, out, r.stderr
-
-
-def run_seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
-    """`archive-local seed --json`: exit code, the per-target outcomes, stderr."""
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(config), "seed", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    if silent is not None and not r.stdout.strip():
+        return r.returncode, silent, r.stderr
     try:
         out = json.loads(r.stdout)
     except ValueError:
         pytest.fail(f"not JSON: {r.stdout!r} {r.stderr}")
     return r.returncode, out, r.stderr
+
+
+def run_sync(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    """`archive-local sync --json`: exit code, the per-feed outcomes, stderr."""
+    return _run_json(config, "sync", args, timeout=120, silent=[])
+
+
+def run_seed(config: Path, *args: str) -> tuple[int, list[dict], str]:
+    """`archive-local seed --json`: exit code, the per-target outcomes, stderr."""
+    return _run_json(config, "seed", args, timeout=300)
 
 
 def actions(outcome: dict, kind: str) -> list[dict]:
@@ -420,6 +454,14 @@ def swift(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = swift_aio.start(tmp_path_factory.mktemp("swift"), free_port_block(5))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def fleet(start_appliance: StartAppliance, upstream: Upstream, tmp_path: Path) -> Fleet:
+    """Units of one fleet on this test's upstream, started on the store a test names."""
+    from tests.fleet import Fleet  # (tests.fleet builds on this module)
+
+    return Fleet(start_appliance, upstream, tmp_path)
 
 
 def free_port_block(n: int) -> int:

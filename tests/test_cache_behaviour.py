@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import StartAppliance, require
+from tests.conftest import StartAppliance, require, upstream_file
 from tests.upstream import Upstream
 
 
@@ -35,9 +35,7 @@ async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, di
 async def test_concurrent_clients_share_one_upstream_fetch(
     upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
 ) -> None:
-    data = os.urandom(6 * 1024 * 1024)
-    (upstream_root / "debian/pool").mkdir(parents=True)
-    (upstream_root / "debian/pool/big.deb").write_bytes(data)
+    data = upstream_file(upstream_root, "/debian/pool/big.deb", 6 * 1024 * 1024)
     upstream.rate["/debian/pool/big.deb"] = 4 * 1024 * 1024  # ~1.5 s for the whole file
     app = start_appliance({"debian": [f"{upstream.url}/debian"]})
     url = f"{app.url}/debian/pool/big.deb"
@@ -66,9 +64,7 @@ async def test_concurrent_clients_share_one_upstream_fetch(
 async def test_upstream_drop_mid_file_is_never_cached(
     upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
 ) -> None:
-    data = os.urandom(2 * 1024 * 1024)
-    (upstream_root / "debian/pool").mkdir(parents=True)
-    (upstream_root / "debian/pool/cut.deb").write_bytes(data)
+    data = upstream_file(upstream_root, "/debian/pool/cut.deb", 2 * 1024 * 1024)
     upstream.drop_after["/debian/pool/cut.deb"] = 700_000
     app = start_appliance({"debian": [f"{upstream.url}/debian"]})
     url = f"{app.url}/debian/pool/cut.deb"
@@ -285,9 +281,7 @@ async def test_stalled_upstream_hits_the_read_timeout(
     upstream_root: Path, upstream: Upstream, start_appliance: StartAppliance
 ) -> None:
     """An upstream that goes silent mid-body fails the transfer after upstream.read_timeout."""
-    data = os.urandom(1024 * 1024)
-    (upstream_root / "debian/pool").mkdir(parents=True)
-    (upstream_root / "debian/pool/stall.deb").write_bytes(data)
+    data = upstream_file(upstream_root, "/debian/pool/stall.deb", 1024 * 1024)
     upstream.stall_after["/debian/pool/stall.deb"] = 300_000
     app = start_appliance(
         {"debian": [f"{upstream.url}/debian"]}, extra={"upstream": {"read_timeout": 1}}

@@ -21,7 +21,7 @@ import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
-from tests.conftest import require, unavailable
+from tests.conftest import CURL_STATUS, require, unavailable
 from tests.netns import Link, linked_namespaces
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,20 +63,24 @@ class Site:
         self.procs: list[subprocess.Popen] = []
         self.repo_url = f"http://{link.a_addr}:8080/debian"
         if repo is not None:
-            self.procs.append(
-                link.popen_a(
-                    sys.executable,
-                    "-m",
-                    "http.server",
-                    "-b",
-                    link.a_addr,
-                    "-d",
-                    str(repo.root.parent),
-                    "8080",
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+            self.serve_dir(repo.root.parent, 8080)
+
+    def serve_dir(self, root: Path, port: int) -> None:
+        """A static web server for `root` on the site's address (stopped with the site)."""
+        self.procs.append(
+            self.link.popen_a(
+                sys.executable,
+                "-m",
+                "http.server",
+                "-b",
+                self.link.a_addr,
+                "-d",
+                str(root),
+                str(port),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
+        )
 
     def appliance(self, mdns: bool = True, port: int = PORT) -> str:
         cfg = self.tmp / f"appliance-{port}.yaml"
@@ -229,7 +233,7 @@ def test_well_known_and_406(site_factory, tmp_path: Path) -> None:
         assert doc["service"] == "archive-local" and doc["apt_proxy"] == f"{url}/"
         assert doc["remaps"] == {"debian": f"{url}/debian/"}
         assert doc["images"]["curated"] == f"{url}/streams/v1/index.sjson"
-        head = link.run_b("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/")
+        head = link.run_b(*CURL_STATUS, f"{url}/")
         assert head.stdout == "406"
         status = link.run_b("curl", "-si", f"{url}/")
         assert status.stdout.startswith("HTTP/1.1 406 Usage Information")
@@ -360,20 +364,7 @@ def test_rogue_answers_are_ignored(site_factory, tmp_path: Path) -> None:
         site = site_factory(link)
         rogue = tmp_path / "rogue"
         (rogue / ".well-known").mkdir(parents=True)
-        site.procs.append(
-            link.popen_a(
-                sys.executable,
-                "-m",
-                "http.server",
-                "-b",
-                link.a_addr,
-                "-d",
-                str(rogue),
-                "3142",
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        site.serve_dir(rogue, 3142)
         site.dns(3142, link.a_addr)
         for body in ("this is not json", '{"service": "apt-cacher-ng", "apt_proxy": "x"}'):
             (rogue / ".well-known/archive-local").write_text(body)

@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 from tests.components import swift_aio
-from tests.conftest import Appliance, StartAppliance, free_port, free_port_block, http_get
+from tests.conftest import Appliance, free_port, free_port_block, http_get, upstream_file
+from tests.fleet import Fleet, healthz
 from tests.store.test_bucket_trust import consistent_metadata, meta_pieces
-from tests.test_shared_store import _health, _unit, upstream_file
 from tests.upstream import Upstream
 
-PREFIX = "fleet/"  # the units' object names start with it (see _unit)
+PREFIX = "fleet/"  # the units' object names start with it (see Fleet.unit)
 POOL = "/debian/pool/main/h/hello_1.0_amd64.deb"
 
 
@@ -56,19 +56,15 @@ def _plant(s3: Any, bucket: str, key: str, body: bytes, **fields: Any) -> None:
 
 
 def _two_units_after_a_fetch(
-    swift: Any,
-    start: StartAppliance,
-    upstream: Upstream,
-    tmp_path: Path,
-    real: bytes,
+    fleet: Fleet, swift: Any, real: bytes
 ) -> tuple[list[Appliance], str, str, dict[str, str]]:
     """Two units on a new bucket (`workers: auto`), unit 0 having fetched POOL and
     uploaded it with the fleet's record: (units, bucket, object name, its metadata)."""
     bucket = f"trust-{uuid.uuid4().hex[:12]}"
-    units = [_unit(start, upstream, tmp_path, swift, bucket, n, workers="auto") for n in range(2)]
+    units = [fleet.unit(swift, bucket, n, workers="auto") for n in range(2)]
     assert http_get(units[0].url + POOL) == (200, real)
     s3 = swift.client()
-    name = f"{PREFIX}{upstream.url.split('://', 1)[1]}{POOL}"
+    name = f"{PREFIX}{fleet.upstream.url.split('://', 1)[1]}{POOL}"
     deadline = time.monotonic() + 60  # (a loaded machine's Swift may first say "slow down")
     while True:  # uploaded once its client had it
         try:
@@ -99,11 +95,7 @@ def _status(url: str) -> tuple[int, bytes]:
 
 
 def test_planted_objects_are_never_served(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     """Never-shared keys (the curated feed, the unit's key, a feed snapshot) and a forged
     pool file: a unit with an empty disk serves none of the planted bytes."""
@@ -122,7 +114,7 @@ def test_planted_objects_are_never_served(
     real = upstream_file(upstream_root, POOL, 200_000)
     host = upstream.url.split("://", 1)[1]
     _plant(s3, bucket, f"{host}/debian{POOL.removeprefix('/debian')}", planted)  # no record
-    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, workers="auto")
+    unit = fleet.unit(swift, bucket, 0, workers="auto")
     for path in never_shared:
         status, body = _status(unit.url + path)
         assert body != planted, path
@@ -135,19 +127,13 @@ def test_planted_objects_are_never_served(
 
 
 def test_a_forged_object_is_not_served_to_another_unit(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     """Unit 0 fetches a pool file and uploads it with the fleet's record; a bucket writer
     replaces the bytes, keeping (or rewriting consistently) the metadata: unit 1's client
     gets upstream's bytes, never the forged ones."""
     real = upstream_file(upstream_root, POOL, 300_000)
-    units, bucket, name, genuine = _two_units_after_a_fetch(
-        swift, start_appliance, upstream, tmp_path, real
-    )
+    units, bucket, name, genuine = _two_units_after_a_fetch(fleet, swift, real)
     s3 = swift.client()
     host = upstream.url.split("://", 1)[1]
     forged = os.urandom(300_000)
@@ -164,18 +150,12 @@ def test_a_forged_object_is_not_served_to_another_unit(
 
 
 def test_labels_rewritten_by_a_bucket_writer_never_break_an_answer(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     """The record covers the bytes, not the labels: CR/LF in the content type, a number as
     ETag are dropped; the client gets the file, 200, never a 500."""
     real = upstream_file(upstream_root, POOL, 100_000)
-    units, bucket, name, genuine = _two_units_after_a_fetch(
-        swift, start_appliance, upstream, tmp_path, real
-    )
+    units, bucket, name, genuine = _two_units_after_a_fetch(fleet, swift, real)
     s3 = swift.client()
     pieces = "".join(v for k, v in sorted(genuine.items()) if k.startswith("al-meta-"))
     meta = json.loads(base64.urlsafe_b64decode(pieces))
@@ -227,12 +207,7 @@ def lying_peer() -> Iterator[_LyingPeer]:
 
 
 def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
-    lying_peer: _LyingPeer,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path, lying_peer: _LyingPeer
 ) -> None:
     """A bucket writer names a listed peer as the holder of a by-hash index's lease; the
     peer sends other bytes of the right length: the client never gets a whole answer (the
@@ -245,16 +220,7 @@ def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
     (upstream_root / path.lstrip("/")).write_bytes(content)
     s3 = swift.client()
     bucket = _new_bucket(s3)
-    unit = _unit(
-        start_appliance,
-        upstream,
-        tmp_path,
-        swift,
-        bucket,
-        0,
-        workers="auto",
-        peers=[lying_peer.url],
-    )
+    unit = fleet.unit(swift, bucket, 0, workers="auto", peers=[lying_peer.url])
     lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{path}"
     s3.put_object(
         Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
@@ -277,18 +243,14 @@ def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
 
 
 def test_a_lease_rewritten_for_ever_blocks_no_client(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     """A bucket writer keeps rewriting a file's lease (every 2 s, `lease: 6s`): the client
     is served from upstream after twice the lease's time, not never."""
     real = upstream_file(upstream_root, POOL, 50_000)
     s3 = swift.client()
     bucket = _new_bucket(s3)
-    unit = _unit(start_appliance, upstream, tmp_path, swift, bucket, 0, lease="6s", workers="auto")
+    unit = fleet.unit(swift, bucket, 0, lease="6s", workers="auto")
     lease = f"{PREFIX}.leases/{upstream.url.split('://', 1)[1]}{POOL}"
     stop = threading.Event()
 
@@ -319,7 +281,7 @@ def _timed(url: str) -> tuple[int, bytes, float]:
 
 
 def test_a_hung_store_stalls_neither_hits_nor_misses(
-    start_appliance: StartAppliance, upstream: Upstream, upstream_root: Path, tmp_path: Path
+    fleet: Fleet, upstream: Upstream, upstream_root: Path, tmp_path: Path
 ) -> None:
     """Swift's proxy stopped (SIGSTOP) with 12 misses in flight: hits keep their latency,
     new misses go upstream within `upstream.read_timeout` + 1 s, /healthz says so, and the
@@ -329,7 +291,7 @@ def test_a_hung_store_stalls_neither_hits_nor_misses(
     own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
     proxy = own.processes[-1]
     try:  # whatever fails, Swift is stopped (and woken first)
-        _hung_store_round(start_appliance, upstream, upstream_root, tmp_path, own, proxy)
+        _hung_store_round(fleet, upstream, upstream_root, own, proxy)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proxy.pid, signal.SIGCONT)
@@ -337,12 +299,7 @@ def test_a_hung_store_stalls_neither_hits_nor_misses(
 
 
 def _hung_store_round(
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
-    own: Any,
-    proxy: Any,
+    fleet: Fleet, upstream: Upstream, upstream_root: Path, own: Any, proxy: Any
 ) -> None:
     try:
         hot = upstream_file(upstream_root, "/debian/pool/main/h/hot_1.0_amd64.deb", 100_000)
@@ -350,7 +307,7 @@ def _hung_store_round(
         for path in slow:
             slow[path] = upstream_file(upstream_root, path, 300_000)
             upstream.rate[path] = 100_000  # 3 s each
-        unit = _unit(start_appliance, upstream, tmp_path, own, "fleet", 0, workers="auto")
+        unit = fleet.unit(own, "fleet", 0, workers="auto")
         assert http_get(unit.url + "/debian/pool/main/h/hot_1.0_amd64.deb") == (200, hot)
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             flying = {p: pool.submit(_timed, unit.url + p) for p in slow}
@@ -376,7 +333,7 @@ def _hung_store_round(
         deadline = time.monotonic() + 40
         seen = 0
         while seen < 6:
-            code, health = _health(unit)
+            code, health = healthz(unit)
             assert code == 200, health
             if health["shared_store"].startswith("unavailable: "):
                 seen += 1
@@ -389,7 +346,7 @@ def _hung_store_round(
     # recovery
     deadline = time.monotonic() + 60
     i = 0
-    while _health(unit)[1]["shared_store"] != "up":  # a miss asks the store again
+    while healthz(unit)[1]["shared_store"] != "up":  # a miss asks the store again
         assert time.monotonic() < deadline, unit.log_text()[-3000:]
         http_get(unit.url + f"/debian/pool/main/n/nothing{i}.deb")
         i += 1

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Appliance, StartAppliance, free_port, http_get, require
-from tests.feed import RELEASES, SERIALS, Feed, build_feed
+from tests.conftest import (
+    Appliance,
+    StartAppliance,
+    free_port,
+    http_get,
+    require,
+    serving,
+    signed_feed,
+)
+from tests.feed import RELEASES, SERIALS, Feed
 from tests.upstream import Upstream
 
 NAME = "ex"
@@ -27,17 +35,14 @@ NAME = "ex"
 
 @pytest.fixture
 def lxd_feed(tmp_path: Path) -> Iterator[Feed]:
-    require("gpg", "gnupg")
-    f = build_feed(tmp_path, item_size=4096, serials=SERIALS[1:], lxd=True)
-    yield f
-    f.key.close()
+    with signed_feed(tmp_path, item_size=4096, serials=SERIALS[1:], lxd=True) as f:
+        yield f
 
 
 @pytest.fixture
 def lxd_served(lxd_feed: Feed) -> Iterator[Upstream]:
-    server = Upstream(lxd_feed.root).start()
-    yield server
-    server.close()
+    with serving(lxd_feed) as server:
+        yield server
 
 
 class Lxc:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import Appliance, StartAppliance, free_port, http_get, require
+from tests.conftest import CURL_STATUS, Appliance, StartAppliance, free_port, http_get, require
 from tests.upstream import Upstream
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -320,12 +320,7 @@ def test_admin_api_is_not_reachable_from_another_host_by_default(
 
         def post(app: Appliance, token: str) -> str:
             r = net.run(
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
+                *CURL_STATUS,
                 "-X",
                 "POST",
                 "-H",
@@ -338,12 +333,7 @@ def test_admin_api_is_not_reachable_from_another_host_by_default(
 
         assert post(default, default.token) == "403"  # right token, wrong place
         status = net.run(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
+            *CURL_STATUS,
             f"http://{net.host_addr}:{default.port}/api/status",
         )
         assert status.stdout == "200"  # the status page is for everyone

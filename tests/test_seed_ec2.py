@@ -7,18 +7,14 @@ import gzip
 import hashlib
 import io
 import json
-import signal
 import subprocess
-import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
@@ -27,12 +23,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
 from tests.components import ec2_endpoint as moto_server
-from tests.conftest import FILTERS, actions, free_port, run_sync, unavailable
+from tests.conftest import actions, free_port, run_sync, unavailable
 from tests.conftest import run_seed as seed
-from tests.feed import Feed, build_feed, qcow2_image
+from tests.feed import Feed
+from tests.seeding import big_feed, kill_seed_when, publish_version, write_seed_config
 from tests.upstream import Upstream
 
-SERIALS = ("20240101", "20240301")
 BUCKET = "archive-local-images"
 
 
@@ -113,28 +109,6 @@ def ec2_target(name: str, moto: moto_server.Moto, creds: Path, **kw: Any) -> dic
         "max_items": 2,
         **kw,
     }
-
-
-def write_config(tmp_path: Path, feed: Feed, served: Upstream, targets: list[dict]) -> Path:
-    cfg = tmp_path / "config.yaml"
-    feeds = [
-        {
-            "name": "ex",
-            "url": served.url + "/",
-            "keyring": str(feed.key.keyring),
-            "filters": FILTERS,
-        }
-    ]
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "images": {"gnupg_home": str(tmp_path / "gnupg"), "feeds": feeds},
-                "seed": {"after_sync": False, "targets": targets},
-            }
-        )
-    )
-    return cfg
 
 
 def clients(moto: moto_server.Moto, region: str = "us-east-1") -> tuple[Any, Any, Any]:
@@ -226,7 +200,7 @@ def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
 ) -> None:
     rc, cloud_key = eucarc
     regions = ["us-east-1", "eu-west-1"]  # one bucket, one S3 endpoint, two regions
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path, qcow_feed, qcow_served, [ec2_target("euca", moto, rc, regions=regions)]
     )
     assert run_sync(cfg)[0] == 0
@@ -270,14 +244,7 @@ def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
     assert actions(again, "cleaned") == []
     assert {i["ImageId"] for i in amis(ec2)} == {i["ImageId"] for i in images}
 
-    build_feed(
-        tmp_path,
-        item_size=2 * 1024 * 1024,
-        key=qcow_feed.key,
-        serials=(*SERIALS, "20240401"),
-        make_image=qcow2_image,
-        files=qcow_feed.files,
-    )
+    publish_version(tmp_path, qcow_feed, "20240401")
     assert run_sync(cfg)[0] == 0
     code, [third], err = seed(cfg)
     assert code == 0, err
@@ -300,31 +267,18 @@ def test_bundle_killed_mid_upload_leaves_no_orphan(
     qcow_served: Upstream,
 ) -> None:
     rc, _ = eucarc
-    big = build_feed(
-        tmp_path,
-        item_size=64 * 1024 * 1024,
-        key=qcow_feed.key,
-        serials=("20240101",),
-        make_image=qcow2_image,
-    )
-    cfg = write_config(tmp_path, big, qcow_served, [ec2_target("euca", moto, rc)])
+    big = big_feed(tmp_path, qcow_feed, 64 * 1024 * 1024)
+    cfg = write_seed_config(tmp_path, big, qcow_served, [ec2_target("euca", moto, rc)])
     assert run_sync(cfg)[0] == 0
     ec2, s3, _ = clients(moto)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(cfg), "seed"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def parts_uploaded() -> bool | None:
         try:
-            if s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) > 0:
-                break
-        except Exception:
-            pass
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+            return s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) > 0 or None
+        except Exception:  # (no bucket yet)
+            return None
+
+    kill_seed_when(cfg, parts_uploaded)
     leftovers = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
     assert leftovers and amis(ec2) == [], "expected parts without an image"
 
@@ -356,7 +310,7 @@ def test_ebs_route_in_two_regions_and_interrupted_leftovers(
 ) -> None:
     rc, _ = eucarc
     regions = ["us-east-1", "eu-west-1"]
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,
@@ -428,7 +382,7 @@ def test_bad_credentials_name_the_target_and_others_still_seed(
     rc, _ = eucarc
     broken = tmp_path / "broken.rc"
     broken.write_text("export EC2_ACCESS_KEY='AKIDONLY'\n")
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ import yaml
 
 from tests.components import glance as glance_server
 from tests.conftest import (
-    FILTERS,
     StartAppliance,
     actions,
     free_port,
@@ -31,11 +29,9 @@ from tests.conftest import (
     unavailable,
 )
 from tests.conftest import run_seed as seed
-from tests.feed import Feed, build_feed, qcow2_image
+from tests.feed import Feed
+from tests.seeding import big_feed, kill_seed_when, publish_version, write_seed_config
 from tests.upstream import Upstream
-
-IMAGE_SIZE = 2 * 1024 * 1024
-SERIALS = ("20240101", "20240301")
 
 
 @pytest.fixture(scope="session")
@@ -81,30 +77,6 @@ def glance_target(name: str, g: glance_server.Glance, token_file: Path, **kw: An
     }
 
 
-def write_config(tmp_path: Path, feed: Feed, served: Upstream, targets: list[dict]) -> Path:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "images": {
-                    "gnupg_home": str(tmp_path / "gnupg"),
-                    "feeds": [
-                        {
-                            "name": "ex",
-                            "url": served.url + "/",
-                            "keyring": str(feed.key.keyring),
-                            "filters": FILTERS,
-                        }
-                    ],
-                },
-                "seed": {"after_sync": False, "targets": targets},
-            }
-        )
-    )
-    return cfg
-
-
 def token_file(tmp_path: Path, token: str = glance_server.TOKEN) -> Path:
     path = tmp_path / f"token-{hashlib.md5(token.encode()).hexdigest()[:6]}"
     path.write_text(token + "\n")
@@ -120,7 +92,7 @@ def test_seed_properties_bytes_idempotence_and_adoption(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:
     g = glance_pair[0]
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,
@@ -196,7 +168,7 @@ def test_new_version_prunes_the_oldest_and_moves_latest(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:
     g = glance_pair[0]
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,
@@ -216,14 +188,7 @@ def test_new_version_prunes_the_oldest_and_moves_latest(
         item_name="disk1.img",
         source_content_id="x",
     )
-    build_feed(
-        tmp_path,
-        item_size=IMAGE_SIZE,
-        key=qcow_feed.key,
-        serials=(*SERIALS, "20240401"),
-        make_image=qcow2_image,
-        files=qcow_feed.files,
-    )
+    publish_version(tmp_path, qcow_feed, "20240401")
     assert run_sync(cfg)[0] == 0
     code, [out], err = seed(cfg)
     assert code == 0, err
@@ -240,28 +205,15 @@ def test_killed_mid_upload_leaves_no_orphan(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:
     g = glance_pair[0]
-    big = build_feed(
-        tmp_path,
-        item_size=96 * 1024 * 1024,
-        key=qcow_feed.key,
-        serials=("20240101",),
-        make_image=qcow2_image,
+    big = big_feed(tmp_path, qcow_feed, 96 * 1024 * 1024)
+    cfg = write_seed_config(
+        tmp_path, big, qcow_served, [glance_target("one", g, token_file(tmp_path))]
     )
-    cfg = write_config(tmp_path, big, qcow_served, [glance_target("one", g, token_file(tmp_path))])
     assert run_sync(cfg)[0] == 0
     c = client(g)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(cfg), "seed"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    caught = kill_seed_when(
+        cfg, lambda: next((i for i in c.images.list() if i.status == "saving"), None)
     )
-    deadline = time.monotonic() + 60
-    caught = None
-    while time.monotonic() < deadline and caught is None:
-        caught = next((i for i in c.images.list() if i.status == "saving"), None)
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert caught is not None, "never saw an upload in progress"
     time.sleep(1)
     left = [i for i in c.images.list() if i.status != "active"]
@@ -279,7 +231,7 @@ def test_corrupt_cache_file_is_rejected_and_deleted(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:
     g = glance_pair[0]
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path, qcow_feed, qcow_served, [glance_target("one", g, token_file(tmp_path))]
     )
     assert run_sync(cfg)[0] == 0
@@ -301,7 +253,7 @@ def test_two_glances_and_one_with_wrong_credentials(
 ) -> None:
     g1, g2 = glance_pair
     bad_token = "not-the-token-" + os.urandom(4).hex()
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,
@@ -343,7 +295,7 @@ def test_image_ids_feed_is_read_by_the_reference_client(
 
     require("gpgv", "gpgv")
     g1, g2 = glance_pair
-    cfg = write_config(
+    cfg = write_seed_config(
         tmp_path,
         qcow_feed,
         qcow_served,
@@ -392,7 +344,7 @@ def test_service_seeds_after_each_sync_and_on_demand(
 ) -> None:
     g = glance_pair[0]
     cfg = yaml.safe_load(
-        write_config(
+        write_seed_config(
             tmp_path, qcow_feed, qcow_served, [glance_target("one", g, token_file(tmp_path))]
         ).read_text()
     )
@@ -544,7 +496,7 @@ def test_keystone_password_auth_finds_glance_in_the_catalog(
             }
             return t
 
-        cfg = write_config(
+        cfg = write_seed_config(
             tmp_path, qcow_feed, qcow_served, [target("ks", good), target("ks-bad", bad)]
         )
         assert run_sync(cfg)[0] == 0

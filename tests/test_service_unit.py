@@ -21,7 +21,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.conftest import FILTERS, StartAppliance, require
+from tests.conftest import CURL_STATUS, FILTERS, StartAppliance, require
 from tests.feed import build_feed
 from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
@@ -249,16 +249,7 @@ def _healthz(ns: SystemdNamespace, port: int, timeout: float = 20) -> str:
     """The /healthz status code inside, once it is 200 or `timeout` has passed."""
     deadline = time.monotonic() + timeout
     while True:
-        code = ns.run(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            f"http://127.0.0.1:{port}/healthz",
-            check=False,
-        ).stdout
+        code = ns.run(*CURL_STATUS, f"http://127.0.0.1:{port}/healthz", check=False).stdout
         if code == "200" or time.monotonic() > deadline:
             return code
         time.sleep(0.3)

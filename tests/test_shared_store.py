@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import http.client
-import json
 import os
 import signal
 import time
@@ -20,89 +19,12 @@ from typing import Any
 import pytest
 
 from tests.components import haproxy, swift_aio
-from tests.conftest import (
-    FLEET_KEY,
-    Appliance,
-    StartAppliance,
-    free_port,
-    free_port_block,
-    http_get,
-)
+from tests.conftest import free_port, free_port_block, http_get, upstream_file
+from tests.fleet import Fleet, healthz
 from tests.upstream import Upstream
 
 POOL = "/debian/pool/main/h/hello_1.0_amd64.deb"
 INDEX = "/debian/dists/bookworm/InRelease"
-
-
-def _credentials(tmp_path: Path) -> Path:
-    path = tmp_path / "store-credentials"
-    path.write_text(
-        f"[default]\naws_access_key_id = {swift_aio.ACCESS_KEY}\n"
-        f"aws_secret_access_key = {swift_aio.SECRET_KEY}\n"
-    )
-    path.chmod(0o600)
-    return path
-
-
-def _unit(
-    start: StartAppliance,
-    upstream: Upstream,
-    tmp_path: Path,
-    swift: Any,
-    bucket: str,
-    n: int,
-    lease: str = "30s",
-    ports: list[int] | None = None,
-    fleet_key: bool = True,
-    workers: int | str = 1,
-    peers: list[str] | None = None,
-) -> Appliance:
-    """Unit `n` of a fleet on `bucket`; with `ports` (every unit's), the units know each
-    other (`peer_url`, `peers`) and stream a download from the one that fetches it. With
-    `fleet_key` the units share a key, as the charm gives them, and copy in each other's
-    objects; without it only what a unit can check against upstream itself.
-
-    `workers` is 1 unless a test asks for the default (`auto`, as the trust tests do):
-    the fleet tests here count peer streams, uploads and store hits per unit, and a unit
-    of one process is what makes "one upstream GET, one peer stream per answer" exact
-    (with two workers a unit's own sibling may be the holder streamed from)."""
-    cache = tmp_path / f"unit-{n}"
-    store = {
-        "type": "s3",
-        "endpoint": swift.endpoint,
-        "bucket": bucket,
-        "region": swift_aio.REGION,
-        "credentials_file": str(_credentials(tmp_path)),
-        "prefix": "fleet/",
-        "lease": lease,
-    }
-    if fleet_key:
-        key_file = tmp_path / "fleet-key"
-        key_file.write_bytes(FLEET_KEY)
-        key_file.chmod(0o600)
-        store["fleet_key_file"] = str(key_file)
-    if ports:
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        store |= {"peer_url": urls[n], "peers": urls[:n] + urls[n + 1 :]}
-    if peers:
-        store["peers"] = [*store.get("peers", []), *peers]
-    return start(
-        {"debian": [f"{upstream.url}/debian"]},
-        cache_dir=cache,
-        extra={
-            "cache": {"dir": str(cache), "max_size": "1GiB", "store": store},
-            "workers": workers,
-        },
-        port=ports[n] if ports else None,
-    )
-
-
-def _health(app: Appliance) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"{app.url}/healthz", timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def _files(upstream_root: Path) -> dict[str, bytes]:
@@ -115,15 +37,11 @@ def _files(upstream_root: Path) -> dict[str, bytes]:
 
 
 def test_units_share_what_they_fetch_and_keep_indexes_their_own(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     files = _files(upstream_root)
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
-    a, b = (_unit(start_appliance, upstream, tmp_path, swift, bucket, n) for n in (0, 1))
+    a, b = (fleet.unit(swift, bucket, n) for n in (0, 1))
     assert http_get(a.url + POOL) == (200, files[POOL])
     assert upstream.count(POOL) == 1
     assert http_get(b.url + POOL) == (200, files[POOL])  # from the store, not upstream
@@ -136,7 +54,7 @@ def test_units_share_what_they_fetch_and_keep_indexes_their_own(
     for app in (a, b):
         assert http_get(app.url + INDEX) == (200, files[INDEX])
     assert upstream.count(INDEX) == 2  # volatile: each unit revalidates its own
-    assert _health(b) == (200, {**_health(b)[1], "status": "serving", "shared_store": "up"})
+    assert healthz(b) == (200, {**healthz(b)[1], "status": "serving", "shared_store": "up"})
     metrics = http_get(f"{b.url}/metrics")[1].decode()
     assert "archive_local_shared_store_up 1.0" in metrics
     assert 'archive_local_shared_store_operations_total{result="hit"} 1.0' in metrics
@@ -145,21 +63,18 @@ def test_units_share_what_they_fetch_and_keep_indexes_their_own(
 
 
 def test_without_the_store_units_serve_and_catch_up(
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    fleet: Fleet, upstream: Upstream, upstream_root: Path, tmp_path: Path
 ) -> None:
     if not swift_aio.installed():
         pytest.fail("swift missing: `make test` builds .components/swift")
     files = _files(upstream_root)
     own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
     try:
-        a = _unit(start_appliance, upstream, tmp_path, own, "fleet", 0)
-        b = _unit(start_appliance, upstream, tmp_path, own, "fleet", 1)
+        a = fleet.unit(own, "fleet", 0)
+        b = fleet.unit(own, "fleet", 1)
         own.stop()
         assert http_get(a.url + POOL) == (200, files[POOL])  # upstream, kept on a's disk
-        code, health = _health(a)
+        code, health = healthz(a)
         assert code == 200 and health["shared_store"].startswith("unavailable: ")
         assert "archive_local_shared_store_up 0.0" in http_get(f"{a.url}/metrics")[1].decode()
         browser = urllib.request.Request(f"{a.url}/", headers={"Accept": "text/html"})
@@ -177,7 +92,7 @@ def test_without_the_store_units_serve_and_catch_up(
             assert time.monotonic() < deadline, a.log_text()
             http_get(a.url + "/debian/pool/main/n/nothing.deb")  # a miss: a store lookup
             time.sleep(0.5)
-        assert _health(a)[1]["shared_store"] == "up"
+        assert healthz(a)[1]["shared_store"] == "up"
         assert http_get(b.url + POOL) == (200, files[POOL])  # uploaded by a once it was back
         assert upstream.count(POOL) == 1
     finally:
@@ -185,14 +100,6 @@ def test_without_the_store_units_serve_and_catch_up(
 
 
 BIG = "/debian/pool/main/b/big_1.0_amd64.deb"
-
-
-def upstream_file(root: Path, path: str, size: int) -> bytes:
-    """A file of `size` random bytes that the upstream serves at `path`."""
-    data = os.urandom(size)
-    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-    (root / path.lstrip("/")).write_bytes(data)
-    return data
 
 
 def _timed_get(url: str) -> tuple[int, str, float, float]:
@@ -209,19 +116,13 @@ def _timed_get(url: str) -> tuple[int, str, float, float]:
 
 
 def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     data = upstream_file(upstream_root, BIG, 4_000_000)
     upstream.rate[BIG] = 2_000_000  # 2 s: every client asks while it is fetched
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
     ports = [free_port() for _ in range(3)]
-    units = [
-        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, ports=ports) for n in range(3)
-    ]
+    units = [fleet.unit(swift, bucket, n, ports=ports) for n in range(3)]
     urls = [units[i % 3].url + BIG for i in range(20)]
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(_timed_get, urls))
@@ -249,19 +150,13 @@ def test_twenty_clients_on_three_units_cause_one_upstream_fetch(
 
 
 def test_a_unit_killed_mid_download_is_taken_over(
-    swift: Any,
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path
 ) -> None:
     data = upstream_file(upstream_root, BIG, 4_000_000)
     upstream.rate[BIG] = 1_000_000  # 4 s: long enough to kill the fetching unit in the middle
     bucket = f"fleet-{uuid.uuid4().hex[:12]}"
     ports = [free_port() for _ in range(3)]
-    a, b, c = (
-        _unit(start_appliance, upstream, tmp_path, swift, bucket, n, "6s", ports) for n in range(3)
-    )
+    a, b, c = (fleet.unit(swift, bucket, n, "6s", ports) for n in range(3))
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         first = pool.submit(_timed_get, a.url + BIG)  # a takes the lease and fetches
         time.sleep(1.0)
@@ -283,15 +178,12 @@ def test_a_unit_killed_mid_download_is_taken_over(
     head = s3.head_object(Bucket=bucket, Key=f"fleet/127.0.0.1:{upstream.port}{BIG}")
     assert head["ContentLength"] == len(data) and head["Metadata"]["sha256"] == want
     assert not any(
-        p.name.startswith(".") and ".part-" in p.name for p in (tmp_path / "unit-1").rglob("*")
+        p.name.startswith(".") and ".part-" in p.name for p in fleet.cache_dir(1).rglob("*")
     )  # nothing partial left behind
 
 
 def test_three_units_behind_haproxy(
-    start_appliance: StartAppliance,
-    upstream: Upstream,
-    upstream_root: Path,
-    tmp_path: Path,
+    fleet: Fleet, upstream: Upstream, upstream_root: Path, tmp_path: Path
 ) -> None:
     """The layout the charm documents: HAProxy checking /healthz in front of three units
     on one Swift. One upstream GET for 20 clients; a killed unit is taken out and its
@@ -303,7 +195,7 @@ def test_three_units_behind_haproxy(
     files = _files(upstream_root)
     upstream.rate[BIG] = 4_000_000
     own = swift_aio.start(tmp_path / "swift", free_port_block(5))  # this test stops it
-    units = [_unit(start_appliance, upstream, tmp_path, own, "fleet", n) for n in range(3)]
+    units = [fleet.unit(own, "fleet", n) for n in range(3)]
     names = {f"u{n}": u for n, u in enumerate(units)}
     proxy = haproxy.start(
         tmp_path / "haproxy", free_port(), {n: f"127.0.0.1:{u.port}" for n, u in names.items()}

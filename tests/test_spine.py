@@ -266,7 +266,7 @@ def test_a_crashed_seed_is_recorded_not_lost(start_appliance: StartAppliance) ->
             }
         },
     )
-    (app.cache_dir / ".seed.lock").mkdir(parents=True)
+    (app.cache_dir / ".state/seed.lock").mkdir(parents=True)  # not a file to lock
     assert app.admin("seed")[0] == 202
     _wait(lambda: "cloud" in app.status()["seed"]["targets"])
     outcome = app.status()["seed"]["targets"]["cloud"]

@@ -15,12 +15,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from appliance.web.tls import make_self_signed
-from tests.conftest import StartAppliance, free_port, http_get, require
+from tests.conftest import CURL_STATUS, Appliance, StartAppliance, free_port, http_get, require
 from tests.upstream import Upstream
 
 
@@ -98,12 +99,7 @@ def test_a_self_signed_certificate_with_names_made_once_and_published(
     ):
         r = subprocess.run(
             [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
+                *CURL_STATUS,
                 "--cacert",
                 str(tmp_path / "cert.pem"),
                 *args,
@@ -124,9 +120,19 @@ def test_a_self_signed_certificate_with_names_made_once_and_published(
     assert _served_fingerprint(port) == want
 
 
-def test_a_replaced_operator_certificate_is_taken_on_reload(
-    start_appliance: StartAppliance, tmp_path: Path
-) -> None:
+@dataclass
+class _OperatorTls:
+    """An appliance serving HTTPS on `port` with an operator's certificate (`first`) from
+    files the test may replace (`cert`, `key`) before a reload."""
+
+    app: Appliance
+    port: int
+    cert: Path
+    key: Path
+    first: bytes
+
+
+def _with_operator_certificate(start_appliance: StartAppliance, tmp_path: Path) -> _OperatorTls:
     port = free_port()
     cert, key = tmp_path / "op-cert.pem", tmp_path / "op-key.pem"
     first, first_key = make_self_signed(["cache.example", "127.0.0.1"])
@@ -136,6 +142,14 @@ def test_a_replaced_operator_certificate_is_taken_on_reload(
         {},
         extra={"tls": {"listen": f"127.0.0.1:{port}", "cert": str(cert), "key": str(key)}},
     )
+    return _OperatorTls(app, port, cert, key, first)
+
+
+def test_a_replaced_operator_certificate_is_taken_on_reload(
+    start_appliance: StartAppliance, tmp_path: Path
+) -> None:
+    op = _with_operator_certificate(start_appliance, tmp_path)
+    app, port, cert, key, first = op.app, op.port, op.cert, op.key, op.first
     before = _served_fingerprint(port)
     assert http_get(app.url + "/keys/archive-local-tls.pem")[1] == first
     second, second_key = make_self_signed(["cache.example", "127.0.0.1"])
@@ -170,16 +184,9 @@ def _rsa_certificate(tmp_path: Path) -> bytes:
 def test_a_certificate_that_is_not_the_keys_is_refused_on_reload(
     start_appliance: StartAppliance, tmp_path: Path, wrong: str
 ) -> None:
-    port = free_port()
-    cert, key = tmp_path / "op-cert.pem", tmp_path / "op-key.pem"
-    first, first_key = make_self_signed(["cache.example", "127.0.0.1"])
-    cert.write_bytes(first)
-    key.write_bytes(first_key)
+    op = _with_operator_certificate(start_appliance, tmp_path)
+    app, port, cert, key, first = op.app, op.port, op.cert, op.key, op.first
     (tmp_path / "first.pem").write_bytes(first)
-    app = start_appliance(
-        {},
-        extra={"tls": {"listen": f"127.0.0.1:{port}", "cert": str(cert), "key": str(key)}},
-    )
     served = _served_fingerprint(port)
     # a new certificate beside the old (EC) key: the operator forgot to replace the key
     if wrong == "an RSA certificate":

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from appliance.web.workers import merge_metrics
-from tests.conftest import Appliance, StartAppliance, require
-from tests.test_shared_store import BIG, _timed_get, upstream_file
+from tests.conftest import Appliance, StartAppliance, require, upstream_file
+from tests.test_shared_store import BIG, _timed_get
 from tests.upstream import Upstream
 
 

@@ -8,7 +8,7 @@ previous version of the same index (`IndexFile.logical`) said, so the table alwa
 reflects the newest copy of every index. The same table tells which cached pool and
 by-hash files no index references any more (`unreferenced`, for expiry).
 
-The table is local state beside the cache (`<cache>/.state/apt-index.sqlite`), rebuilt
+The table is local state beside the cache (`StateDir.apt_index`), rebuilt
 from the cached indexes when it is missing. A Packages file of 60,000 packages is
 about 7 MB of rows on disk and none in memory: lookups are one indexed query.
 """
@@ -37,13 +37,12 @@ from appliance.apt.indexes import (
 )
 from appliance.apt.paths import by_hash_digest
 from appliance.cache.route import Expect
+from appliance.cache.statedir import StateDir
 from appliance.cache.store import Entry, Store
 
 log = logging.getLogger(__name__)
 
 _BY_HASH_NAMES = {"sha256": "SHA256", "sha512": "SHA512", "md5": "MD5Sum"}
-STATE_DIR = ".state"  # hidden: never a cache key, skipped by the store's walks
-DB_NAME = "apt-index.sqlite"
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS indexes (
@@ -89,7 +88,7 @@ class IndexCatalog:
     """The engine's `Rules` for apt: expectations from cached indexes, and references."""
 
     def __init__(self, cache_dir: Path, store: Store) -> None:
-        self.path = Path(cache_dir) / STATE_DIR / DB_NAME  # the unit's own state, local
+        self.path = StateDir(cache_dir).apt_index  # the unit's own state, local
         self.store = store
         self._local = threading.local()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="apt-index")

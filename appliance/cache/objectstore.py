@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 from appliance.cache.fleetkey import FleetKey
 from appliance.cache.route import Expect
+from appliance.cache.statedir import StateDir
 from appliance.cache.store import (
     Entry,
     FilesystemStore,
@@ -325,160 +326,15 @@ def _errors(
         raise StoreUnavailable(f"{what}: {_why(exc)}") from None
 
 
-class ObjectStore:
-    """`Store` over a shared bucket, the local `FilesystemStore` in front (see the module)."""
+class _CopyIn:
+    """How `ObjectStore` takes what another unit uploaded: the object is copied to this
+    disk only when it can be tied to upstream (a digest from a signed index or feed, or the
+    fleet's record), checked while it is copied, one copy per key at a time. It uses the
+    store's `local`, `bucket`, `fleet_key`, `refusals`, `counts`, `_in_store` and its
+    health."""
 
-    def __init__(
-        self,
-        local: FilesystemStore,
-        bucket: Bucket,
-        clock: Any = time.monotonic,
-        lease_ttl: float = LEASE_TTL,
-        fleet_key: FleetKey | None = None,
-    ) -> None:
-        self.local = local
-        self.bucket = bucket
-        self.clock = clock
-        self.lease_ttl = lease_ttl
-        self.fleet_key = fleet_key
-        self.refusals = local.refusals  # one count per unit, whichever side refused
-        self.unit = f"{socket.gethostname()}:{os.getpid()}"  # named in the leases it holds
-        # leases this unit holds: when its last write of each started (monotonic seconds)
-        self._held: dict[str, float] = {}
-        self._failed_at: float | None = None
-        self.remote_error: str | None = None
-        self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
-        self._locks: dict[str, threading.Lock] = {}
-        self._pending: set[str] = set()  # shared entries not uploaded yet (store away)
-        # ... also written down, so that a restart during an outage still uploads them:
-        # one journal per process of the unit (a worker's successor takes it over)
-        name = local.holder if local.holder.startswith("worker-") else "main"
-        self._journal = local.root / ".state" / f"pending-uploads-{name}"
-        self._in_store: set[str] = set()  # keys this process uploaded or copied in
-        self._guard = threading.Lock()
-
-    # -- the store's health ----------------------------------------------------------
-    def connect(self) -> None:
-        """Make sure the bucket exists; a store that does not answer is noted, not fatal.
-        Entries an earlier run could not upload (its journal) are uploaded now, or once
-        the store answers."""
-        self._pending |= {k for k in self._read_journal() if self.local.held(k) is not None}
-        try:
-            self.bucket.ensure()
-            self._answered()
-        except StoreUnavailable as exc:
-            self._failed(exc)
-            return
-        if self._pending:
-            log.info(
-                "object store: uploading %d entries an earlier run could not", len(self._pending)
-            )
-            self._upload_pending()
-
-    def _read_journal(self) -> set[str]:
-        try:
-            return {line for line in self._journal.read_text().splitlines() if line}
-        except OSError:
-            return set()
-
-    def _write_journal(self) -> None:
-        """The pending keys, replaced atomically (a small file: the outage's new files)."""
-        try:
-            self._journal.parent.mkdir(parents=True, exist_ok=True)
-            if not self._pending:
-                self._journal.unlink(missing_ok=True)
-                return
-            tmp = self._journal.with_name(self._journal.name + ".tmp")
-            tmp.write_text("".join(f"{k}\n" for k in sorted(self._pending)))
-            os.replace(tmp, self._journal)
-        except OSError as exc:
-            log.warning("object store: cannot write %s: %s", self._journal, exc)
-
-    def _pend(self, key: str) -> None:
-        if key not in self._pending:
-            self._pending.add(key)
-            self._write_journal()
-
-    def _usable(self) -> bool:
-        return self._failed_at is None or self.clock() - self._failed_at >= RETRY_AFTER
-
-    def available(self) -> bool:
-        """Worth asking now (no I/O): not failed in the last `RETRY_AFTER` seconds."""
-        return self._usable()
-
-    def trip(self, why: str) -> None:
-        """The store did not answer in time (the caller gave up on it): not asked again
-        for `RETRY_AFTER` seconds; hits and misses go on without it."""
-        self._failed(why)
-
-    def _record(self, entry: Entry) -> str | None:
-        meta = entry.meta
-        if self.fleet_key is None or meta.sha256 is None:
-            return None
-        return self.fleet_key.record(self.bucket.name(entry.key), meta.size, meta.sha256, meta.keep)
-
-    def _failed(self, exc: Exception | str) -> None:
-        why = redact(str(exc))
-        if self.remote_error is None:
-            log.warning("object store unavailable (%s): serving from local disk and upstream", why)
-        self._failed_at, self.remote_error = self.clock(), why
-        self.counts["errors"] += 1
-
-    def _answered(self) -> None:
-        was_down = self.remote_error is not None
-        self._failed_at = self.remote_error = None
-        if was_down:
-            log.info("object store answers again; uploading %d entries", len(self._pending))
-            self._upload_pending()
-
-    def _upload_pending(self) -> None:
-        """Shared entries committed while the store was away: uploaded now, so that the
-        unit's disk is not their only copy (the journal keeps them across restarts)."""
-        for key in sorted(self._pending):
-            entry = self.local.held(key)
-            if entry is not None:
-                try:
-                    self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
-                except StoreUnavailable as exc:
-                    self._failed(exc)
-                    return
-                self.counts["uploads"] += 1
-                self._in_store.add(key)
-            self._pending.discard(key)
-        self._write_journal()
-
-    def catch_up(self) -> bool:
-        """Upload what waits (`share` during an outage) once the store may be asked
-        again, without waiting for the next request that asks it: True when nothing is
-        left to upload."""
-        if not self._pending:
-            return True
-        if not self._usable():
-            return False
-        try:
-            self.bucket.ensure()
-        except StoreUnavailable as exc:
-            self._failed(exc)
-            return False
-        self._answered()
-        if self._pending:
-            self._upload_pending()
-        return not self._pending
-
-    def remote_problem(self) -> str | None:
-        """Why the shared store is not used now (None: it is)."""
-        return self.remote_error
-
-    def shared_status(self) -> dict[str, Any]:
-        """For /healthz, the status page and metrics: is the store used, what it did."""
-        return {
-            "type": "s3",
-            "bucket": self.bucket.bucket,
-            "up": self.remote_error is None,
-            "problem": self.remote_error,
-            "pending_uploads": len(self._pending),
-            **self.counts,
-        }
+    _locks: dict[str, threading.Lock]
+    _guard: threading.Lock
 
     @contextlib.contextmanager
     def _one_at_a_time(self, key: str) -> Iterator[None]:
@@ -490,13 +346,6 @@ class ObjectStore:
         with self._guard:
             if not lock.locked():
                 self._locks.pop(key, None)
-
-    # -- reading ---------------------------------------------------------------------
-    def lookup(self, key: str) -> Entry | None:
-        """This disk's entry: what this unit wrote or checked itself. Never the bucket's:
-        what a unit keeps for itself (the curated feed, its key, snapshots, volatile
-        indexes) is not taken from where anyone with the credentials can write."""
-        return self.local.lookup(key)
 
     def adopt(self, key: str, expect: Expect) -> Entry | None:
         """This disk's entry, or the store's object copied in when it can be tied to
@@ -602,99 +451,87 @@ class ObjectStore:
         self._in_store.add(key)
         return entry
 
-    def held(self, key: str) -> Entry | None:
-        return self.local.held(key)
 
-    def open_read(self, entry: Entry) -> BinaryIO:
-        return self.local.open_read(entry)
+class _PendingUploads:
+    """The shared entries `ObjectStore` could not upload (the store away): kept in
+    `_pending` and written down (`_journal`, one per process of the unit), so that they are
+    uploaded once the store answers again, after a restart too. It uses the store's
+    `local`, `bucket`, `counts`, `_in_store` and its health (`_usable`, `_failed`,
+    `_answered`)."""
 
-    def read_bytes(self, entry: Entry) -> bytes:
-        return self.local.read_bytes(entry)
+    _pending: set[str]
+    _journal: Path
 
-    def local_file(self, entry: Entry) -> AbstractContextManager[Path]:
-        return self.local.local_file(entry)
+    def _read_journal(self) -> set[str]:
+        try:
+            return {line for line in self._journal.read_text().splitlines() if line}
+        except OSError:
+            return set()
 
-    def keys_under(self, prefix: str) -> Iterator[str]:
-        """This unit's keys and the store's (other units' downloads) below `prefix`."""
-        check_key(prefix)
-        keys = set(self.local.keys_under(prefix))
-        if self._usable():
-            try:
-                keys.update(self.bucket.keys(prefix))
-                self._answered()
-            except StoreUnavailable as exc:
-                self._failed(exc)
-        yield from sorted(keys)
+    def _write_journal(self) -> None:
+        """The pending keys, replaced atomically (a small file: the outage's new files)."""
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            if not self._pending:
+                self._journal.unlink(missing_ok=True)
+                return
+            tmp = self._journal.with_name(self._journal.name + ".tmp")
+            tmp.write_text("".join(f"{k}\n" for k in sorted(self._pending)))
+            os.replace(tmp, self._journal)
+        except OSError as exc:
+            log.warning("object store: cannot write %s: %s", self._journal, exc)
 
-    def entries(self) -> Iterator[Entry]:
-        """The entries on this unit's disk (the store's are listed by `keys_under`)."""
-        return self.local.entries()
+    def _pend(self, key: str) -> None:
+        if key not in self._pending:
+            self._pending.add(key)
+            self._write_journal()
 
-    def listing(self) -> Iterator[tuple[str, int, float]]:
-        """This unit's disk, as `entries` (unchecked, cheap)."""
-        return self.local.listing()
+    def _upload_pending(self) -> None:
+        """Shared entries committed while the store was away: uploaded now, so that the
+        unit's disk is not their only copy (the journal keeps them across restarts)."""
+        for key in sorted(self._pending):
+            entry = self.local.held(key)
+            if entry is not None:
+                try:
+                    self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
+                except StoreUnavailable as exc:
+                    self._failed(exc)
+                    return
+                self.counts["uploads"] += 1
+                self._in_store.add(key)
+            self._pending.discard(key)
+        self._write_journal()
 
-    # -- writing ---------------------------------------------------------------------
-    def create_temp(self, key: str) -> TempFile:
-        return self.local.create_temp(key)
-
-    def open_temp(self, temp: TempFile) -> BinaryIO:
-        return self.local.open_temp(temp)
-
-    def commit(self, temp: TempFile, meta: Meta) -> Entry:
-        """Commit locally (checked); `share` uploads it once its clients have it."""
-        return self.local.commit(temp, meta)
-
-    def share(self, entry: Entry) -> bool:
-        """Upload a shared entry for the other units; True once the store holds it (then
-        this disk's copy may be evicted, kept or not). A store that fails is logged and
-        the entry stays local (the store is a cache), uploaded when the store is back."""
-        if not entry.meta.shared:
-            return False
+    def catch_up(self) -> bool:
+        """Upload what waits (`share` during an outage) once the store may be asked
+        again, without waiting for the next request that asks it: True when nothing is
+        left to upload."""
+        if not self._pending:
+            return True
         if not self._usable():
-            self._pend(entry.key)
             return False
         try:
-            self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
+            self.bucket.ensure()
         except StoreUnavailable as exc:
-            self._pend(entry.key)
             self._failed(exc)
             return False
-        self.counts["uploads"] += 1
-        self._in_store.add(entry.key)
         self._answered()
-        return True
+        if self._pending:
+            self._upload_pending()
+        return not self._pending
 
-    def elsewhere(self, key: str) -> bool:
-        """The store is known to hold `key` (uploaded or copied in by this process): this
-        disk's copy may be evicted even when kept."""
-        return key in self._in_store
 
-    def discard(self, temp: TempFile) -> None:
-        self.local.discard(temp)
+class _FleetLeases:
+    """One upstream fetch per key for the units sharing the bucket: a lease object per key
+    (`Bucket.create_lease`), renewed while its download runs and taken over once it has
+    not been for `lease_ttl` (its unit died). A `local` claim is the disk's lock among this
+    unit's workers only (`FilesystemStore.claim`). It uses the store's `local`, `bucket`,
+    `refusals` and its health."""
 
-    def update_meta(self, entry: Entry) -> None:
-        self.local.update_meta(entry)
+    unit: str  # named in the leases this unit holds
+    lease_ttl: float
+    _held: dict[str, float]
 
-    def remove(self, key: str) -> None:
-        """Gone for every unit: this disk's copy and the store's object."""
-        self.local.remove(key)
-        if key in self._pending:
-            self._pending.discard(key)
-            self._write_journal()
-        self._in_store.discard(key)
-        if self._usable():
-            try:
-                self.bucket.delete(key)
-                self._answered()
-            except StoreUnavailable as exc:
-                self._failed(exc)
-
-    def evict(self, key: str) -> None:
-        """Only this disk's copy (the store keeps the object for every unit)."""
-        self.local.evict(key)
-
-    # -- one fetch for the fleet ------------------------------------------------------
     def claim(self, key: str, local: bool = False) -> str | None:
         """None when this unit should fetch `key`: it now holds the lease (a conditional
         create), or the store is away (each unit for itself). Otherwise the holder's
@@ -788,6 +625,205 @@ class ObjectStore:
         holder = found[0] if found is not None else "nobody"
         self.refusals.refuse("lease", "stolen", key, f": now held by {holder}")
         return False
+
+
+class ObjectStore(_CopyIn, _PendingUploads, _FleetLeases):
+    """`Store` over a shared bucket, the local `FilesystemStore` in front (see the module).
+    How it copies objects in, keeps what it could not upload and holds the fleet's leases
+    are the classes it is made of, above."""
+
+    def __init__(
+        self,
+        local: FilesystemStore,
+        bucket: Bucket,
+        clock: Any = time.monotonic,
+        lease_ttl: float = LEASE_TTL,
+        fleet_key: FleetKey | None = None,
+    ) -> None:
+        self.local = local
+        self.bucket = bucket
+        self.clock = clock
+        self.lease_ttl = lease_ttl
+        self.fleet_key = fleet_key
+        self.refusals = local.refusals  # one count per unit, whichever side refused
+        self.unit = f"{socket.gethostname()}:{os.getpid()}"  # named in the leases it holds
+        # leases this unit holds: when its last write of each started (monotonic seconds)
+        self._held: dict[str, float] = {}
+        self._failed_at: float | None = None
+        self.remote_error: str | None = None
+        self.counts = {"hits": 0, "misses": 0, "uploads": 0, "errors": 0, "corrupt": 0}
+        self._locks: dict[str, threading.Lock] = {}
+        self._pending: set[str] = set()  # shared entries not uploaded yet (store away)
+        # ... also written down, so that a restart during an outage still uploads them:
+        # one journal per process of the unit (a worker's successor takes it over)
+        name = local.holder if local.holder.startswith("worker-") else "main"
+        self._journal = StateDir(local.root).pending_uploads(name)
+        self._in_store: set[str] = set()  # keys this process uploaded or copied in
+        self._guard = threading.Lock()
+
+    # -- the store's health ----------------------------------------------------------
+    def connect(self) -> None:
+        """Make sure the bucket exists; a store that does not answer is noted, not fatal.
+        Entries an earlier run could not upload (its journal) are uploaded now, or once
+        the store answers."""
+        self._pending |= {k for k in self._read_journal() if self.local.held(k) is not None}
+        try:
+            self.bucket.ensure()
+            self._answered()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return
+        if self._pending:
+            log.info(
+                "object store: uploading %d entries an earlier run could not", len(self._pending)
+            )
+            self._upload_pending()
+
+    def _usable(self) -> bool:
+        return self._failed_at is None or self.clock() - self._failed_at >= RETRY_AFTER
+
+    def available(self) -> bool:
+        """Worth asking now (no I/O): not failed in the last `RETRY_AFTER` seconds."""
+        return self._usable()
+
+    def trip(self, why: str) -> None:
+        """The store did not answer in time (the caller gave up on it): not asked again
+        for `RETRY_AFTER` seconds; hits and misses go on without it."""
+        self._failed(why)
+
+    def _record(self, entry: Entry) -> str | None:
+        meta = entry.meta
+        if self.fleet_key is None or meta.sha256 is None:
+            return None
+        return self.fleet_key.record(self.bucket.name(entry.key), meta.size, meta.sha256, meta.keep)
+
+    def _failed(self, exc: Exception | str) -> None:
+        why = redact(str(exc))
+        if self.remote_error is None:
+            log.warning("object store unavailable (%s): serving from local disk and upstream", why)
+        self._failed_at, self.remote_error = self.clock(), why
+        self.counts["errors"] += 1
+
+    def _answered(self) -> None:
+        was_down = self.remote_error is not None
+        self._failed_at = self.remote_error = None
+        if was_down:
+            log.info("object store answers again; uploading %d entries", len(self._pending))
+            self._upload_pending()
+
+    def remote_problem(self) -> str | None:
+        """Why the shared store is not used now (None: it is)."""
+        return self.remote_error
+
+    def shared_status(self) -> dict[str, Any]:
+        """For /healthz, the status page and metrics: is the store used, what it did."""
+        return {
+            "type": "s3",
+            "bucket": self.bucket.bucket,
+            "up": self.remote_error is None,
+            "problem": self.remote_error,
+            "pending_uploads": len(self._pending),
+            **self.counts,
+        }
+
+    # -- reading ---------------------------------------------------------------------
+    def lookup(self, key: str) -> Entry | None:
+        """This disk's entry: what this unit wrote or checked itself. Never the bucket's:
+        what a unit keeps for itself (the curated feed, its key, snapshots, volatile
+        indexes) is not taken from where anyone with the credentials can write."""
+        return self.local.lookup(key)
+
+    def held(self, key: str) -> Entry | None:
+        return self.local.held(key)
+
+    def open_read(self, entry: Entry) -> BinaryIO:
+        return self.local.open_read(entry)
+
+    def read_bytes(self, entry: Entry) -> bytes:
+        return self.local.read_bytes(entry)
+
+    def local_file(self, entry: Entry) -> AbstractContextManager[Path]:
+        return self.local.local_file(entry)
+
+    def keys_under(self, prefix: str) -> Iterator[str]:
+        """This unit's keys and the store's (other units' downloads) below `prefix`."""
+        check_key(prefix)
+        keys = set(self.local.keys_under(prefix))
+        if self._usable():
+            try:
+                keys.update(self.bucket.keys(prefix))
+                self._answered()
+            except StoreUnavailable as exc:
+                self._failed(exc)
+        yield from sorted(keys)
+
+    def entries(self) -> Iterator[Entry]:
+        """The entries on this unit's disk (the store's are listed by `keys_under`)."""
+        return self.local.entries()
+
+    def listing(self) -> Iterator[tuple[str, int, float]]:
+        """This unit's disk, as `entries` (unchecked, cheap)."""
+        return self.local.listing()
+
+    # -- writing ---------------------------------------------------------------------
+    def create_temp(self, key: str) -> TempFile:
+        return self.local.create_temp(key)
+
+    def open_temp(self, temp: TempFile) -> BinaryIO:
+        return self.local.open_temp(temp)
+
+    def commit(self, temp: TempFile, meta: Meta) -> Entry:
+        """Commit locally (checked); `share` uploads it once its clients have it."""
+        return self.local.commit(temp, meta)
+
+    def share(self, entry: Entry) -> bool:
+        """Upload a shared entry for the other units; True once the store holds it (then
+        this disk's copy may be evicted, kept or not). A store that fails is logged and
+        the entry stays local (the store is a cache), uploaded when the store is back."""
+        if not entry.meta.shared:
+            return False
+        if not self._usable():
+            self._pend(entry.key)
+            return False
+        try:
+            self.bucket.upload(entry.key, entry.path, entry.meta, self._record(entry))
+        except StoreUnavailable as exc:
+            self._pend(entry.key)
+            self._failed(exc)
+            return False
+        self.counts["uploads"] += 1
+        self._in_store.add(entry.key)
+        self._answered()
+        return True
+
+    def elsewhere(self, key: str) -> bool:
+        """The store is known to hold `key` (uploaded or copied in by this process): this
+        disk's copy may be evicted even when kept."""
+        return key in self._in_store
+
+    def discard(self, temp: TempFile) -> None:
+        self.local.discard(temp)
+
+    def update_meta(self, entry: Entry) -> None:
+        self.local.update_meta(entry)
+
+    def remove(self, key: str) -> None:
+        """Gone for every unit: this disk's copy and the store's object."""
+        self.local.remove(key)
+        if key in self._pending:
+            self._pending.discard(key)
+            self._write_journal()
+        self._in_store.discard(key)
+        if self._usable():
+            try:
+                self.bucket.delete(key)
+                self._answered()
+            except StoreUnavailable as exc:
+                self._failed(exc)
+
+    def evict(self, key: str) -> None:
+        """Only this disk's copy (the store keeps the object for every unit)."""
+        self.local.evict(key)
 
     def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
         self.local.keep_partial(temp, info)

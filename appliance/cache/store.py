@@ -1,7 +1,11 @@
 """The cache store: committed files and their metadata, keyed by upstream URL.
 
-`Store` is the whole contract the engine relies on, small on purpose so an
-object-store backend can replace `FilesystemStore` later. Keys look like
+`Store` is everything the appliance does with stored bytes: reading, writing (a temp file,
+then `commit`), the fetch locks, partial downloads kept for a resume, and housekeeping;
+nothing outside `cache/` sees where or how the bytes are kept. Two backends implement it,
+chosen in `stores.open_store`: `FilesystemStore` here, a directory tree on the unit's disk,
+and `ObjectStore` (`objectstore.py`), a bucket several units share, with a
+`FilesystemStore` in front as each unit's read cache. In the tree, keys look like
 `host[:port]/path/to/file` and map to `<root>/host[:port]/path/to/file`, with
 the metadata in a hidden sidecar `.file.meta` beside it. Request paths never
 contain segments starting with '.', so sidecars and temp files (`.file.part-*`)
@@ -29,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from appliance.cache import statedir
 from appliance.cache.refusals import Refusals
 from appliance.cache.stripes import StripeLocks
 
@@ -39,7 +44,8 @@ _META = ".meta"
 _RESUME = ".resume"  # a broken transfer's bytes, kept for a Range request
 RESUME_MAX_AGE = 7 * 86400
 SCRATCH = ".scratch"  # staging work of other subsystems (see `scratch()`)
-LEASES = ".state/leases"  # lock files: one download per key among processes on one cache
+# lock files: one download per key among processes on one cache (relative to the root)
+LEASES = statedir.StateDir(Path()).leases
 _STAGING = ".seed-"  # where versions before the scratch area staged raw disks
 
 
@@ -345,8 +351,193 @@ def check_key(key: str) -> None:
         raise InvalidKey(f"invalid cache key {key!r}") from None
 
 
-class FilesystemStore:
-    """A directory tree; writes are temp file + fsync + rename."""
+class _LeaseStripes:
+    """The fetch locks of `FilesystemStore`: one download per key among the processes on one
+    cache directory (its workers, a command), an exclusive `flock` on one of a bounded
+    number of lock files under the unit's state (`StateDir.leases`), counted per process
+    (`stripes.StripeLocks`). It uses the store's `holder` (named to the processes that
+    wait) and `_locks` (the stripes it holds)."""
+
+    holder: str
+    _locks: StripeLocks
+
+    def claim(self, key: str, local: bool = False) -> str | None:
+        """None when this process should fetch `key`; else who holds it (another worker
+        or command on this cache directory): wait for the entry. A process that dies lets
+        go by itself. (Every claim here is `local`: this directory is all there is.)"""
+        return self._locks.claim(key, self.holder)
+
+    def renew(self, key: str) -> None:
+        return None  # a lock lasts as long as its process
+
+    def release(self, key: str, local: bool = False) -> None:
+        self._locks.release(key)
+
+
+class _PartialDownloads:
+    """The broken downloads of `FilesystemStore`, parked beside their entry's place
+    (`.<name>.resume`, with `.<name>.resume.json`) so that the next download of the key goes
+    on from there with a Range request; the start-up sweep removes those older than
+    `RESUME_MAX_AGE`. It uses the store's `path`."""
+
+    def _resume_paths(self, key: str) -> tuple[Path, Path]:
+        path = self.path(key)
+        part = path.with_name(f".{path.name}{_RESUME}")
+        return part, part.with_name(part.name + ".json")
+
+    def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
+        """Park a broken download's bytes (fsynced) with what is needed to resume it."""
+        part, info_path = self._resume_paths(temp.key)
+        tmp = info_path.with_name(f"{info_path.name}{_temp_suffix()}")
+        try:
+            try:
+                os.fsync(temp.fd)
+            finally:
+                temp.close()
+            tmp.write_text(json.dumps(info))
+            os.replace(temp.path, part)
+            os.replace(tmp, info_path)
+        except OSError:
+            # a full disk: nothing to resume from, and nothing left behind
+            for leftover in (temp.path, tmp, part, info_path):
+                leftover.unlink(missing_ok=True)
+            raise
+
+    def resume_partial(
+        self, key: str, algorithms: Iterable[str] = ()
+    ) -> tuple[TempFile, dict[str, object]] | None:
+        """Take a parked partial download back as a temp file positioned at its end,
+        its digests (sha256 and `algorithms`) primed with the bytes it holds."""
+        part, info_path = self._resume_paths(key)
+        try:
+            info = json.loads(info_path.read_text())
+            written = min(int(info["written"]), part.stat().st_size)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        tmp = part.with_name(f".{self.path(key).name}{_temp_suffix()}")
+        try:
+            os.replace(part, tmp)  # claimed: nobody else resumes the same bytes
+        except OSError:
+            return None
+        info_path.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+        temp = TempFile(key, tmp, fd, {n: hashlib.new(n) for n in {"sha256", *algorithms}})
+        try:
+            os.ftruncate(fd, written)
+            os.lseek(fd, written, os.SEEK_SET)
+            with open(tmp, "rb") as fh:
+                remaining = written
+                while remaining > 0 and (chunk := fh.read(min(1 << 22, remaining))):
+                    for digest in temp.digests.values():
+                        digest.update(chunk)
+                    remaining -= len(chunk)
+        except OSError:
+            discard_temp(temp)
+            return None
+        temp.size = written
+        info["written"] = written
+        return temp, info
+
+
+class _Sweeps:
+    """The walks of `FilesystemStore` that clean up: the start-up sweep (`scan`) and what a
+    dead worker left (`sweep_dead`). They use the store's `root`, `lookup` and `remove`."""
+
+    root: Path
+
+    def scan(self, sweep: bool = True) -> Iterator[tuple[str, int, float, bool]]:
+        """Sweep leftovers (temp files, orphans, scratch) and yield (key, size, last use, keep).
+
+        Never stops on a name it does not understand: such a file is left alone and
+        logged; only what this module itself writes (temp files, sidecars without
+        their file, staging folders) is removed. `sweep=False` removes nothing: other
+        processes on this directory may be writing those temp files right now.
+        """
+        if not self.root.is_dir():
+            return
+        if sweep:
+            shutil.rmtree(self.root / SCRATCH, ignore_errors=True)
+        for dirpath, dirs, files in os.walk(self.root):
+            d = Path(dirpath)
+            for name in [n for n in dirs if sweep and n.startswith(_STAGING)]:  # old staging
+                log.info("startup sweep: removing staging folder %s", d / name)
+                shutil.rmtree(d / name, ignore_errors=True)
+            dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
+            names = set(files)
+            for name in files:
+                try:
+                    found = self._sweep_one(d, name, names, sweep)
+                except (OSError, InvalidKey, UnicodeError) as exc:
+                    log.warning("startup sweep: leaving %s alone (%s)", d / name, exc)
+                    continue
+                if found is not None:
+                    yield found
+
+    def sweep_dead(self, pid: int) -> int:
+        """Remove the temp files of process `pid`, which died (a worker killed mid-download:
+        nothing else would remove them before the next start); the count removed."""
+        mark = f"{_PART}{pid}-"
+        removed = 0
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [n for n in dirs if n not in (statedir.NAME, SCRATCH)]
+            for name in files:
+                if mark in name:
+                    with contextlib.suppress(OSError):
+                        (Path(dirpath) / name).unlink()
+                        removed += 1
+        return removed
+
+    def _sweep_one(
+        self, d: Path, name: str, names: set[str], sweep: bool = True
+    ) -> tuple[str, int, float, bool] | None:
+        full = d / name
+        if not sweep:  # list what is whole, touch nothing
+            if _PART in name or name.startswith(".") or name.endswith(_RESUME):
+                return None
+            key = str(full.relative_to(self.root))
+            check_key(key)
+            entry = self.lookup(key)
+            if entry is None:
+                return None
+            st = full.stat()
+            return (
+                key,
+                entry.meta.size,
+                max(st.st_atime, st.st_mtime, entry.meta.checked),
+                entry.meta.keep,
+            )
+        if _PART in name:
+            log.info("startup sweep: removing partial download %s", full)
+            full.unlink(missing_ok=True)
+            return None
+        if name.endswith((_RESUME, _RESUME + ".json")):
+            if time.time() - full.stat().st_mtime > RESUME_MAX_AGE:
+                full.unlink()
+            return None
+        if name.startswith("."):
+            if name.endswith(_META) and name[1 : -len(_META)] not in names:
+                full.unlink(missing_ok=True)  # sidecar of a file that is gone
+            return None
+        key = str(full.relative_to(self.root))
+        check_key(key)
+        if not full.is_file():
+            raise InvalidKey("not a regular file")
+        entry = self.lookup(key)
+        if entry is None:
+            if not self._meta_path(full).exists():
+                log.info("startup sweep: removing %s (no metadata)", full)
+            else:
+                log.info("startup sweep: removing %s (metadata unreadable or wrong size)", full)
+            self.remove(key)
+            return None
+        st = full.stat()
+        last_use = max(st.st_atime, st.st_mtime, entry.meta.checked)
+        return key, entry.meta.size, last_use, entry.meta.keep
+
+
+class FilesystemStore(_LeaseStripes, _PartialDownloads, _Sweeps):
+    """A directory tree; writes are temp file + fsync + rename. Its fetch locks, partial
+    downloads and sweeps are the classes it is made of, above."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -456,64 +647,6 @@ class FilesystemStore:
     def update_meta(self, entry: Entry) -> None:
         self._write_meta(entry.path, entry.meta)
 
-    def _resume_paths(self, key: str) -> tuple[Path, Path]:
-        path = self.path(key)
-        part = path.with_name(f".{path.name}{_RESUME}")
-        return part, part.with_name(part.name + ".json")
-
-    def keep_partial(self, temp: TempFile, info: dict[str, object]) -> None:
-        """Park a broken download's bytes (fsynced) with what is needed to resume it."""
-        part, info_path = self._resume_paths(temp.key)
-        tmp = info_path.with_name(f"{info_path.name}{_temp_suffix()}")
-        try:
-            try:
-                os.fsync(temp.fd)
-            finally:
-                temp.close()
-            tmp.write_text(json.dumps(info))
-            os.replace(temp.path, part)
-            os.replace(tmp, info_path)
-        except OSError:
-            # a full disk: nothing to resume from, and nothing left behind
-            for leftover in (temp.path, tmp, part, info_path):
-                leftover.unlink(missing_ok=True)
-            raise
-
-    def resume_partial(
-        self, key: str, algorithms: Iterable[str] = ()
-    ) -> tuple[TempFile, dict[str, object]] | None:
-        """Take a parked partial download back as a temp file positioned at its end,
-        its digests (sha256 and `algorithms`) primed with the bytes it holds."""
-        part, info_path = self._resume_paths(key)
-        try:
-            info = json.loads(info_path.read_text())
-            written = min(int(info["written"]), part.stat().st_size)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        tmp = part.with_name(f".{self.path(key).name}{_temp_suffix()}")
-        try:
-            os.replace(part, tmp)  # claimed: nobody else resumes the same bytes
-        except OSError:
-            return None
-        info_path.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-        temp = TempFile(key, tmp, fd, {n: hashlib.new(n) for n in {"sha256", *algorithms}})
-        try:
-            os.ftruncate(fd, written)
-            os.lseek(fd, written, os.SEEK_SET)
-            with open(tmp, "rb") as fh:
-                remaining = written
-                while remaining > 0 and (chunk := fh.read(min(1 << 22, remaining))):
-                    for digest in temp.digests.values():
-                        digest.update(chunk)
-                    remaining -= len(chunk)
-        except OSError:
-            discard_temp(temp)
-            return None
-        temp.size = written
-        info["written"] = written
-        return temp, info
-
     def _write_meta(self, path: Path, meta: Meta) -> None:
         target = self._meta_path(path)
         tmp = self._write_temp_meta(target, meta)
@@ -545,19 +678,6 @@ class FilesystemStore:
     def evict(self, key: str) -> None:
         """Make room: here the only copy, so the same as `remove`."""
         self.remove(key)
-
-    def claim(self, key: str, local: bool = False) -> str | None:
-        """None when this process should fetch `key`; else who holds it (another worker
-        or command on this cache directory): wait for the entry. A lock file per stripe
-        of keys (`StripeLocks`); a process that dies lets go by itself. (Every claim here
-        is `local`: this directory is all there is.)"""
-        return self._locks.claim(key, self.holder)
-
-    def renew(self, key: str) -> None:
-        return None  # a lock lasts as long as its process
-
-    def release(self, key: str, local: bool = False) -> None:
-        self._locks.release(key)
 
     def keys_under(self, prefix: str) -> Iterator[str]:
         """Keys of the complete files below `prefix` (no sweeping: safe while serving)."""
@@ -668,92 +788,3 @@ class FilesystemStore:
         base.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=base, prefix=prefix) as tmp:
             yield Path(tmp)
-
-    def scan(self, sweep: bool = True) -> Iterator[tuple[str, int, float, bool]]:
-        """Sweep leftovers (temp files, orphans, scratch) and yield (key, size, last use, keep).
-
-        Never stops on a name it does not understand: such a file is left alone and
-        logged; only what this module itself writes (temp files, sidecars without
-        their file, staging folders) is removed. `sweep=False` removes nothing: other
-        processes on this directory may be writing those temp files right now.
-        """
-        if not self.root.is_dir():
-            return
-        if sweep:
-            shutil.rmtree(self.root / SCRATCH, ignore_errors=True)
-        for dirpath, dirs, files in os.walk(self.root):
-            d = Path(dirpath)
-            for name in [n for n in dirs if sweep and n.startswith(_STAGING)]:  # old staging
-                log.info("startup sweep: removing staging folder %s", d / name)
-                shutil.rmtree(d / name, ignore_errors=True)
-            dirs[:] = [n for n in dirs if not n.startswith(".")]  # the appliance's own state
-            names = set(files)
-            for name in files:
-                try:
-                    found = self._sweep_one(d, name, names, sweep)
-                except (OSError, InvalidKey, UnicodeError) as exc:
-                    log.warning("startup sweep: leaving %s alone (%s)", d / name, exc)
-                    continue
-                if found is not None:
-                    yield found
-
-    def sweep_dead(self, pid: int) -> int:
-        """Remove the temp files of process `pid`, which died (a worker killed mid-download:
-        nothing else would remove them before the next start); the count removed."""
-        mark = f"{_PART}{pid}-"
-        removed = 0
-        for dirpath, dirs, files in os.walk(self.root):
-            dirs[:] = [n for n in dirs if n not in (".state", SCRATCH)]
-            for name in files:
-                if mark in name:
-                    with contextlib.suppress(OSError):
-                        (Path(dirpath) / name).unlink()
-                        removed += 1
-        return removed
-
-    def _sweep_one(
-        self, d: Path, name: str, names: set[str], sweep: bool = True
-    ) -> tuple[str, int, float, bool] | None:
-        full = d / name
-        if not sweep:  # list what is whole, touch nothing
-            if _PART in name or name.startswith(".") or name.endswith(_RESUME):
-                return None
-            key = str(full.relative_to(self.root))
-            check_key(key)
-            entry = self.lookup(key)
-            if entry is None:
-                return None
-            st = full.stat()
-            return (
-                key,
-                entry.meta.size,
-                max(st.st_atime, st.st_mtime, entry.meta.checked),
-                entry.meta.keep,
-            )
-        if _PART in name:
-            log.info("startup sweep: removing partial download %s", full)
-            full.unlink(missing_ok=True)
-            return None
-        if name.endswith((_RESUME, _RESUME + ".json")):
-            if time.time() - full.stat().st_mtime > RESUME_MAX_AGE:
-                full.unlink()
-            return None
-        if name.startswith("."):
-            if name.endswith(_META) and name[1 : -len(_META)] not in names:
-                full.unlink(missing_ok=True)  # sidecar of a file that is gone
-            return None
-        key = str(full.relative_to(self.root))
-        check_key(key)
-        if not full.is_file():
-            raise InvalidKey("not a regular file")
-        entry = self.lookup(key)
-        if entry is None:
-            if not self._meta_path(full).exists():
-                log.info("startup sweep: removing %s (no metadata)", full)
-            else:
-                log.info("startup sweep: removing %s (metadata unreadable or wrong size)", full)
-            self.remove(key)
-            return None
-        st = full.stat()
-        last_use = max(st.st_atime, st.st_mtime, entry.meta.checked)
-        return key, entry.meta.size, last_use, entry.meta.keep

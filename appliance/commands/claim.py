@@ -3,8 +3,8 @@ able to write, for itself alone; and its port, for itself alone.
 
 A second service on the same cache directory would sweep the first one's temp files and
 take over its workers' sockets; one on the same port would take a share of its clients
-into another cache. So one service holds an exclusive `flock` on
-`<cache.dir>/.state/service.lock` for its life (its workers inherit the open file, so
+into another cache. So one service holds an exclusive `flock` on its
+`StateDir.service_lock` for its life (its workers inherit the open file, so
 the lock lasts as long as any of them runs), and the file names the holder for the
 one-line refusal the next one prints. The port is bound without SO_REUSEPORT: the master
 of several workers binds it once and they share that socket (see `commands.workers`);
@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.cache.statedir import StateDir
 from appliance.config import Config, Listen
 from appliance.web.server import bind
-
-LOCK = Path(".state/service.lock")  # under cache.dir
 
 
 class Refused(Exception):
@@ -40,7 +39,7 @@ class Refused(Exception):
 
 def prepare_cache_dir(config: Config) -> None:
     """The cache directory exists (made if missing) and this process can write in it and
-    in its `.state`: else the service would start and pass every request through
+    in its state directory: else the service would start and pass every request through
     (`X-Cache: PASS`) with `/healthz` failing, which nobody reads at start."""
     d = config.cache.dir
     if d.exists() and not d.is_dir():
@@ -51,7 +50,7 @@ def prepare_cache_dir(config: Config) -> None:
         raise Refused(f"cache.dir {d}: not a directory (a file is in its path)") from None
     except OSError as exc:
         raise Refused(f"cache.dir {d}: cannot create it ({exc.strerror})") from None
-    for where in (d, d / LOCK.parent):
+    for where in (d, StateDir(d).path):
         probe = where / f".probe-{secrets.token_hex(4)}"
         try:
             where.mkdir(exist_ok=True)
@@ -80,24 +79,24 @@ class Holder:
         return f"archive-local ({', '.join(parts)})"
 
 
-def _read_holder(fd: int, path: Path) -> Holder:
+def _read_holder(fd: int, state: StateDir) -> Holder:
     """What the lock file (open, checked to be a regular file) records."""
     try:
         data = json.loads(os.pread(fd, 4096, 0))
         return Holder(int(data["pid"]), str(data["cache"]), str(data["listen"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return Holder(None, str(path.parent.parent))
+        return Holder(None, str(state.cache_dir))
 
 
-def _holder_at(path: Path) -> Holder:
+def _holder_at(state: StateDir) -> Holder:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(state.service_lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return Holder(None, str(path.parent.parent))
+        return Holder(None, str(state.cache_dir))
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            return _read_holder(fd, path)
-        return Holder(None, str(path.parent.parent))
+            return _read_holder(fd, state)
+        return Holder(None, str(state.cache_dir))
     finally:
         os.close(fd)
 
@@ -105,7 +104,8 @@ def _holder_at(path: Path) -> Holder:
 def running_holder(cache_dir: Path) -> Holder | None:
     """The service that holds `cache_dir` now, as its lock file names it (None: none
     does). Only reads: a command asking creates nothing."""
-    path = cache_dir / LOCK
+    state = StateDir(cache_dir)
+    path = state.service_lock
     try:  # (not through a link, never waiting on a FIFO planted there)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -116,7 +116,7 @@ def running_holder(cache_dir: Path) -> Holder | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            return _read_holder(fd, path)
+            return _read_holder(fd, state)
         return None
     finally:
         os.close(fd)  # (a shared lock we got goes with it)
@@ -140,7 +140,8 @@ def _lock_soon(fd: int, within: float = 1.0) -> None:
 def lock_cache_dir(config: Config) -> int:
     """Take the service's lock on its cache directory; the open descriptor (held until
     the process and every worker it passes it to have exited)."""
-    d, path = config.cache.dir, config.cache.dir / LOCK
+    d, state = config.cache.dir, StateDir(config.cache.dir)
+    path = state.service_lock
     flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o600)
@@ -152,7 +153,7 @@ def lock_cache_dir(config: Config) -> int:
     try:
         _lock_soon(fd)
     except OSError as exc:
-        holder = _read_holder(fd, path)
+        holder = _read_holder(fd, state)
         os.close(fd)
         if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
             raise Refused(f"cache.dir {d}: cannot lock {path} ({exc.strerror})") from None
@@ -228,8 +229,8 @@ def port_holder(port: int) -> str | None:
         if not links & inodes:
             continue
         for link in links:
-            if link.endswith(f"/{LOCK}"):
-                return _holder_at(Path(link)).describe()
+            if (state := StateDir.of_service_lock(Path(link))) is not None:
+                return _holder_at(state).describe()
         try:
             name = (proc / "comm").read_text().strip()
         except OSError:

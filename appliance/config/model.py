@@ -1,9 +1,11 @@
 """The configuration as frozen dataclasses: the one place for every default.
 
-A field's default is the default (parsers read it from here, never a literal); fields
-whose unit users write (`50GiB`, `6h`) say so in their metadata, so `dump` prints them
-the way they were written. Only the site defaults a new machine needs (listen address,
-cache directory and size, remaps) are in the embedded `default.yaml`.
+A field's default is the default: parsers read it from here, never from a literal of
+their own (`workers`, whose default is the word `auto`, takes the word and what it means
+from here too: `WORKERS_AUTO`, `cores()`). Fields whose unit users write (`50GiB`, `6h`)
+say so in their metadata, so `dump` prints them the way they were written. Only the site
+defaults a new machine needs (listen address, cache directory and size, remaps) are in the
+embedded `default.yaml`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from typing import Any
 
 SIZE = {"unit": "size"}  # dumped as 50GiB, 64MiB
 DURATION = {"unit": "duration"}  # dumped as 6h, 3d, 45s
+WORKERS_AUTO = "auto"  # `workers` when not written: one process per core (`cores()`)
+
+
+def cores() -> int:
+    """The number of processes `workers: auto` means on this machine."""
+    return max(1, os.cpu_count() or 1)
 
 
 def size(default: int) -> Any:
@@ -245,7 +253,7 @@ class Config:
     discovery: DiscoveryConfig = DiscoveryConfig()
     limits: LimitsConfig = LimitsConfig()
     tls: TlsConfig | None = None
-    # processes sharing the port and the cache; by default ("auto") one per core
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # processes sharing the port and the cache; by default (WORKERS_AUTO) one per core
+    workers: int = field(default_factory=cores)
     workers_auto: bool = field(default=False, compare=False)  # written `auto`: dumped so
     source: str = field(default="<embedded default>", compare=False)

@@ -7,7 +7,6 @@ own from inline YAML. Every error names the offending key.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -41,6 +40,7 @@ from appliance.config.fields import (
     whole,
 )
 from appliance.config.model import (
+    WORKERS_AUTO,
     AdminConfig,
     AptConfig,
     CacheConfig,
@@ -58,6 +58,7 @@ from appliance.config.model import (
     TargetConfig,
     TlsConfig,
     UpstreamConfig,
+    cores,
 )
 
 SECTIONS = (
@@ -170,14 +171,14 @@ def _parse_store(value: Any) -> StoreConfig | None:
     lease = parse_duration(data.get("lease", StoreConfig.lease), f"{key}.lease")
     if lease < 6:
         raise ConfigError(f"{key}.lease: at least 6s (it is renewed every 2 s), got {lease:g}s")
-    choice(data, "type", key, "s3", ("s3",))
+    choice(data, "type", key, StoreConfig.type, ("s3",))
     endpoint = url(data, "endpoint", key)
     if endpoint is None:
         raise ConfigError(f"{key}.endpoint: required (the S3 API's URL)")
     bucket = data.get("bucket")
     if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
         raise ConfigError(f"{key}.bucket: a bucket name (3-63 of a-z 0-9 . -), got {bucket!r}")
-    prefix = text(data, "prefix", key, "") if data.get("prefix") else ""
+    prefix = text(data, "prefix", key) if data.get("prefix") else StoreConfig.prefix
     peers = data.get("peers") or []
     if not isinstance(peers, list):
         raise ConfigError(f"{key}.peers: a list of the other units' URLs, got {peers!r}")
@@ -195,7 +196,7 @@ def _parse_store(value: Any) -> StoreConfig | None:
             else None
         ),
         region=text(data, "region", key, StoreConfig.region) or StoreConfig.region,
-        prefix=prefix or "",
+        prefix=prefix or StoreConfig.prefix,
         lease=lease,
         peer_url=_peer_url(data.get("peer_url"), f"{key}.peer_url"),
         peers=tuple(_peer_url(u, f"{key}.peers[{i}]") for i, u in enumerate(peers)),
@@ -545,6 +546,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     check_keys(data, SECTIONS, "")
     cache = {**base["cache"], **expect_mapping(data.get("cache", {}), "cache")}
     apt = {**base["apt"], **expect_mapping(data.get("apt", {}), "apt")}
+    workers = data.get("workers", WORKERS_AUTO)
     return Config(
         listen=parse_listen(data.get("listen", base["listen"])),
         cache=_parse_cache(cache),
@@ -557,8 +559,8 @@ def parse(data: Any, source: str = "<config>") -> Config:
         admin=_parse_admin(data.get("admin") or {}),
         discovery=_parse_discovery(data.get("discovery") or {}),
         limits=_parse_limits(data.get("limits") or {}),
-        workers=_parse_workers(data.get("workers", "auto")),
-        workers_auto=data.get("workers", "auto") == "auto",
+        workers=_parse_workers(workers),
+        workers_auto=workers == WORKERS_AUTO,
         tls=_parse_tls(data.get("tls")),
         source=source,
     )
@@ -589,8 +591,8 @@ def _parse_tls(value: Any) -> TlsConfig | None:
 
 
 def _parse_workers(value: Any) -> int:
-    if value == "auto":
-        return max(1, os.cpu_count() or 1)
+    if value == WORKERS_AUTO:
+        return cores()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
         raise ConfigError(f"workers: a number of processes from 1 to 64, or auto, got {value!r}")
     return value

@@ -15,12 +15,13 @@ from appliance.apt.catalog import IndexCatalog
 from appliance.apt.routing import Router
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
+from appliance.cache.statedir import StateDir
 from appliance.cache.store import Store
 from appliance.config import Config
 from appliance.discovery.wellknown import WellKnown
 from appliance.jobs.maintenance import Maintenance
 from appliance.jobs.scheduler import Scheduler
-from appliance.metrics import Metrics, history_path
+from appliance.metrics import Metrics
 from appliance.runtime.core import Core
 from appliance.runtime.health import Health
 from appliance.runtime.history import History
@@ -35,7 +36,7 @@ from appliance.web.events import Events
 from appliance.web.peers import PeerStreams
 from appliance.web.server import Server
 from appliance.web.tls import Certificates
-from appliance.web.workers import Workers, socket_path
+from appliance.web.workers import Workers
 
 
 @dataclass(eq=False)
@@ -107,10 +108,10 @@ def assemble(
     engine is not told of the siblings and peers yet: `serving` does, once it started."""
     config, engine = base.config, base.engine
     metrics = Metrics(enabled=config.metrics)
+    state = StateDir(config.cache.dir)
     siblings = None
     if worker is not None:
-        sockets = [socket_path(config.cache.dir, i) for i in range(config.workers)]
-        siblings = Workers(worker, sockets)
+        siblings = Workers(worker, [state.worker_socket(i) for i in range(config.workers)])
     streams = None
     if siblings is not None or config.cache.store is not None:
         # the configured peers are read at each use: a reload replaces `app.config`
@@ -133,7 +134,7 @@ def assemble(
         holdings=holdings.Holdings(),
         discovery=WellKnown(base.store),
         health=Health(engine),
-        history=History(metrics, history_path(config.cache.dir, worker)),
+        history=History(metrics, state.history(worker)),
         tls=tls,
         workers=siblings,
         peer_streams=streams,

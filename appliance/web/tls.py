@@ -3,7 +3,7 @@
 LXD and Incus read simplestreams only over HTTPS and refuse a certificate without a
 subjectAltName (Go's "relies on legacy Common Name field"). Without `tls.cert`/`tls.key`
 the appliance makes a self-signed certificate once, kept with its state
-(`<cache.dir>/.state/tls/`), naming every way it is reached: `archive.local` (its
+(`StateDir.tls`), naming every way it is reached: `archive.local` (its
 discovery name), the host name, the listen addresses, loopback and `tls.names`. It makes
 a new one only when those names grow. Clients pin it (`/keys/archive-local-tls.pem`, its
 sha256 in `/.well-known/archive-local`): the cloud-init module installs it from there.
@@ -33,12 +33,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from appliance.cache.statedir import StateDir
 from appliance.config import Config
 
 log = logging.getLogger(__name__)
 
 PEM_PATH = "/keys/archive-local-tls.pem"  # where clients fetch the certificate to pin
-STATE = Path(".state/tls")  # under cache.dir: cert.pem, key.pem
 VALID_DAYS = 3650
 WILDCARD = ("0.0.0.0", "::", "")
 
@@ -208,7 +208,8 @@ class Certificates:
         if tls.cert is not None and tls.key is not None:
             cert_path, key_path = tls.cert, tls.key
         else:
-            cert_path, key_path = ensure_self_signed(config.cache.dir / STATE, wanted_names(config))
+            state = StateDir(config.cache.dir).tls
+            cert_path, key_path = ensure_self_signed(state, wanted_names(config))
         try:
             context, leaf = _context(cert_path, key_path)
         except (OSError, ValueError, TypeError, UnsupportedAlgorithm, ssl.SSLError) as exc:

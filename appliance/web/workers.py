@@ -1,7 +1,7 @@
 """Several worker processes of one service (`workers: N`) answering as one.
 
 Every worker serves the public port (SO_REUSEPORT: the kernel spreads connections) and its
-own Unix socket, `<cache.dir>/.state/workers/<index>.sock` (mode 0600), on which the others
+own Unix socket, `StateDir.worker_socket(index)` (mode 0600), on which the others
 reach it. What a client asks of one worker is answered for all of them: `/metrics` sums
 the workers' counters (and the gauges `appliance.families` marks `summed`, those in
 flight; other gauges are the same cache seen by each, so the largest is taken);
@@ -51,10 +51,6 @@ TO_PRIMARY = ("sync", "seed", "expire")  # jobs: the primary runs them
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 CACHE_EVENTS = "/.archive-local/cache-events"  # POST, from a sibling: what entered/left the cap
 TELL_DELAY = 0.05  # seconds cache events wait to go out together
-
-
-def socket_path(cache_dir: Path, index: int) -> Path:
-    return cache_dir / ".state" / "workers" / f"{index}.sock"
 
 
 def is_internal(request: web.BaseRequest) -> bool:

@@ -88,7 +88,7 @@ def leftovers(cache_dir: Path) -> list[str]:
     bad = []
     for path in cache_dir.rglob("*"):
         rel = path.relative_to(cache_dir)
-        if rel.parts[0] == ".state" or not path.is_file() or rel.name == ".sync.lock":
+        if rel.parts[0] == ".state" or not path.is_file():
             continue
         name = path.name
         if ".part-" in name:

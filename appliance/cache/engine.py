@@ -77,6 +77,10 @@ class CacheEngine:
         self.fleet = Fleet(store, lease_ttl=getattr(store, "lease_ttl", 30.0))
         self.upstream = Upstream(self.disk, fetcher, self.flights, self.rules)
         self.leases = Leases(self.fleet, self.disk, self.upstream, self.ensure)
+        # for web.deliver: what bounds a relayed stream (a sibling's download, `FromPeer`),
+        # and what crossed the unit's boundary and was refused (a peer's bad bytes)
+        self.limits: TransferLimits = fetcher.limits
+        self.refusals: Refusals = self.fleet.refusals
 
     # --- wiring, set by the web side ----------------------------------------------------
     @property
@@ -102,20 +106,6 @@ class CacheEngine:
         """What a sibling told of the directory both cache in (`tell`); an unknown
         change is a ValueError."""
         self.disk.learned(Change(change), key, size)
-
-    @property
-    def limits(self) -> TransferLimits:
-        """What bounds a relayed stream (a sibling's download, see `FromPeer`)."""
-        return self.upstream.limits
-
-    @property
-    def refusals(self) -> Refusals:
-        """What crossed the unit's boundary and was refused (a peer's bad bytes)."""
-        return self.fleet.refusals
-
-    @property
-    def evictions(self) -> int:
-        return self.disk.evictions
 
     def apply(self, config: Config) -> None:
         """Take the cache settings of a new configuration (reload)."""

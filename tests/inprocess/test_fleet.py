@@ -73,7 +73,7 @@ async def test_kept_files_copied_from_the_store_may_leave_this_disk(
         assert sum(origin.count(f"/img/{n}.img") for n in "abc") == fetched  # none upstream
         on_b = [k for k in keys.values() if b.store.held(k) is not None]
         assert on_b == [keys["c"]]  # 150 kB cap: the older copies left b's disk
-        assert b.figures().bytes <= 150_000 and b.evictions == 2
+        assert b.figures().bytes <= 150_000 and b.figures().evictions == 2
         again = await b.ensure(
             _image(keys["a"], origin.url("/img/a.img"), Expect(size=100_000)), keep=True
         )

@@ -49,6 +49,7 @@ def require(command: str, package: str) -> None:
 
 
 # the layers, marked by folder: `make check` runs the first two (a venv is all they need)
+COMPONENTS = {"swift"}  # fixtures that start a component `make test` builds (.components)
 LAYERS = (("tests/unit/", "unit"), ("charm/tests/unit/", "unit"), ("tests/inprocess/", "inprocess"))
 
 
@@ -60,6 +61,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
         layer = next((m for prefix, m in LAYERS if where.startswith(prefix)), "e2e")
+        if COMPONENTS & set(getattr(item, "fixturenames", ())):
+            layer = "e2e"  # a real component (Swift) to start: not the venv alone
         item.add_marker(layer)
 
 
@@ -474,6 +477,8 @@ def free_port_block(n: int) -> int:
         try:
             for p in range(base, base + n):
                 s = socket.socket()
+                # as the servers bind: a port a closed connection left in TIME_WAIT is free
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", p))
                 socks.append(s)
             return base

@@ -111,7 +111,9 @@ def main() -> None:
         # the cache changes: its cost, in this process, on the same directory
         store = FilesystemStore(cache)
         catalog = IndexCatalog(cache, store)
-        prefixes = [(UpstreamBase.parse(u[0]).key(), n) for n, u in remaps.items()]
+        prefixes = holdings.remap_prefixes(
+            {n: UpstreamBase.parse(u[0]).key() for n, u in remaps.items()}
+        )
         times = []
         try:
             for _ in range(5):

@@ -11,15 +11,15 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
+from appliance import config as configuration
 from appliance.cache.keys import UpstreamBase
 from appliance.cache.store import FilesystemStore, Meta
+from appliance.commands.status import DIRECT  # the service, never through http_proxy
 
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
 SUITES = ("bookworm", "trixie", "noble", "jammy")
 ARCHES = ("amd64", "arm64")
 
@@ -88,17 +88,8 @@ def publish_images(config: Path, work: Path, images: int) -> None:
 
 
 def configured_workers(config: Path) -> int:
-    """How many worker processes the service of `config` runs (`auto` resolved), as
-    `archive-local config` prints it."""
-    shown = subprocess.run(
-        [sys.executable, "-m", "appliance", "--config", str(config), "config"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(x for x in shown.splitlines() if x.startswith("workers:"))
-    value = line.split(":", 1)[1].split("#", 1)
-    return int(value[1].split()[0] if value[0].strip() == "auto" else value[0])
+    """How many worker processes the service of `config` runs (`auto` resolved)."""
+    return configuration.load(config).workers
 
 
 def all_workers_status(url: str, config: Path, timeout: float = 60) -> dict:

@@ -116,25 +116,20 @@ def _operator_commands(command: Command) -> None:
     """What an operator asks of a cache or its running service."""
     st = command("status", help="summary of the running service (from /api/status)")
     st.add_argument("--url", help="the service (default: from 'listen')")
-    st.add_argument("--json", action="store_true", help="the raw JSON")
     ver = command("verify", help="re-check every cached file against its digest and indexes")
     ver.add_argument("--fix", action="store_true", help="remove the files that are wrong")
-    ver.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     exp = command("expire", help="remove pool files no cached index lists any more")
     exp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    exp.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     dr = command("drain", help="make /healthz answer 503 (load balancers stop sending clients)")
     dr.add_argument("--off", action="store_true", help="serve again: /healthz answers 200")
-    dr.add_argument("--json", action="store_true", help="machine-readable output")
     keys = command("keys", help="show the appliance's signing key (--create: make it once)")
     keys.add_argument("--create", action="store_true", help="make the key if there is none")
-    keys.add_argument("--json", action="store_true", help="machine-readable output")
     pu = command("purge", help="remove cached files (one path or URL, or a whole remap)")
     pu.add_argument("target", nargs="?", help="/REMAP/path or http://host/path as apt asks it")
     pu.add_argument("--remap", help="every file of this remap")
-    pu.add_argument("--json", action="store_true", help="machine-readable output")
     rl = command("reload", help="make the service re-read its configuration file (as SIGHUP)")
-    rl.add_argument("--json", action="store_true", help="machine-readable output")
+    for parser in (st, ver, exp, dr, keys, pu, rl):  # each prints JSON for scripts instead of text
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _common_options(p: argparse.ArgumentParser, default: object) -> None:

@@ -166,7 +166,12 @@ def _make_install(src: Path, *args: str, runner) -> None:  # type: ignore[no-unt
         *args,
     ]
     out = runner(argv)
-    assert out.returncode == 0, out.stdout + out.stderr
+    if out.returncode != 0:  # the service's own words on why it did not start
+        said = [
+            runner(["systemctl", "status", "--no-pager", "-l", "archive-local"]),
+            runner(["journalctl", "-u", "archive-local", "--no-pager", "-n", "40"]),
+        ]
+        raise AssertionError(out.stdout + out.stderr + "".join(s.stdout for s in said))
 
 
 def test_make_install_writes_a_unit_systemd_analyze_accepts(tmp_path: Path) -> None:
@@ -350,7 +355,11 @@ def _check_the_sandbox(ns: SystemdNamespace) -> None:
         assert int(ns.run("cat", path).stdout) == limit // page * page
 
     # `workers: auto` still counts every core (ProcSubset=pid hides /proc/cpuinfo and stat)
-    workers = ns.run("pgrep", "-f", "--", "--worker-index", check=False).stdout.split()
+    # the master's own children only: a worker's subprocess (gpg) carries the worker's
+    # command line between its fork and its exec
+    workers = ns.run(
+        "pgrep", "-P", show["MainPID"], "-f", "--", "--worker-index", check=False
+    ).stdout.split()
     cores = os.cpu_count() or 1
     assert len(workers) == (cores if cores > 1 else 0), workers
     for pid in [show["MainPID"], *workers]:

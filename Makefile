@@ -160,7 +160,7 @@ check: venv
 FAULTS_REPORT ?= $(abspath bench/results/faults-soak.jsonl)
 soak: venv debs-test components
 	mkdir -p $(dir $(FAULTS_REPORT))
-	FAULTS_SCALE=$${FAULTS_SCALE:-10} FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -q tests/faults $(PYTEST_ARGS)
+	FAULTS_SCALE=$${FAULTS_SCALE:-10} FAULTS_REPORT=$(FAULTS_REPORT) $(BIN)/pytest -q tests/e2e/faults $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check appliance tests cloud-init charm

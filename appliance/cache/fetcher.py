@@ -147,7 +147,7 @@ class _CheckedConnector(aiohttp.TCPConnector):
             conn.close()
 
 
-if not hasattr(aiohttp.TCPConnector, "_get"):  # pragma: no cover - tested by tests/faults
+if not hasattr(aiohttp.TCPConnector, "_get"):  # pragma: no cover - tested by tests/e2e/faults
     raise ImportError("aiohttp changed: _CheckedConnector no longer hooks connection reuse")
 
 

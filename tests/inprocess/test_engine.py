@@ -36,6 +36,32 @@ async def test_a_volatile_copy_is_asked_again_only_after_its_ttl(
     assert origin.count("/dists/x/InRelease") == 2
 
 
+async def test_volatile_index_revalidated_after_ttl(
+    engine: CacheEngine, origin: Origin, clock: Clock
+) -> None:
+    """An index past its TTL: asked conditionally, kept on 304, replaced by new bytes on
+    200 and a HIT again after that (was an end-to-end test sleeping through the TTL)."""
+    path = "/dists/test/InRelease"
+    origin.files[path] = b"version 1\n"
+    key, urls = "o/dists/test/InRelease", (origin.url(path),)
+
+    async def body() -> tuple[str, bytes]:
+        result = await settle(await engine.get(Route(key, urls, V)), engine)
+        entry = result.entry if isinstance(result, Hit) else result.download.entry  # type: ignore[union-attr]
+        return status(result), engine.store.read_bytes(entry)
+
+    assert await body() == ("MISS", b"version 1\n")
+    assert await body() == ("HIT", b"version 1\n")
+    clock.advance(301)
+    assert await body() == ("REVALIDATED", b"version 1\n")
+    assert origin.seen[-1][1] is not None  # conditional: If-None-Match sent, 304 back
+    origin.files[path] = b"version 2\n"
+    clock.advance(301)
+    assert (await body())[1] == b"version 2\n"
+    assert await body() == ("HIT", b"version 2\n")
+    assert origin.count(path) == 3
+
+
 async def test_one_flight_through_its_phases(engine: CacheEngine, origin: Origin) -> None:
     data = os.urandom(2_000_000)
     origin.files["/pool/a.deb"] = data

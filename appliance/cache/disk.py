@@ -22,7 +22,7 @@ from appliance.cache.download import Download
 from appliance.cache.hot import SMALL_FILE, HotEntries
 from appliance.cache.lru import LruIndex
 from appliance.cache.policy import Decision, Policy
-from appliance.cache.results import Hit
+from appliance.cache.results import CacheStatus, Hit
 from appliance.cache.route import Expect, Freshness
 from appliance.cache.store import Entry, Meta, Store, TempFile, Unstorable
 
@@ -153,7 +153,7 @@ class Disk:
         if entry is None or decision is not Decision.HIT:
             return None, entry
         await self.account(entry)
-        return Hit(entry, "HIT", body=body), entry
+        return Hit(entry, CacheStatus.HIT, body=body), entry
 
     async def matches(self, entry: Entry, expect: Expect) -> bool:
         return await self.io(_matches, self.store, entry, expect)

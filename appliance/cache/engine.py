@@ -32,7 +32,15 @@ from appliance.cache.flights import Flights
 from appliance.cache.leases import Leases
 from appliance.cache.policy import Policy
 from appliance.cache.refusals import Refusals
-from appliance.cache.results import FetchError, FromPeer, Hit, Miss, PassThrough, Result
+from appliance.cache.results import (
+    CacheStatus,
+    FetchError,
+    FromPeer,
+    Hit,
+    Miss,
+    PassThrough,
+    Result,
+)
 from appliance.cache.route import Fetch, Freshness, Route
 from appliance.cache.store import Entry, Store
 from appliance.cache.upstream import Rules, Upstream
@@ -188,7 +196,9 @@ class CacheEngine:
         key = fetch.key
         if fetch.freshness is Freshness.MANAGED:  # written by sync/publish, maybe another process
             entry = await self.lookup(key)
-            return Hit(entry, "HIT") if entry else UpstreamFailure(404, f"{key}: not published")
+            if not entry:
+                return UpstreamFailure(404, f"{key}: not published")
+            return Hit(entry, CacheStatus.HIT)
         while True:
             if (task := self.flights.request(key)) is None:
                 if (download := self.flights.joinable(key)) is not None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from appliance.cache.disk import Disk
 from appliance.cache.fleet import Fleet, Held
-from appliance.cache.results import FromPeer, Hit, Miss, Result
+from appliance.cache.results import CacheStatus, FromPeer, Hit, Miss, Result
 from appliance.cache.route import Expect, Fetch, Freshness, Route
 from appliance.cache.store import Entry
 from appliance.cache.upstream import Upstream
@@ -112,7 +112,7 @@ class Leases:
         if (entry := await self.fleet.adopt(fetch.key, fetch.expect)) is None:
             return None
         await self.disk.account(entry)
-        return Hit(entry, "HIT")
+        return Hit(entry, CacheStatus.HIT)
 
     async def from_peer(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aiohttp
 
@@ -22,12 +23,42 @@ from appliance.cache.route import Expect
 from appliance.cache.store import Entry
 
 
+class CacheStatus(StrEnum):
+    """What the cache did for a request: the `X-Cache` value clients read, and (one table,
+    `result` and `upstream`) what the request metrics count it as."""
+
+    HIT = "HIT"  # the copy, fresh
+    MISS = "MISS"  # fetched now, or relayed from the download of the lease's holder
+    PASS = "PASS"  # upstream's answer relayed, not stored
+    REVALIDATED = "REVALIDATED"  # the copy, confirmed by upstream
+    STALE = "STALE"  # the copy, upstream failing (offline)
+
+    @property
+    def result(self) -> str:
+        """The `result` label of the request metrics."""
+        return _RESULT[self]
+
+    @property
+    def upstream(self) -> bool:
+        """The bytes came from upstream (or a peer's download), not from the cache."""
+        return self in (CacheStatus.MISS, CacheStatus.PASS)
+
+
+_RESULT = {
+    CacheStatus.HIT: "hit",
+    CacheStatus.MISS: "miss",
+    CacheStatus.PASS: "miss",  # relayed, not stored: it came from upstream like a miss
+    CacheStatus.REVALIDATED: "revalidated",
+    CacheStatus.STALE: "stale",
+}
+
+
 @dataclass
 class Hit:
     """A complete file on disk. `status` is HIT, REVALIDATED or STALE."""
 
     entry: Entry
-    status: str
+    status: CacheStatus
     warning: str | None = None
     body: bytes | None = None  # the whole file, when it is small and hot
 
@@ -37,7 +68,7 @@ class Miss:
     """A download in progress; the client streams from it."""
 
     download: Download
-    status: str = "MISS"
+    status: CacheStatus = CacheStatus.MISS
 
 
 class PassThrough:
@@ -48,7 +79,7 @@ class PassThrough:
     bound the relay as they bound a download.
     """
 
-    status = "PASS"
+    status: CacheStatus = CacheStatus.PASS
     UNCLAIMED_TIMEOUT = 30.0
 
     def __init__(
@@ -85,7 +116,7 @@ class FromPeer(PassThrough):
     streamed from it as it arrives (its last byte only once that download is verified
     there); this process stores nothing, the holder does (`holder` names it)."""
 
-    status = "MISS"
+    status: CacheStatus = CacheStatus.MISS
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from appliance.cache.fetcher import Fetcher, TransferLimits, UpstreamFailure, co
 from appliance.cache.fleet import Held
 from appliance.cache.flights import Flights
 from appliance.cache.policy import Decision
-from appliance.cache.results import Hit, Miss, PassThrough, Result
+from appliance.cache.results import CacheStatus, Hit, Miss, PassThrough, Result
 from appliance.cache.route import Expect, Fetch
 from appliance.cache.store import Entry, TempFile, Unstorable
 
@@ -154,7 +154,7 @@ class Upstream:
         decision = self.disk.policy.decide(entry and entry.meta, fetch.freshness, failure)
         if entry is not None and decision is Decision.STALE:
             log.warning("offline: serving cached %s (%s)", fetch.key, failure.reason)
-            return Hit(entry, "STALE", warning=failure.reason)
+            return Hit(entry, CacheStatus.STALE, warning=failure.reason)
         return failure
 
     async def _revalidated(self, entry: Entry) -> Hit:
@@ -164,7 +164,7 @@ class Upstream:
         except OSError as exc:  # a full disk: the copy is still valid, serve it
             log.warning("cache: cannot record the revalidation of %s: %s", entry.key, exc)
         self.disk.revalidated(entry)
-        return Hit(entry, "REVALIDATED")
+        return Hit(entry, CacheStatus.REVALIDATED)
 
     def _pass(self, resp: aiohttp.ClientResponse, expect: Expect, reason: str) -> PassThrough:
         self.passed[reason] += 1

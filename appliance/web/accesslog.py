@@ -1,10 +1,11 @@
 """The access log and per-request metrics, fed by aiohttp after each response is sent.
 
-aiohttp calls an access logger with the request, the response (status, headers,
-body length) and the duration once the response is out; that is the one place every
-request passes, refused ones included, so metrics are counted there too. What a sibling
-worker asks on its Unix socket (cache events, status and metrics to merge, a download it
-streams for its own client) is neither logged nor counted: it is no client's request.
+aiohttp calls an access logger with the request (carrying the cache's status once it
+was delivered: `deliver.CACHE_STATUS`), the response (status, body length) and the
+duration once the response is out; that is the one place every request passes, refused
+ones included, so metrics are counted there too. What a sibling worker asks on its Unix
+socket (cache events, status and metrics to merge, a download it streams for its own
+client) is neither logged nor counted: it is no client's request.
 Lines are buffered and written once a second, so logging costs no write per request.
 """
 
@@ -20,21 +21,15 @@ from typing import IO, Any
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.abc import AbstractAccessLogger
 
+from appliance.cache.results import CacheStatus
 from appliance.metrics import Metrics
 from appliance.web.clients import Clients
+from appliance.web.deliver import CACHE_STATUS
 from appliance.web.events import Events
 from appliance.web.workers import is_internal
 
 log = logging.getLogger(__name__)
 
-# PASS (relayed, not stored) came from upstream like a miss
-_RESULT = {
-    "HIT": "hit",
-    "MISS": "miss",
-    "PASS": "miss",
-    "REVALIDATED": "revalidated",
-    "STALE": "stale",
-}
 _VERSIONS = {HttpVersion11: "HTTP/1.1", HttpVersion10: "HTTP/1.0"}
 _REFUSED = frozenset({400, 403, 405, 406, 411, 413, 414, 431})
 MAX_PENDING = 50_000  # lines buffered between two flushes at most
@@ -127,7 +122,7 @@ class AccessLog:
         request: web.BaseRequest,
         status: int,
         nbytes: int,
-        cache: str,
+        cache: CacheStatus | None,
         seconds: float,
         reason: str | None,
     ) -> None:
@@ -141,7 +136,7 @@ class AccessLog:
                 "path": _clip(request.raw_path),
                 "status": status,
                 "bytes": nbytes,
-                "cache": cache or None,
+                "cache": cache.value if cache else None,
                 "seconds": round(seconds, 6),
                 "agent": _clip(agent, 256),
             }
@@ -154,9 +149,10 @@ class AccessLog:
             stamp = self._stamp if int(now) == self._stamp_second else self._timestamp(now)
             end = f' reason="{reason}"\n' if reason else "\n"
             path = _clip(request.raw_path)
+            mark = cache.value if cache else "-"
             self._append(
                 f'{request.remote or "-"} - - [{stamp}] "{request.method} {path} '
-                f'{version}" {status} {nbytes} "-" "{_clip(agent, 256)}" {cache or "-"} '
+                f'{version}" {status} {nbytes} "-" "{_clip(agent, 256)}" {mark} '
                 f"{int(seconds * 1e6)}{end}"
             )
 
@@ -197,17 +193,18 @@ def logger_class(
                 log.warning("%s %s: %d %s", request.method, path, status, reason)
             if is_internal(request):  # a sibling worker's call: its client is counted there
                 return
-            cache = response.headers.get("X-Cache", "")
+            cache: CacheStatus | None = request.get(CACHE_STATUS)  # None: not delivered
             service = None if request.method == "CONNECT" else service_of(path)
             # body bytes of the response as sent (Content-Length: the whole file or range)
             nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
             if service is not None:
-                if status < 400:
-                    result = _RESULT.get(cache, "hit")
+                if status < 400:  # one not delivered from the cache counts as a hit
+                    result = (cache or CacheStatus.HIT).result
                 else:
                     result = "refused" if status in _REFUSED else "error"
                 served = nbytes if status < 300 else 0
-                metrics.request(service, result, served, cache in ("MISS", "PASS"), path)
+                upstream = cache is not None and cache.upstream
+                metrics.request(service, result, served, upstream, path)
                 if clients is not None:
                     agent = request.headers.get("User-Agent", "")
                     clients.add(request.remote or "?", agent, served)

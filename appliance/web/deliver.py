@@ -25,7 +25,7 @@ from aiohttp import web
 from appliance.cache.download import Download, Phase
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import TransferLimits, body_chunks
-from appliance.cache.results import FetchError, FromPeer, Hit, Miss, PassThrough
+from appliance.cache.results import CacheStatus, FetchError, FromPeer, Hit, Miss, PassThrough
 from appliance.cache.route import Expect
 from appliance.cache.store import header_value
 from appliance.web.ranges import Plan, plan
@@ -39,6 +39,11 @@ MAX_CHUNK = 16 * 1024 * 1024
 STALL_TIMEOUT = 120.0  # seconds one chunk may take: ~9 KB/s is the slowest client kept
 
 
+# what the cache did for a request (its response says it in `X-Cache`), for the access
+# log to count: typed on the request, never parsed back from the header
+CACHE_STATUS = web.RequestKey("cache_status", CacheStatus)
+
+
 class ClientGone(Exception):
     """The client stopped reading or went away."""
 
@@ -46,13 +51,18 @@ class ClientGone(Exception):
 async def deliver(
     request: web.BaseRequest, engine: CacheEngine, result: Hit | Miss | PassThrough
 ) -> web.StreamResponse:
+    """`result` to the client; once its response is out, its status on the request
+    (`CACHE_STATUS`). An error raised on the way has no status, as its page has none."""
     if isinstance(result, Miss):
-        return await _deliver_download(request, engine, result.download)
-    if isinstance(result, FromPeer):
-        return await _deliver_from_peer(request, engine, result)
-    if isinstance(result, PassThrough):
-        return await _deliver_passthrough(request, engine, result)
-    return await _deliver_entry(request, engine, result)
+        resp = await _deliver_download(request, engine, result.download)
+    elif isinstance(result, FromPeer):
+        resp = await _deliver_from_peer(request, engine, result)
+    elif isinstance(result, PassThrough):
+        resp = await _deliver_passthrough(request, engine, result)
+    else:
+        resp = await _deliver_entry(request, engine, result)
+    request[CACHE_STATUS] = result.status
+    return resp
 
 
 async def _deliver_entry(
@@ -85,7 +95,9 @@ async def _deliver_download(
             await download.finished()
             if download.state is not Phase.DONE:
                 raise web.HTTPBadGateway(text=f"upstream transfer failed: {download.error}\n")
-        headers = _headers(download.etag, download.last_modified, download.content_type, "MISS")
+        headers = _headers(
+            download.etag, download.last_modified, download.content_type, CacheStatus.MISS
+        )
         assert download.total is not None
         return await _send(request, file, download.total, headers, download=download)
 
@@ -307,12 +319,12 @@ def _relayed_headers(p: PassThrough) -> dict[str, str]:
 
 
 def _headers(
-    etag: str | None, last_modified: str | None, content_type: str | None, status: str
+    etag: str | None, last_modified: str | None, content_type: str | None, status: CacheStatus
 ) -> dict[str, str]:
     headers = {
         "Content-Type": content_type or "application/octet-stream",
         "Accept-Ranges": "bytes",
-        "X-Cache": status,
+        "X-Cache": status.value,
         "Last-Modified": last_modified or formatdate(usegmt=True),
     }
     if etag:

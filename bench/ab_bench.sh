@@ -7,8 +7,8 @@
 # round runs, against each build in turn: 2 KB hits over 64 keep-alive connections, 2 KB hits
 # with a new connection per request (16 connections, `Connection: close`), 16 MiB hits over
 # 16 connections. Reported: medians of req/s and of the appliance's CPU time per request
-# (utime + stime from /proc around the run: steadier than throughput on a shared machine),
-# and NEW/BASE ratios. Needs wrk (make bench installs it). Loopback only.
+# (utime + stime of the master and its workers from /proc around the run: steadier than
+# throughput on a shared machine), and NEW/BASE ratios. Needs wrk (make bench installs it). Loopback only.
 set -euo pipefail
 base=${1:?BASE_BIN}; new=${2:?NEW_BIN}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +41,13 @@ for port in 8098 8099; do
 done
 sleep 1
 : >"$work/results.tsv"
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu() {  # utime + stime of the service: the master and its workers (workers: auto)
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1"); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
 measure() {  # name port label wrk-args...
   local name=$1 port=$2 label=$3; shift 3
   local pid c0 c1

@@ -21,6 +21,7 @@ from appliance.streams.layout import KEY_PATHS, curated_key
 from appliance.streams.publish import Publisher, PublishError, load_products_file
 from appliance.streams.query import format_rows, format_table, query
 from appliance.streams.reader import FeedError, FeedReader, split_feed_url
+from appliance.streams.sync import ItemStatus
 
 
 def _err(message: str) -> int:
@@ -117,8 +118,8 @@ async def run_sync(args: argparse.Namespace, config: configuration.Config) -> in
     else:
         for o in outcomes:
             verb = "would fetch" if args.dry_run else "fetched"
-            n = o.count("would-fetch") if args.dry_run else o.count("fetched")
-            removed = o.count("would-remove") if args.dry_run else o.count("removed")
+            n = o.count(ItemStatus.WOULD_FETCH if args.dry_run else ItemStatus.FETCHED)
+            removed = o.count(ItemStatus.WOULD_REMOVE if args.dry_run else ItemStatus.REMOVED)
             state = "ok" if o.ok else f"FAILED: {o.error}"
             print(
                 f"{o.feed}: {verb} {n}, present {o.count('present')}, rejected "

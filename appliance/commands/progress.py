@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from appliance.config import human_size
-from appliance.streams.sync import FeedFailed, FeedPlanned, ItemDone, SyncEvent
+from appliance.streams.sync import FeedFailed, FeedPlanned, ItemDone, ItemStatus, SyncEvent
 from appliance.targets.seeder import (
     ActionDone,
     BytesSent,
@@ -46,7 +46,7 @@ class Progress:
                 self.label, self.total_items, self.total_bytes = feed, items, nbytes
                 self.done_items = self.done_bytes = 0
             case ItemDone(feed, item):
-                if item.status in ("fetched", "present", "failed"):
+                if item.status in (ItemStatus.FETCHED, ItemStatus.PRESENT, ItemStatus.FAILED):
                     self.done_items += 1
                     self.done_bytes += item.size
                 line = f"{item.status:<12} {item.path} ({mb(item.size)})"

@@ -11,7 +11,7 @@ from appliance import runtime
 from appliance.commands.progress import Progress
 from appliance.config import human_size as size
 from appliance.jobs.seed import seed_targets
-from appliance.targets.seeder import TargetOutcome
+from appliance.targets.seeder import ActionKind, TargetOutcome
 
 
 async def run_seed(args: argparse.Namespace, config: configuration.Config) -> int:
@@ -40,9 +40,15 @@ async def run_seed(args: argparse.Namespace, config: configuration.Config) -> in
 
 def summary(o: TargetOutcome, dry_run: bool = False) -> str:
     if dry_run:
-        kinds = ("would-upload", "would-remove")
+        kinds = (ActionKind.WOULD_UPLOAD, ActionKind.WOULD_REMOVE)
     else:
-        kinds = ("uploaded", "present", "removed", "cleaned", "failed")
+        kinds = (
+            ActionKind.UPLOADED,
+            ActionKind.PRESENT,
+            ActionKind.REMOVED,
+            ActionKind.CLEANED,
+            ActionKind.FAILED,
+        )
     counts = ", ".join(f"{k.replace('-', ' ')} {o.count(k)}" for k in kinds)
     state = "ok" if o.ok else f"FAILED: {o.error}"
     return f"{o.target}: {counts}; {size(o.bytes_uploaded)} in {o.seconds:.1f} s; {state}"

@@ -21,7 +21,14 @@ from appliance.config import Config
 from appliance.jobs.lock import SYNC, exclusive
 from appliance.jobs.seed import seed_targets
 from appliance.jobs.sync import sync_feeds
-from appliance.streams.sync import FeedFailed, FeedOutcome, FeedPlanned, ItemDone, SyncEvent
+from appliance.streams.sync import (
+    FeedFailed,
+    FeedOutcome,
+    FeedPlanned,
+    ItemDone,
+    ItemStatus,
+    SyncEvent,
+)
 from appliance.targets.seeder import TargetOutcome
 
 log = logging.getLogger(__name__)
@@ -126,10 +133,10 @@ class Scheduler:
                 logging.INFO if o.ok else logging.WARNING,
                 "sync %s: fetched %d, present %d, rejected %d, removed %d%s",
                 o.feed,
-                o.count("fetched"),
-                o.count("present"),
-                o.count("failed"),
-                o.count("removed"),
+                o.count(ItemStatus.FETCHED),
+                o.count(ItemStatus.PRESENT),
+                o.count(ItemStatus.FAILED),
+                o.count(ItemStatus.REMOVED),
                 "" if o.ok else f" ({o.error})",
             )
         seed = config.seed
@@ -148,10 +155,10 @@ class Scheduler:
                 "bytes_total": event.bytes,
             }
         elif isinstance(event, ItemDone) and self.progress is not None:
-            if event.item.status in ("removed", "would-remove"):
+            if event.item.status in (ItemStatus.REMOVED, ItemStatus.WOULD_REMOVE):
                 return  # pruned, not among the planned items
             self.progress["items_done"] += 1
-            if event.item.status in ("fetched", "present"):
+            if event.item.status.held:
                 self.progress["bytes_done"] += event.item.size
         elif isinstance(event, FeedFailed):
             self.progress = None

@@ -14,7 +14,7 @@ from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.model import timestamp
 from appliance.targets import imageids
-from appliance.targets.seeder import Report, Seeder, TargetOutcome
+from appliance.targets.seeder import ActionKind, Report, Seeder, TargetOutcome
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ async def seed_targets(
             logging.INFO if o.ok else logging.WARNING,
             "seed %s: uploaded %d, present %d, removed %d, cleaned %d, failed %d%s",
             o.target,
-            o.count("uploaded"),
-            o.count("present"),
-            o.count("removed"),
-            o.count("cleaned"),
-            o.count("failed"),
+            o.count(ActionKind.UPLOADED),
+            o.count(ActionKind.PRESENT),
+            o.count(ActionKind.REMOVED),
+            o.count(ActionKind.CLEANED),
+            o.count(ActionKind.FAILED),
             "" if o.ok else f" ({o.error})",
         )
     return outcomes

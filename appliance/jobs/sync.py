@@ -41,7 +41,7 @@ async def sync_feeds(
         finally:
             if verifier:
                 verifier.close()
-    changed = any(i.status in ("fetched", "removed") for o in outcomes for i in o.items)
+    changed = any(i.status.changed for o in outcomes for i in o.items)
     missing = await engine.lookup(curated_key("streams/v1/index.sjson")) is None
     if not dry_run and (changed or (missing and any(o.ok for o in outcomes))):
         try:

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from appliance.cache.engine import CacheEngine
@@ -46,6 +47,27 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 4
 
 
+class ItemStatus(StrEnum):
+    """What a sync did with one item (the dry run's two say what it would do)."""
+
+    FETCHED = "fetched"
+    PRESENT = "present"
+    FAILED = "failed"
+    REMOVED = "removed"
+    WOULD_FETCH = "would-fetch"
+    WOULD_REMOVE = "would-remove"
+
+    @property
+    def changed(self) -> bool:
+        """The feed served afterwards differs (the curated feed is written again)."""
+        return self in (ItemStatus.FETCHED, ItemStatus.REMOVED)
+
+    @property
+    def held(self) -> bool:
+        """The item is in the cache after the sync."""
+        return self in (ItemStatus.FETCHED, ItemStatus.PRESENT)
+
+
 @dataclass
 class ItemOutcome:
     product: str
@@ -53,7 +75,7 @@ class ItemOutcome:
     item: str
     path: str
     size: int
-    status: str  # fetched, present, failed, removed; would-fetch, would-remove (dry run)
+    status: ItemStatus
     error: str | None = None
 
 
@@ -67,7 +89,7 @@ class FeedOutcome:
     bytes_fetched: int = 0
     seconds: float = 0.0
 
-    def count(self, status: str) -> int:
+    def count(self, status: ItemStatus) -> int:
         return sum(1 for i in self.items if i.status == status)
 
     def as_dict(self) -> dict[str, Any]:
@@ -235,7 +257,7 @@ class FeedMirror:
             async with semaphore:
                 result = await self._fetch(item, dry_run)
             outcome.items.append(result)
-            if result.status == "fetched":
+            if result.status is ItemStatus.FETCHED:
                 outcome.bytes_fetched += result.size
             self.report(ItemDone(self.feed.name, result))
 
@@ -243,7 +265,7 @@ class FeedMirror:
         if not dry_run:
             await self._publish(documents)
         for gone in {s.path: s for s in previous if s.path not in current_paths}.values():
-            status = "would-remove" if dry_run else "removed"
+            status = ItemStatus.WOULD_REMOVE if dry_run else ItemStatus.REMOVED
             if not dry_run:
                 await self.engine.remove(self.item_key(gone.path))
             result = ItemOutcome(
@@ -251,7 +273,7 @@ class FeedMirror:
             )
             outcome.items.append(result)
             self.report(ItemDone(self.feed.name, result))
-        outcome.ok = outcome.count("failed") == 0
+        outcome.ok = outcome.count(ItemStatus.FAILED) == 0
         if not outcome.ok:
             outcome.error = f"{outcome.count('failed')} item(s) rejected"
         outcome.seconds = time.monotonic() - started
@@ -260,22 +282,24 @@ class FeedMirror:
     async def _fetch(self, item: Selected, dry_run: bool) -> ItemOutcome:
         key = self.item_key(item.path)
         size = item.expect.size or 0
-        result = ItemOutcome(item.product, item.version, item.item, item.path, size, "present")
+        result = ItemOutcome(
+            item.product, item.version, item.item, item.path, size, ItemStatus.PRESENT
+        )
         existing = await self.engine.lookup(key)
         if dry_run:
             if existing is None or existing.meta.size != size:
-                result.status = "would-fetch"
+                result.status = ItemStatus.WOULD_FETCH
             return result
         try:
             route = Route(key, (self.item_url(item.path),), Freshness.IMMUTABLE, item.expect)
             entry = await self.engine.ensure(route, keep=True)
             await self.engine.keep(entry)  # no-op unless it was cached before, evictable
         except FetchError as exc:
-            result.status, result.error = "failed", str(exc)
+            result.status, result.error = ItemStatus.FAILED, str(exc)
             log.warning("%s: %s rejected: %s", self.feed.name, item.path, exc)
             return result
         if existing is None or entry.meta.fetched != existing.meta.fetched:
-            result.status = "fetched"
+            result.status = ItemStatus.FETCHED
         return result
 
     async def _publish(self, documents: dict[str, bytes]) -> None:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from appliance.cache.store import Store
@@ -22,11 +23,23 @@ from appliance.targets.plan import Cloud, CloudImage, Plan, make_plan
 log = logging.getLogger(__name__)
 
 
+class ActionKind(StrEnum):
+    """What a seed did in one region (the dry run's two say what it would do)."""
+
+    UPLOADED = "uploaded"
+    PRESENT = "present"
+    REMOVED = "removed"
+    CLEANED = "cleaned"
+    FAILED = "failed"
+    WOULD_UPLOAD = "would-upload"
+    WOULD_REMOVE = "would-remove"
+
+
 @dataclass
 class Action:
     target: str
     region: str
-    action: str  # uploaded, present, removed, cleaned, failed; would-upload, would-remove
+    action: ActionKind
     name: str
     product: str = ""
     version: str = ""
@@ -49,7 +62,7 @@ class TargetOutcome:
     finished: float = 0.0
     complete: bool = False  # every region was listed: `images` is the whole truth
 
-    def count(self, action: str) -> int:
+    def count(self, action: ActionKind) -> int:
         return sum(1 for a in self.actions if a.action == action)
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,7 +186,7 @@ class Seeder:
         except Exception as exc:  # client libraries raise many kinds; keep other targets going
             outcome.ok = False
             outcome.error = f"{target.name}: {redact(describe(exc), secrets)}"
-        failed = outcome.count("failed")
+        failed = outcome.count(ActionKind.FAILED)
         if outcome.ok and failed:
             outcome.ok, outcome.error = False, f"{target.name}: {failed} image(s) failed"
         outcome.seconds = time.monotonic() - started
@@ -197,7 +210,7 @@ class Seeder:
         self.report(RegionPlanned(target.name, cloud.region, plan))
 
         def act(
-            kind: str, name: str, image: SeedImage | CloudImage | None = None, **kw: Any
+            kind: ActionKind, name: str, image: SeedImage | CloudImage | None = None, **kw: Any
         ) -> Action:
             if kw.get("error"):
                 kw["error"] = redact(kw["error"], secrets)
@@ -214,15 +227,15 @@ class Seeder:
 
         if dry_run:
             for image in plan.upload:
-                act("would-upload", image.image_name(target.name_prefix), image)
+                act(ActionKind.WOULD_UPLOAD, image.image_name(target.name_prefix), image)
             for c in plan.broken + plan.remove:
-                act("would-remove", c.name, c)
+                act(ActionKind.WOULD_REMOVE, c.name, c)
             return
         for c in plan.broken:
             await asyncio.to_thread(cloud.delete, c)
-            act("cleaned", c.name, c)
+            act(ActionKind.CLEANED, c.name, c)
         for name in await asyncio.to_thread(cloud.cleanup, [r for _, r in plan.present]):
-            act("cleaned", name)  # side objects (bundle parts, snapshots) of killed runs
+            act(ActionKind.CLEANED, name)  # side objects (bundle parts, snapshots) of killed runs
         present: list[tuple[SeedImage, CloudImage]] = list(plan.present)
         for image in plan.upload:
             name = image.image_name(target.name_prefix)
@@ -232,13 +245,13 @@ class Seeder:
                     cloud.upload, image, lambda n: self.report(BytesSent(n))
                 )
             except Exception as exc:
-                act("failed", name, image, error=describe(exc))
+                act(ActionKind.FAILED, name, image, error=describe(exc))
                 continue
             outcome.bytes_uploaded += image.size
             present.append((image, record))
-            act("uploaded", name, image, image_id=record.id)
+            act(ActionKind.UPLOADED, name, image, image_id=record.id)
         for image, record in plan.present:
-            act("present", record.name, image, image_id=record.id)
+            act(ActionKind.PRESENT, record.name, image, image_id=record.id)
         if target.set_latest:
             newest = newest_versions([i for i, _ in present])
             for image, record in present:
@@ -252,7 +265,7 @@ class Seeder:
             if c.identity in wanted_ids and c.identity not in held:
                 continue  # its replacement failed: keep the old bytes until the next run
             await asyncio.to_thread(cloud.delete, c)
-            act("removed", c.name, c)
+            act(ActionKind.REMOVED, c.name, c)
         outcome.images += [image_ids_item(cloud, image, record) for image, record in present]
 
 

@@ -27,6 +27,7 @@ from appliance.cache.store import Store
 from appliance.config import Ec2TargetConfig, GlanceTargetConfig, TargetConfig
 from appliance.streams.layout import stored_image_ids
 from appliance.targets.catalog import CatalogError, version_key, wanted
+from appliance.targets.seeder import ActionKind
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +200,12 @@ class _Seen:
             if not a["product"]:
                 continue  # a leftover cleaned up: no image of the feed
             key, p = (a["product"], a["version"]), self.place(name, a["region"], kind)
-            if a["action"] in ("uploaded", "present"):
+            action = ActionKind(a["action"])  # as the seeder wrote it (via JSON)
+            if action in (ActionKind.UPLOADED, ActionKind.PRESENT):
                 self.present.setdefault((p, key), []).append(a["image_id"])
-            elif a["action"] == "removed":
+            elif action is ActionKind.REMOVED:
                 self.pruned.setdefault((p, key), []).append(a["image_id"])
-            elif a["action"] == "failed":
+            elif action is ActionKind.FAILED:
                 self.failed.setdefault((p, key), []).append(a["error"] or "failed")
             else:
                 continue

@@ -1,4 +1,4 @@
-"""Streaming a download from the worker or unit that fetches it (`cache.engine.Peers`).
+"""Streaming a download from the worker or unit that fetches it (`cache.fleet.Peers`).
 
 A process that finds a file's fetch lease held by another (`Store.claim` names the
 holder) asks that holder for its download in progress, at `FLIGHT` + the key: the holder

@@ -1,6 +1,7 @@
 """Several worker processes of one service (`workers: N`) answering as one.
 
-Every worker serves the public port (SO_REUSEPORT: the kernel spreads connections) and its
+Every worker serves the public port (the master binds it once, without SO_REUSEPORT, and
+the workers inherit the socket: the kernel spreads its connections among them) and its
 own Unix socket, `StateDir.worker_socket(index)` (mode 0600), on which the others
 reach it. What a client asks of one worker is answered for all of them: `/metrics` sums
 the workers' counters (and the gauges `appliance.families` marks `summed`, those in

@@ -1,4 +1,5 @@
-"""Real servers the tests start: Glance (gunicorn + sqlite) and an EC2/S3 endpoint (moto).
+"""Real servers the tests start: Glance (gunicorn + sqlite), an EC2/S3 endpoint (moto),
+OpenStack Swift (its S3 API) and HAProxy.
 
 Their virtualenvs are made by `make test` (target `components`) under `.components/`.
 """

@@ -1,4 +1,4 @@
-"""Run by the Swift venv's Python (tests/components/swift.py starts it): one Swift WSGI
+"""Run by the Swift venv's Python (tests/components/swift_aio.py starts it): one Swift WSGI
 server, or the rings, with every file of the instance under its own folder.
 
     python swift_server.py rings ETC IP ACCOUNT_PORT CONTAINER_PORT OBJECT_PORT

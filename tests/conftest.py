@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.error import HTTPError
 
 import pytest
-import yaml
 
 from tests.aptrepo import AptRepo, build_repo
+from tests.configs import write_config
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.systemd_ns import SystemdNamespace
 from tests.upstream import Upstream
@@ -212,8 +212,7 @@ def start_appliance(tmp_path: Path) -> Iterator[StartAppliance]:
         config["images"] = {"gnupg_home": str(cache_dir.parent / f"gnupg-{port}"), **(images or {})}
         homes.append(Path(config["images"]["gnupg_home"]))
         config.update(extra or {})
-        cfg = tmp_path / f"config-{len(started)}.yaml"
-        cfg.write_text(yaml.safe_dump(config))
+        cfg = write_config(tmp_path / f"config-{len(started)}.yaml", config)
         log = tmp_path / f"appliance-{len(started)}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "--config", str(cfg), "serve"],
@@ -333,28 +332,25 @@ def served(feed: Feed) -> Iterator[Upstream]:
 def write_feed_config(tmp_path: Path, feed: Feed, url: str, max_items: int = 2) -> Path:
     """`tmp_path/config.yaml` mirroring `feed` from `url` as feed `ex` (FILTERS); the cache,
     the appliance's key and the admin token all under `tmp_path`."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "admin": {"token_file": str(tmp_path / "admin-token")},
-                "images": {
-                    "gnupg_home": str(tmp_path / "appliance-gnupg"),
-                    "feeds": [
-                        {
-                            "name": "ex",
-                            "url": url.rstrip("/") + "/",
-                            "keyring": str(feed.key.keyring),
-                            "filters": FILTERS,
-                            "max_items": max_items,
-                        }
-                    ],
-                },
-            }
-        )
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "cache": {"dir": str(tmp_path / "cache")},
+            "admin": {"token_file": str(tmp_path / "admin-token")},
+            "images": {
+                "gnupg_home": str(tmp_path / "appliance-gnupg"),
+                "feeds": [
+                    {
+                        "name": "ex",
+                        "url": url.rstrip("/") + "/",
+                        "keyring": str(feed.key.keyring),
+                        "filters": FILTERS,
+                        "max_items": max_items,
+                    }
+                ],
+            },
+        },
     )
-    return cfg
 
 
 def stop_gpg_agent(home: Path) -> None:

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
-
+from tests.configs import write_config
 from tests.conftest import FILTERS, ITEM_SIZE, SEED_SERIALS
 from tests.feed import Feed, build_feed, qcow2_image
 from tests.upstream import Upstream
@@ -24,7 +23,6 @@ T = TypeVar("T")
 def write_seed_config(tmp_path: Path, feed: Feed, served: Upstream, targets: list[dict]) -> Path:
     """`tmp_path/config.yaml`: `feed` mirrored from `served` as feed `ex`, seeded to
     `targets` only when asked (`seed` runs, not after each sync)."""
-    cfg = tmp_path / "config.yaml"
     feeds = [
         {
             "name": "ex",
@@ -33,16 +31,14 @@ def write_seed_config(tmp_path: Path, feed: Feed, served: Upstream, targets: lis
             "filters": FILTERS,
         }
     ]
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "images": {"gnupg_home": str(tmp_path / "gnupg"), "feeds": feeds},
-                "seed": {"after_sync": False, "targets": targets},
-            }
-        )
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "cache": {"dir": str(tmp_path / "cache")},
+            "images": {"gnupg_home": str(tmp_path / "gnupg"), "feeds": feeds},
+            "seed": {"after_sync": False, "targets": targets},
+        },
     )
-    return cfg
 
 
 def publish_version(tmp_path: Path, feed: Feed, serial: str) -> None:

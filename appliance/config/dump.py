@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from appliance.config.fields import format_duration, format_size
-from appliance.config.model import Config, Listen, Secret, TargetConfig
+from appliance.config.model import Config, GlanceTargetConfig, Listen, Secret, TargetConfig
 
 _FORMATS = {"size": format_size, "duration": format_duration}
 
@@ -45,13 +45,41 @@ def to_data(config: Config) -> dict[str, Any]:
         out["workers"] = "auto"
     out["metrics"] = {"enabled": config.metrics}
     out["seed"]["targets"] = [_target(t) for t in config.seed.targets]
+    if config.tls is not None and config.tls.cert is None:  # self-signed: cert, key left out
+        del out["tls"]["cert"], out["tls"]["key"]
     return out
 
 
 def _target(target: TargetConfig) -> dict[str, Any]:
     """A target: `type` first, then its fields (where secrets come from, never their values)."""
     data = _plain(target)
+    if isinstance(target, GlanceTargetConfig):
+        data = _glance(target, data)
     return {"type": data.pop("type"), **data}
+
+
+def _glance(target: GlanceTargetConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Glance's credentials as they are written, under `auth` (the dataclass holds them
+    flat): `endpoint`, `token_file`/`_env`, `keystone` with its secret's `_file`/`_env`."""
+    for name in ("endpoint", "token", "keystone", "password"):
+        del data[name]
+    auth: dict[str, Any] = {}
+    if target.endpoint is not None:
+        auth["endpoint"] = target.endpoint
+    if target.token is not None:
+        auth |= _secret("token", target.token)
+    if target.keystone:
+        application = any(k.startswith("application_credential_") for k in target.keystone)
+        stem = "application_credential_secret" if application else "password"
+        auth["keystone"] = {**target.keystone, **_secret(stem, target.password)}
+    return {**data, "auth": auth}
+
+
+def _secret(stem: str, secret: Secret | None) -> dict[str, str]:
+    """`<stem>_file: PATH` or `<stem>_env: NAME`: where the secret is read from."""
+    if secret is None:
+        return {}
+    return {f"{stem}_file": str(secret.file)} if secret.file else {f"{stem}_env": str(secret.env)}
 
 
 def dump(config: Config) -> str:

@@ -51,3 +51,35 @@ def test_the_embedded_defaults_and_the_dataclasses_agree() -> None:
         for f in fields(value):
             if f.name in values and f.default is not MISSING:
                 assert getattr(value, f.name) == getattr(type(value), f.name), f.name
+
+
+def test_seed_targets_and_tls_print_back_as_written() -> None:
+    """Glance's credentials were printed flat (`token: /path`, `password: $VAR`) and a
+    self-signed `tls` as `cert: null`: the parser refused both, so `archive-local config`
+    did not read its own output back."""
+    from appliance import config
+
+    text = """
+tls: {listen: "127.0.0.1:8443"}
+seed:
+  targets:
+    - {name: a, type: glance, feeds: [f], auth: {endpoint: "http://g:9292", token_file: /t}}
+    - {name: b, type: glance, feeds: [f], auth: {endpoint: "http://g:9292", token_env: TOK}}
+    - name: c
+      type: glance
+      feeds: [f]
+      auth: {keystone: {auth_url: "http://k:5000/v3", username: u, password_env: PW}}
+    - name: d
+      type: glance
+      feeds: [f]
+      auth:
+        keystone: {auth_url: "http://k:5000/v3", application_credential_id: i,
+                   application_credential_secret_file: /s, region_name: Two}
+    - {name: e, type: ec2, feeds: [f], ec2_endpoint: "http://e/", s3_endpoint: "http://e/s3"}
+"""
+    parsed = config.parse(yaml.safe_load(text))
+    out = config.dump(parsed)
+    for written in ("token_file: /t", "token_env: TOK", "password_env: PW"):
+        assert written in out, out
+    assert "application_credential_secret_file: /s" in out and "cert:" not in out, out
+    assert config.parse(yaml.safe_load(out)) == parsed

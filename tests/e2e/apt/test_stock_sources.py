@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
+from tests.configs import write_config
 from tests.conftest import StartAppliance, http_get, stop_gpg_agent
 from tests.netns import lone_namespace, with_hosts
 from tests.upstream import Upstream
@@ -88,17 +88,15 @@ def stock_net(tmp_path: Path, apt_repo: AptRepo) -> Iterator[tuple[str, Path, di
 def _serve(ns: str, hosts: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     """The appliance on the embedded defaults (`workers: auto`), but for where it listens
     and keeps its files, and mDNS."""
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": "127.0.0.1:3142",
-                "cache": {"dir": str(tmp_path / "cache")},
-                "discovery": {"mdns": False},
-                "admin": {"token_file": str(tmp_path / "admin-token")},
-                "images": {"gnupg_home": str(tmp_path / "gnupg")},
-            }
-        )
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "listen": "127.0.0.1:3142",
+            "cache": {"dir": str(tmp_path / "cache")},
+            "discovery": {"mdns": False},
+            "admin": {"token_file": str(tmp_path / "admin-token")},
+            "images": {"gnupg_home": str(tmp_path / "gnupg")},
+        },
     )
     log = tmp_path / "appliance.log"
     serve = (sys.executable, "-m", "appliance", "serve", "--config", str(config))

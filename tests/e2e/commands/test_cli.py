@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.configs import write_config
 from tests.conftest import StartAppliance, free_port, require, unavailable
 from tests.upstream import Upstream
 
@@ -103,8 +103,9 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        cfg = tmp_path / "config.yaml"
-        cfg.write_text(f"admin: {{token_file: {tmp_path / 'token'}}}\n")
+        cfg = write_config(
+            tmp_path / "config.yaml", {"admin": {"token_file": str(tmp_path / "token")}}
+        )
         r = run(
             "--config",
             str(cfg),
@@ -142,14 +143,12 @@ def refused(*args: str, timeout: float = 20, prefix: Sequence[str] = ()) -> str:
 
 def _config(tmp_path: Path, name: str, **settings: object) -> Path:
     """A configuration for a second service; everything it writes under `tmp_path`."""
-    cfg = tmp_path / f"{name}.yaml"
     base = {
         "admin": {"token_file": str(tmp_path / f"token-{name}")},
         "images": {"gnupg_home": str(tmp_path / f"gnupg-{name}")},
         "discovery": {"mdns": False},
     }
-    cfg.write_text(yaml.safe_dump({**base, **settings}))
-    return cfg
+    return write_config(tmp_path / f"{name}.yaml", {**base, **settings})
 
 
 def test_a_second_service_on_the_port_or_the_cache_is_refused_naming_the_first(

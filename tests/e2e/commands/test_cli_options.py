@@ -8,23 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.configs import write_config
 from tests.conftest import free_port
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_common_options_before_or_after_the_subcommand(tmp_path: Path, where: str) -> None:
     """`archive-local config --config F -v` (as unit files write it) and the classic order."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "listen": "127.0.0.1:4242",
-                "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
-                "apt": {"index_ttl": 60, "remaps": {}},
-            }
-        )
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "listen": "127.0.0.1:4242",
+            "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
+            "apt": {"index_ttl": 60, "remaps": {}},
+        },
     )
     opts = ["--config", str(cfg), "-v"]
     argv = [*opts, "config"] if where == "before" else ["config", *opts]
@@ -36,25 +34,23 @@ def test_common_options_before_or_after_the_subcommand(tmp_path: Path, where: st
 
 
 def test_sync_accepts_config_after_the_subcommand(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "listen": f"127.0.0.1:{free_port()}",
-                "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
-                "apt": {"index_ttl": 60, "remaps": {}},
-                "images": {
-                    "gnupg_home": str(tmp_path / "gnupg"),
-                    "feeds": [
-                        {
-                            "name": "only-in-this-file",
-                            "url": f"http://127.0.0.1:{free_port()}/",
-                            "keyring": str(tmp_path / "none.gpg"),
-                        }
-                    ],
-                },
-            }
-        )
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "cache": {"dir": str(tmp_path / "cache"), "max_size": "1GiB"},
+            "apt": {"index_ttl": 60, "remaps": {}},
+            "images": {
+                "gnupg_home": str(tmp_path / "gnupg"),
+                "feeds": [
+                    {
+                        "name": "only-in-this-file",
+                        "url": f"http://127.0.0.1:{free_port()}/",
+                        "keyring": str(tmp_path / "none.gpg"),
+                    }
+                ],
+            },
+        },
     )
     out = subprocess.run(
         [sys.executable, "-m", "appliance", "sync", "--config", str(cfg), "--json"],

@@ -21,6 +21,7 @@ import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
+from tests.configs import write_config
 from tests.conftest import CURL_STATUS, require, unavailable
 from tests.netns import Link, linked_namespaces
 
@@ -83,19 +84,17 @@ class Site:
         )
 
     def appliance(self, mdns: bool = True, port: int = PORT) -> str:
-        cfg = self.tmp / f"appliance-{port}.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": f"0.0.0.0:{port}",
-                    "cache": {"dir": str(self.tmp / f"cache-{port}")},
-                    "apt": {"remaps": {"debian": [self.repo_url]}},
-                    "images": {"gnupg_home": str(self.tmp / "gnupg")},
-                    "admin": {"token_file": str(self.tmp / f"token-{port}")},
-                    "discovery": {"mdns": mdns},
-                    "logging": {"access_log": "off"},
-                }
-            )
+        cfg = write_config(
+            self.tmp / f"appliance-{port}.yaml",
+            {
+                "listen": f"0.0.0.0:{port}",
+                "cache": {"dir": str(self.tmp / f"cache-{port}")},
+                "apt": {"remaps": {"debian": [self.repo_url]}},
+                "images": {"gnupg_home": str(self.tmp / "gnupg")},
+                "admin": {"token_file": str(self.tmp / f"token-{port}")},
+                "discovery": {"mdns": mdns},
+                "logging": {"access_log": "off"},
+            },
         )
         log = (self.tmp / f"appliance-{port}.log").open("wb")
         self.procs.append(

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
+from tests.configs import write_config
 from tests.conftest import StartAppliance, http_get, run_sync
 from tests.e2e.faults.conftest import (
     SCALE,
@@ -424,17 +424,15 @@ def test_listen_on_ipv6_any_accepts_ipv4_too(
         probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         probe.bind(("::", 0))
         port = probe.getsockname()[1]
-    cfg = tmp_path / "dual.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "listen": f"[::]:{port}",
-                "cache": {"dir": str(tmp_path / "dual-cache")},
-                "apt": {"remaps": _remap(hostile)},
-                "admin": {"token_file": str(tmp_path / "dual-token")},
-                "discovery": {"mdns": False},
-            }
-        )
+    cfg = write_config(
+        tmp_path / "dual.yaml",
+        {
+            "listen": f"[::]:{port}",
+            "cache": {"dir": str(tmp_path / "dual-cache")},
+            "apt": {"remaps": _remap(hostile)},
+            "admin": {"token_file": str(tmp_path / "dual-token")},
+            "discovery": {"mdns": False},
+        },
     )
     log = (tmp_path / "dual.log").open("wb")
     proc = subprocess.Popen(

@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 from urllib.error import HTTPError
 
-import yaml
-
+from tests.configs import write_config
 from tests.e2e.faults.hostile import Hostile, redirect
 from tests.netns import veth_pair
 
@@ -74,26 +73,24 @@ def test_metadata_addresses_are_never_connected_to(tmp_path: Path) -> None:
                 "169.254.169.254 metadata.test rebind.test\n"
             )
             port = 3142
-            config = tmp_path / "egress.yaml"
-            config.write_text(
-                yaml.safe_dump(
-                    {
-                        "listen": f"{net.ns_addr}:{port}",
-                        "cache": {"dir": str(tmp_path / "cache")},
-                        "apt": {
-                            "remaps": {"debian": [f"{up.url}/debian"]},
-                            # configured on purpose: the address rule holds all the same
-                            "allow": [
-                                "metadata.test",
-                                "rebind.test",
-                                "169.254.169.254",
-                                f"ok.test:{up.port}",
-                            ],
-                        },
-                        "admin": {"token_file": str(tmp_path / "token")},
-                        "discovery": {"mdns": False},
-                    }
-                )
+            config = write_config(
+                tmp_path / "egress.yaml",
+                {
+                    "listen": f"{net.ns_addr}:{port}",
+                    "cache": {"dir": str(tmp_path / "cache")},
+                    "apt": {
+                        "remaps": {"debian": [f"{up.url}/debian"]},
+                        # configured on purpose: the address rule holds all the same
+                        "allow": [
+                            "metadata.test",
+                            "rebind.test",
+                            "169.254.169.254",
+                            f"ok.test:{up.port}",
+                        ],
+                    },
+                    "admin": {"token_file": str(tmp_path / "token")},
+                    "discovery": {"mdns": False},
+                },
             )
             log = tmp_path / "egress.log"
             script = 'mount --bind "$1" /etc/hosts && exec "$2" -m appliance --config "$3" serve'

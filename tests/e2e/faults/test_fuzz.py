@@ -27,8 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
+from tests.configs import write_config
 from tests.conftest import free_port, unavailable
 from tests.e2e.faults.conftest import SCALE, report, tracebacks
 from tests.e2e.faults.hostile import Canary, Hostile
@@ -283,18 +282,16 @@ async def test_fuzz_the_http_front(tmp_path: Path) -> None:
     canaries = [Canary("127.0.0.3"), Canary("127.0.0.1")]
     port = free_port()
     cache = tmp_path / "cache"
-    config = tmp_path / "fuzz.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": f"127.0.0.1:{port}",
-                "cache": {"dir": str(cache)},
-                "apt": {"remaps": {"debian": [f"{up.url}/debian"]}, "allow": []},
-                "admin": {"token_file": str(tmp_path / "token")},
-                "discovery": {"mdns": False},
-                "upstream": {"connect_timeout": 2, "read_timeout": 5},
-            }
-        )
+    config = write_config(
+        tmp_path / "fuzz.yaml",
+        {
+            "listen": f"127.0.0.1:{port}",
+            "cache": {"dir": str(cache)},
+            "apt": {"remaps": {"debian": [f"{up.url}/debian"]}, "allow": []},
+            "admin": {"token_file": str(tmp_path / "token")},
+            "discovery": {"mdns": False},
+            "upstream": {"connect_timeout": 2, "read_timeout": 5},
+        },
     )
     trace, log = tmp_path / "strace.txt", tmp_path / "fuzz.log"
     proc = subprocess.Popen(

@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.aptclient import AptClient
 from tests.aptrepo import AptRepo
+from tests.configs import write_config
 from tests.conftest import StartAppliance
 from tests.e2e.faults import aptindex
 from tests.e2e.faults.conftest import fetch, fill, stored, tracebacks
@@ -228,10 +230,9 @@ async def test_expiry_removes_what_no_index_lists_after_the_grace_period(
     assert any(k.endswith("a_1_all.deb") for k in app_files)
 
     app.stop()
-    cfg = app.config.read_text() + "\n"  # grace 0: what is unreferenced now goes
-    cfg_data = __import__("yaml").safe_load(cfg)
+    cfg_data = yaml.safe_load(app.config.read_text())  # grace 0: what is unreferenced now goes
     cfg_data["cache"]["expire_after"] = 0
-    app.config.write_text(__import__("yaml").safe_dump(cfg_data))
+    write_config(app.config, cfg_data)
     r = app.cli("expire", "--dry-run", "--json")
     dry = json.loads(r.stdout)
     assert dry["expired"] == 2 and set(stored(app.cache_dir)) == app_files

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.configs import write_config
 from tests.conftest import FILTERS, StartAppliance, http_get
 from tests.feed import Feed
 from tests.upstream import Upstream
@@ -31,7 +32,7 @@ def _rewrite(app_config: Path, **changes: object) -> None:
             data.setdefault(section, {}).update(value)
         else:
             data[section] = value
-    app_config.write_text(yaml.safe_dump(data))
+    write_config(app_config, data)
 
 
 def _feed_entry(feed: Feed, url: str) -> dict:

@@ -14,6 +14,7 @@ import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
+from tests.configs import write_config
 from tests.conftest import StartAppliance, http_get, require, stop_gpg_agent
 from tests.e2e.streams.test_interop import reference
 
@@ -38,14 +39,12 @@ PRODUCTS = {
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     require("gpg", "gnupg")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "cache": {"dir": str(tmp_path / "cache")},
-                "images": {"gnupg_home": str(tmp_path / "gnupg")},
-            }
-        )
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {
+            "cache": {"dir": str(tmp_path / "cache")},
+            "images": {"gnupg_home": str(tmp_path / "gnupg")},
+        },
     )
     build = tmp_path / "build"
     build.mkdir()

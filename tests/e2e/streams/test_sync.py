@@ -16,6 +16,7 @@ import yaml
 
 from appliance.streams.gpg import Verifier
 from appliance.streams.model import iter_items
+from tests.configs import write_config
 from tests.conftest import ITEM_SIZE, StartAppliance, http_get, require
 from tests.conftest import run_sync as sync
 from tests.feed import CONTENT_ID, Feed, build_feed
@@ -337,7 +338,7 @@ def test_stalled_item_times_out_and_resumes(
 ) -> None:
     config = yaml.safe_load(feed_config.read_text())
     config["upstream"] = {"read_timeout": 1}
-    feed_config.write_text(yaml.safe_dump(config))
+    write_config(feed_config, config)
     victim = "server/releases/noble/release-20240301/ubuntu-24.04-server-cloudimg-amd64.disk1.img"
     served.stall_after["/" + victim] = 500_000
     started = time.monotonic()

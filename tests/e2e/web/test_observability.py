@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.configs import write_config
 from tests.conftest import CURL_STATUS, Appliance, StartAppliance, free_port, http_get, require
 from tests.upstream import Upstream
 
@@ -202,8 +203,9 @@ def test_status_json_and_cli(app: Appliance) -> None:
     assert s["busiest"][0] == {"package": "hello_1.0_amd64.deb", "requests": 3}
     [(_host, health)] = s["upstreams"].items()
     assert health["requests"] == 3 and health["errors"] == 1 and health["last_error"] == "not-found"
-    cfg = app.cache_dir.parent / "status.yaml"
-    cfg.write_text(yaml.safe_dump({"listen": app.url.removeprefix("http://")}))
+    cfg = write_config(
+        app.cache_dir.parent / "status.yaml", {"listen": app.url.removeprefix("http://")}
+    )
     r = subprocess.run(
         [sys.executable, "-m", "appliance", "--config", str(cfg), "status"],
         capture_output=True,
@@ -269,7 +271,7 @@ def test_access_log_lines_and_reload(app: Appliance, upstream: Upstream) -> None
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["apt"]["remaps"]["other"] = [f"{upstream.url}/debian"]
     cfg["logging"] = {"access_log": "off"}
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    write_config(cfg_path, cfg)
     code, body = app.admin("reload")
     assert code == 200 and json.loads(body)["restart_needed_for"] == ["logging"]
     assert http_get(f"{app.url}/other/pool/main/h/hello_1.0_amd64.deb")[0] == 200

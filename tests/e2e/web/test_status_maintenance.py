@@ -17,6 +17,7 @@ import yaml
 
 from appliance.web import use
 from tests.browser import Browser
+from tests.configs import write_config
 from tests.conftest import Appliance, StartAppliance, http_get, require
 from tests.upstream import Upstream
 
@@ -223,7 +224,7 @@ def not_allowed(browser: Browser, app: Appliance) -> None:
     """An address outside `admin.allow`: the page shows the 403 and its reason."""
     config = yaml.safe_load(app.config.read_text())
     config["admin"]["allow"] = ["192.0.2.0/24"]
-    app.config.write_text(yaml.safe_dump(config))
+    write_config(app.config, config)
     assert app.admin("reload")[0] == 200  # every worker
     browser.open(f"{app.url}/")
     browser.run(f"document.getElementById('maint-token').value = '{app.token}'")

@@ -20,7 +20,7 @@ from urllib.error import HTTPError
 
 import yaml
 
-from tests.e2e.faults.hostile import Hostile, redirect
+from tests.hostile import Hostile, redirect
 from tests.netns import veth_pair
 
 CANARY = """

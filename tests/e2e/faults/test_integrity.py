@@ -23,7 +23,7 @@ from tests.aptrepo import AptRepo
 from tests.conftest import StartAppliance
 from tests.e2e.faults import aptindex
 from tests.e2e.faults.conftest import fetch, fill, stored, tracebacks
-from tests.e2e.faults.hostile import (
+from tests.hostile import (
     Conn,
     Hostile,
     Request,

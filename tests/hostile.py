@@ -1,8 +1,10 @@
-"""A scriptable misbehaving upstream: raw HTTP/1.1 on a socket, so framing can be wrong.
+"""The tests' scriptable fake upstream: raw HTTP/1.1 on a socket, so framing can be wrong.
 
 aiohttp's own server always frames correctly; a broken mirror does not. Each path
 can be given a behaviour (a coroutine writing whatever bytes it likes); the rest are
 answered correctly, with keep-alive. Requests are recorded and connections counted.
+A test double, so it lives beside `tests/upstream.py`, not in `tests/components/`
+(real third-party servers the tests start).
 
     up = Hostile({"/debian/pool/a.deb": data}).start()
     up.behave["/debian/pool/a.deb"] = short(1000)      # Content-Length, then 1000 bytes

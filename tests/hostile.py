@@ -8,18 +8,21 @@ A test double, so it lives beside `tests/upstream.py`, not in `tests/components/
 
     up = Hostile({"/debian/pool/a.deb": data}).start()
     up.behave["/debian/pool/a.deb"] = short(1000)      # Content-Length, then 1000 bytes
+    up.default = answer("403 Forbidden")               # every other path
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import http.client
 import socket
 import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
 from email.utils import formatdate
 
 
@@ -27,9 +30,10 @@ from email.utils import formatdate
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: http.client.HTTPMessage  # a mapping with case-insensitive names
     conn: int  # which connection carried it (1, 2, ...)
     at: float = field(default_factory=time.monotonic)
+    body: bytes = b""  # what the client sent after the head (Content-Length or chunked)
 
 
 class Conn:
@@ -59,12 +63,19 @@ Behaviour = Callable[["Hostile", Request, Conn], Awaitable[None]]
 
 
 def head(status: str = "200 OK", length: int | None = None, **extra: str) -> bytes:
-    lines = [f"HTTP/1.1 {status}", f"Date: {formatdate(usegmt=True)}"]
-    lines.append("Content-Type: application/octet-stream")
-    lines.append("Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT")
+    """A response head; `extra` fields (`Content_Type=...`) add to or replace the defaults."""
+    fields = {
+        "Date": formatdate(usegmt=True),
+        "Content-Type": "application/octet-stream",
+        "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT",
+    }
     if length is not None:
-        lines.append(f"Content-Length: {length}")
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
+        fields["Content-Length"] = str(length)
+    for key, value in extra.items():
+        name = key.replace("_", "-")
+        fields = {k: v for k, v in fields.items() if k.lower() != name.lower()}
+        fields[name] = value
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in fields.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -181,6 +192,15 @@ def range_answer(status: str = "200 OK", content_range: str | None = None) -> Be
     return run
 
 
+def answer(status: str = "200 OK", body: bytes = b"", **extra: str) -> Behaviour:
+    """The same well-framed answer to any request (a refusal, an API's fixed reply)."""
+
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        await conn.send(head(status, len(body), **extra) + (b"" if req.method == "HEAD" else body))
+
+    return run
+
+
 def redirect(location: str, status: str = "302 Found") -> Behaviour:
     async def run(up: Hostile, req: Request, conn: Conn) -> None:
         await conn.send(head(status, 0, Location=location))
@@ -236,6 +256,7 @@ class Hostile:
     def __init__(self, files: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
         self.files: dict[str, bytes] = dict(files or {})
         self.behave: dict[str, Behaviour] = {}
+        self.default: Behaviour = well_formed  # for a path `behave` does not name
         self.requests: list[Request] = []
         self.connections = 0
         self.honour_conditionals = True
@@ -297,29 +318,46 @@ class Hostile:
         try:
             while not conn.closed:
                 try:
-                    head_bytes = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-                    break
-                lines = head_bytes.decode("latin-1").split("\r\n")
-                method, path, _version = [*lines[0].split(" "), "", ""][:3]
-                headers = {}
-                for line in lines[1:]:
-                    if ":" in line:
-                        k, _, v = line.partition(":")
-                        headers[k.strip().lower()] = v.strip()
-                req = Request(method, path, headers, conn.n)
+                    req = await _read_request(conn)
+                except (
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ValueError,
+                    OSError,
+                ):
+                    break  # the client went away, or what it sent is not HTTP/1.1
                 self.requests.append(req)
-                behaviour = self.behave.get(path, well_formed)
                 try:
-                    await behaviour(self, req, conn)
+                    await self.behave.get(req.path, self.default)(self, req, conn)
                 except (ConnectionError, OSError):
                     break
-                if headers.get("connection", "").lower() == "close":
+                if req.headers.get("connection", "").lower() == "close":
                     break
         finally:
             self._writers.discard(writer)
             if not conn.closed:
                 writer.close()
+
+
+async def _read_request(conn: Conn) -> Request:
+    """One request, its body included, so that the next one starts where this one ends."""
+    line, _, fields = (await conn.reader.readuntil(b"\r\n\r\n")).partition(b"\r\n")
+    method, path, _version = [*line.decode("latin-1").split(" "), "", ""][:3]
+    headers = BytesHeaderParser(_class=http.client.HTTPMessage).parsebytes(fields)
+    req = Request(method, path, headers, conn.n)  # type: ignore[arg-type]
+    if headers.get("expect", "").lower() == "100-continue":
+        await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        chunks = []
+        while size := int((await conn.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await conn.reader.readexactly(size))
+            await conn.reader.readexactly(2)
+        while await conn.reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+            pass
+        req.body = b"".join(chunks)
+    else:
+        req.body = await conn.reader.readexactly(int(headers.get("content-length", 0)))
+    return req
 
 
 class Canary:

@@ -9,21 +9,32 @@ A test double, so it lives beside `tests/upstream.py`, not in `tests/components/
     up = Hostile({"/debian/pool/a.deb": data}).start()
     up.behave["/debian/pool/a.deb"] = short(1000)      # Content-Length, then 1000 bytes
     up.default = answer("403 Forbidden")               # every other path
+
+Given a `root`, it also serves the files under it (`files` first). As a program it is the
+plain slow upstream of an appliance the test runs elsewhere (under systemd in a namespace):
+`python -m tests.hostile HOST PORT ROOT RATE` serves ROOT at RATE bytes/s until killed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import gzip
 import http.client
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+LAST_MODIFIED = 1704067200  # Mon, 01 Jan 2024 00:00:00 GMT: the date every `files` entry has
 
 
 @dataclass
@@ -79,19 +90,50 @@ def head(status: str = "200 OK", length: int | None = None, **extra: str) -> byt
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def well_formed(up: Hostile, req: Request, conn: Conn) -> None:
-    body = up.files.get(req.path)
-    if body is None:
+@dataclass(frozen=True)
+class Resource:
+    """What a path names: its bytes and their validators."""
+
+    body: bytes
+    mtime: float
+    etag: str
+
+
+async def well_formed(up: Hostile, req: Request, conn: Conn, rate: float | None = None) -> None:
+    """A correct answer: 404, 304 to a condition that holds, else the bytes (at `rate` bytes/s)."""
+    res = await asyncio.to_thread(up.resource, req.path)
+    if res is None:
         await conn.send(head("404 Not Found", 0))
         return
-    inm = req.headers.get("if-none-match")
-    etag = f'"{len(body)}-{hash(body) & 0xFFFF:x}"'
-    if inm == etag or ("if-modified-since" in req.headers and up.honour_conditionals):
-        await conn.send(head("304 Not Modified", None, ETag=etag))
+    validators = {"ETag": res.etag, "Last_Modified": formatdate(res.mtime, usegmt=True)}
+    if _not_modified(up, req, res):
+        await conn.send(head("304 Not Modified", None, **validators))
         return
-    await conn.send(head("200 OK", len(body), ETag=etag))
+    await conn.send(head("200 OK", len(res.body), **validators))
     if req.method != "HEAD":
+        await _send(conn, res.body, rate)
+
+
+def _not_modified(up: Hostile, req: Request, res: Resource) -> bool:
+    if req.headers.get("if-none-match") == res.etag:
+        return True
+    since = req.headers.get("if-modified-since")
+    if since is None or not up.honour_conditionals:
+        return False
+    try:
+        return int(res.mtime) <= parsedate_to_datetime(since).timestamp()
+    except (TypeError, ValueError):
+        return False
+
+
+async def _send(conn: Conn, body: bytes, rate: float | None) -> None:
+    if rate is None:
         await conn.send(body)
+        return
+    step = max(1, int(rate / 20))
+    for pos in range(0, len(body), step):
+        await conn.send(body[pos : pos + step])
+        await asyncio.sleep(step / rate)
 
 
 # --- behaviours -----------------------------------------------------------------------------
@@ -169,16 +211,7 @@ def drip(interval: float, chunk: int = 1) -> Behaviour:
 
 def slow(rate: float) -> Behaviour:
     """A correct answer at about `rate` bytes/s (for downloads that must last a while)."""
-
-    async def run(up: Hostile, req: Request, conn: Conn) -> None:
-        body = up.files[req.path]
-        await conn.send(head("200 OK", len(body)))
-        step = max(1, int(rate / 20))
-        for pos in range(0, len(body), step):
-            await conn.send(body[pos : pos + step])
-            await asyncio.sleep(step / rate)
-
-    return run
+    return functools.partial(well_formed, rate=rate)
 
 
 def range_answer(status: str = "200 OK", content_range: str | None = None) -> Behaviour:
@@ -253,15 +286,22 @@ def new_bytes_on_conditional(new: bytes) -> Behaviour:
 
 
 class Hostile:
-    def __init__(self, files: dict[str, bytes] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        host: str = "127.0.0.1",
+        root: Path | None = None,
+        port: int = 0,
+    ) -> None:
         self.files: dict[str, bytes] = dict(files or {})
+        self.root = root  # a directory served too (after `files`)
         self.behave: dict[str, Behaviour] = {}
         self.default: Behaviour = well_formed  # for a path `behave` does not name
         self.requests: list[Request] = []
         self.connections = 0
         self.honour_conditionals = True
         self.host = host
-        self.port = 0
+        self.port = port  # 0: any free port, known once started
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -278,21 +318,40 @@ class Hostile:
     def count(self, suffix: str) -> int:
         return sum(1 for r in self.requests if r.path.endswith(suffix))
 
+    def resource(self, path: str) -> Resource | None:
+        """`files[path]`, else a regular file under `root` (never one outside it)."""
+        body = self.files.get(path)
+        if body is not None:
+            return Resource(body, LAST_MODIFIED, f'"{len(body)}-{hash(body) & 0xFFFF:x}"')
+        if self.root is None:
+            return None
+        root = self.root.resolve()
+        file = (root / unquote(urlsplit(path).path).lstrip("/")).resolve()
+        if not file.is_relative_to(root) or not file.is_file():
+            return None
+        st = file.stat()
+        return Resource(file.read_bytes(), st.st_mtime, f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+
     def start(self) -> Hostile:
-        ready = threading.Event()
+        """Listen, and serve from a thread of its own; a failed bind raises here."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def run() -> None:
             asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(
-                asyncio.start_server(self._client, self.host, 0, limit=1 << 20)
-            )
+            try:
+                self._server = self._loop.run_until_complete(
+                    asyncio.start_server(self._client, self.host, self.port, limit=1 << 20)
+                )
+            except OSError as exc:
+                ready.set_exception(exc)
+                return
             self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
+            ready.set_result(None)
             self._loop.run_forever()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
-        ready.wait(10)
+        ready.result(10)
         return self
 
     def close(self) -> None:
@@ -392,3 +451,16 @@ class Canary:
         self._stop = True
         self._thread.join(2)
         self.sock.close()
+
+
+def main(argv: list[str]) -> None:
+    """`HOST PORT ROOT RATE`: serve ROOT's files at RATE bytes/s until killed."""
+    host, port, root, rate = argv
+    up = Hostile(host=host, port=int(port), root=Path(root))
+    up.default = slow(float(rate))
+    up.start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -22,7 +22,10 @@ import concurrent.futures
 import functools
 import gzip
 import http.client
+import mimetypes
+import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -35,6 +38,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 LAST_MODIFIED = 1704067200  # Mon, 01 Jan 2024 00:00:00 GMT: the date every `files` entry has
+TYPES = mimetypes.MimeTypes()  # a file's Content-Type by its name, as aiohttp's FileResponse
+TYPES.encodings_map.clear()  # Packages.gz is application/gzip, not "text/plain, gzip-encoded"
+for _type, _ext in {"application/gzip": ".gz", "application/x-xz": ".xz"}.items():
+    TYPES.add_type(_type, _ext)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Request:
     conn: int  # which connection carried it (1, 2, ...)
     at: float = field(default_factory=time.monotonic)
     body: bytes = b""  # what the client sent after the head (Content-Length or chunked)
+    status: int = 0  # of the answer's head, once sent (0: none, e.g. a connection cut first)
 
 
 class Conn:
@@ -53,8 +61,14 @@ class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int):
         self.reader, self.writer, self.n = reader, writer, n
         self.closed = False
+        self.request: Request | None = None  # the one being answered
 
     async def send(self, data: bytes) -> None:
+        req = self.request
+        if req is not None and not req.status and data.startswith(b"HTTP/1."):
+            code = data[9:12]
+            if code.isdigit() and not code.startswith(b"1"):
+                req.status = int(code)
         self.writer.write(data)
         await self.writer.drain()
 
@@ -97,33 +111,96 @@ class Resource:
     body: bytes
     mtime: float
     etag: str
+    content_type: str = "application/octet-stream"
 
 
 async def well_formed(up: Hostile, req: Request, conn: Conn, rate: float | None = None) -> None:
-    """A correct answer: 404, 304 to a condition that holds, else the bytes (at `rate` bytes/s)."""
+    """A correct answer (RFC 9110, as a static file server gives): 404; 412 or 304 to the
+    conditions; 206 to one byte range (416 past the end); else the bytes (at `rate` bytes/s)."""
     res = await asyncio.to_thread(up.resource, req.path)
     if res is None:
         await conn.send(head("404 Not Found", 0))
         return
-    validators = {"ETag": res.etag, "Last_Modified": formatdate(res.mtime, usegmt=True)}
-    if _not_modified(up, req, res):
-        await conn.send(head("304 Not Modified", None, **validators))
+    fields = {
+        "ETag": res.etag,
+        "Last_Modified": formatdate(res.mtime, usegmt=True),
+        "Content_Type": res.content_type,
+        "Accept_Ranges": "bytes",
+    }
+    refused = _preconditions(up, req, res)
+    if refused is not None:
+        await conn.send(head(refused, 0 if refused.startswith("412") else None, **fields))
         return
-    await conn.send(head("200 OK", len(res.body), **validators))
+    size = len(res.body)
+    status, start, end = _span(req, res)
+    if status.startswith("416"):
+        await conn.send(head(status, 0, Content_Range=f"bytes */{size}"))
+        return
+    if status.startswith("206"):
+        fields["Content_Range"] = f"bytes {start}-{end - 1}/{size}"
+    await conn.send(head(status, end - start, **fields))
     if req.method != "HEAD":
-        await _send(conn, res.body, rate)
+        await _send(conn, res.body[start:end], rate)
 
 
-def _not_modified(up: Hostile, req: Request, res: Resource) -> bool:
-    if req.headers.get("if-none-match") == res.etag:
-        return True
-    since = req.headers.get("if-modified-since")
-    if since is None or not up.honour_conditionals:
-        return False
+def _date(value: str | None) -> float | None:
     try:
-        return int(res.mtime) <= parsedate_to_datetime(since).timestamp()
+        return parsedate_to_datetime(value).timestamp() if value else None
     except (TypeError, ValueError):
-        return False
+        return None
+
+
+def _etag_in(header: str, etag: str, weak: bool) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    if weak:
+        tags, etag = [t.removeprefix("W/") for t in tags], etag.removeprefix("W/")
+    return "*" in tags or etag in tags
+
+
+def _preconditions(up: Hostile, req: Request, res: Resource) -> str | None:
+    """The status a condition imposes (RFC 9110 13.2.2), or None: go on."""
+    h, mtime = req.headers, int(res.mtime)
+    if (match := h.get("if-match")) is not None:
+        if not _etag_in(match, res.etag, weak=False):
+            return "412 Precondition Failed"
+    elif (unmodified := _date(h.get("if-unmodified-since"))) is not None and mtime > unmodified:
+        return "412 Precondition Failed"
+    if (none_match := h.get("if-none-match")) is not None:
+        return "304 Not Modified" if _etag_in(none_match, res.etag, weak=True) else None
+    since = _date(h.get("if-modified-since"))
+    if since is not None and up.honour_conditionals and mtime <= since:
+        return "304 Not Modified"
+    return None
+
+
+def _ranged(req: Request, res: Resource) -> bool:
+    """Whether a Range applies: no If-Range, or one naming this very file."""
+    if_range = req.headers.get("if-range")
+    if if_range is None:
+        return True
+    if if_range.startswith(('"', "W/")):
+        return if_range == res.etag and not if_range.startswith("W/")
+    return _date(if_range) == int(res.mtime)
+
+
+def _span(req: Request, res: Resource) -> tuple[str, int, int]:
+    """The status and the bytes [start, end) to send: 206 for one valid, applicable byte
+    range; 416 when it starts past the end; else 200 and all of them (RFC 9110 14.2: a
+    Range of several, an invalid one or one for another file is ignored)."""
+    size = len(res.body)
+    whole, past = ("200 OK", 0, size), ("416 Range Not Satisfiable", 0, 0)
+    m = re.fullmatch(r"bytes=(\d*)-(\d*)", req.headers.get("range", "").strip())
+    if m is None or not any(m.groups()) or not _ranged(req, res):
+        return whole
+    first, last = m.groups()
+    if not first:  # the last `last` bytes
+        return ("206 Partial Content", max(0, size - int(last)), size) if int(last) else past
+    start = int(first)
+    if last and int(last) < start:
+        return whole
+    if start >= size:
+        return past
+    return "206 Partial Content", start, min(int(last) + 1, size) if last else size
 
 
 async def _send(conn: Conn, body: bytes, rate: float | None) -> None:
@@ -292,6 +369,7 @@ class Hostile:
         host: str = "127.0.0.1",
         root: Path | None = None,
         port: int = 0,
+        ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.files: dict[str, bytes] = dict(files or {})
         self.root = root  # a directory served too (after `files`)
@@ -302,6 +380,7 @@ class Hostile:
         self.honour_conditionals = True
         self.host = host
         self.port = port  # 0: any free port, known once started
+        self.ssl = ssl  # serve HTTPS with this context
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -309,14 +388,23 @@ class Hostile:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
 
     @property
     def hostport(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def count(self, suffix: str) -> int:
-        return sum(1 for r in self.requests if r.path.endswith(suffix))
+    def count(self, suffix: str = "", status: int | None = None) -> int:
+        """Requests whose path ends with `suffix` (and answered with `status`)."""
+        return sum(
+            1
+            for r in self.requests
+            if r.path.endswith(suffix) and (status is None or r.status == status)
+        )
+
+    def path_of(self, target: str) -> str:
+        """The path a request is recorded and scripted under: here its target, as sent."""
+        return target
 
     def resource(self, path: str) -> Resource | None:
         """`files[path]`, else a regular file under `root` (never one outside it)."""
@@ -330,7 +418,9 @@ class Hostile:
         if not file.is_relative_to(root) or not file.is_file():
             return None
         st = file.stat()
-        return Resource(file.read_bytes(), st.st_mtime, f'"{st.st_mtime_ns:x}-{st.st_size:x}"')
+        guessed = TYPES.guess_type(file.name)[0] or "application/octet-stream"
+        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        return Resource(file.read_bytes(), st.st_mtime, etag, guessed)
 
     def start(self) -> Hostile:
         """Listen, and serve from a thread of its own; a failed bind raises here."""
@@ -339,13 +429,10 @@ class Hostile:
         def run() -> None:
             asyncio.set_event_loop(self._loop)
             try:
-                self._server = self._loop.run_until_complete(
-                    asyncio.start_server(self._client, self.host, self.port, limit=1 << 20)
-                )
+                self._loop.run_until_complete(self._listen())
             except OSError as exc:
                 ready.set_exception(exc)
                 return
-            self.port = self._server.sockets[0].getsockname()[1]
             ready.set_result(None)
             self._loop.run_forever()
 
@@ -353,6 +440,28 @@ class Hostile:
         self._thread.start()
         ready.result(10)
         return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._client, self.host, self.port, ssl=self.ssl, limit=1 << 20
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection: from now on it is unreachable."""
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            for w in list(self._writers):
+                w.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+
+    def restart(self) -> None:
+        """Listen again, on the same port."""
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
 
     def close(self) -> None:
         async def stop() -> None:
@@ -385,13 +494,17 @@ class Hostile:
                     OSError,
                 ):
                     break  # the client went away, or what it sent is not HTTP/1.1
+                req.path = self.path_of(req.path)
                 self.requests.append(req)
+                conn.request = req
                 try:
                     await self.behave.get(req.path, self.default)(self, req, conn)
                 except (ConnectionError, OSError):
                     break
                 if req.headers.get("connection", "").lower() == "close":
                     break
+        except asyncio.CancelledError:
+            pass  # close(): ended here, so that asyncio does not report it as a failure
         finally:
             self._writers.discard(writer)
             if not conn.closed:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.faults.hostile import Hostile
+from tests.hostile import Hostile
 
 # `make soak` sets FAULTS_SCALE (e.g. 10): more trials, more load, same assertions
 SCALE = max(1, int(os.environ.get("FAULTS_SCALE", "1")))

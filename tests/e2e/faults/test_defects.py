@@ -34,7 +34,8 @@ from tests.e2e.faults.conftest import (
     stored,
     tracebacks,
 )
-from tests.e2e.faults.hostile import (
+from tests.feed import Feed
+from tests.hostile import (
     Canary,
     Hostile,
     gzip_encoded,
@@ -44,7 +45,6 @@ from tests.e2e.faults.hostile import (
     slow,
     stray,
 )
-from tests.feed import Feed
 from tests.upstream import Upstream
 
 

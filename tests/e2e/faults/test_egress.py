@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.error import HTTPError
 
 from tests.configs import write_config
-from tests.e2e.faults.hostile import Hostile, redirect
+from tests.hostile import Hostile, redirect
 from tests.netns import veth_pair
 
 CANARY = """

@@ -30,7 +30,7 @@ from pathlib import Path
 from tests.configs import write_config
 from tests.conftest import free_port, unavailable
 from tests.e2e.faults.conftest import SCALE, report, tracebacks
-from tests.e2e.faults.hostile import Canary, Hostile
+from tests.hostile import Canary, Hostile
 
 CASES = 5000 * SCALE
 

@@ -25,7 +25,7 @@ from tests.configs import write_config
 from tests.conftest import StartAppliance
 from tests.e2e.faults import aptindex
 from tests.e2e.faults.conftest import fetch, fill, stored, tracebacks
-from tests.e2e.faults.hostile import (
+from tests.hostile import (
     Conn,
     Hostile,
     Request,

@@ -13,7 +13,7 @@ import aiohttp
 
 from tests.conftest import StartAppliance
 from tests.e2e.faults.conftest import SCALE, fetch, report, stored, tracebacks
-from tests.e2e.faults.hostile import Hostile, slow
+from tests.hostile import Hostile, slow
 
 IDLE = min(3000 * SCALE, 15000)  # both processes stay under the 20000 open-files limit
 PER_ADDRESS = 200  # under limits.connections_per_client (256)

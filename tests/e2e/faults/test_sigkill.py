@@ -19,8 +19,8 @@ import aiohttp
 
 from tests.conftest import StartAppliance
 from tests.e2e.faults.conftest import SCALE, fetch, leftovers, meta, report, stored
-from tests.e2e.faults.hostile import Hostile, slow
 from tests.feed import Feed
+from tests.hostile import Hostile, slow
 from tests.upstream import Upstream
 
 TRIALS = 8 * SCALE

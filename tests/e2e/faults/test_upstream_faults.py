@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import StartAppliance, run_sync, stop_gpg_agent, write_feed_config
 from tests.e2e.faults.conftest import fetch, leftovers, report, stored, tracebacks
-from tests.e2e.faults.hostile import (
+from tests.feed import Feed
+from tests.hostile import (
     Behaviour,
     Conn,
     Hostile,
@@ -31,7 +32,6 @@ from tests.e2e.faults.hostile import (
     short,
     stall_after,
 )
-from tests.feed import Feed
 
 DATA = os.urandom(400_000)
 

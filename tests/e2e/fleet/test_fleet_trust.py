@@ -10,7 +10,6 @@ import concurrent.futures
 import contextlib
 import hashlib
 import http.client
-import http.server
 import json
 import os
 import signal
@@ -26,9 +25,10 @@ from typing import Any
 import pytest
 
 from tests.components import swift_aio
-from tests.conftest import Appliance, free_port, free_port_block, http_get, upstream_file
+from tests.conftest import Appliance, free_port_block, http_get, upstream_file
 from tests.e2e.store.test_bucket_trust import consistent_metadata, meta_pieces
 from tests.fleet import Fleet, healthz
+from tests.hostile import Hostile, other_bytes
 from tests.upstream import Upstream
 
 PREFIX = "fleet/"  # the units' object names start with it (see Fleet.unit)
@@ -172,42 +172,17 @@ def test_labels_rewritten_by_a_bucket_writer_never_break_an_answer(
     _no_tracebacks(*units)
 
 
-class _LyingPeer:
-    """A unit listed in `cache.store.peers` that answers a flight with other bytes."""
-
-    def __init__(self, body: bytes, length: int | None = None) -> None:
-        self.body, self.length, self.asked = body, length, 0
-        peer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                peer.asked += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(peer.length or len(peer.body)))
-                self.end_headers()
-                self.wfile.write(peer.body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def lying_peer() -> Iterator[_LyingPeer]:
-    peer = _LyingPeer(b"")
+def lying_peer() -> Iterator[Hostile]:
+    """A unit listed in `cache.store.peers` that answers a flight with other bytes (set by
+    the test: `lying_peer.default = other_bytes(...)`)."""
+    peer = Hostile().start()
     yield peer
     peer.close()
 
 
 def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
-    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path, lying_peer: _LyingPeer
+    swift: Any, fleet: Fleet, upstream: Upstream, upstream_root: Path, lying_peer: Hostile
 ) -> None:
     """A bucket writer names a listed peer as the holder of a by-hash index's lease; the
     peer sends other bytes of the right length: the client never gets a whole answer (the
@@ -225,15 +200,14 @@ def test_a_lying_peer_is_relayed_no_further_than_its_first_wrong_byte(
     s3.put_object(
         Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
     )
-    lying_peer.body = os.urandom(len(content))
+    lying_peer.default = other_bytes(os.urandom(len(content)))
     status, body = _status(unit.url + path)
-    assert lying_peer.asked == 1
+    assert sum(r.method == "GET" for r in lying_peer.requests) == 1
     assert body != content and hashlib.sha256(body).hexdigest() != digest
     assert status != 200 or len(body) < len(content), (status, len(body))
     assert _refused(unit).get(("peer", "digest")) == 1
     # announcing another length: refused at once, the unit waits and then fetches itself
-    lying_peer.length = len(content) + 10
-    lying_peer.body = b"x" * (len(content) + 10)
+    lying_peer.default = other_bytes(b"x" * (len(content) + 10))
     s3.put_object(
         Bucket=bucket, Key=lease, Body=json.dumps({"holder": f"evil@{lying_peer.url}"}).encode()
     )

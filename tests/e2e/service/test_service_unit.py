@@ -420,8 +420,10 @@ def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path
     ns.run(
         "systemd-run",
         "--unit=slow-upstream",
+        f"--working-directory={ROOT}",
         sys.executable,
-        str(ROOT / "tests/slow_upstream.py"),
+        "-m",
+        "tests.hostile",
         "127.0.0.1",
         "8000",
         str(tmp_path / "upstream"),

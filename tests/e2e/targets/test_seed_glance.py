@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from tests.conftest import run_seed as seed
 from tests.feed import Feed
+from tests.hostile import Behaviour, Conn, Hostile, Request, head
 from tests.seeding import big_feed, kill_seed_when, publish_version, write_seed_config
 from tests.upstream import Upstream
 
@@ -396,86 +397,76 @@ def test_service_seeds_after_each_sync_and_on_demand(
     assert all(f"<i>{image_id}</i>" in page for image_id in ids)
 
 
-class FakeKeystone:
+def keystone(glance_endpoint: str, password: str, region: str) -> Behaviour:
     """A keystone v3 identity endpoint: password auth issues the token Glance accepts and a
     catalog with Glance's endpoint in one region. (No keystone server is packaged for this
     machine; Glance, keystoneauth1 and glanceclient behind it are real.)"""
 
-    def __init__(self, glance_endpoint: str, password: str, region: str) -> None:
-        import http.server
-        import threading
-
-        outer = self
-        self.requests: list[dict] = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                pw = body["auth"]["identity"].get("password", {}).get("user", {})
-                if self.path != "/v3/auth/tokens" or pw.get("password") != password:
-                    self.send_response(401)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(b'{"error": {"code": 401, "message": "bad credentials"}}')
-                    return
-                token = {
-                    "methods": ["password"],
-                    "expires_at": "2099-01-01T00:00:00.000000Z",
-                    "issued_at": "2026-01-01T00:00:00.000000Z",
-                    "user": {
-                        "id": "u1",
-                        "name": pw["name"],
-                        "domain": {"id": "default", "name": "Default"},
-                    },
-                    "project": {
-                        "id": glance_server.PROJECT,
-                        "name": "admin",
-                        "domain": {"id": "default", "name": "Default"},
-                    },
-                    "roles": [{"id": "r1", "name": "admin"}],
-                    "catalog": [
+    async def run(up: Hostile, req: Request, conn: Conn) -> None:
+        if req.method != "POST":
+            await conn.send(head("501 Not Implemented", 0))
+            return
+        body = json.loads(req.body)
+        pw = body["auth"]["identity"].get("password", {}).get("user", {})
+        if req.path != "/v3/auth/tokens" or pw.get("password") != password:
+            error = b'{"error": {"code": 401, "message": "bad credentials"}}'
+            await conn.send(
+                head("401 Unauthorized", len(error), Content_Type="application/json") + error
+            )
+            return
+        token = {
+            "methods": ["password"],
+            "expires_at": "2099-01-01T00:00:00.000000Z",
+            "issued_at": "2026-01-01T00:00:00.000000Z",
+            "user": {
+                "id": "u1",
+                "name": pw["name"],
+                "domain": {"id": "default", "name": "Default"},
+            },
+            "project": {
+                "id": glance_server.PROJECT,
+                "name": "admin",
+                "domain": {"id": "default", "name": "Default"},
+            },
+            "roles": [{"id": "r1", "name": "admin"}],
+            "catalog": [
+                {
+                    "type": "image",
+                    "name": "glance",
+                    "id": "s1",
+                    "endpoints": [
                         {
-                            "type": "image",
-                            "name": "glance",
-                            "id": "s1",
-                            "endpoints": [
-                                {
-                                    "id": "e1",
-                                    "interface": "public",
-                                    "region": region,
-                                    "region_id": region,
-                                    "url": glance_endpoint,
-                                }
-                            ],
+                            "id": "e1",
+                            "interface": "public",
+                            "region": region,
+                            "region_id": region,
+                            "url": glance_endpoint,
                         }
                     ],
                 }
-                data = json.dumps({"token": token}).encode()
-                self.send_response(201)
-                self.send_header("X-Subject-Token", glance_server.TOKEN)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            ],
+        }
+        data = json.dumps({"token": token}).encode()
+        await conn.send(
+            head(
+                "201 Created",
+                len(data),
+                Content_Type="application/json",
+                X_Subject_Token=glance_server.TOKEN,
+            )
+            + data
+        )
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v3"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return run
 
 
 def test_keystone_password_auth_finds_glance_in_the_catalog(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:
     g = glance_pair[0]
-    keystone = FakeKeystone(g.endpoint, "right-password", "RegionTwo")
+    identity = Hostile().start()
+    identity.default = keystone(g.endpoint, "right-password", "RegionTwo")
+    auth_url = f"{identity.url}/v3"
     try:
         good, bad = tmp_path / "pw", tmp_path / "bad-pw"
         good.write_text("right-password\n")
@@ -485,7 +476,7 @@ def test_keystone_password_auth_finds_glance_in_the_catalog(
             t = glance_target(name, g, pw)
             t["auth"] = {
                 "keystone": {
-                    "auth_url": keystone.url,
+                    "auth_url": auth_url,
                     "username": "sync",
                     "password_file": str(pw),
                     "project_name": "admin",
@@ -508,8 +499,9 @@ def test_keystone_password_auth_finds_glance_in_the_catalog(
         assert by["ks-bad"]["error"].startswith("ks-bad: authentication failed"), by["ks-bad"]
         assert "wrong-password" not in err + json.dumps(outcomes)
         assert {i["region"] for i in by["ks"]["images"]} == {"RegionTwo"}
-        assert {i["endpoint"] for i in by["ks"]["images"]} == {keystone.url}
-        scoped = keystone.requests[0]["auth"]["scope"]["project"]
+        assert {i["endpoint"] for i in by["ks"]["images"]} == {auth_url}
+        first = next(json.loads(r.body) for r in identity.requests if r.method == "POST")
+        scoped = first["auth"]["scope"]["project"]
         assert scoped["name"] == "admin" and scoped["domain"]["name"] == "Default"
     finally:
-        keystone.close()
+        identity.close()

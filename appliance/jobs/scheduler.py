@@ -129,16 +129,8 @@ class Scheduler:
         for o in outcomes:
             self.last[o.feed] = o
             _count(self.sync_stats, o.feed, o.ok, o.seconds)
-            log.log(
-                logging.INFO if o.ok else logging.WARNING,
-                "sync %s: fetched %d, present %d, rejected %d, removed %d%s",
-                o.feed,
-                o.count(ItemStatus.FETCHED),
-                o.count(ItemStatus.PRESENT),
-                o.count(ItemStatus.FAILED),
-                o.count(ItemStatus.REMOVED),
-                "" if o.ok else f" ({o.error})",
-            )
+            level = logging.INFO if o.ok else logging.WARNING
+            log.log(level, "sync %s: %s%s", o.feed, o.summary(), "" if o.ok else f" ({o.error})")
         seed = config.seed
         if seed.after_sync and seed.targets and any(o.ok for o in outcomes):
             await self.run_seed()

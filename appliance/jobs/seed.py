@@ -14,7 +14,7 @@ from appliance.streams.curated import publish_curated
 from appliance.streams.gpg import SignatureError, Signer
 from appliance.streams.model import timestamp
 from appliance.targets import imageids
-from appliance.targets.seeder import ActionKind, Report, Seeder, TargetOutcome
+from appliance.targets.seeder import Report, Seeder, TargetOutcome
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ async def seed_targets(
                     o.ok = False
                     o.error = o.error or f"image-ids not published: {exc}"
     for o in outcomes:
-        log.log(
-            logging.INFO if o.ok else logging.WARNING,
-            "seed %s: uploaded %d, present %d, removed %d, cleaned %d, failed %d%s",
-            o.target,
-            o.count(ActionKind.UPLOADED),
-            o.count(ActionKind.PRESENT),
-            o.count(ActionKind.REMOVED),
-            o.count(ActionKind.CLEANED),
-            o.count(ActionKind.FAILED),
-            "" if o.ok else f" ({o.error})",
-        )
+        level = logging.INFO if o.ok else logging.WARNING
+        log.log(level, "seed %s: %s%s", o.target, o.summary(), "" if o.ok else f" ({o.error})")
     return outcomes

@@ -65,6 +65,12 @@ class TargetOutcome:
     def count(self, action: ActionKind) -> int:
         return sum(1 for a in self.actions if a.action == action)
 
+    def summary(self) -> str:
+        """The counts a log line gives, one per kind of action a real run takes."""
+        done = (ActionKind.UPLOADED, ActionKind.PRESENT, ActionKind.REMOVED)
+        done += (ActionKind.CLEANED, ActionKind.FAILED)
+        return ", ".join(f"{kind} {self.count(kind)}" for kind in done)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

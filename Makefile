@@ -144,7 +144,7 @@ TEST_TMP  ?= /tmp/alt
 test: venv debs-test components
 	$(BIN)/ruff check appliance tests cloud-init charm
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -n $(TEST_JOBS) --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist worksteal --basetemp=$(TEST_TMP) $(PYTEST_ARGS)
 
 # the developer's loop: lint and the unit and in-process layers (markers set by folder in
 # tests/conftest.py), with only the venv: no Debian packages, no components, under a minute

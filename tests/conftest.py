@@ -64,6 +64,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if COMPONENTS & set(getattr(item, "fixturenames", ())):
             layer = "e2e"  # a real component (Swift) to start: not the venv alone
         item.add_marker(layer)
+    # the longest first (stable otherwise): pytest-xdist hands tests out in this order, and
+    # a long one started last would keep one process busy while the other waits
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 MACHINE_STATE = (Path("/var/lib/archive-local"), Path("/var/cache/archive-local"))

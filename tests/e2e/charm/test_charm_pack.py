@@ -13,6 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests import hooktools
@@ -35,6 +36,7 @@ def _make_charm(out: Path, python: str = "3.12") -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_make_charm_is_reproducible_and_holds_what_juju_reads(tmp_path: Path) -> None:
     first = _make_charm(tmp_path / "one/archive-local_amd64.charm")
     second = _make_charm(tmp_path / "two/archive-local_amd64.charm")
@@ -97,6 +99,7 @@ def _dispatch(
     return ns.run(*argv, check=False, timeout=600)
 
 
+@pytest.mark.slow
 def test_packed_dispatch_installs_offline_under_systemd_and_runs_actions(
     systemd: SystemdNamespace, tmp_path: Path
 ) -> None:

@@ -214,6 +214,7 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.mark.slow
 def test_commands_find_the_service_by_the_flags_it_was_started_with(
     tmp_path: Path, upstream_root: Path, upstream: Upstream
 ) -> None:

@@ -488,6 +488,7 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 async def test_memory_stays_bounded_under_distinct_long_paths(
     hostile: Hostile, start_appliance: StartAppliance
 ) -> None:

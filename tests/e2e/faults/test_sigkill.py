@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import StartAppliance
 from tests.e2e.faults.conftest import SCALE, fetch, leftovers, meta, report, stored
@@ -78,6 +79,7 @@ async def test_sigkill_during_downloads(
     app.stop()
 
 
+@pytest.mark.slow
 def test_sigkill_during_syncs(
     tmp_path: Path, feed: Feed, served: Upstream, feed_config: Path
 ) -> None:

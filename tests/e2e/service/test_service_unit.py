@@ -397,6 +397,7 @@ def _check_gpg_tls_mdns(ns: SystemdNamespace) -> None:
     assert ns.run(sys.executable, "-c", MDNS_LOOKUP, timeout=30).stdout.strip() == "3142"
 
 
+@pytest.mark.slow
 def test_the_unit_under_a_real_systemd(systemd: SystemdNamespace, tmp_path: Path) -> None:
     """`make install` inside the namespaces (user, unit, daemon-reload, enable --now), then:
     /healthz 200, its sandbox in effect with every worker, a feed synced (gpg), HTTPS and
@@ -490,6 +491,7 @@ print(json.dumps({"unit": done.unit_changed, "config": done.config_changed, "act
 """
 
 
+@pytest.mark.slow
 def test_the_charms_workload_drives_a_real_systemd(
     systemd: SystemdNamespace, tmp_path: Path
 ) -> None:

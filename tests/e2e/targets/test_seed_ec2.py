@@ -191,6 +191,7 @@ def unbundle(s3: Any, location: str, cloud_key: Any, user_cert: Path) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
     tmp_path: Path,
     moto: moto_server.Moto,
@@ -259,6 +260,7 @@ def test_bundle_route_registers_verifiable_bundles_idempotently_and_prunes(
     }
 
 
+@pytest.mark.slow
 def test_bundle_killed_mid_upload_leaves_no_orphan(
     tmp_path: Path,
     moto: moto_server.Moto,

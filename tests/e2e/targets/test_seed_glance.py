@@ -202,6 +202,7 @@ def test_new_version_prunes_the_oldest_and_moves_latest(
     assert other.id in {i.id for i in c.images.list()}
 
 
+@pytest.mark.slow
 def test_killed_mid_upload_leaves_no_orphan(
     tmp_path: Path, glance_pair: list, qcow_feed: Feed, qcow_served: Upstream
 ) -> None:

@@ -11,7 +11,7 @@ from appliance import runtime
 from appliance.commands.progress import Progress
 from appliance.config import human_size as size
 from appliance.jobs.seed import seed_targets
-from appliance.targets.seeder import ActionKind, TargetOutcome
+from appliance.targets.seeder import TargetOutcome
 
 
 async def run_seed(args: argparse.Namespace, config: configuration.Config) -> int:
@@ -39,16 +39,6 @@ async def run_seed(args: argparse.Namespace, config: configuration.Config) -> in
 
 
 def summary(o: TargetOutcome, dry_run: bool = False) -> str:
-    if dry_run:
-        kinds = (ActionKind.WOULD_UPLOAD, ActionKind.WOULD_REMOVE)
-    else:
-        kinds = (
-            ActionKind.UPLOADED,
-            ActionKind.PRESENT,
-            ActionKind.REMOVED,
-            ActionKind.CLEANED,
-            ActionKind.FAILED,
-        )
-    counts = ", ".join(f"{k.replace('-', ' ')} {o.count(k)}" for k in kinds)
+    counts = o.summary(dry_run)
     state = "ok" if o.ok else f"FAILED: {o.error}"
     return f"{o.target}: {counts}; {size(o.bytes_uploaded)} in {o.seconds:.1f} s; {state}"

@@ -94,8 +94,12 @@ class FeedOutcome:
 
     def summary(self) -> str:
         """The counts a log line gives ("rejected": an item whose bytes did not verify)."""
-        said = {"fetched": ItemStatus.FETCHED, "present": ItemStatus.PRESENT}
-        said |= {"rejected": ItemStatus.FAILED, "removed": ItemStatus.REMOVED}
+        said = {
+            "fetched": ItemStatus.FETCHED,
+            "present": ItemStatus.PRESENT,
+            "rejected": ItemStatus.FAILED,
+            "removed": ItemStatus.REMOVED,
+        }
         return ", ".join(f"{word} {self.count(status)}" for word, status in said.items())
 
     def as_dict(self) -> dict[str, Any]:

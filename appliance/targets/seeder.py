@@ -65,11 +65,11 @@ class TargetOutcome:
     def count(self, action: ActionKind) -> int:
         return sum(1 for a in self.actions if a.action == action)
 
-    def summary(self) -> str:
-        """The counts a log line gives, one per kind of action a real run takes."""
-        done = (ActionKind.UPLOADED, ActionKind.PRESENT, ActionKind.REMOVED)
-        done += (ActionKind.CLEANED, ActionKind.FAILED)
-        return ", ".join(f"{kind} {self.count(kind)}" for kind in done)
+    def summary(self, dry_run: bool = False) -> str:
+        """The count of each kind of action the run takes ("would upload 2, ..." for a
+        dry run), as the log and `archive-local seed` say it."""
+        kinds = [k for k in ActionKind if k.startswith("would-") == dry_run]
+        return ", ".join(f"{k.replace('-', ' ')} {self.count(k)}" for k in kinds)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from prometheus_client.core import Metric
 from appliance import families as F
 from appliance.cache.engine import Figures
 from appliance.cache.refusals import REASONS, SOURCES
+from appliance.streams.sync import ItemStatus
 from appliance.web.status.snapshot import SHARED_OPERATIONS
 from appliance.web.status.sources import Jobs, Source
 
@@ -96,7 +97,7 @@ def _runs(kinds: RunFamilies, stats: Mapping[str, Mapping[str, Any]]) -> Iterato
 def _images(jobs: Jobs) -> Iterator[Metric]:
     mirrored = F.IMAGES_MIRRORED.new()
     for name, o in sorted(jobs.last.items()):
-        mirrored.add_metric([name], sum(i.status.held for i in o.items))
+        mirrored.add_metric([name], o.count(ItemStatus.FETCHED) + o.count(ItemStatus.PRESENT))
     seeded = F.IMAGES_SEEDED.new()
     for name, o in sorted(jobs.seed_last.items()):
         seeded.add_metric([name], len(o.images))

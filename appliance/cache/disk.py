@@ -155,6 +155,21 @@ class Disk:
         await self.account(entry)
         return Hit(entry, CacheStatus.HIT, body=body), entry
 
+    def hot_fresh(self, key: str, freshness: Freshness) -> Hit | None:
+        """`fresh` without waiting: the memoised copy as a hit when that needs no disk
+        access and no eviction (an entry the size cap already counts); else None."""
+        item = self.hot.get(key)
+        if item is None:
+            return None
+        entry, body = item
+        if self.policy.decide(entry.meta, freshness) is not Decision.HIT:
+            return None
+        if entry.key in self.lru:
+            self.lru.touch(entry.key)
+        elif not (entry.meta.keep and not self.store.elsewhere(entry.key)):
+            return None  # `account` would add it to the cap (and make room): not hot
+        return Hit(entry, CacheStatus.HIT, body=body)
+
     async def matches(self, entry: Entry, expect: Expect) -> bool:
         return await self.io(_matches, self.store, entry, expect)
 

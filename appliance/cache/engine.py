@@ -165,6 +165,17 @@ class CacheEngine:
         `FromPeer`, another process's download)."""
         return await self._get(Fetch.of(route))
 
+    def hot_hit(self, route: Route) -> Hit | None:
+        """`get`'s answer when it is a hit known without waiting (memoised, fresh, no
+        download of it under way); None: ask `get`."""
+        fetch = Fetch.of(route)
+        if fetch.freshness is Freshness.MANAGED:
+            return None
+        key = fetch.key
+        if self.flights.request(key) is not None or self.flights.joinable(key) is not None:
+            return None
+        return self.disk.hot_fresh(key, fetch.freshness)
+
     async def ensure(self, route: Route, keep: bool = False) -> Entry:
         """The verified file for `route`, downloading it if needed (for mirroring: a
         broken transfer resumes where it stopped; `keep`: exempt from eviction).

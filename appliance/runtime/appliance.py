@@ -28,11 +28,12 @@ from appliance.runtime.history import History
 from appliance.runtime.views import AdminView, StatusView
 from appliance.streams.serve import ImageRoutes
 from appliance.web import holdings, status
-from appliance.web.accesslog import AccessLog, logger_class
+from appliance.web.accesslog import AccessLog, Tally, logger_class
 from appliance.web.admin import Admin
 from appliance.web.app import SERVER_LIMITS, Handler
 from appliance.web.clients import Clients
 from appliance.web.events import Events
+from appliance.web.hotpath import HotPath
 from appliance.web.peers import PeerStreams
 from appliance.web.server import Server
 from appliance.web.tls import Certificates
@@ -72,11 +73,13 @@ class Appliance:
     def __post_init__(self) -> None:
         self.source = StatusView(self)
         self.actions = AdminView(self)
+        tally = Tally(self.metrics, self.access_log, self.events, self.clients)
         self.server = Server(
             Handler(self).handle,
             connections_per_client=self.config.limits.connections_per_client,
+            hot=HotPath(self, tally),
             access_log=logging.getLogger("appliance.access"),
-            access_log_class=logger_class(self.metrics, self.access_log, self.events, self.clients),
+            access_log_class=logger_class(tally),
             **SERVER_LIMITS,
         )
         self.core.fetcher.monitor = self.metrics.upstream

@@ -1,11 +1,12 @@
-"""The access log and per-request metrics, fed by aiohttp after each response is sent.
+"""The access log and per-request metrics (`Tally`), fed once each answer is sent.
 
-aiohttp calls an access logger with the request (carrying the cache's status once it
-was delivered: `deliver.CACHE_STATUS`), the response (status, body length) and the
-duration once the response is out; that is the one place every request passes, refused
-ones included, so metrics are counted there too. What a sibling worker asks on its Unix
-socket (cache events, status and metrics to merge, a download it streams for its own
-client) is neither logged nor counted: it is no client's request.
+aiohttp calls its access logger (`logger_class`) with the request (carrying the cache's
+status once it was delivered: `deliver.CACHE_STATUS`), the response (status, body length)
+and the duration once the response is out; the hot path (`hotpath`) counts the hits it
+answers itself the same way. Together that is every request, refused ones included, so
+metrics are counted there too. What a sibling worker asks on its Unix socket (cache
+events, status and metrics to merge, a download it streams for its own client) is neither
+logged nor counted: it is no client's request.
 Lines are buffered and written once a second, so logging costs no write per request.
 """
 
@@ -68,7 +69,13 @@ class AccessLog:
     def start(self) -> None:
         if not self.enabled:
             return
-        self._file = sys.stderr if self.target == "stderr" else open(self.target, "a")  # noqa: SIM115
+        # a header's bytes that are not UTF-8 (kept by aiohttp as surrogates) are written
+        # escaped: one client's User-Agent must not stop the log (stderr does the same)
+        self._file = (
+            sys.stderr
+            if self.target == "stderr"
+            else open(self.target, "a", errors="backslashreplace")  # noqa: SIM115
+        )
         self._task = asyncio.create_task(self._flusher())
 
     async def close(self) -> None:
@@ -119,7 +126,11 @@ class AccessLog:
 
     def write(
         self,
-        request: web.BaseRequest,
+        remote: str | None,
+        method: str,
+        path: str,
+        version: str,
+        agent: str,
         status: int,
         nbytes: int,
         cache: CacheStatus | None,
@@ -127,13 +138,13 @@ class AccessLog:
         reason: str | None,
     ) -> None:
         now = time.time()
-        agent = request.headers.get("User-Agent", "-")
+        agent = agent or "-"
         if self.json:
             record: dict[str, Any] = {
                 "time": round(now, 3),
-                "remote": request.remote,
-                "method": request.method,
-                "path": _clip(request.raw_path),
+                "remote": remote,
+                "method": method,
+                "path": _clip(path),
                 "status": status,
                 "bytes": nbytes,
                 "cache": cache.value if cache else None,
@@ -144,14 +155,11 @@ class AccessLog:
                 record["reason"] = reason
             self._append(json.dumps(record) + "\n")
         else:  # common log format + cache result + duration in microseconds (Apache's %D)
-            v = request.version
-            version = _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}"
             stamp = self._stamp if int(now) == self._stamp_second else self._timestamp(now)
             end = f' reason="{reason}"\n' if reason else "\n"
-            path = _clip(request.raw_path)
             mark = cache.value if cache else "-"
             self._append(
-                f'{request.remote or "-"} - - [{stamp}] "{request.method} {path} '
+                f'{remote or "-"} - - [{stamp}] "{method} {_clip(path)} '
                 f'{version}" {status} {nbytes} "-" "{_clip(agent, 256)}" {mark} '
                 f"{int(seconds * 1e6)}{end}"
             )
@@ -175,14 +183,55 @@ def _reason(response: web.StreamResponse) -> str | None:
     return body.decode("utf-8", "replace").strip().replace('"', "'").replace("\n", " ")[:300]
 
 
-def logger_class(
-    metrics: Metrics,
-    access: AccessLog,
-    events: Events | None = None,
-    clients: Clients | None = None,
-) -> type[AbstractAccessLogger]:
-    """An aiohttp access logger class bound to this service's metrics and log (and the
-    status page's recent events, which list refused requests)."""
+class Tally:
+    """Counts a client's answered request: metrics, the clients table, the status page's
+    events and the access log. aiohttp's access logger (`logger_class`) calls it for
+    every request aiohttp answers, the hot path (`hotpath`) for the ones it answers."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        access: AccessLog,
+        events: Events | None = None,
+        clients: Clients | None = None,
+    ) -> None:
+        self.metrics, self.access, self.events, self.clients = metrics, access, events, clients
+
+    def count(
+        self,
+        method: str,
+        path: str,
+        version: str,
+        remote: str | None,
+        agent: str,
+        status: int,
+        nbytes: int,
+        cache: CacheStatus | None,
+        seconds: float,
+        reason: str | None,
+    ) -> None:
+        """One request; `nbytes`: the body bytes sent, `cache`: None if not delivered."""
+        service = None if method == "CONNECT" else service_of(path)
+        if service is not None:
+            if status < 400:  # one not delivered from the cache counts as a hit
+                result = (cache or CacheStatus.HIT).result
+            else:
+                result = "refused" if status in _REFUSED else "error"
+            served = nbytes if status < 300 else 0
+            upstream = cache is not None and cache.upstream
+            self.metrics.request(service, result, served, upstream, path)
+            if self.clients is not None:
+                self.clients.add(remote or "?", agent, served)
+        if self.events is not None and status in _REFUSED and status != 406:
+            self.events.refused(method, path, status, reason)
+        if self.access.enabled:
+            self.access.write(
+                remote, method, path, version, agent, status, nbytes, cache, seconds, reason
+            )
+
+
+def logger_class(tally: Tally) -> type[AbstractAccessLogger]:
+    """An aiohttp access logger class counting with `tally`."""
 
     class Observer(AbstractAccessLogger):
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -193,25 +242,21 @@ def logger_class(
                 log.warning("%s %s: %d %s", request.method, path, status, reason)
             if is_internal(request):  # a sibling worker's call: its client is counted there
                 return
-            cache: CacheStatus | None = request.get(CACHE_STATUS)  # None: not delivered
-            service = None if request.method == "CONNECT" else service_of(path)
+            v = request.version
             # body bytes of the response as sent (Content-Length: the whole file or range)
             nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
-            if service is not None:
-                if status < 400:  # one not delivered from the cache counts as a hit
-                    result = (cache or CacheStatus.HIT).result
-                else:
-                    result = "refused" if status in _REFUSED else "error"
-                served = nbytes if status < 300 else 0
-                upstream = cache is not None and cache.upstream
-                metrics.request(service, result, served, upstream, path)
-                if clients is not None:
-                    agent = request.headers.get("User-Agent", "")
-                    clients.add(request.remote or "?", agent, served)
-            if events is not None and status in _REFUSED and status != 406:
-                events.refused(request.method, path, status, reason)
-            if access.enabled:
-                access.write(request, status, nbytes, cache, time, reason)
+            tally.count(
+                request.method,
+                path,
+                _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}",
+                request.remote,
+                request.headers.get("User-Agent", ""),
+                status,
+                nbytes,
+                request.get(CACHE_STATUS),
+                time,
+                reason,
+            )
 
         @property
         def enabled(self) -> bool:

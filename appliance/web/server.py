@@ -28,12 +28,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from appliance.config import Listen
+from appliance.web.hotpath import HEAD_LIMIT, HotPath, parse
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0  # s: asyncio's default is 60
 HANDSHAKES = 256  # TLS handshakes under way at once, every address together
 HANDSHAKES_PER_CLIENT = 32  # of those, from one address: 32 read buffers are 8 MiB
+HELD_LIMIT = 64 * 1024  # bytes held while aiohttp answers one request (then: all aiohttp's)
+RESUME_TURNS = 50  # turns of the loop aiohttp may take to be idle after an answer
 
 _TOO_MANY_BODY = b"too many connections from your address; retry later\n"
 _TOO_MANY = (
@@ -44,11 +47,22 @@ _TOO_MANY = (
 
 
 class _Handler(RequestHandler):
-    """aiohttp's per-connection protocol, logging bad requests as what they are."""
+    """aiohttp's per-connection protocol, logging bad requests as what they are, and
+    letting the hot path (`hotpath`) answer what it can before aiohttp sees the bytes.
+
+    On the plain port each complete request head is read here first: a hot hit is
+    answered at once; any other plain head goes to aiohttp alone, and the bytes after it
+    wait until aiohttp has answered it (so answers leave in the order asked); a head the
+    hot path does not fully understand makes the connection aiohttp's for good, with
+    every byte not yet answered.
+    """
 
     peer: str | None = None
     counted = False  # its address's connection count is held (and given back on close)
     internal = False  # accepted on a worker's Unix socket: a sibling's (`workers.is_internal`)
+    hot: HotPath | None = None  # the plain port's hot path, while this connection uses it
+    held = b""  # bytes read and not yet answered nor given to aiohttp
+    waiting = False  # aiohttp answers one head given to it; `held` waits for its answer
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -57,6 +71,113 @@ class _Handler(RequestHandler):
             log.info("bad request from %s: %s %s", self.peer, exc.code, reason)
             return
         super().log_exception(*args, **kw)
+
+    def data_received(self, data: bytes) -> None:
+        if self.hot is None:
+            super().data_received(data)
+            return
+        self.held = self.held + data if self.held else data
+        if not self.waiting:
+            self._serve()
+        elif len(self.held) > HELD_LIMIT:  # a client pipelining far ahead: aiohttp's
+            self._give_up()
+
+    def log_access(self, request: Any, response: Any, time: float | None) -> None:
+        super().log_access(request, response, time)  # aiohttp has answered a request
+        if self.waiting:
+            self._loop.call_soon(self._resume, 0)
+
+    def _serve(self) -> None:
+        """Answer the complete heads held, in order, until one is not hot."""
+        hot, transport, buf = self.hot, self.transport, self.held
+        assert hot is not None
+        answered = False
+        while buf and transport is not None and not (self._force_close or self._close):
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > HEAD_LIMIT:
+                    break  # aiohttp refuses a head that long
+                self.held = buf
+                self._answered(answered)
+                return
+            head = parse(buf[: end + 4])
+            if head is None:
+                break
+            out = hot.answer(head, self.peer or "?")
+            if out is None:  # aiohttp answers this one; the rest waits for its answer
+                self.held, self.waiting = buf[end + 4 :], True
+                self._answered(answered)
+                super().data_received(buf[: end + 4])
+                return
+            transport.write(out)
+            answered = True
+            buf = buf[end + 4 :]
+            if head.close:
+                self.held, self.hot = b"", None
+                self.force_close()  # after the answer: `close` flushes what is written
+                return
+            if self._paused:  # the client is not reading: the rest once it does
+                self.held = buf
+                self._answered(answered)
+                return
+        else:  # every head held is answered
+            self.held = b""
+            self._answered(answered)
+            return
+        self.held = buf
+        self._answered(answered)
+        self._give_up()
+
+    def pause_writing(self) -> None:
+        """The client is not reading its answers: read no more of its requests until it
+        does. (aiohttp alone keeps reading and answering a pipelining client that never
+        reads, buffering every answer: 20,000 small ones are 40 MB on one connection.)"""
+        super().pause_writing()
+        self._pause_transport_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._resume_transport_reading()
+        if self.hot is not None and self.held and not self.waiting:
+            self._loop.call_soon(self._serve_again)
+
+    def _resume_transport_reading(self) -> None:
+        if not (self._paused or self._reading_paused or self._buffer_paused):
+            super()._resume_transport_reading()  # aiohttp's calls too: none while paused
+
+    def _serve_again(self) -> None:
+        if self.hot is not None and not self.waiting and not self._paused and not self._gone():
+            self._serve()
+
+    def _gone(self) -> bool:
+        """Closing, or closed. Checked before a later turn of the loop gives aiohttp bytes:
+        its `connection_lost` may already be on its way, and a request aiohttp queued then
+        would start after it (on a handler torn down: a traceback per connection)."""
+        transport = self.transport
+        return transport is None or transport.is_closing() or self._force_close or self._close
+
+    def _answered(self, answered: bool) -> None:
+        if answered and self._keepalive_timeout:  # the idle timer counts from now
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    def _resume(self, turns: int) -> None:
+        """Once aiohttp is idle again, the held bytes are read here again."""
+        if not self.waiting or self._gone():
+            return
+        if self._waiter is None or self._waiter.done() or self._messages:
+            if turns < RESUME_TURNS:  # its loop reaches its wait within a turn or two
+                self._loop.call_soon(self._resume, turns + 1)
+            else:
+                self._give_up()
+            return
+        self.waiting = False
+        self._serve()
+
+    def _give_up(self) -> None:
+        """The connection is aiohttp's from now on, with every byte not yet answered."""
+        held, self.held, self.hot, self.waiting = self.held, b"", None, False
+        if held:
+            super().data_received(held)
 
 
 def _address(transport: asyncio.BaseTransport) -> str:
@@ -67,8 +188,16 @@ def _address(transport: asyncio.BaseTransport) -> str:
 class Server(web.Server):
     """`web.Server` with a per-address connection cap; `refused` counts the turned away."""
 
-    def __init__(self, handler: Any, *, connections_per_client: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        connections_per_client: int,
+        hot: HotPath | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
+        self.hot = hot  # answers a plain-port connection's hot hits (not TLS, not siblings)
         self.cap = connections_per_client
         self.per_client: Counter[str] = Counter()
         self.refused = 0
@@ -106,6 +235,7 @@ class Server(web.Server):
         handler.peer = _address(transport)
         if self.admit(handler.peer):
             handler.counted = True
+            handler.hot = None if handler.internal else self.hot
             return
         # closed on the next turn of the loop: aiohttp's handler task must have started
         # (it asserts its connection is not lost yet, an ERROR per refused connection)

@@ -20,7 +20,7 @@ from appliance.cache.fetcher import UpstreamFailure
 from appliance.cache.results import CacheStatus
 from appliance.cache.route import Freshness, Route
 from appliance.metrics import RESULTS, Metrics
-from appliance.web.accesslog import AccessLog, logger_class
+from appliance.web.accesslog import AccessLog, Tally, logger_class
 from appliance.web.deliver import deliver
 from tests.inprocess.conftest import Origin
 
@@ -55,7 +55,8 @@ class Served:
 
     async def start(self) -> None:
         self.access.start()
-        await self.server.start_server(access_log_class=logger_class(self.metrics, self.access))
+        tally = Tally(self.metrics, self.access)
+        await self.server.start_server(access_log_class=logger_class(tally))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         route = Route(f"o{request.path}", (self.origin.url(request.path),), Freshness.IMMUTABLE)

@@ -1,0 +1,228 @@
+"""The hot path (`web.hotpath`, `web.server._Handler`) answers plain hits of small files
+from the connection's bytes; every other request is aiohttp's. Over real sockets to the
+whole service (`runtime.serving`, one process: the hot path is per process): a hot answer
+is the bytes aiohttp sends; pipelined requests, hot or not, are answered in the order
+asked and each is counted once; `Connection: close`, the idle timer and a client that
+does not read its answers keep their rules."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from appliance import config
+from appliance.runtime.appliance import Appliance
+from appliance.runtime.service import serving
+from tests.inprocess.conftest import Origin
+
+A = "/debian/pool/main/a/a_1_all.deb"
+B = "/debian/pool/main/b/b_1_all.deb"
+
+
+@dataclass
+class Service:
+    app: Appliance
+    port: int
+    log: Path
+
+    @property
+    def answered(self) -> int:
+        hot = self.app.server.hot
+        assert hot is not None
+        return hot.answered
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    def lines(self) -> list[str]:
+        self.app.access_log.flush()
+        return self.log.read_text().splitlines()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, origin: Origin) -> AsyncIterator[Service]:
+    origin.files[A] = b"a" * 2048
+    origin.files[B] = b"b" * 3000
+    log = tmp_path / "access.log"
+    cfg = config.parse(
+        {
+            "cache": {"dir": str(tmp_path / "cache")},
+            "apt": {"remaps": {"debian": [origin.url("/debian")]}},
+            "logging": {"access_log": str(log)},
+            "admin": {"token_file": str(tmp_path / "token")},
+            "images": {"gnupg_home": str(tmp_path / "gnupg")},
+            "discovery": {"mdns": False},
+        },
+        "test",
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    listeners = SimpleNamespace(plain=[sock], tls=[])
+    async with serving(cfg, None, None, lambda: listeners) as app:
+        yield Service(app, sock.getsockname()[1], log)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> Answer:
+    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = raw.decode("latin-1").split("\r\n")[:-2]
+    status = int(lines[0].split(" ")[1])
+    headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
+    answer = Answer(status, headers, b"")  # type: ignore[arg-type]
+    length = int(answer.header("Content-Length") or 0)
+    if not head_only and status != 304:
+        answer.body = await asyncio.wait_for(reader.readexactly(length), 10)
+    return answer
+
+
+def get(path: str, *headers: str, method: str = "GET") -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: t", *headers, "", ""]).encode()
+
+
+async def warm(service: Service, *paths: str) -> None:
+    reader, writer = await service.connect()
+    for path in paths:
+        writer.write(get(path))
+        assert (await read_answer(reader)).status == 200
+    await service.app.engine.idle()
+    for path in paths:  # a hit memoises the small file: the next one is hot
+        writer.write(get(path))
+        assert (await read_answer(reader)).header("X-Cache") == "HIT"
+    writer.close()
+
+
+async def test_a_hot_answer_is_what_aiohttp_sends(service: Service) -> None:
+    await warm(service, A)
+    before = service.answered
+    reader, writer = await service.connect()
+    writer.write(get(A, "User-Agent: t"))
+    hot = await read_answer(reader)
+    assert service.answered == before + 1
+    # a byte the hot path does not read (not ASCII): this connection is aiohttp's
+    writer.write(get(A, "User-Agent: t").replace(b": t", b": t\xe9"))
+    writer.write(get(A, "User-Agent: t"))  # and stays aiohttp's
+    plain = [await read_answer(reader), await read_answer(reader)]
+    assert service.answered == before + 1
+    writer.close()
+
+    def without_date(a: Answer) -> list[tuple[str, str]]:
+        return [h for h in a.headers if h[0] != "Date"]
+
+    assert (hot.status, hot.body) == (200, b"a" * 2048)
+    assert without_date(hot) == without_date(plain[0]) == without_date(plain[1])
+    assert [a.body for a in plain] == [hot.body] * 2
+    # that User-Agent's byte is logged escaped (it stopped the log's writer once)
+    assert any('"t\\udce9" HIT' in line for line in service.lines())
+
+
+async def test_pipelined_requests_are_answered_in_order_and_each_counted_once(
+    service: Service, origin: Origin
+) -> None:
+    await warm(service, A)
+    logged, before = len(service.lines()), service.answered
+    reader, writer = await service.connect()
+    asked = [
+        (get(A, "User-Agent: p"), False),  # hot
+        (get(B, "User-Agent: p"), False),  # a miss: aiohttp's, the rest waits for it
+        (get(A, "User-Agent: p", "Range: bytes=0-9"), False),  # a part: aiohttp's
+        (get(A, "User-Agent: p", method="HEAD"), True),  # hot
+        (get("/healthz", "User-Agent: p"), False),  # the appliance's own page
+        (get("/nowhere/x.deb", "User-Agent: p"), False),  # refused (no such remap)
+        (get(A, "User-Agent: p"), False),  # hot again, once aiohttp is idle
+    ]
+    writer.write(b"".join(raw for raw, _ in asked))  # one write: all pipelined
+    answers = [await read_answer(reader, head_only) for _, head_only in asked]
+    writer.close()
+    assert [a.status for a in answers] == [200, 200, 206, 200, 200, 403, 200]
+    assert [a.header("X-Cache") for a in answers] == ["HIT", "MISS", "HIT", "HIT", None, None,
+                                                      "HIT"]  # fmt: skip
+    assert [a.body for a in answers] == [b"a" * 2048, b"b" * 3000, b"a" * 10, b"", answers[4].body,
+                                         answers[5].body, b"a" * 2048]  # fmt: skip
+    assert service.answered == before + 3
+    assert origin.count(B) == 1
+    for _ in range(100):
+        if len(lines := service.lines()) >= logged + 7:
+            break
+        await asyncio.sleep(0.05)
+    mine = [line for line in lines[logged:] if '"p"' in line]
+    assert [re.search(r'"(\w+) (\S+) HTTP/1.1" (\d+)', line).groups() for line in mine] == [  # type: ignore[union-attr]
+        ("GET", A, "200"), ("GET", B, "200"), ("GET", A, "206"), ("HEAD", A, "200"),
+        ("GET", "/healthz", "200"), ("GET", "/nowhere/x.deb", "403"), ("GET", A, "200"),
+    ]  # fmt: skip
+    requests = service.app.metrics.totals.requests["apt"]
+    assert (requests["hit"], requests["miss"], requests["refused"]) == (2 + 3, 2, 1)
+
+
+async def test_connection_close_is_the_last_answer(service: Service) -> None:
+    await warm(service, A)
+    before = service.answered
+    reader, writer = await service.connect()
+    writer.write(get(A, "Connection: close") + get(A))  # the second is never answered
+    answer = await read_answer(reader)
+    assert (answer.status, answer.header("Connection")) == (200, "close")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert service.answered == before + 1
+    writer.close()
+
+
+async def test_the_idle_timer_counts_from_the_last_hot_answer(service: Service) -> None:
+    await warm(service, A)
+    service.app.server._kwargs["keepalive_timeout"] = 0.6  # for connections made from now
+    before = service.answered
+    reader, writer = await service.connect()
+    for _ in range(3):  # 0.4 s apart: past the first 0.6 s only if each answer restarts it
+        writer.write(get(A))
+        assert (await read_answer(reader)).status == 200
+        await asyncio.sleep(0.4)
+    assert service.answered == before + 3
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # idle: closed
+    writer.close()
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["hot", "aiohttp"])
+async def test_a_client_not_reading_its_answers_is_read_no_further(
+    service: Service, hot: bool
+) -> None:
+    """10,000 small answers are 20 MB: a client sending that many requests and reading
+    nothing makes the service buffer no more than a few answers (it stops reading the
+    client's requests), whether the hot path or aiohttp answers them."""
+    await warm(service, A)
+    before, n = service.answered, 10_000
+    if not hot:
+        service.app.server.hot = None  # connections made from now are aiohttp's
+    reader, writer = await service.connect()
+    writer.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024
+    )
+    writer.write(get(A) * n)
+    await asyncio.sleep(1.0)
+    buffered = sum(
+        h.transport.get_write_buffer_size() for h in service.app.server.connections if h.transport
+    )
+    assert buffered < 4 * 1024 * 1024  # (a read of requests: their answers; 20 MB before)
+    first = await read_answer(reader)  # then it reads: every answer comes, in order
+    assert (first.status, first.body) == (200, b"a" * 2048)
+    size = len(first.body) + sum(len(k) + len(v) + 4 for k, v in first.headers) + 19
+    rest = await asyncio.wait_for(reader.readexactly(size * (n - 1)), 30)
+    assert rest.count(b"HTTP/1.1 200 OK\r\n") == n - 1 and rest.endswith(b"a" * 2048)
+    writer.close()
+    if hot:
+        assert service.answered == before + n

@@ -1,7 +1,7 @@
 """A/B of one case: 10 clients at once for one never-seen 60 MB file (unthrottled loopback
 upstream, `workers: 1`, a fresh cache directory per round), two builds alternating.
-One process on purpose: the per-core figure, as bench/profiles/archive-local.sh measures it
-(the `workers: 2` profile gives the service's).
+One process on purpose: the per-core figure, as bench/profiles/archive-local-w1.sh measures it
+(the default profile, `workers: auto`, gives the service's).
 
 Usage: python bench/cold_ab.py --before OTHER_VENV/bin/python [--rounds 7]
 Prints, per build, the median over rounds of the median client's total seconds.

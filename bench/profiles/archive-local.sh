@@ -1,4 +1,6 @@
-# archive-local as a forward proxy (Acquire::http::Proxy), for the apt_bench harness.
+# archive-local as a forward proxy (Acquire::http::Proxy), for the apt_bench harness, with
+# the defaults users run (`workers: auto`: one process per core); only what a benchmark must
+# not touch is set: the admin token and the appliance's key stay in the run's directory.
 NAME=archive-local
 PORT=3143
 MODE=proxy
@@ -6,8 +8,7 @@ REMAP_PREFIX=/debian
 
 prepare() {
   mkdir -p "$WORKDIR/cache"
-  # the admin token and the appliance's key stay in the run's directory, not /var/lib
-  printf 'admin: {token_file: %s/admin-token}\nimages: {gnupg_home: %s/gnupg}\ndiscovery: {mdns: false}\nworkers: 1\n' \
+  printf 'admin: {token_file: %s/admin-token}\nimages: {gnupg_home: %s/gnupg}\ndiscovery: {mdns: false}\n' \
     "$WORKDIR" "$WORKDIR" >"$WORKDIR/config.yaml"
 }
 

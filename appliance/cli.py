@@ -222,8 +222,7 @@ def _run(args: argparse.Namespace, config: configuration.Config) -> int:
 def _serve(args: argparse.Namespace, config: configuration.Config) -> int:
     """`serve`: claim the cache directory and the ports, then run the service (or the
     master of several workers)."""
-    from appliance.commands import claim
-    from appliance.commands.serve import serve
+    from appliance.commands import claim  # (the master of workers imports no more)
 
     try:
         if args.worker_index is None:  # a worker runs on what its master claimed
@@ -236,6 +235,8 @@ def _serve(args: argparse.Namespace, config: configuration.Config) -> int:
             claim.probe_port(config.listen)
             if config.tls is not None:
                 claim.probe_port(config.tls.listen, "tls.listen")
+        from appliance.commands.serve import serve
+
         inherited = claim.Listeners.inherited(args.inherit) if args.inherit else None
         asyncio.run(serve(config, args.config, worker=args.worker_index, inherited=inherited))
     except claim.Refused as exc:

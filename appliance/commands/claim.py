@@ -30,7 +30,7 @@ from pathlib import Path
 
 from appliance.cache.statedir import StateDir
 from appliance.config import Config, Listen
-from appliance.web.server import bind
+from appliance.web.sockets import bind
 
 
 class Refused(Exception):

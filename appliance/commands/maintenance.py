@@ -21,7 +21,7 @@ from appliance import runtime
 from appliance.commands.claim import running_holder
 from appliance.commands.status import DIRECT, listen_given, not_running, service_url
 from appliance.config import human_size as size
-from appliance.web.admin import AdminUnavailable, load_token
+from appliance.web.token import AdminUnavailable, load_token
 
 
 class _NoService(Exception):

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 from appliance.commands.claim import Listeners
 from appliance.config import Config
-from appliance.runtime import sweep_cache, sweep_dead_worker
-from appliance.web.admin import AdminUnavailable, load_token
+from appliance.runtime.sweeps import sweep_cache, sweep_dead_worker
+from appliance.web.token import AdminUnavailable, load_token
 
 log = logging.getLogger("appliance")
 

@@ -13,18 +13,46 @@ views (`views.py`: `status.Source`, `admin.Actions`). Reload builds a new, immut
 edits another part's fields.
 """
 
-from appliance.runtime.appliance import Appliance
-from appliance.runtime.core import (
-    Core,
-    apt_mirrors,
-    core,
-    index_catalog,
-    maintenance,
-    sweep_cache,
-    sweep_dead_worker,
-    upstream_rule,
-)
-from appliance.runtime.service import Sockets, serving
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.runtime.appliance import Appliance
+    from appliance.runtime.core import (
+        Core,
+        apt_mirrors,
+        core,
+        index_catalog,
+        maintenance,
+        upstream_rule,
+    )
+    from appliance.runtime.service import Sockets, serving
+    from appliance.runtime.sweeps import sweep_cache, sweep_dead_worker
+
+# each name's module, imported on first use: the master of several workers needs only the
+# sweeps, and a worker imports the rest anyway
+_WHERE = {
+    "Appliance": "appliance",
+    "Core": "core",
+    "apt_mirrors": "core",
+    "core": "core",
+    "index_catalog": "core",
+    "maintenance": "core",
+    "upstream_rule": "core",
+    "Sockets": "service",
+    "serving": "service",
+    "sweep_cache": "sweeps",
+    "sweep_dead_worker": "sweeps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "Appliance",

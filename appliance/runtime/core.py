@@ -15,7 +15,7 @@ from appliance.cache.egress import EgressPolicy, configured_hosts
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import Fetcher
 from appliance.cache.store import Store
-from appliance.cache.stores import open_store, sweep, sweep_dead
+from appliance.cache.stores import open_store
 from appliance.config import Config
 from appliance.jobs.maintenance import Maintenance
 
@@ -100,14 +100,3 @@ async def maintenance(config: Config) -> AsyncIterator[Maintenance]:
     """Verify and expiry on a cache directory no service holds (the command line)."""
     async with core(config) as base, index_catalog(base) as catalog:
         yield Maintenance(base.engine, catalog)
-
-
-def sweep_dead_worker(config: Config, pid: int) -> int:
-    """The temp files a dead worker left (the master, when it starts it again)."""
-    return sweep_dead(config.cache, pid)
-
-
-def sweep_cache(config: Config) -> int:
-    """The start-up sweep of this unit's disk, for the master of several workers (they
-    only index it); the entries found."""
-    return sweep(config.cache)

@@ -11,10 +11,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
-import secrets
-import stat
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -23,13 +19,10 @@ from yarl import URL
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden
 from appliance.config import AdminConfig
+from appliance.web.token import AdminUnavailable, load_token
 from appliance.web.workers import is_internal
 
 log = logging.getLogger(__name__)
-
-
-class AdminUnavailable(RuntimeError):
-    pass
 
 
 class ReloadError(Exception):
@@ -68,30 +61,6 @@ class Actions(Protocol):
     def maintenance_busy(self) -> bool: ...
     async def verify(self, fix: bool) -> dict[str, Any]: ...
     async def expire(self, dry_run: bool) -> dict[str, Any]: ...
-
-
-def load_token(path: Path) -> str:
-    """The admin token; created (0600) when the file does not exist yet."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        log.info("admin API: created a token in %s", path)
-        return token
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise AdminUnavailable(f"{path} must be readable by its owner only (chmod 600)")
-    token = path.read_text().strip()
-    if len(token) < 16:
-        raise AdminUnavailable(f"{path}: the token must be at least 16 characters")
-    return token
 
 
 MAX_BODY = 64 * 1024

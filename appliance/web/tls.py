@@ -26,15 +26,13 @@ import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from appliance.cache.statedir import StateDir
 from appliance.config import Config
+
+if TYPE_CHECKING:  # cryptography (8 MB) is imported where used: only with `tls` set
+    from cryptography import x509
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +75,8 @@ def _normal(name: str) -> str:
 
 
 def _general_name(name: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -85,6 +85,8 @@ def _general_name(name: str) -> x509.GeneralName:
 
 def names_of(cert: x509.Certificate) -> set[str]:
     """The DNS names and addresses in a certificate's subjectAltName (empty: none)."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -96,6 +98,11 @@ def names_of(cert: x509.Certificate) -> set[str]:
 
 def make_self_signed(names: Iterable[str]) -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM): P-256, every name in the subjectAltName."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     names = list(names)
     if not names:
         raise ValueError("a certificate needs at least one name")
@@ -150,6 +157,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 def ensure_self_signed(state: Path, names: list[str]) -> tuple[Path, Path]:
     """The kept self-signed certificate and key, made (again) when missing or when it
     does not name all of `names`. Safe with several workers starting at once."""
+    from cryptography import x509
+
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = state / "cert.pem", state / "key.pem"
     with open(state / ".lock", "w") as lock:
@@ -175,6 +184,9 @@ def _context(cert_path: Path, key_path: Path) -> tuple[ssl.SSLContext, x509.Cert
     """A new server context with the pair, and its leaf certificate. The key must be the
     leaf's: OpenSSL takes a key of another type beside the certificate without a word,
     and a context that failed half-way must never serve (so never the one in use)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     pair = cert_path.read_bytes(), key_path.read_bytes()
     leaf = x509.load_pem_x509_certificate(pair[0])
     key = serialization.load_pem_private_key(pair[1], password=None)
@@ -203,6 +215,9 @@ class Certificates:
         """Take the configured certificate (or the self-signed one); on a reload, new
         handshakes use it. A certificate that cannot be used raises TlsError and the
         one in use stays, served and published."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
         tls = config.tls
         assert tls is not None
         if tls.cert is not None and tls.key is not None:

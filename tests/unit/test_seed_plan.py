@@ -154,7 +154,7 @@ def test_logging_metrics_admin_config() -> None:
 
 
 def test_admin_token_file_rules(tmp_path: Path) -> None:
-    from appliance.web.admin import AdminUnavailable, load_token
+    from appliance.web.token import AdminUnavailable, load_token
 
     path = tmp_path / "sub/token"
     token = load_token(path)  # created on first start

@@ -235,6 +235,7 @@ async def test_idle_handshakes_cannot_shut_out_the_clients_that_finish_theirs(
 
     from appliance.config import Listen
     from appliance.web import server as listening
+    from appliance.web.sockets import bind
     from appliance.web.tls import make_self_signed
 
     monkeypatch.setattr(listening, "HANDSHAKES", 8)
@@ -253,7 +254,7 @@ async def test_idle_handshakes_cannot_shut_out_the_clients_that_finish_theirs(
     listener = listening.TlsListener(server, lambda: context)
     port = free_port()
     listen = Listen("127.0.0.1", port)
-    site = listening.TlsSite(runner, listener, listen, listening.bind(listen)[0])
+    site = listening.TlsSite(runner, listener, listen, bind(listen)[0])
     await site.start()
     idle = []
     try:

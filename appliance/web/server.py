@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # s: asyncio's default is 60
 HANDSHAKES = 256  # TLS handshakes under way at once, every address together
 HANDSHAKES_PER_CLIENT = 32  # of those, from one address: 32 read buffers are 8 MiB
-HELD_LIMIT = 64 * 1024  # bytes held while aiohttp answers one request (then: all aiohttp's)
+HELD_LIMIT = 64 * 1024  # bytes of an unfinished head held while aiohttp answers
 RESUME_TURNS = 50  # turns of the loop aiohttp may take to be idle after an answer
 
 _TOO_MANY_BODY = b"too many connections from your address; retry later\n"
@@ -49,10 +49,11 @@ class _Handler(RequestHandler):
     letting the hot path (`hotpath`) answer what it can before aiohttp sees the bytes.
 
     On the plain port each complete request head is read here first: a hot hit is
-    answered at once; any other plain head goes to aiohttp alone, and the bytes after it
-    wait until aiohttp has answered it (so answers leave in the order asked); a head the
-    hot path does not fully understand makes the connection aiohttp's for good, with
-    every byte not yet answered.
+    answered at once; any other plain head goes to aiohttp, with every complete head
+    read after it until aiohttp has answered them all and is idle (so answers leave in
+    the order asked, and a pipeline of misses is aiohttp's as before); a head the hot
+    path does not fully understand makes the connection aiohttp's for good, with every
+    byte not yet answered.
     """
 
     peer: str | None = None
@@ -60,7 +61,8 @@ class _Handler(RequestHandler):
     internal = False  # accepted on a worker's Unix socket: a sibling's (`workers.is_internal`)
     hot: HotPath | None = None  # the plain port's hot path, while this connection uses it
     held = b""  # bytes read and not yet answered nor given to aiohttp
-    waiting = False  # aiohttp answers one head given to it; `held` waits for its answer
+    waiting = False  # aiohttp answers the heads given to it; then they come here again
+    handed = 0  # heads given to aiohttp and not answered yet
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -77,13 +79,31 @@ class _Handler(RequestHandler):
         self.held = self.held + data if self.held else data
         if not self.waiting:
             self._serve()
-        elif len(self.held) > HELD_LIMIT:  # a client pipelining far ahead: aiohttp's
-            self._give_up()
+        else:
+            self._hand_on()
 
     def log_access(self, request: Any, response: Any, time: float | None) -> None:
         super().log_access(request, response, time)  # aiohttp has answered a request
         if self.waiting:
-            self._loop.call_soon(self._resume, 0)
+            self.handed -= 1
+            if self.handed <= 0:
+                self._loop.call_soon(self._resume, 0)
+
+    def _hand_on(self) -> None:
+        """While aiohttp answers, the complete heads that follow go to it too (it keeps
+        its pipeline: an apt client's next file is asked as the last one ends); a head
+        the hot path does not understand makes the connection aiohttp's for good."""
+        buf, cut, count = self.held, 0, 0
+        while (end := buf.find(b"\r\n\r\n", cut)) >= 0:
+            if parse(buf[cut : end + 4]) is None:
+                self._give_up()
+                return
+            cut, count = end + 4, count + 1
+        if count:
+            self.held, self.handed = buf[cut:], self.handed + count
+            super().data_received(buf[:cut])
+        if len(self.held) > HELD_LIMIT:  # no end of a head in sight: aiohttp refuses it
+            self._give_up()
 
     def _serve(self) -> None:
         """Answer the complete heads held, in order, until one is not hot."""
@@ -102,10 +122,11 @@ class _Handler(RequestHandler):
             if head is None:
                 break
             out = hot.answer(head, self.peer or "?")
-            if out is None:  # aiohttp answers this one; the rest waits for its answer
-                self.held, self.waiting = buf[end + 4 :], True
+            if out is None:  # aiohttp answers this one and what follows, until idle
+                self.held, self.waiting, self.handed = buf[end + 4 :], True, 1
                 self._answered(answered)
                 super().data_received(buf[: end + 4])
+                self._hand_on()
                 return
             transport.write(out)
             answered = True
@@ -160,15 +181,15 @@ class _Handler(RequestHandler):
 
     def _resume(self, turns: int) -> None:
         """Once aiohttp is idle again, the held bytes are read here again."""
-        if not self.waiting or self._gone():
-            return
+        if not self.waiting or self.handed > 0 or self._gone():
+            return  # (heads given since: their last answer calls again)
         if self._waiter is None or self._waiter.done() or self._messages:
             if turns < RESUME_TURNS:  # its loop reaches its wait within a turn or two
                 self._loop.call_soon(self._resume, turns + 1)
             else:
                 self._give_up()
             return
-        self.waiting = False
+        self.waiting, self.handed = False, 0
         self._serve()
 
     def _give_up(self) -> None:

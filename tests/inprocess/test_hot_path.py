@@ -3,8 +3,8 @@ from the connection's bytes; every other request is aiohttp's. Over real sockets
 whole service (`runtime.serving`, one process: the hot path is per process): a hot answer
 is the bytes aiohttp sends; pipelined requests, hot or not, are answered in the order
 asked and each is counted once (those behind one aiohttp answers are aiohttp's until it
-is idle: a pipeline of misses keeps aiohttp's pipelining); `Connection: close`, the idle timer and a client that
-does not read its answers keep their rules."""
+is idle: a pipeline of misses keeps aiohttp's pipelining); `Connection: close`, the idle
+timer and a client that does not read its answers keep their rules."""
 
 from __future__ import annotations
 

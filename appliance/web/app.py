@@ -29,7 +29,7 @@ from appliance.metrics import TOP_PACKAGES, Metrics
 from appliance.streams.serve import ImageRoutes, NotFound, curated_route
 from appliance.web import glance, status, use
 from appliance.web.admin import Actions, Admin
-from appliance.web.deliver import deliver
+from appliance.web.deliver import answers_read, deliver
 from appliance.web.holdings import Holdings
 from appliance.web.peers import FLIGHT, PeerStreams
 from appliance.web.tls import PEM_PATH, Certificates
@@ -102,6 +102,8 @@ class Handler:
         self.parts = parts
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not await answers_read(request):  # closed: this answer goes nowhere
+            return web.Response(status=408, text="the answers before this one were not read\n")
         if request.version < HttpVersion11 and "Transfer-Encoding" in request.headers:
             # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing
             # (a smuggling vector behind proxies that read it otherwise): refuse, close

@@ -48,6 +48,23 @@ class ClientGone(Exception):
     """The client stopped reading or went away."""
 
 
+async def answers_read(request: web.BaseRequest) -> bool:
+    """Wait until the client has read enough of the answers before this request: False
+    (the connection closed) when it read none for STALL_TIMEOUT. aiohttp reads and answers
+    pipelined requests without waiting for that: a client sending thousands and reading
+    none would have every answer buffered here."""
+    protocol = request.protocol
+    if protocol.transport is None or not protocol.writing_paused:
+        return True
+    try:
+        async with asyncio.timeout(STALL_TIMEOUT):
+            await request.writer.drain()
+    except TimeoutError:
+        protocol.force_close()
+        return False
+    return True
+
+
 async def deliver(
     request: web.BaseRequest, engine: CacheEngine, result: Hit | Miss | PassThrough
 ) -> web.StreamResponse:

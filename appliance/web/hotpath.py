@@ -50,10 +50,19 @@ OWN_PATHS = frozenset({"/", "/metrics", "/healthz", "/favicon.ico"})
 OWN_PREFIXES = ("/api/", "/.archive-local/", "/.well-known/", "/images/", "/streams/", "/keys/")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+# RFC 3986 path and query characters only (no fragment, no backslash, no userinfo): the
+# origin form, or the absolute form with a plain host (name, IPv4 or bracketed IPv6) and
+# port; what aiohttp or yarl might read otherwise is aiohttp's
+_PATH = rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*"
+_TARGET = re.compile(
+    rb"(?:http://(?:[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)?" + _PATH + rb"\Z"
+)
 _VALUE = re.compile(rb"[\t\x20-\x7e]*\Z")
-# a request with a body or a new protocol: its framing is aiohttp's to read
-_FOREIGN = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
+# a request with a body or a new protocol: its framing is aiohttp's to read (and the old
+# websocket handshake, which aiohttp refuses)
+_FOREIGN = frozenset(
+    {b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"sec-websocket-key1"}
+)
 # what changes the answer of a hit (a part, a 304): aiohttp's `deliver` answers those
 _CONDITIONAL = frozenset(
     {b"range", b"if-range", b"if-modified-since", b"if-none-match", b"if-match",
@@ -91,7 +100,7 @@ def parse(head: bytes) -> Head | None:
         if not colon or not _TOKEN.match(name) or not _VALUE.match(value):
             return None  # also a folded line (it starts with a space or a tab)
         name = name.lower()
-        if name in _FOREIGN or (name in seen and name in (b"connection", b"host")):
+        if name in _FOREIGN or name in seen:  # a header twice: aiohttp's rules (some 400)
             return None
         seen.add(name)
         value = value.strip(b" \t")
@@ -104,7 +113,18 @@ def parse(head: bytes) -> Head | None:
             if not tokens <= {b"keep-alive", b"close"}:
                 return None
             close = b"close" in tokens
+    if b"host" not in seen:  # HTTP/1.1 requires one: aiohttp answers 400
+        return None
     return Head(parts[0].decode("ascii"), parts[1].decode("ascii"), agent, close, plain)
+
+
+def may_start_a_head(buf: bytes) -> bool:
+    """Whether bytes without a head's end yet may still become one `parse` reads (else
+    they are aiohttp's now: garbage, a TLS hello on the plain port, bare LF lines)."""
+    first = buf[:5]
+    if not (b"GET ".startswith(first[:4]) or b"HEAD ".startswith(first)):
+        return False
+    return buf.count(b"\n") == buf.count(b"\r\n")
 
 
 def router_target(target: str) -> bool:
@@ -143,7 +163,7 @@ class HotPath:
         parts = self.parts
         try:
             route = parts.router.route(head.target)
-        except (BadPath, Forbidden):  # aiohttp's handler writes the refusal
+        except (BadPath, Forbidden, ValueError):  # aiohttp's handler writes the refusal
             return None
         hit = parts.engine.hot_hit(route)
         if hit is None or hit.body is None:

@@ -26,7 +26,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from appliance.config import Listen
-from appliance.web.hotpath import HEAD_LIMIT, HotPath, parse
+from appliance.web.deliver import STALL_TIMEOUT
+from appliance.web.hotpath import HEAD_LIMIT, HotPath, may_start_a_head, parse
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class _Handler(RequestHandler):
     held = b""  # bytes read and not yet answered nor given to aiohttp
     waiting = False  # aiohttp answers the heads given to it; then they come here again
     handed = 0  # heads given to aiohttp and not answered yet
+    stalled = False  # reading stopped here: the client reads no hot answers
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -73,7 +75,7 @@ class _Handler(RequestHandler):
         super().log_exception(*args, **kw)
 
     def data_received(self, data: bytes) -> None:
-        if self.hot is None:
+        if self.hot is None or not data:  # (b"": aiohttp re-reading what it queued)
             super().data_received(data)
             return
         self.held = self.held + data if self.held else data
@@ -81,6 +83,9 @@ class _Handler(RequestHandler):
             self._serve()
         else:
             self._hand_on()
+        if self._paused and len(self.held) > HELD_LIMIT and not self.stalled:
+            self.stalled = True  # the client reads no answers: read no more requests
+            self._pause_transport_reading()
 
     def log_access(self, request: Any, response: Any, time: float | None) -> None:
         super().log_access(request, response, time)  # aiohttp has answered a request
@@ -110,18 +115,22 @@ class _Handler(RequestHandler):
         hot, transport, buf = self.hot, self.transport, self.held
         assert hot is not None
         answered = False
-        while buf and transport is not None and not (self._force_close or self._close):
+        while buf and transport is not None and not self._gone():
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > HEAD_LIMIT:
-                    break  # aiohttp refuses a head that long
+                if len(buf) > HEAD_LIMIT or not may_start_a_head(buf):
+                    break  # aiohttp refuses it (at once, as it would alone)
                 self.held = buf
                 self._answered(answered)
                 return
             head = parse(buf[: end + 4])
             if head is None:
                 break
-            out = hot.answer(head, self.peer or "?")
+            try:
+                out = hot.answer(head, self.peer or "?")
+            except Exception:  # aiohttp's path answers it (an error there is logged there)
+                log.debug("hot path: %s", head.target, exc_info=True)
+                out = None
             if out is None:  # aiohttp answers this one and what follows, until idle
                 self.held, self.waiting, self.handed = buf[end + 4 :], True, 1
                 self._answered(answered)
@@ -148,21 +157,23 @@ class _Handler(RequestHandler):
         self._give_up()
 
     def pause_writing(self) -> None:
-        """The client is not reading its answers: read no more of its requests until it
-        does. (aiohttp alone keeps reading and answering a pipelining client that never
-        reads, buffering every answer: 20,000 small ones are 40 MB on one connection.)"""
+        """The client is not reading its answers. aiohttp's handler waits for them to go
+        (`app.Handler.handle`), the hot path holds its answers and, past HELD_LIMIT, stops
+        reading requests; the idle timer waits as long as a stalled transfer would."""
         super().pause_writing()
-        self._pause_transport_reading()
+        if self._keepalive_timeout:
+            deadline = self._loop.time() + STALL_TIMEOUT
+            self._next_keepalive_close_time = max(self._next_keepalive_close_time, deadline)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._resume_transport_reading()
+        if self._keepalive_timeout:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        if self.stalled:
+            self.stalled = False
+            self._resume_transport_reading()  # (unless aiohttp holds it for its own queue)
         if self.hot is not None and self.held and not self.waiting:
             self._loop.call_soon(self._serve_again)
-
-    def _resume_transport_reading(self) -> None:
-        if not (self._paused or self._reading_paused or self._buffer_paused):
-            super()._resume_transport_reading()  # aiohttp's calls too: none while paused
 
     def _serve_again(self) -> None:
         if self.hot is not None and not self.waiting and not self._paused and not self._gone():
@@ -176,7 +187,7 @@ class _Handler(RequestHandler):
         return transport is None or transport.is_closing() or self._force_close or self._close
 
     def _answered(self, answered: bool) -> None:
-        if answered and self._keepalive_timeout:  # the idle timer counts from now
+        if answered and self._keepalive_timeout and not self._paused:  # from now
             self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
 
     def _resume(self, turns: int) -> None:

@@ -9,6 +9,8 @@ timer and a client that does not read its answers keep their rules."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -82,15 +84,17 @@ class Answer:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
 
-async def read_answer(reader: asyncio.StreamReader, head_only: bool = False) -> Answer:
-    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+async def read_answer(
+    reader: asyncio.StreamReader, head_only: bool = False, timeout: float = 10
+) -> Answer:
+    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     lines = raw.decode("latin-1").split("\r\n")[:-2]
     status = int(lines[0].split(" ")[1])
     headers = [tuple(line.split(": ", 1)) for line in lines[1:]]
     answer = Answer(status, headers, b"")  # type: ignore[arg-type]
     length = int(answer.header("Content-Length") or 0)
     if not head_only and status != 304:
-        answer.body = await asyncio.wait_for(reader.readexactly(length), 10)
+        answer.body = await asyncio.wait_for(reader.readexactly(length), timeout)
     return answer
 
 
@@ -231,3 +235,90 @@ async def test_a_client_not_reading_its_answers_is_read_no_further(
     writer.close()
     if hot:
         assert service.answered == before + n
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["hot", "aiohttp"])
+async def test_more_heads_than_aiohttps_queue_behind_a_miss_are_all_answered(
+    service: Service, hot: bool
+) -> None:
+    """aiohttp queues 32 parsed requests and re-reads the rest (`data_received(b"")`) as
+    its queue drains: 60 heads behind a miss are all answered, in order."""
+    await warm(service, A)
+    if not hot:
+        service.app.server.hot = None
+    reader, writer = await service.connect()
+    writer.write(get(B) + get(A) * 60)
+    answers = [await read_answer(reader) for _ in range(61)]
+    writer.close()
+    assert [a.body for a in answers] == [b"b" * 3000] + [b"a" * 2048] * 60
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"GET {A} HTTP/1.1\r\n\r\n".encode(),  # no Host
+        get(A, "User-Agent: a", "User-Agent: b"),  # a singleton header twice
+        get("http://[127.0.0.1]:8080/debian/pool/main/a/a_1_all.deb"),  # urlsplit raises
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)),  # TLS hello
+        b"GET / HTTP/1.1\nHost: t\n\n",  # bare LF
+    ],
+    ids=["no-host", "twice", "bad-url", "tls-hello", "bare-lf"],
+)
+@pytest.mark.parametrize("hot", [True, False], ids=["hot", "aiohttp"])
+async def test_bad_heads_get_aiohttps_400_at_once(
+    service: Service, hot: bool, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What aiohttp refuses is refused with or without the hot path: its 400, at once (not
+    after the idle timer), and nothing logged as an error."""
+    await warm(service, A)
+    before = service.answered
+    if not hot:
+        service.app.server.hot = None
+    reader, writer = await service.connect()
+    writer.write(raw)
+    got = await asyncio.wait_for(reader.read(200), 2)
+    writer.close()
+    assert got.startswith(b"HTTP/1.") and got.split(b" ", 2)[1] == b"400"
+    if hot:
+        assert service.answered == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["hot", "aiohttp"])
+async def test_a_client_reading_later_than_the_idle_timer_gets_every_answer(
+    service: Service, hot: bool
+) -> None:
+    """A client that pipelines 2000 requests and reads nothing for longer than the idle
+    timer is not idle: it gets every answer once it reads (the stall limit is deliver's)."""
+    await warm(service, A)
+    service.app.server._kwargs["keepalive_timeout"] = 0.5
+    if not hot:
+        service.app.server.hot = None
+    n = 2000
+    reader, writer = await service.connect()
+    writer.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024
+    )
+    writer.write(get(A) * n)
+    await asyncio.sleep(1.5)
+    first = await read_answer(reader)
+    size = len(first.body) + sum(len(k) + len(v) + 4 for k, v in first.headers) + 19
+    with contextlib.suppress(asyncio.IncompleteReadError):  # (its partial: counted below)
+        rest = await asyncio.wait_for(reader.readexactly(size * (n - 1)), 30)
+    writer.close()
+    assert rest.count(b"HTTP/1.1 200 OK\r\n") == n - 1
+
+
+async def test_a_client_gone_mid_pipeline_is_answered_no_further(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 pipelined hot requests from a client that closes at once: the answers stop at
+    the first failed send (none counted as served after it, no warning per answer)."""
+    await warm(service, A)
+    before = service.answered
+    sock = socket.create_connection(("127.0.0.1", service.port))
+    sock.sendall(get(A) * 300)
+    sock.close()
+    await asyncio.sleep(0.5)
+    assert service.answered - before < 10
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]

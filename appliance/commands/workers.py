@@ -17,6 +17,7 @@ lock (`commands.claim`); the master keeps them open for workers started again.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -51,10 +52,16 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
     inherit = ["--inherit", listeners.spec(lock)]
     fds = [*listeners.fds(), lock]
 
+    # glibc gives each thread that allocates an arena of its own: a worker's executor
+    # threads (disk I/O, hashing) would each keep one; two are plenty (an operator's own
+    # setting wins)
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ}
+
     def spawn(i: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "appliance", *argv, "--worker-index", str(i), *inherit],
             pass_fds=fds,
+            env=env,
         )
 
     workers = [spawn(i) for i in range(config.workers)]

@@ -261,6 +261,9 @@ def test_a_dead_worker_is_started_again_alone_and_sweeps_nothing(
     assert r.read(1000) == data[:1000]
     old = _worker_pid(app.proc.pid, 1)
     assert old is not None
+    # each worker caps glibc's malloc arenas (one per executor thread otherwise: ~9 MB of
+    # PSS under the bench's load)
+    assert b"MALLOC_ARENA_MAX=2" in Path(f"/proc/{old}/environ").read_bytes().split(b"\0")
     os.kill(old, signal.SIGKILL)
     deadline = time.monotonic() + 20
     while _worker_pid(app.proc.pid, 1) in (None, old):

@@ -35,7 +35,9 @@ CONF
 }
 start base 8098 "$base"
 start new 8099 "$new"
-sleep 2
+for port in 8098 8099; do  # both answering (a slow start is not a failed priming)
+  for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.2; done
+done
 for port in 8098 8099; do
   for f in small large; do curl -sf -o /dev/null "http://127.0.0.1:$port/debian/pool/${f}_1.0_all.deb"; done
 done

@@ -91,7 +91,6 @@ class Download:
         self.state = Phase.DOWNLOADING
         self.entry: Entry | None = None
         self.stored = False  # committed to the store (else served from the temp file only)
-        self.verified = False  # every byte here, size and digest checked: all releasable
         self.error: str | None = None
         self.integrity_error = False  # the bytes were wrong, not just cut short
         self.started = time.monotonic()
@@ -131,13 +130,12 @@ class Download:
 
     @property
     def releasable(self) -> int:
-        """Bytes clients may be sent: the last one only after verification passed (not
-        after the commit: a copy that cannot be stored is still the verified bytes).
+        """Bytes clients may be sent: the last one only after verification passed.
 
         Holding back one byte means a download whose size or digest turns out wrong
         can never reach a client as a complete response.
         """
-        if self.verified or self.state is Phase.DONE or self.total is None:
+        if self.state is Phase.DONE or self.total is None:
             return self.written
         return min(self.written, self.total - 1)
 
@@ -173,11 +171,6 @@ class Download:
             clean = True  # the body's framing ended where it said it would
             self.state = Phase.VERIFYING
             meta = self._verified()
-            # the clients get their last byte now: the commit's fsyncs buy the cached copy's
-            # durability, not the bytes' correctness, and waiting for them cost each file
-            # of an apt pipeline the disk's flush latency
-            self.verified = True
-            self._notify()
             try:
                 self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
                 self.stored = True

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from pathlib import Path
-
-import pytest
 
 from appliance.cache.download import Phase
 from appliance.cache.egress import EgressPolicy
@@ -198,35 +195,3 @@ async def test_engines_on_one_directory_revalidate_an_index_once(
     finally:
         await sibling.close()
         await fetcher.close()
-
-
-async def test_the_last_byte_is_released_once_verified_not_once_committed(
-    engine: CacheEngine, origin: Origin, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The commit's fsyncs buy the cached copy's durability, not the bytes' correctness:
-    a client of a verified download gets its last byte while the commit still runs (it
-    waited for them, the disk's flush latency on every file of an apt pipeline)."""
-    data = os.urandom(300_000)
-    origin.files["/pool/v.deb"] = data
-    gate = threading.Event()
-    commit = engine.store.commit
-
-    def slow_commit(*args: object) -> object:
-        gate.wait(10)
-        return commit(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine.store, "commit", slow_commit)
-    result = await engine.get(Route("o/pool/v.deb", (origin.url("/pool/v.deb"),), V))
-    assert isinstance(result, Miss)
-    download = result.download
-    try:
-        for _ in range(500):
-            if download.releasable == len(data):
-                break
-            await asyncio.sleep(0.01)
-        assert download.releasable == len(data)
-        assert download.state is Phase.VERIFYING and not download.stored  # still committing
-    finally:
-        gate.set()
-    await download.finished()
-    assert download.state is Phase.DONE and download.stored

@@ -164,9 +164,7 @@ class Disk:
         entry, body = item
         if self.policy.decide(entry.meta, freshness) is not Decision.HIT:
             return None
-        if entry.key in self.lru:
-            self.lru.touch(entry.key)
-        elif not (entry.meta.keep and not self.store.elsewhere(entry.key)):
+        if not self._touched(entry):
             return None  # `account` would add it to the cap (and make room): not hot
         return Hit(entry, CacheStatus.HIT, body=body)
 
@@ -208,13 +206,18 @@ class Disk:
     async def account(self, entry: Entry) -> None:
         """A hit: fresh in the LRU; one copied in from a shared store starts counting
         against this disk's cap (kept ones too: the store keeps their copy)."""
-        kept_here = entry.meta.keep and not self.store.elsewhere(entry.key)  # no I/O
-        if entry.key in self.lru or kept_here:
-            self.lru.touch(entry.key)
-        else:
+        if not self._touched(entry):
             self.lru.add(entry.key, entry.meta.size)
             self._told(Change.ADD, entry.key, entry.meta.size)
             await self.make_room()
+
+    def _touched(self, entry: Entry) -> bool:
+        """Fresh in the LRU when the size cap counts it already or it is kept here (no
+        I/O); False: it is not counted yet."""
+        if entry.key in self.lru or (entry.meta.keep and not self.store.elsewhere(entry.key)):
+            self.lru.touch(entry.key)
+            return True
+        return False
 
     def revalidated(self, entry: Entry) -> None:
         """Upstream confirmed the copy (the caller recorded when)."""

@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import IO, Any
 
 from aiohttp import HttpVersion10, HttpVersion11, web
@@ -47,6 +48,22 @@ def service_of(path: str) -> str | None:
     ):
         return None  # (`/.archive-local/`: a unit's call; its client is counted there)
     return "apt"
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One client request once its answer is out, as the log and the metrics count it."""
+
+    method: str
+    path: str
+    version: str  # "HTTP/1.1"
+    remote: str | None
+    agent: str  # "" when none was sent
+    status: int
+    nbytes: int  # body bytes sent
+    cache: CacheStatus | None  # None: not delivered from the cache
+    seconds: float
+    reason: str | None  # a refusal's or failure's one line
 
 
 class AccessLog:
@@ -124,44 +141,32 @@ class AccessLog:
             self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second))
         return self._stamp
 
-    def write(
-        self,
-        remote: str | None,
-        method: str,
-        path: str,
-        version: str,
-        agent: str,
-        status: int,
-        nbytes: int,
-        cache: CacheStatus | None,
-        seconds: float,
-        reason: str | None,
-    ) -> None:
+    def write(self, a: Answered) -> None:
         now = time.time()
-        agent = agent or "-"
+        agent = a.agent or "-"
         if self.json:
             record: dict[str, Any] = {
                 "time": round(now, 3),
-                "remote": remote,
-                "method": method,
-                "path": _clip(path),
-                "status": status,
-                "bytes": nbytes,
-                "cache": cache.value if cache else None,
-                "seconds": round(seconds, 6),
+                "remote": a.remote,
+                "method": a.method,
+                "path": _clip(a.path),
+                "status": a.status,
+                "bytes": a.nbytes,
+                "cache": a.cache.value if a.cache else None,
+                "seconds": round(a.seconds, 6),
                 "agent": _clip(agent, 256),
             }
-            if reason:
-                record["reason"] = reason
+            if a.reason:
+                record["reason"] = a.reason
             self._append(json.dumps(record) + "\n")
         else:  # common log format + cache result + duration in microseconds (Apache's %D)
             stamp = self._stamp if int(now) == self._stamp_second else self._timestamp(now)
-            end = f' reason="{reason}"\n' if reason else "\n"
-            mark = cache.value if cache else "-"
+            end = f' reason="{a.reason}"\n' if a.reason else "\n"
+            mark = a.cache.value if a.cache else "-"
             self._append(
-                f'{remote or "-"} - - [{stamp}] "{method} {_clip(path)} '
-                f'{version}" {status} {nbytes} "-" "{_clip(agent, 256)}" {mark} '
-                f"{int(seconds * 1e6)}{end}"
+                f'{a.remote or "-"} - - [{stamp}] "{a.method} {_clip(a.path)} '
+                f'{a.version}" {a.status} {a.nbytes} "-" "{_clip(agent, 256)}" {mark} '
+                f"{int(a.seconds * 1e6)}{end}"
             )
 
 
@@ -197,37 +202,23 @@ class Tally:
     ) -> None:
         self.metrics, self.access, self.events, self.clients = metrics, access, events, clients
 
-    def count(
-        self,
-        method: str,
-        path: str,
-        version: str,
-        remote: str | None,
-        agent: str,
-        status: int,
-        nbytes: int,
-        cache: CacheStatus | None,
-        seconds: float,
-        reason: str | None,
-    ) -> None:
-        """One request; `nbytes`: the body bytes sent, `cache`: None if not delivered."""
-        service = None if method == "CONNECT" else service_of(path)
+    def count(self, a: Answered) -> None:
+        """One request answered."""
+        service = None if a.method == "CONNECT" else service_of(a.path)
         if service is not None:
-            if status < 400:  # one not delivered from the cache counts as a hit
-                result = (cache or CacheStatus.HIT).result
+            if a.status < 400:  # one not delivered from the cache counts as a hit
+                result = (a.cache or CacheStatus.HIT).result
             else:
-                result = "refused" if status in _REFUSED else "error"
-            served = nbytes if status < 300 else 0
-            upstream = cache is not None and cache.upstream
-            self.metrics.request(service, result, served, upstream, path)
+                result = "refused" if a.status in _REFUSED else "error"
+            served = a.nbytes if a.status < 300 else 0
+            upstream = a.cache is not None and a.cache.upstream
+            self.metrics.request(service, result, served, upstream, a.path)
             if self.clients is not None:
-                self.clients.add(remote or "?", agent, served)
-        if self.events is not None and status in _REFUSED and status != 406:
-            self.events.refused(method, path, status, reason)
+                self.clients.add(a.remote or "?", a.agent, served)
+        if self.events is not None and a.status in _REFUSED and a.status != 406:
+            self.events.refused(a.method, a.path, a.status, a.reason)
         if self.access.enabled:
-            self.access.write(
-                remote, method, path, version, agent, status, nbytes, cache, seconds, reason
-            )
+            self.access.write(a)
 
 
 def logger_class(tally: Tally) -> type[AbstractAccessLogger]:
@@ -246,16 +237,18 @@ def logger_class(tally: Tally) -> type[AbstractAccessLogger]:
             # body bytes of the response as sent (Content-Length: the whole file or range)
             nbytes = (response.content_length or 0) if request.method != "HEAD" else 0
             tally.count(
-                request.method,
-                path,
-                _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}",
-                request.remote,
-                request.headers.get("User-Agent", ""),
-                status,
-                nbytes,
-                request.get(CACHE_STATUS),
-                time,
-                reason,
+                Answered(
+                    request.method,
+                    path,
+                    _VERSIONS.get(v) or f"HTTP/{v.major}.{v.minor}",
+                    request.remote,
+                    request.headers.get("User-Agent", ""),
+                    status,
+                    nbytes,
+                    request.get(CACHE_STATUS),
+                    time,
+                    reason,
+                )
             )
 
         @property

@@ -35,7 +35,7 @@ from appliance.apt.routing import Forbidden, Router
 from appliance.cache.engine import CacheEngine
 from appliance.cache.results import CacheStatus
 from appliance.cache.store import Meta
-from appliance.web.accesslog import Tally
+from appliance.web.accesslog import Answered, Tally
 from appliance.web.app import SERVER_LIMITS
 from appliance.web.holdings import Holdings
 
@@ -179,8 +179,10 @@ class HotPath:
         self.answered += 1
         nbytes = len(hit.body) if get else 0
         self.tally.count(
-            head.method, head.target, "HTTP/1.1", remote, head.agent, 200, nbytes,
-            CacheStatus.HIT, time.monotonic() - started, None,
+            Answered(
+                head.method, head.target, "HTTP/1.1", remote, head.agent, 200, nbytes,
+                CacheStatus.HIT, time.monotonic() - started, None,
+            )
         )  # fmt: skip
         return out
 

@@ -165,6 +165,28 @@ class CacheEngine:
         `FromPeer`, another process's download)."""
         return await self._get(Fetch.of(route))
 
+    def prefetch(self, route: Route) -> asyncio.Task[bool] | None:
+        """Start `route`'s download before its request is read (a client pipelined it
+        behind another, as apt does); the task says whether it started a download. The
+        file's own request then joins that download, or finds the file stored: the same
+        routing, single flight and checks as `get`, only earlier."""
+        fetch = Fetch.of(route)
+        if fetch.freshness is Freshness.MANAGED:
+            return None
+        return self.flights.spawn(self._prefetch(fetch))
+
+    async def _prefetch(self, fetch: Fetch) -> bool:
+        if self.flights.phase(fetch.key) is not None:
+            return False  # someone else's download: its request joins it, as it would
+        try:
+            result = await self._get(fetch)
+        except Exception as exc:  # the request itself meets it again, and says it
+            log.debug("prefetch of %s: %s", fetch.key, exc)
+            return False
+        if isinstance(result, PassThrough):  # not stored: its own request relays it
+            result.response.close()
+        return isinstance(result, Miss)
+
     def hot_hit(self, route: Route) -> Hit | None:
         """`get`'s answer when it is a hit known without waiting (memoised, fresh, no
         download of it under way); None: ask `get`."""

@@ -21,13 +21,14 @@ from typing import Any, Generic, TypeVar
 from appliance.cache.download import Download, Phase
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Flights(Generic[R]):
     def __init__(self) -> None:
         self._requests: dict[str, asyncio.Task[R]] = {}
         self._downloads: dict[str, Download] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def phase(self, key: str) -> Phase | None:
         """Where the round-trip for `key` is; None when there is none."""
@@ -72,11 +73,13 @@ class Flights(Generic[R]):
     def downloads(self) -> Iterator[Download]:
         return iter(list(self._downloads.values()))
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Work a flight leaves running after its answer (a download to its end)."""
+    def spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Work a flight leaves running after its answer (a download to its end), or
+        that starts one ahead of its request (`CacheEngine.prefetch`)."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def idle(self) -> None:
         """Until the work spawned so far (and any it spawned) has ended."""

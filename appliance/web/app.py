@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -21,7 +22,7 @@ from appliance.apt.routing import Forbidden, Router
 from appliance.cache.egress import EgressPolicy
 from appliance.cache.engine import CacheEngine
 from appliance.cache.fetcher import UpstreamFailure
-from appliance.cache.results import FromPeer, Hit, Miss
+from appliance.cache.results import CacheStatus, FromPeer, Hit, Miss
 from appliance.cache.route import NO_EXPECTATION
 from appliance.config import Config
 from appliance.discovery.wellknown import WELL_KNOWN, Certificate, WellKnown
@@ -88,6 +89,13 @@ def status_reason(text: str) -> str:
     """A status line's reason phrase from a message that may hold what a client sent:
     printable ASCII only (no CR/LF to split the response), bounded."""
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+
+
+def _fetched_ahead(request: web.BaseRequest, key: str) -> bool:
+    """Whether the connection downloaded `key` ahead for this request, the client having
+    queued it behind others (`server._Handler.fetched_ahead`; not on the TLS port)."""
+    fetched_ahead = getattr(request.protocol, "fetched_ahead", None)
+    return fetched_ahead is not None and bool(fetched_ahead(key))
 
 
 def _secure(request: web.BaseRequest) -> bool:
@@ -170,7 +178,9 @@ class Handler:
         result = await engine.get(route)
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
-        if isinstance(result, Hit) and method == "GET":
+        if method == "GET" and _fetched_ahead(request, route.key) and isinstance(result, Hit):
+            result = replace(result, status=CacheStatus.MISS)  # downloaded for this request
+        elif isinstance(result, Hit) and method == "GET":
             parts.holdings.hit(route.key)
         return await deliver(request, engine, result)
 

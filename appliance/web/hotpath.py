@@ -22,6 +22,7 @@ is counted by the same `Tally` as aiohttp's access logger counts every other req
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ from typing import Protocol
 
 from aiohttp.http import SERVER_SOFTWARE
 
+from appliance.apt.indexes import classify
 from appliance.apt.paths import BadPath
 from appliance.apt.routing import Forbidden, Router
 from appliance.cache.engine import CacheEngine
 from appliance.cache.results import CacheStatus
+from appliance.cache.route import Freshness, Route
 from appliance.cache.store import Meta
 from appliance.web.accesslog import Answered, Tally
 from appliance.web.app import SERVER_LIMITS
@@ -185,6 +188,27 @@ class HotPath:
             )
         )  # fmt: skip
         return out
+
+    def ahead(self, head: Head) -> Route | None:
+        """The route of a request a client queued, if its download may start before the
+        requests queued ahead of it are answered (`_Handler._look_ahead`): a plain GET of
+        a file that never changes and is not an index. An index may teach what the files
+        after it must be (the digests of a Packages file), and the apt router's refusals
+        and the appliance's own pages are answered in turn; so these are not fetched
+        ahead, nor anything behind them until they are answered."""
+        if head.method != "GET" or not head.plain or not router_target(head.target):
+            return None
+        try:
+            route = self.parts.router.route(head.target)
+        except (BadPath, Forbidden, ValueError):
+            return None
+        if route.freshness is not Freshness.IMMUTABLE or classify(route.key) is not None:
+            return None
+        return route
+
+    def fetch_ahead(self, route: Route) -> asyncio.Task[bool] | None:
+        """Start `route`'s download now (`CacheEngine.prefetch`)."""
+        return self.parts.engine.prefetch(route)
 
     def _prefix(self, key: str, meta: Meta) -> bytes | None:
         """The response's status line and headers up to `Date:` (memoised per entry)."""

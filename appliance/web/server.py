@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import socket
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,9 @@ HANDSHAKES = 256  # TLS handshakes under way at once, every address together
 HANDSHAKES_PER_CLIENT = 32  # of those, from one address: 32 read buffers are 8 MiB
 HELD_LIMIT = 64 * 1024  # bytes of an unfinished head held while aiohttp answers
 RESUME_TURNS = 50  # turns of the loop aiohttp may take to be idle after an answer
+# requests queued behind the one aiohttp answers whose downloads start at once: apt asks
+# up to ten files ahead; their upstream round-trips and commits then overlap
+LOOK_AHEAD = 4
 
 _TOO_MANY_BODY = b"too many connections from your address; retry later\n"
 _TOO_MANY = (
@@ -65,6 +69,12 @@ class _Handler(RequestHandler):
     waiting = False  # aiohttp answers the heads given to it; then they come here again
     handed = 0  # heads given to aiohttp and not answered yet
     stalled = False  # reading stopped here: the client reads no hot answers
+    # the heads given to aiohttp and not answered yet, in order, each with its route if it
+    # may be fetched ahead (None: not looked at yet, False: it may not) and whether it was
+    # (`_look_ahead`); and those downloads by key, for the request to tell a file fetched
+    # for it from a hit (`app.Handler`)
+    queued: deque[list[Any]] | None = None
+    ahead: dict[str, asyncio.Task[bool]] | None = None
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
@@ -91,6 +101,9 @@ class _Handler(RequestHandler):
         super().log_access(request, response, time)  # aiohttp has answered a request
         if self.waiting:
             self.handed -= 1
+            if self.queued:
+                self.queued.popleft()
+                self._look_ahead()
             if self.handed <= 0:
                 self._loop.call_soon(self._resume, 0)
 
@@ -98,15 +111,19 @@ class _Handler(RequestHandler):
         """While aiohttp answers, the complete heads that follow go to it too (it keeps
         its pipeline: an apt client's next file is asked as the last one ends); a head
         the hot path does not understand makes the connection aiohttp's for good."""
-        buf, cut, count = self.held, 0, 0
+        buf, cut, heads = self.held, 0, []
         while (end := buf.find(b"\r\n\r\n", cut)) >= 0:
-            if parse(buf[cut : end + 4]) is None:
+            if (head := parse(buf[cut : end + 4])) is None:
                 self._give_up()
                 return
-            cut, count = end + 4, count + 1
-        if count:
-            self.held, self.handed = buf[cut:], self.handed + count
+            cut = end + 4
+            heads.append([head, None, False])
+        if heads:
+            self.held, self.handed = buf[cut:], self.handed + len(heads)
+            if self.queued is not None:
+                self.queued.extend(heads)
             super().data_received(buf[:cut])
+            self._look_ahead()
         if len(self.held) > HELD_LIMIT:  # no end of a head in sight: aiohttp refuses it
             self._give_up()
 
@@ -133,6 +150,7 @@ class _Handler(RequestHandler):
                 out = None
             if out is None:  # aiohttp answers this one and what follows, until idle
                 self.held, self.waiting, self.handed = buf[end + 4 :], True, 1
+                self.queued = deque([[head, None, True]])  # (answered now: nothing to start)
                 self._answered(answered)
                 super().data_received(buf[: end + 4])
                 self._hand_on()
@@ -179,6 +197,38 @@ class _Handler(RequestHandler):
         if self.hot is not None and not self.waiting and not self._paused and not self._gone():
             self._serve()
 
+    def _look_ahead(self) -> None:
+        """Start the downloads of the first LOOK_AHEAD requests queued behind the one
+        aiohttp answers, up to the first that may not be fetched ahead (`HotPath.ahead`:
+        an index, a refusal, a page of the appliance's, anything not a plain GET)."""
+        hot, queued = self.hot, self.queued
+        if hot is None or not queued or self._gone():
+            return
+        for i, item in enumerate(itertools.islice(queued, 0, LOOK_AHEAD + 1)):
+            head, route, started = item
+            if route is None:
+                item[1] = route = hot.ahead(head) or False
+            if route is False:
+                return  # the files behind it wait for its answer, as they always did
+            if i == 0 or started or (self.ahead and route.key in self.ahead):
+                continue
+            item[2] = True
+            try:
+                task = hot.fetch_ahead(route)
+            except Exception:  # its own request meets the error, and says it
+                log.debug("look-ahead: %s", head.target, exc_info=True)
+                continue
+            if task is not None:
+                if self.ahead is None:
+                    self.ahead = {}
+                self.ahead[route.key] = task
+
+    def fetched_ahead(self, key: str) -> bool:
+        """Whether `key`'s file was downloaded ahead for the request asking it now (its
+        answer is then that download's: a MISS, not a hit). Asked once per request."""
+        task = self.ahead.pop(key, None) if self.ahead else None
+        return task is not None and task.done() and not task.cancelled() and task.result()
+
     def _gone(self) -> bool:
         """Closing, or closed. Checked before a later turn of the loop gives aiohttp bytes:
         its `connection_lost` may already be on its way, and a request aiohttp queued then
@@ -200,12 +250,13 @@ class _Handler(RequestHandler):
             else:
                 self._give_up()
             return
-        self.waiting, self.handed = False, 0
+        self.waiting, self.handed, self.queued = False, 0, None
         self._serve()
 
     def _give_up(self) -> None:
         """The connection is aiohttp's from now on, with every byte not yet answered."""
         held, self.held, self.hot, self.waiting = self.held, b"", None, False
+        self.queued = None  # (downloads started ahead run on; their requests join them)
         if held:
             super().data_received(held)
 

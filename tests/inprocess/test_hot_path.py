@@ -23,6 +23,7 @@ import pytest
 from appliance import config
 from appliance.runtime.appliance import Appliance
 from appliance.runtime.service import serving
+from appliance.web.server import LOOK_AHEAD
 from tests.inprocess.conftest import Origin
 
 A = "/debian/pool/main/a/a_1_all.deb"
@@ -322,3 +323,102 @@ async def test_a_client_gone_mid_pipeline_is_answered_no_further(
     await asyncio.sleep(0.5)
     assert service.answered - before < 10
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
+
+
+async def _seen(origin: Origin, count: int, timeout: float = 5.0) -> list[str]:
+    """The paths the origin was asked, once it was asked `count` (or the time is up)."""
+    for _ in range(int(timeout / 0.02)):
+        if len(origin.seen) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return [path for path, _ in origin.seen]
+
+
+async def test_files_pipelined_behind_a_miss_are_fetched_while_it_is_answered(
+    service: Service, origin: Origin
+) -> None:
+    """apt asks up to ten files ahead: their downloads start while the first is still
+    coming (the upstream round-trips overlap), and each is still a MISS for its request,
+    counted once; the same file asked again on the connection is a hit."""
+    c = "/debian/pool/main/c/c_1_all.deb"
+    origin.files[c] = b"c" * 5000
+    origin.hold_body = asyncio.Event()  # every body stops half way until set
+    reader, writer = await service.connect()
+    writer.write(get(A) + get(B) + get(c) + get(B))
+    assert sorted(await _seen(origin, 3)) == sorted([A, B, c])  # A's body not done yet
+    origin.hold_body.set()
+    answers = [await read_answer(reader) for _ in range(4)]
+    writer.close()
+    assert [a.body for a in answers] == [b"a" * 2048, b"b" * 3000, b"c" * 5000, b"b" * 3000]
+    assert [a.header("X-Cache") for a in answers] == ["MISS", "MISS", "MISS", "HIT"]
+    assert [origin.count(p) for p in (A, B, c)] == [1, 1, 1]
+    requests = service.app.metrics.totals.requests["apt"]
+    assert (requests["miss"], requests["hit"]) == (3, 1)
+
+
+async def test_the_look_ahead_is_bounded(service: Service, origin: Origin) -> None:
+    """At most LOOK_AHEAD downloads start ahead of the request being answered: a client
+    pipelining many misses does not open as many upstream requests at once."""
+    paths = [f"/debian/pool/main/p/p{i}_1_all.deb" for i in range(9)]
+    for i, path in enumerate(paths):
+        origin.files[path] = bytes([65 + i]) * 1000
+    origin.hold_body = asyncio.Event()
+    reader, writer = await service.connect()
+    writer.write(b"".join(get(p) for p in paths))
+    await _seen(origin, LOOK_AHEAD + 1)
+    await asyncio.sleep(0.3)  # time for any more to be asked
+    assert sorted(await _seen(origin, 0)) == paths[: LOOK_AHEAD + 1]
+    origin.hold_body.set()
+    answers = [await read_answer(reader) for _ in paths]
+    writer.close()
+    assert [a.body for a in answers] == [bytes([65 + i]) * 1000 for i in range(9)]
+    assert [origin.count(p) for p in paths] == [1] * 9
+
+
+async def test_the_look_ahead_asks_no_host_the_router_refuses(
+    service: Service, origin: Origin
+) -> None:
+    """A forward-proxy request for a host nobody configured, pipelined behind a miss, is
+    refused as ever, and nothing connects to that host meanwhile."""
+    stranger = socket.socket()
+    stranger.bind(("127.0.0.1", 0))
+    stranger.listen(8)
+    stranger.setblocking(False)
+    port = stranger.getsockname()[1]
+    origin.hold_body = asyncio.Event()
+    reader, writer = await service.connect()
+    try:
+        writer.write(get(A) + get(f"http://127.0.0.1:{port}/debian/pool/main/x/x_1_all.deb"))
+        await _seen(origin, 1)
+        await asyncio.sleep(0.3)
+        origin.hold_body.set()
+        answers = [await read_answer(reader) for _ in range(2)]
+        with pytest.raises(BlockingIOError):
+            stranger.accept()
+    finally:
+        writer.close()
+        stranger.close()
+    assert [a.status for a in answers] == [200, 403]
+
+
+async def test_nothing_behind_an_index_is_fetched_before_the_index_is_answered(
+    service: Service, origin: Origin
+) -> None:
+    """An index teaches what the files after it must be (a Packages file's digests): a
+    file queued behind one is fetched only once the index is answered, as without the
+    look-ahead; so is one behind a page of the appliance's own."""
+    packages = "/debian/dists/stable/main/binary-amd64/Packages"
+    c = "/debian/pool/main/c/c_1_all.deb"
+    origin.files[packages] = b"Package: a\n\n"
+    origin.files[c] = b"c" * 100
+    origin.hold_body = asyncio.Event()
+    reader, writer = await service.connect()
+    writer.write(get(A) + get(packages) + get(B) + get("/healthz") + get(c))
+    await _seen(origin, 1)
+    await asyncio.sleep(0.3)  # time for anything else to be asked
+    assert await _seen(origin, 0) == [A]  # neither the index nor B behind it
+    origin.hold_body.set()
+    answers = [await read_answer(reader) for _ in range(5)]
+    writer.close()
+    assert [a.status for a in answers] == [200] * 5
+    assert [origin.count(p) for p in (A, packages, B, c)] == [1, 1, 1, 1]

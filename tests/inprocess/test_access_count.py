@@ -118,3 +118,27 @@ async def test_a_rewritten_x_cache_header_does_not_change_what_is_counted(
     served.access.flush()
     log = (tmp_path / "access.log").read_text()
     assert re.findall(r'"t" (\S+) \d+', log) == ["MISS", "HIT", "-"]
+
+
+async def test_a_busy_second_is_written_before_the_second_is_up(tmp_path: Path) -> None:
+    """Thousands of requests a second would hold a second's lines (megabytes of small
+    strings, memory the process keeps): FLUSH_LINES waiting are written at once."""
+    from appliance.web.accesslog import FLUSH_LINES, Answered
+
+    log = tmp_path / "access.log"
+    access = AccessLog(str(log))
+    access.start()
+    try:
+        line = Answered("GET", "/x", "HTTP/1.1", "127.0.0.1", "", 200, 1, None, 0.0, None)
+        for _ in range(FLUSH_LINES - 1):
+            access.write(line)
+        await asyncio.sleep(0.2)
+        assert not log.read_text()  # fewer: the once-a-second write
+        access.write(line)
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+            if len(log.read_text().splitlines()) == FLUSH_LINES:
+                break
+        assert len(log.read_text().splitlines()) == FLUSH_LINES  # within 0.4 s, not 1
+    finally:
+        await access.close()

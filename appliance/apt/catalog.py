@@ -138,6 +138,8 @@ class IndexCatalog:
         index = classify(key)
         if index is not None and index.kind == "release":
             return None  # nothing lists a Release: no query
+        if self._pending:  # an index committed here and not parsed yet may list `key`
+            await self.drain()
         return await asyncio.get_running_loop().run_in_executor(None, self.lookup, key)
 
     def lookup(self, key: str) -> Expect | None:

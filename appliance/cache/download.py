@@ -91,6 +91,9 @@ class Download:
         self.state = Phase.DOWNLOADING
         self.entry: Entry | None = None
         self.stored = False  # committed to the store (else served from the temp file only)
+        # told of the committed entry before a client gets the last byte (what an index
+        # says the next files must be is then being learnt before they can be asked)
+        self.on_commit: Callable[[Entry], None] | None = None
         self.error: str | None = None
         self.integrity_error = False  # the bytes were wrong, not just cut short
         self.started = time.monotonic()
@@ -174,6 +177,8 @@ class Download:
             try:
                 self.entry = await loop.run_in_executor(None, store.commit, self._temp, meta)
                 self.stored = True
+                if self.on_commit is not None:  # before any client has the last byte
+                    self.on_commit(self.entry)
             except OSError as exc:  # verified bytes, nowhere to keep them: serve, don't store
                 log.warning("cache: not storing %s: %s", self.key, exc)
                 self.stored = False

@@ -48,6 +48,10 @@ from appliance.config import Config
 
 log = logging.getLogger(__name__)
 
+# downloads started ahead of their requests (`prefetch`) at once, every client together:
+# clients that pipeline and hang up cannot make the look-ahead fetch without bound
+PREFETCH_LIMIT = 16
+
 
 @dataclass(frozen=True)
 class Figures:
@@ -89,6 +93,8 @@ class CacheEngine:
         # and what crossed the unit's boundary and was refused (a peer's bad bytes)
         self.limits: TransferLimits = fetcher.limits
         self.refusals: Refusals = self.fleet.refusals
+        self._ahead: set[asyncio.Task[bool]] = set()  # prefetches not answered yet
+        self._ahead_downloads: set[Download] = set()  # and the downloads they started
 
     # --- wiring, set by the web side ----------------------------------------------------
     @property
@@ -173,7 +179,13 @@ class CacheEngine:
         fetch = Fetch.of(route)
         if fetch.freshness is Freshness.MANAGED:
             return None
-        return self.flights.spawn(self._prefetch(fetch))
+        self._ahead_downloads = {d for d in self._ahead_downloads if d.active}
+        if len(self._ahead) + len(self._ahead_downloads) >= PREFETCH_LIMIT:
+            return None  # its request asks in its turn
+        task = self.flights.spawn(self._prefetch(fetch))
+        self._ahead.add(task)
+        task.add_done_callback(self._ahead.discard)
+        return task
 
     async def _prefetch(self, fetch: Fetch) -> bool:
         if self.flights.phase(fetch.key) is not None:
@@ -185,7 +197,10 @@ class CacheEngine:
             return False
         if isinstance(result, PassThrough):  # not stored: its own request relays it
             result.response.close()
-        return isinstance(result, Miss)
+        if isinstance(result, Miss):
+            self._ahead_downloads.add(result.download)
+            return True
+        return False
 
     def hot_hit(self, route: Route) -> Hit | None:
         """`get`'s answer when it is a hit known without waiting (memoised, fresh, no

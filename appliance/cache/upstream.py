@@ -219,9 +219,18 @@ class Upstream:
         download = Download(
             fetch, temp, reader, resp, shared=shared, limits=self.limits, clock=clock
         )
+        download.on_commit = self._learn
         self.flights.downloading(download)
         self.flights.spawn(self._run(download, held))
         return Miss(download)
+
+    def _learn(self, entry: Entry) -> None:
+        """A committed file, to the rules (an index's listing is read from it)."""
+        for rules in self.rules:
+            try:
+                rules.committed(entry)
+            except Exception as exc:
+                log.warning("cache: index update for %s failed: %s", entry.key, exc)
 
     async def _run(self, download: Download, held: Held | None) -> None:
         """The download to its end (clients read it meanwhile), the file shared with the
@@ -241,9 +250,4 @@ class Upstream:
             self.passed["disk-full"] += 1
         if download.state is Phase.DONE and download.entry is not None:
             self.disk.entered(download.entry, in_store)
-            for rules in self.rules:
-                try:
-                    rules.committed(download.entry)
-                except Exception as exc:
-                    log.warning("cache: index update for %s failed: %s", download.key, exc)
             await self.disk.make_room()

@@ -176,9 +176,10 @@ class Handler:
             raise web.HTTPNotFound(text=f"not found: {exc}\n") from None
         engine = parts.engine
         result = await engine.get(route)
+        ahead = method == "GET" and _fetched_ahead(request, route.key)  # (asked once)
         if isinstance(result, UpstreamFailure):
             return web.Response(status=result.status, text=f"upstream: {result.reason}\n")
-        if method == "GET" and _fetched_ahead(request, route.key) and isinstance(result, Hit):
+        if ahead and isinstance(result, Hit):
             result = replace(result, status=CacheStatus.MISS)  # downloaded for this request
         elif isinstance(result, Hit) and method == "GET":
             parts.holdings.hit(route.key)

@@ -196,7 +196,9 @@ class HotPath:
         after it must be (the digests of a Packages file), and the apt router's refusals
         and the appliance's own pages are answered in turn; so these are not fetched
         ahead, nor anything behind them until they are answered."""
-        if head.method != "GET" or not head.plain or not router_target(head.target):
+        if head.method != "GET" or not head.plain or head.close:
+            return None  # (nothing after a `close` is answered: aiohttp refuses it)
+        if not router_target(head.target):
             return None
         try:
             route = self.parts.router.route(head.target)

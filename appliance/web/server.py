@@ -206,6 +206,9 @@ class _Handler(RequestHandler):
             return
         for i, item in enumerate(itertools.islice(queued, 0, LOOK_AHEAD + 1)):
             head, route, started = item
+            if head.close:  # aiohttp answers nothing after it: look no further, ever
+                self.queued = None
+                return
             if route is None:
                 item[1] = route = hot.ahead(head) or False
             if route is False:
@@ -251,6 +254,7 @@ class _Handler(RequestHandler):
                 self._give_up()
             return
         self.waiting, self.handed, self.queued = False, 0, None
+        self.ahead = None  # every request handed is answered: none is left to ask
         self._serve()
 
     def _give_up(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import socket
@@ -21,9 +22,10 @@ from types import SimpleNamespace
 import pytest
 
 from appliance import config
+from appliance.cache.engine import PREFETCH_LIMIT
 from appliance.runtime.appliance import Appliance
 from appliance.runtime.service import serving
-from appliance.web.server import LOOK_AHEAD
+from appliance.web.server import LOOK_AHEAD, _Handler
 from tests.inprocess.conftest import Origin
 
 A = "/debian/pool/main/a/a_1_all.deb"
@@ -422,3 +424,104 @@ async def test_nothing_behind_an_index_is_fetched_before_the_index_is_answered(
     writer.close()
     assert [a.status for a in answers] == [200] * 5
     assert [origin.count(p) for p in (A, packages, B, c)] == [1, 1, 1, 1]
+
+
+async def test_files_behind_an_index_are_checked_against_it(
+    service: Service, origin: Origin
+) -> None:
+    """Files a client pipelined behind an index that lists them are checked against it:
+    the index is parsed in a thread after its commit, and a file's expectation waits for
+    that parse (`IndexCatalog.expect`), so a mirror's wrong bodies are neither served as
+    whole files nor stored, fetched ahead or not."""
+    good = b"good" * 100
+    paths = [f"/debian/pool/main/c/c{i}_1_all.deb" for i in range(4)]
+    packages = "/debian/dists/stable/main/binary-amd64/Packages"
+    origin.files[packages] = "".join(
+        f"Package: c{i}\nFilename: pool/main/c/c{i}_1_all.deb\nSize: {len(good)}\n"
+        f"SHA256: {hashlib.sha256(good).hexdigest()}\n\n"
+        for i in range(4)
+    ).encode()
+    for path in paths:
+        origin.files[path] = b"evil" * 100  # the right size, the wrong bytes
+    reader, writer = await service.connect()
+    writer.write(get(A) + get(packages) + b"".join(get(p) for p in paths))
+    served = []
+    for _ in range(2 + len(paths)):
+        try:
+            served.append((await read_answer(reader)).status)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            break  # a refused file ends its connection (its length was announced)
+    writer.close()
+    await service.app.engine.idle()
+    assert served[:2] == [200, 200] and 200 not in served[2:]
+    assert origin.server is not None
+    for path in paths:
+        assert await service.app.engine.lookup(f"127.0.0.1:{origin.server.port}{path}") is None
+
+
+def _handlers(service: Service) -> list[_Handler]:
+    return [h for h in service.app.server.connections if isinstance(h, _Handler)]
+
+
+async def test_what_is_fetched_ahead_is_forgotten_once_answered(
+    service: Service, origin: Origin
+) -> None:
+    """A connection keeps nothing of the files it fetched ahead once their requests are
+    answered, failures too (a 404): one keep-alive connection cannot grow it."""
+    reader, writer = await service.connect()
+    for r in range(20):
+        origin.files[f"/debian/pool/main/m/m{r}_1_all.deb"] = b"m" * 100
+        paths = [f"/debian/pool/main/m/m{r}_1_all.deb"]
+        paths += [f"/debian/pool/main/n/nothere{r}_{i}_all.deb" for i in range(4)]
+        writer.write(b"".join(get(p) for p in paths))
+        answers = [await read_answer(reader) for _ in paths]
+        assert [a.status for a in answers] == [200, 404, 404, 404, 404]
+    (handler,) = _handlers(service)
+    writer.close()
+    assert not handler.ahead
+
+
+async def test_nothing_behind_connection_close_is_fetched(service: Service, origin: Origin) -> None:
+    """aiohttp answers nothing after a `Connection: close` (a 400): nothing there is
+    fetched ahead, nor the request that closes."""
+    origin.hold_body = asyncio.Event()
+    paths = [f"/debian/pool/main/z/z{i}_1_all.deb" for i in range(3)]
+    for path in paths:
+        origin.files[path] = b"z" * 1000
+    reader, writer = await service.connect()
+    writer.write(get(A) + get(B, "Connection: close") + b"".join(get(p) for p in paths))
+    await _seen(origin, 1)
+    await asyncio.sleep(0.3)
+    assert await _seen(origin, 0) == [A]
+    origin.hold_body.set()
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            await read_answer(reader)
+    writer.close()
+    await service.app.engine.idle()
+    assert not any(origin.count(p) for p in paths)
+
+
+async def test_clients_that_hang_up_leave_a_bounded_look_ahead(
+    service: Service, origin: Origin
+) -> None:
+    """Clients that pipeline misses and hang up at once leave at most PREFETCH_LIMIT
+    downloads started ahead, every connection together (their first requests are
+    misses as any client's)."""
+    origin.hold_headers = asyncio.Event()
+    queued = set()
+    for r in range(10):
+        paths = [f"/debian/pool/main/q/q{r}_{i}_all.deb" for i in range(5)]
+        queued.update(paths[1:])
+        for path in paths:
+            origin.files[path] = b"q" * 1000
+        _, writer = await service.connect()
+        writer.write(b"".join(get(p) for p in paths))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+    await asyncio.sleep(0.3)
+    ahead = [path for path in await _seen(origin, 0) if path in queued]
+    origin.hold_headers.set()
+    await service.app.engine.idle()
+    assert 0 < len(ahead) <= PREFETCH_LIMIT

@@ -1,8 +1,10 @@
-"""`archive-local serve` with `workers: N`: a master that starts N worker processes (the
-same command with `--worker-index I`) and passes the signals on: SIGTERM/SIGINT drain and
-stop them all, SIGHUP reloads them all. A worker that dies is started again alone (its
-siblings keep serving); one that keeps dying (`RESTARTS` times within `RESTART_WINDOW`)
-stops the service: the others are stopped and the master exits 1, for systemd's
+"""`archive-local serve` with `workers: N`: a master that starts N worker processes (forks
+of itself running the same command with `--worker-index I`, named `archive-local-I`,
+which share the pages of the code they import with it and each other) and passes the
+signals on: SIGTERM/SIGINT drain and stop them all, SIGHUP reloads them all. A worker
+that dies is started again alone (its siblings keep serving); one that keeps dying
+(`RESTARTS` times within `RESTART_WINDOW`) stops the service: the others are stopped and
+the master exits 1, for systemd's
 Restart=. Exit status 0 when every worker stopped cleanly.
 
 Before starting them it does what they would otherwise race for: the admin token, and the
@@ -19,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from appliance.web.token import AdminUnavailable, load_token
 
 log = logging.getLogger("appliance")
 
+NAME = "archive-local"  # a worker's process name: NAME-INDEX
 RESTARTS = 3  # a worker dying this often within RESTART_WINDOW seconds stops the service
 RESTART_WINDOW = 60.0
 
@@ -50,19 +52,14 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
         log.warning("cache: start-up sweep failed: %s", exc)
 
     inherit = ["--inherit", listeners.spec(lock)]
-    fds = [*listeners.fds(), lock]
+    _preload(config)
+    sweeps: list[threading.Thread] = []
 
-    # glibc gives each thread that allocates an arena of its own: a worker's executor
-    # threads (disk I/O, hashing) would each keep one; two are plenty (an operator's own
-    # setting wins)
-    env = {"MALLOC_ARENA_MAX": "2", **os.environ}
-
-    def spawn(i: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "appliance", *argv, "--worker-index", str(i), *inherit],
-            pass_fds=fds,
-            env=env,
-        )
+    def spawn(i: int) -> Worker:
+        for sweep in sweeps:  # no thread of the master's runs across a fork
+            sweep.join()
+        sweeps.clear()
+        return Worker.fork(i, [*argv, "--worker-index", str(i), *inherit])
 
     workers = [spawn(i) for i in range(config.workers)]
     log.info(
@@ -104,9 +101,97 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
             dead = workers[i].pid
             workers[i] = spawn(i)
             log.error("worker %d exited (%s): started it again (pid %d)", i, code, workers[i].pid)
-            threading.Thread(target=_sweep_after, args=(config, i, dead), daemon=True).start()
+            sweeps.append(threading.Thread(target=_sweep_after, args=(config, i, dead)))
+            sweeps[-1].start()
         time.sleep(0.2)
     return 0 if all(w.returncode == 0 for w in workers) and stopping else 1
+
+
+class Worker:
+    """A worker: a fork of the master once it has imported what workers run (`_preload`),
+    so the pages of that code are the master's and every worker's at once (the kernel
+    copies a page only when one of them writes it), not a copy per process."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    @classmethod
+    def fork(cls, index: int, argv: list[str]) -> Worker:
+        """Worker `index`, named `archive-local-INDEX` (its command line is the master's:
+        `ps -o comm`, `pgrep` and `top` tell them apart by that name)."""
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: `archive-local ARGV` from here, never back
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)  # until the worker's loop sets its own
+                _name(f"{NAME}-{index}")
+                from appliance import cli
+
+                code = cli.main(argv)
+            except BaseException:  # (its traceback, and its status, as an exec'd one)
+                logging.getLogger("appliance").exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        return cls(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _preload(config: Config) -> None:
+    """Import what a worker runs, in the master, before the forks, and keep the garbage
+    collector off those objects (`gc.freeze`): a collection writes to every object it
+    visits, which would copy the shared pages into each worker. glibc's malloc arenas
+    are capped at two for the workers' threads (one per executor thread otherwise)."""
+    import gc
+
+    import appliance.cli
+    import appliance.commands.serve
+
+    if config.discovery.mdns:
+        import appliance.discovery.mdns  # noqa: F401
+    _cap_arenas(2)
+    gc.collect()
+    gc.freeze()
+
+
+def _name(name: str) -> None:
+    """The process's name (`/proc/PID/comm`, 15 bytes at most); not a worker's concern
+    where the system refuses it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def _cap_arenas(count: int) -> None:
+    """mallopt(M_ARENA_MAX): inherited by the forks (an operator's MALLOC_ARENA_MAX wins)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, count)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: its own allocator's rules
+        pass
 
 
 def _sweep_after(config: Config, index: int, pid: int) -> None:
@@ -120,7 +205,7 @@ def _sweep_after(config: Config, index: int, pid: int) -> None:
     log.info("cache: removed %d temp files worker %d (pid %d) left", removed, index, pid)
 
 
-def _stop_all(workers: list[subprocess.Popen[bytes]], config: Config) -> int:
+def _stop_all(workers: list[Worker], config: Config) -> int:
     for w in workers:
         if w.poll() is None:
             w.send_signal(signal.SIGTERM)

@@ -1,6 +1,6 @@
 """What a process imports is memory it keeps (issue 25's target: the whole service under
-`workers: auto` in 100 MB of PSS): the master of several workers serves nothing and
-imports neither aiohttp nor the engine; a worker without `tls` does not import
+`workers: auto` in 100 MB of PSS): the master of several workers imports what they run
+and forks them, so that code's pages are shared; a worker without `tls` does not import
 cryptography, nor one without mDNS zeroconf."""
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ def imported(*modules: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_the_master_of_workers_imports_no_web_stack() -> None:
-    held = imported("appliance.cli", "appliance.commands.claim", "appliance.commands.workers")
-    assert not held & {"aiohttp", "cryptography", "zeroconf", "prometheus_client", "gnupg"}
+def test_the_master_preloads_what_workers_run_and_no_more() -> None:
+    """The master imports the workers' code before it forks them, so its pages are shared
+    (`commands.workers._preload`), and nothing a worker without `tls` or mDNS leaves out."""
+    held = imported(
+        "appliance.commands.workers",
+        "appliance.config; appliance.commands.workers._preload("
+        "appliance.config.parse({'discovery': {'mdns': False}}, 'test'))",
+    )
+    assert "aiohttp" in held and "prometheus_client" in held
+    assert not held & {"cryptography", "zeroconf", "boto3", "botocore", "glanceclient"}
 
 
 def test_a_worker_without_tls_or_mdns_imports_neither() -> None:

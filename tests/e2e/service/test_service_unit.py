@@ -355,10 +355,10 @@ def _check_the_sandbox(ns: SystemdNamespace) -> None:
         assert int(ns.run("cat", path).stdout) == limit // page * page
 
     # `workers: auto` still counts every core (ProcSubset=pid hides /proc/cpuinfo and stat)
-    # the master's own children only: a worker's subprocess (gpg) carries the worker's
-    # command line between its fork and its exec
+    # the master's own children, by name (a worker's subprocess, gpg, carries the
+    # worker's name between its fork and its exec: it is not the master's child)
     workers = ns.run(
-        "pgrep", "-P", show["MainPID"], "-f", "--", "--worker-index", check=False
+        "pgrep", "-P", show["MainPID"], "--", "^archive-local-[0-9]+$", check=False
     ).stdout.split()
     cores = os.cpu_count() or 1
     assert len(workers) == (cores if cores > 1 else 0), workers

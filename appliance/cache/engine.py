@@ -159,7 +159,7 @@ class CacheEngine:
 
     async def close(self) -> None:
         await self.flights.cancel()
-        self.fleet.close()
+        await self.fleet.close()
 
     def rejected(self, url: str, seconds: float = 0.0) -> None:
         """Upstream answered bytes that do not match what they must be: count and mark it."""

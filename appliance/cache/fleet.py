@@ -62,11 +62,17 @@ class Fleet:
         a holder downloading a big file at a fair rate must not be fetched beside."""
         return max(2 * self.lease_ttl, (expect.size or 0) / WAIT_RATE)
 
-    def close(self) -> None:
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop: calls not started are dropped, those under way (an upload, a lease let
+        go) may end, for `timeout` seconds at most: a worker's process ends at once after
+        this (`commands.workers`), and a cut upload would reach no other unit."""
         if self._catching_up is not None:
             self._catching_up.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(pool.shutdown, True), timeout)
 
     async def _local(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

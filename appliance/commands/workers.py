@@ -1,5 +1,5 @@
 """`archive-local serve` with `workers: N`: a master that starts N worker processes (forks
-of itself running the same command with `--worker-index I`, named `archive-local-I`,
+of itself running the same command with `--worker-index I`, named `al-worker-I`,
 which share the pages of the code they import with it and each other) and passes the
 signals on: SIGTERM/SIGINT drain and stop them all, SIGHUP reloads them all. A worker
 that dies is started again alone (its siblings keep serving); one that keeps dying
@@ -18,6 +18,7 @@ lock (`commands.claim`); the master keeps them open for workers started again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -33,7 +34,8 @@ from appliance.web.token import AdminUnavailable, load_token
 
 log = logging.getLogger("appliance")
 
-NAME = "archive-local"  # a worker's process name: NAME-INDEX
+NAME = "al-worker"  # a worker's process name, NAME-INDEX (15 bytes at most: up to 9999)
+SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # what the master passes on
 RESTARTS = 3  # a worker dying this often within RESTART_WINDOW seconds stops the service
 RESTART_WINDOW = 60.0
 
@@ -41,7 +43,14 @@ RESTART_WINDOW = 60.0
 def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
     """Run the workers until they stop; `lock`: the cache directory's lock descriptor.
     A port in use is a `Refused` before anything starts."""
-    listeners = Listeners.bind(config)
+    # a signal before the handlers below waits for them (the sweep and the imports take
+    # a while): a reload then must not kill the master
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        listeners = Listeners.bind(config)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        raise
     try:
         load_token(config.admin.token_file)
     except (OSError, AdminUnavailable) as exc:
@@ -52,20 +61,23 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
         log.warning("cache: start-up sweep failed: %s", exc)
 
     inherit = ["--inherit", listeners.spec(lock)]
+    keep = {*listeners.fds(), lock}
     _preload(config)
     sweeps: list[threading.Thread] = []
+    stopping = False
 
     def spawn(i: int) -> Worker:
         for sweep in sweeps:  # no thread of the master's runs across a fork
             sweep.join()
         sweeps.clear()
-        return Worker.fork(i, [*argv, "--worker-index", str(i), *inherit])
+        if stopping:  # (asked while a sweep was joined)
+            return Worker.gone()
+        return Worker.fork(i, [*argv, "--worker-index", str(i), *inherit], keep)
 
     workers = [spawn(i) for i in range(config.workers)]
     log.info(
         "serving with %d workers (pids %s)", len(workers), ", ".join(str(w.pid) for w in workers)
     )
-    stopping = False
     deaths: list[list[float]] = [[] for _ in workers]
 
     def pass_on(signum: int, _frame: object) -> None:
@@ -77,12 +89,13 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in SIGNALS:
         signal.signal(sig, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     while True:
         codes = [w.poll() for w in workers]
-        if all(c is not None for c in codes):
-            break
+        if stopping and all(c is not None for c in codes):
+            break  # (all dead at once otherwise: each is started again below)
         for i, code in enumerate(codes):
             if stopping or code is None:
                 continue
@@ -117,18 +130,36 @@ class Worker:
         self.returncode: int | None = None
 
     @classmethod
-    def fork(cls, index: int, argv: list[str]) -> Worker:
-        """Worker `index`, named `archive-local-INDEX` (its command line is the master's:
-        `ps -o comm`, `pgrep` and `top` tell them apart by that name)."""
+    def gone(cls) -> Worker:
+        """A worker never started (the service is stopping)."""
+        worker = cls(-1)
+        worker.returncode = 0
+        return worker
+
+    @classmethod
+    def fork(cls, index: int, argv: list[str], keep: set[int]) -> Worker:
+        """Worker `index`, named `al-worker-INDEX` (its command line is the master's:
+        `ps -o comm`, `pgrep` and `top` tell them apart by that name); of the master's
+        descriptors it keeps stdio and `keep` (the sockets, the lock), as an exec'd
+        worker given only those did."""
         for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
             stream.flush()
+        # no signal is handled between the fork and the child's own dispositions (the
+        # master's handler would run in the child)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: `archive-local ARGV` from here, never back
             code = 1
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    signal.signal(sig, signal.SIG_DFL)  # until the worker's loop sets its own
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # a reload before the worker's loop handles it would kill the worker:
+                # it reads the configuration as it starts anyway
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                _close_all_but({0, 1, 2, *keep})
                 _name(f"{NAME}-{index}")
+                _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a master killed stops it too
                 from appliance import cli
 
                 code = cli.main(argv)
@@ -137,11 +168,16 @@ class Worker:
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (blocked until its handlers are set)
         return cls(pid)
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by the system (SIGCHLD ignored): ended
+                self.returncode = 0
+                return 0
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -164,20 +200,34 @@ def _preload(config: Config) -> None:
     import appliance.cli
     import appliance.commands.serve
 
-    if config.discovery.mdns:
-        import appliance.discovery.mdns  # noqa: F401
+    if config.discovery.mdns:  # (only shared: a worker that cannot import it says so)
+        with contextlib.suppress(Exception):
+            import appliance.discovery.mdns  # noqa: F401
     _cap_arenas(2)
     gc.collect()
     gc.freeze()
 
 
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor but `keep` (what the master inherited from its caller)."""
+    low = 0
+    for fd in (*sorted(keep), os.sysconf("SC_OPEN_MAX")):
+        if fd > low:  # (closerange(n, n) closes every descriptor on Linux: close_range)
+            os.closerange(low, fd)
+        low = fd + 1
+
+
 def _name(name: str) -> None:
-    """The process's name (`/proc/PID/comm`, 15 bytes at most); not a worker's concern
-    where the system refuses it."""
+    """The process's name (`/proc/PID/comm`, 15 bytes at most)."""
+    _prctl(15, name.encode()[:15])  # PR_SET_NAME
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
+    """prctl(2); not a worker's concern where the system refuses it."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+        ctypes.CDLL(None).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 

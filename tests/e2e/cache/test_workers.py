@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from appliance.web.workers import merge_metrics
-from tests.conftest import Appliance, StartAppliance, require, upstream_file
+from tests.conftest import (
+    Appliance,
+    StartAppliance,
+    free_port,
+    require,
+    upstream_file,
+    write_config,
+)
 from tests.e2e.fleet.test_shared_store import BIG, _timed_get
 from tests.upstream import Upstream
 
@@ -232,13 +240,13 @@ def test_workers_keep_the_cache_under_one_size_cap(
 
 
 def _worker_pid(master: int, index: int) -> int | None:
-    """The pid of worker INDEX under the master (named `archive-local-INDEX`), if it runs."""
+    """The pid of worker INDEX under the master (named `al-worker-INDEX`), if it runs."""
     for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
         try:
             name = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
-        if name == f"archive-local-{index}":
+        if name == f"al-worker-{index}":
             return int(child)
     return None
 
@@ -440,3 +448,116 @@ def test_workers_revalidating_an_index_at_once_ask_upstream_once(
     time.sleep(1.5)
     assert together() == [(200, release.read_bytes())] * 8
     assert (upstream.count(path), upstream.count(path, status=200)) == (3, 2), app.log_text()
+
+
+def _master(tmp_path: Path, **popen: object) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`serve` with two workers started by the test itself (its own signals and
+    descriptors); the master, its port and its log."""
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        {
+            "listen": f"127.0.0.1:{port}",
+            "cache": {"dir": str(tmp_path / "cache")},
+            "admin": {"token_file": str(tmp_path / "token")},
+            "images": {"gnupg_home": str(tmp_path / "gnupg")},
+            "discovery": {"mdns": False},
+            "workers": 2,
+        },
+    )
+    log = tmp_path / "log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(cfg), "serve"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        **popen,  # type: ignore[call-overload]
+    )
+    return proc, port, log
+
+
+def _serving(proc: subprocess.Popen[bytes], port: int, log: Path) -> list[int]:
+    """The two workers' pids once both answer (the master alive all along)."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        pids = [_worker_pid(proc.pid, i) for i in (0, 1)]
+        if None not in pids and log.read_text().count("serving on") >= 2:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+                return pids  # type: ignore[return-value]
+            except OSError:
+                pass
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_reload_while_the_service_starts_stops_nothing(tmp_path: Path) -> None:
+    """`systemctl reload` (SIGHUP) while the master sweeps and imports, or while the
+    workers start: the master waits with it until it can pass it on, and a worker that
+    cannot reload yet reads the configuration as it starts anyway (a master killed by
+    SIGHUP exits 'cleanly': systemd would not restart it)."""
+    proc, port, log = _master(tmp_path)
+    try:
+        while not log.read_text():  # the master's first line: it is running its code
+            assert proc.poll() is None
+            time.sleep(0.01)
+        for _ in range(20):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+        _serving(proc, port, log)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_workers_reaped_by_the_system_are_started_again(tmp_path: Path) -> None:
+    """A master started with SIGCHLD ignored (inherited through exec) never sees its
+    workers' exit statuses: a dead worker is still started again, and the master goes on."""
+    proc, port, log = _master(
+        tmp_path, preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    )
+    try:
+        old = _serving(proc, port, log)[1]
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while _worker_pid(proc.pid, 1) in (None, old):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        _stop(proc)
+
+
+def _links(pid: int) -> set[str]:
+    return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+def test_workers_hold_only_their_own_descriptors(tmp_path: Path) -> None:
+    """A descriptor the master was given (a supervisor's pipe) does not reach the
+    workers, as it did not reach exec'd ones: only stdio, the sockets and the lock."""
+    read, write = os.pipe()
+    try:
+        proc, port, log = _master(tmp_path, pass_fds=(write,))
+        try:
+            pids = _serving(proc, port, log)
+            master_pipes = {
+                os.readlink(f"/proc/{proc.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{proc.pid}/fd")
+            }
+            assert f"pipe:[{os.fstat(write).st_ino}]" in master_pipes
+            for pid in pids:
+                held = _links(pid)
+                assert f"pipe:[{os.fstat(write).st_ino}]" not in held, held
+        finally:
+            _stop(proc)
+    finally:
+        os.close(read)
+        os.close(write)

@@ -358,7 +358,7 @@ def _check_the_sandbox(ns: SystemdNamespace) -> None:
     # the master's own children, by name (a worker's subprocess, gpg, carries the
     # worker's name between its fork and its exec: it is not the master's child)
     workers = ns.run(
-        "pgrep", "-P", show["MainPID"], "--", "^archive-local-[0-9]+$", check=False
+        "pgrep", "-P", show["MainPID"], "--", "^al-worker-[0-9]+$", check=False
     ).stdout.split()
     cores = os.cpu_count() or 1
     assert len(workers) == (cores if cores > 1 else 0), workers

@@ -234,7 +234,7 @@ def _serve(args: argparse.Namespace, config: configuration.Config) -> int:
             if config.workers > 1:
                 from appliance.commands.workers import run_master
 
-                return run_master(config, sys.argv[1:], lock)
+                return run_master(config, sys.argv[1:], lock, main)
             claim.probe_port(config.listen)
             if config.tls is not None:
                 claim.probe_port(config.tls.listen, "tls.listen")

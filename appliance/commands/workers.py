@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from appliance.commands.claim import Listeners
 from appliance.config import Config
@@ -40,8 +40,11 @@ RESTARTS = 3  # a worker dying this often within RESTART_WINDOW seconds stops th
 RESTART_WINDOW = 60.0
 
 
-def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
-    """Run the workers until they stop; `lock`: the cache directory's lock descriptor.
+def run_master(
+    config: Config, argv: Sequence[str], lock: int, main: Callable[[list[str]], int]
+) -> int:
+    """Run the workers until they stop; `lock`: the cache directory's lock descriptor;
+    `main`: the command line's entry point, which each worker runs with its arguments.
     A port in use is a `Refused` before anything starts."""
     # a signal before the handlers below waits for them (the sweep and the imports take
     # a while): a reload then must not kill the master
@@ -51,14 +54,7 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         raise
-    try:
-        load_token(config.admin.token_file)
-    except (OSError, AdminUnavailable) as exc:
-        log.warning("admin API: %s (each worker says so too)", exc)
-    try:
-        log.info("cache: %d files after the start-up sweep", sweep_cache(config))
-    except OSError as exc:  # each worker reports the disk's problem on its own
-        log.warning("cache: start-up sweep failed: %s", exc)
+    _prepare(config)
 
     inherit = ["--inherit", listeners.spec(lock)]
     keep = {*listeners.fds(), lock}
@@ -72,7 +68,7 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
         sweeps.clear()
         if stopping:  # (asked while a sweep was joined)
             return Worker.gone()
-        return Worker.fork(i, [*argv, "--worker-index", str(i), *inherit], keep)
+        return Worker.fork(i, main, [*argv, "--worker-index", str(i), *inherit], keep)
 
     workers = [spawn(i) for i in range(config.workers)]
     log.info(
@@ -120,6 +116,18 @@ def run_master(config: Config, argv: Sequence[str], lock: int) -> int:
     return 0 if all(w.returncode == 0 for w in workers) and stopping else 1
 
 
+def _prepare(config: Config) -> None:
+    """What the workers would race for: the admin token, the start-up sweep."""
+    try:
+        load_token(config.admin.token_file)
+    except (OSError, AdminUnavailable) as exc:
+        log.warning("admin API: %s (each worker says so too)", exc)
+    try:
+        log.info("cache: %d files after the start-up sweep", sweep_cache(config))
+    except OSError as exc:  # each worker reports the disk's problem on its own
+        log.warning("cache: start-up sweep failed: %s", exc)
+
+
 class Worker:
     """A worker: a fork of the master once it has imported what workers run (`_preload`),
     so the pages of that code are the master's and every worker's at once (the kernel
@@ -137,7 +145,9 @@ class Worker:
         return worker
 
     @classmethod
-    def fork(cls, index: int, argv: list[str], keep: set[int]) -> Worker:
+    def fork(
+        cls, index: int, main: Callable[[list[str]], int], argv: list[str], keep: set[int]
+    ) -> Worker:
         """Worker `index`, named `al-worker-INDEX` (its command line is the master's:
         `ps -o comm`, `pgrep` and `top` tell them apart by that name); of the master's
         descriptors it keeps stdio and `keep` (the sockets, the lock), as an exec'd
@@ -160,9 +170,7 @@ class Worker:
                 _close_all_but({0, 1, 2, *keep})
                 _name(f"{NAME}-{index}")
                 _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a master killed stops it too
-                from appliance import cli
-
-                code = cli.main(argv)
+                code = main(argv)
             except BaseException:  # (its traceback, and its status, as an exec'd one)
                 logging.getLogger("appliance").exception("worker failed")
             finally:
@@ -197,8 +205,7 @@ def _preload(config: Config) -> None:
     are capped at two for the workers' threads (one per executor thread otherwise)."""
     import gc
 
-    import appliance.cli
-    import appliance.commands.serve
+    import appliance.commands.serve  # (the caller, `cli`, is imported already)
 
     if config.discovery.mdns:  # (only shared: a worker that cannot import it says so)
         with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,31 +39,44 @@ def get(url: str) -> float:
     return time.monotonic() - started
 
 
-def one_round(python: str, work: Path, upstream: Upstream, path: str) -> float:
+@contextlib.contextmanager
+def appliance(
+    argv: list[str], work: Path, url: str, settings: str = "", env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """One build (`argv`: how to run its `appliance` module) serving the remap `debian`
+    of `url` from a fresh cache under `work`, with the defaults but `settings` (YAML
+    lines); its port, once it answers."""
     port = free_port()
     work.mkdir()
     config = work / "config.yaml"
     config.write_text(
         f"admin: {{token_file: {work}/token}}\nimages: {{gnupg_home: {work}/gnupg}}\n"
-        "discovery: {mdns: false}\nworkers: 1\nlogging: {access_log: 'off'}\n"
+        "discovery: {mdns: false}\n" + settings
     )
-    argv = [python, "-m", "appliance", "--config", str(config), "serve"]
-    argv += ["--listen", f"127.0.0.1:{port}", "--cache-dir", str(work / "cache")]
-    argv += ["--remap", f"debian={upstream.url}/debian"]
+    argv = [*argv, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--cache-dir", str(work / "cache"), "--remap", f"debian={url}/debian"]
     with open(work / "log", "wb") as log:
-        proc = subprocess.Popen(argv, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
+        for _ in range(150):
             try:
                 OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
                 break
             except OSError:
                 time.sleep(0.1)
-        with concurrent.futures.ThreadPoolExecutor(10) as pool:
-            totals = list(pool.map(get, [f"http://127.0.0.1:{port}{path}"] * 10))
+        yield port
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def one_round(python: str, work: Path, upstream: Upstream, path: str) -> float:
+    one = "workers: 1\nlogging: {access_log: 'off'}\n"
+    with (
+        appliance([python, "-m", "appliance"], work, upstream.url, one) as port,
+        concurrent.futures.ThreadPoolExecutor(10) as pool,
+    ):
+        totals = list(pool.map(get, [f"http://127.0.0.1:{port}{path}"] * 10))
     return statistics.median(totals)
 
 

@@ -16,20 +16,17 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port  # noqa: E402
+from bench.cold_ab import appliance  # noqa: E402
 from tests.upstream import Upstream  # noqa: E402
 
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 DEPTH = 10  # apt's Acquire::http::Pipeline-Depth
 
 
@@ -65,28 +62,8 @@ def pipelined(port: int, paths: list[str]) -> float:
 def one_round(
     argv: list[str], env: dict[str, str], work: Path, url: str, paths: list[str]
 ) -> float:
-    port = free_port()
-    work.mkdir()
-    config = work / "config.yaml"
-    config.write_text(
-        f"admin: {{token_file: {work}/token}}\nimages: {{gnupg_home: {work}/gnupg}}\n"
-        "discovery: {mdns: false}\n"
-    )
-    argv = [*argv, "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}"]
-    argv += ["--cache-dir", str(work / "cache"), "--remap", f"debian={url}/debian"]
-    with open(work / "log", "wb") as log:
-        proc = subprocess.Popen(argv, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(150):
-            try:
-                OPENER.open(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with appliance(argv, work, url, env=env) as port:
         return pipelined(port, paths)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> None:

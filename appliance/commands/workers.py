@@ -169,7 +169,8 @@ class Worker:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 _close_all_but({0, 1, 2, *keep})
                 _name(f"{NAME}-{index}")
-                _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: a master killed stops it too
+                # PR_SET_PDEATHSIG: a master killed stops it too
+                _libc("prctl", 1, signal.SIGTERM, 0, 0, 0)
                 code = main(argv)
             except BaseException:  # (its traceback, and its status, as an exec'd one)
                 logging.getLogger("appliance").exception("worker failed")
@@ -226,28 +227,23 @@ def _close_all_but(keep: set[int]) -> None:
 
 def _name(name: str) -> None:
     """The process's name (`/proc/PID/comm`, 15 bytes at most)."""
-    _prctl(15, name.encode()[:15])  # PR_SET_NAME
-
-
-def _prctl(option: int, arg: int | bytes) -> None:
-    """prctl(2); not a worker's concern where the system refuses it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(option, arg, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    _libc("prctl", 15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 def _cap_arenas(count: int) -> None:
     """mallopt(M_ARENA_MAX): inherited by the forks (an operator's MALLOC_ARENA_MAX wins)."""
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        _libc("mallopt", -8, count)  # M_ARENA_MAX
+
+
+def _libc(function: str, *args: int | bytes) -> None:
+    """A C library call that tunes the process; not a worker's concern where the system
+    refuses it or the library has no such call (not glibc: its own rules)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").mallopt(-8, count)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc: its own allocator's rules
+        getattr(ctypes.CDLL(None), function)(*args)
+    except (OSError, AttributeError):
         pass
 
 

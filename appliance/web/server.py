@@ -20,15 +20,17 @@ import socket
 import ssl
 from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from appliance.cache.route import Route
 from appliance.config import Listen
 from appliance.web.deliver import STALL_TIMEOUT
-from appliance.web.hotpath import HEAD_LIMIT, HotPath, may_start_a_head, parse
+from appliance.web.hotpath import HEAD_LIMIT, Head, HotPath, may_start_a_head, parse
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,16 @@ _TOO_MANY = (
     b"Connection: close\r\nRetry-After: 5\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
 )
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A head given to aiohttp and not answered yet, as the look-ahead sees it."""
+
+    head: Head
+    started: bool = False  # its download was started ahead (or it is being answered)
+    looked: bool = False  # `route` is known
+    route: Route | None = None  # None: it may not be fetched ahead (`HotPath.ahead`)
 
 
 class _Handler(RequestHandler):
@@ -69,11 +81,10 @@ class _Handler(RequestHandler):
     waiting = False  # aiohttp answers the heads given to it; then they come here again
     handed = 0  # heads given to aiohttp and not answered yet
     stalled = False  # reading stopped here: the client reads no hot answers
-    # the heads given to aiohttp and not answered yet, in order, each with its route if it
-    # may be fetched ahead (None: not looked at yet, False: it may not) and whether it was
-    # (`_look_ahead`); and those downloads by key, for the request to tell a file fetched
-    # for it from a hit (`app.Handler`)
-    queued: deque[list[Any]] | None = None
+    # the heads given to aiohttp and not answered yet, in order (`_look_ahead`); and the
+    # downloads started ahead by key, for the request to tell a file fetched for it from
+    # a hit (`app.Handler`)
+    queued: deque[_Queued] | None = None
     ahead: dict[str, asyncio.Task[bool]] | None = None
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
@@ -117,7 +128,7 @@ class _Handler(RequestHandler):
                 self._give_up()
                 return
             cut = end + 4
-            heads.append([head, None, False])
+            heads.append(_Queued(head))
         if heads:
             self.held, self.handed = buf[cut:], self.handed + len(heads)
             if self.queued is not None:
@@ -150,7 +161,7 @@ class _Handler(RequestHandler):
                 out = None
             if out is None:  # aiohttp answers this one and what follows, until idle
                 self.held, self.waiting, self.handed = buf[end + 4 :], True, 1
-                self.queued = deque([[head, None, True]])  # (answered now: nothing to start)
+                self.queued = deque([_Queued(head, started=True)])  # (answered now)
                 self._answered(answered)
                 super().data_received(buf[: end + 4])
                 self._hand_on()
@@ -205,21 +216,21 @@ class _Handler(RequestHandler):
         if hot is None or not queued or self._gone():
             return
         for i, item in enumerate(itertools.islice(queued, 0, LOOK_AHEAD + 1)):
-            head, route, started = item
-            if head.close:  # aiohttp answers nothing after it: look no further, ever
+            if item.head.close:  # aiohttp answers nothing after it: look no further, ever
                 self.queued = None
                 return
+            if not item.looked:
+                item.route, item.looked = hot.ahead(item.head), True
+            route = item.route
             if route is None:
-                item[1] = route = hot.ahead(head) or False
-            if route is False:
                 return  # the files behind it wait for its answer, as they always did
-            if i == 0 or started or (self.ahead and route.key in self.ahead):
+            if i == 0 or item.started or (self.ahead and route.key in self.ahead):
                 continue
-            item[2] = True
+            item.started = True
             try:
                 task = hot.fetch_ahead(route)
             except Exception:  # its own request meets the error, and says it
-                log.debug("look-ahead: %s", head.target, exc_info=True)
+                log.debug("look-ahead: %s", item.head.target, exc_info=True)
                 continue
             if task is not None:
                 if self.ahead is None:
